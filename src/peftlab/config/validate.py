@@ -1,0 +1,143 @@
+"""``validate()``: the first call of every entry point.
+
+Three steps, every problem reported with its full key and bad value:
+1. re-merge each group into its schema strictly: catches keys added with ``+`` that Hydra accepts;
+2. ``OmegaConf.to_object``: builds the dataclasses, so their ``__post_init__`` range checks run;
+3. cross-field checks, collected and raised once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any, Type, TypeVar
+
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException, ValidationError
+
+from peftlab.config.schema import TrainSchema
+from peftlab.errors import ConfigError
+
+T = TypeVar("T")
+
+_CONVERT = re.compile(r"Value '(?P<value>.*)' (?:of type '\w+' )?could not be converted to (?P<type>\w+)")
+_ARTICLE = {"Integer": "an integer", "Float": "a number", "Boolean": "a boolean (true/false)", "String": "a string"}
+
+
+def _schema_of(group: str, node: Any, field_type: Any) -> Any:
+    if group == "method":
+        from peftlab.methods import method_spec
+
+        name = node.get("name") if isinstance(node, DictConfig) else None
+        if name is None:
+            raise ConfigError("method.name: missing (pick a method with method=<name>)")
+        return method_spec(name).schema
+    return field_type if dataclasses.is_dataclass(field_type) else None
+
+
+def _field_names(schema: Any) -> list[str]:
+    return [f.name for f in dataclasses.fields(schema)]
+
+
+def omegaconf_message(err: OmegaConfBaseException, prefix: str = "") -> str:
+    """One line for an OmegaConf error: the full key and what is wrong with its value."""
+    key = getattr(err, "full_key", None) or getattr(err, "key", None) or ""
+    key = f"{prefix}.{key}" if prefix and key else (prefix or str(key))
+    text = str(err).splitlines()[0] if str(err) else type(err).__name__
+    if isinstance(err, ConfigKeyError):
+        return f"{key}: unknown key"
+    if isinstance(err, MissingMandatoryValue):
+        return f"{key}: missing value (set it with {key}=...)"
+    m = _CONVERT.search(text)
+    if m:
+        kind = _ARTICLE.get(m.group("type"), m.group("type").lower())
+        return f"{key} must be {kind}, got {m.group('value')!r}"
+    return f"{key}: {text}"
+
+
+def _strict_merge(group: str, schema: Any, node: Any) -> DictConfig:
+    base = OmegaConf.structured(schema)  # dataclass nodes reject unknown keys; Dict fields stay open
+    try:
+        return OmegaConf.merge(base, node)
+    except ConfigKeyError as err:
+        bad = err.full_key or err.key
+        known = ", ".join(n for n in _field_names(schema) if n != "name")
+        owner = f" for {group} '{node.get('name')}'" if isinstance(node, DictConfig) and "name" in node else ""
+        raise ConfigError(f"{group}.{bad}: unknown key{owner} (known keys: {known})") from None
+    except OmegaConfBaseException as err:
+        raise ConfigError(omegaconf_message(err, group)) from None
+
+
+def validate(cfg: DictConfig, schema: Type[T] = TrainSchema) -> T:
+    """Check ``cfg`` against ``schema`` and return the typed config object."""
+    errors: list[str] = []
+    known = _field_names(schema)
+    hints = _resolved_hints(schema)
+    for key in cfg.keys():
+        if key not in known:
+            errors.append(f"{key}: unknown key (known top-level keys: {', '.join(known)})")
+    groups: dict[str, Any] = {}  # typed group objects, or plain dicts for Dict fields
+    scalars: dict[str, Any] = {}
+    for name in known:
+        if name not in cfg:
+            continue
+        node = cfg._get_node(name)
+        if not isinstance(node, DictConfig):
+            scalars[name] = node
+            continue
+        try:
+            sub = _schema_of(name, node, hints.get(name))
+            groups[name] = OmegaConf.to_object(_strict_merge(name, sub, node) if sub else node)
+        except ConfigError as err:
+            errors.append(str(err))
+        except OmegaConfBaseException as err:
+            errors.append(omegaconf_message(err, name))
+    try:  # type-check the top-level scalars against the schema
+        top = OmegaConf.merge(OmegaConf.structured(schema), scalars)
+        values = {k: _value(top, k) for k in scalars}
+    except OmegaConfBaseException as err:
+        errors.append(omegaconf_message(err))
+        values = {}
+    if errors:
+        raise ConfigError("; ".join(errors))
+    missing = [f.name for f in dataclasses.fields(schema)
+               if f.default == MISSING and f.name not in groups and f.name not in values]
+    if missing:
+        raise ConfigError("; ".join(f"{n}: missing (pick one with {n}=<name>)" for n in missing))
+    try:
+        obj = schema(**groups, **values)
+    except OmegaConfBaseException as err:
+        raise ConfigError(omegaconf_message(err)) from None
+    _cross_checks(obj)
+    return obj
+
+
+def _value(cfg: DictConfig, name: str) -> Any:
+    value = cfg[name]
+    return OmegaConf.to_object(value) if OmegaConf.is_config(value) else value
+
+
+def _resolved_hints(schema: Any) -> dict:
+    import typing
+
+    try:
+        return typing.get_type_hints(schema)
+    except Exception:  # pragma: no cover - forward refs that cannot resolve
+        return {}
+
+
+def _cross_checks(obj: Any) -> None:
+    """Checks that involve more than one field; every problem is collected, then raised once."""
+    errors: list[str] = []
+    precision = getattr(obj, "precision", None)
+    hardware = getattr(obj, "hardware", None)
+    if precision is not None and hardware is not None:
+        if precision.trainer.startswith("16") and hardware.accelerator == "cpu":
+            errors.append(f"precision.trainer={precision.trainer} needs a GPU (hardware.accelerator=cpu); "
+                          "use precision=bf16 or precision=fp32 on CPU")
+    for group in ("callbacks", "logger"):
+        for name, node in (getattr(obj, group, None) or {}).items():
+            if node is not None and (not isinstance(node, dict) or "_target_" not in node):
+                errors.append(f"{group}.{name}: must be null or a node with a _target_, got {node!r}")
+    if errors:
+        raise ConfigError("; ".join(errors))

@@ -1,0 +1,38 @@
+"""Dynamic padding: each batch is padded to its own longest example."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from peftlab.data.tokenize import IGNORE_INDEX
+
+
+def pad(seqs: list[list[int]], value: int, left: bool = False) -> torch.Tensor:
+    width = max(len(s) for s in seqs)
+    rows = [([value] * (width - len(s)) + s) if left else (s + [value] * (width - len(s))) for s in seqs]
+    return torch.tensor(rows, dtype=torch.long)
+
+
+class CausalLMCollator:
+    """Right-padded ``input_ids``/``labels``/``attention_mask`` for the loss; with ``generation``,
+    also left-padded prompts (``gen_input_ids``/``gen_attention_mask``) and the ``references``."""
+
+    def __init__(self, pad_token_id: int, generation: bool = False):
+        self.pad_token_id = pad_token_id
+        self.generation = generation
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+        ids = [e["input_ids"] for e in examples]
+        batch: dict[str, Any] = {
+            "input_ids": pad(ids, self.pad_token_id),
+            "attention_mask": pad([[1] * len(s) for s in ids], 0),
+            "labels": pad([e["labels"] for e in examples], IGNORE_INDEX),
+        }
+        if self.generation:
+            prompts = [e["prompt_ids"] for e in examples]
+            batch["gen_input_ids"] = pad(prompts, self.pad_token_id, left=True)
+            batch["gen_attention_mask"] = pad([[1] * len(s) for s in prompts], 0, left=True)
+            batch["references"] = [e["reference"] for e in examples]
+        return batch

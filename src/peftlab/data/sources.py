@@ -1,0 +1,178 @@
+"""Read a task's examples into train/val/test lists of records, with errors that name the file,
+the line and the field.
+
+``data.path`` is one of: ``builtin:<name>`` (shipped with peftlab), a local json/jsonl/csv/parquet
+file, a local folder of ``train.*``/``val.*``/``test.*`` files, or a hub data set id (network).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+from peftlab.config.schema import DataSchema
+from peftlab.errors import DataError
+
+BUILTIN_DIR = Path(__file__).resolve().parent / "files"
+SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
+SPLIT_NAMES = {"train": ("train",), "val": ("val", "validation", "valid", "dev"), "test": ("test",)}
+
+Splits = dict[str, list[dict[str, Any]]]
+
+
+def builtin_tasks() -> list[str]:
+    return sorted(p.name for p in BUILTIN_DIR.iterdir() if p.is_dir())
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DataError(f"{path} line {lineno}: malformed JSON ({err.msg} at column {err.colno})") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{path} line {lineno}: expected a JSON object, got {type(row).__name__}")
+            rows.append(row)
+    return rows
+
+
+def read_file(path: Path) -> list[dict[str, Any]]:
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        return read_jsonl(path)
+    if suffix == ".json":
+        text = path.read_text(encoding="utf-8")
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            if err.msg == "Extra data":  # JSON lines in a .json file
+                return read_jsonl(path)
+            raise DataError(f"{path} line {err.lineno}: malformed JSON ({err.msg} at column {err.colno})") from None
+        if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), list):
+            data = next(iter(data.values()))  # {"data": [...]}
+        if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
+            raise DataError(f"{path}: expected a list of JSON objects (or one object per line)")
+        return data
+    if suffix in (".csv", ".parquet"):
+        import datasets
+
+        try:
+            ds = datasets.load_dataset(suffix[1:], data_files=str(path), split="train")
+        except Exception as err:  # datasets wraps parser errors in many types
+            raise DataError(f"{path}: cannot read as {suffix[1:]}: {str(err).splitlines()[0]}") from None
+        return ds.to_list()
+    raise DataError(f"{path}: unsupported file type {suffix!r} (use one of {', '.join(SUFFIXES)})")
+
+
+def _split_files(folder: Path) -> dict[str, Path]:
+    found = {}
+    for split, names in SPLIT_NAMES.items():
+        for name in names:
+            for suffix in SUFFIXES:
+                if (folder / f"{name}{suffix}").is_file():
+                    found.setdefault(split, folder / f"{name}{suffix}")
+    return found
+
+
+def _split_fractions(rows: list, cfg: DataSchema, source: str, need: tuple[str, ...]) -> Splits:
+    """Split ``rows`` (the data's only split) into train and the ``need``-ed eval splits."""
+    rows = list(rows)
+    random.Random(cfg.split_seed).shuffle(rows)
+    out: Splits = {}
+    for split in need:
+        frac = cfg.val_fraction if split == "val" else cfg.test_fraction
+        n = max(1, round(frac * len(rows))) if frac > 0 else 0
+        if n == 0:
+            raise DataError(f"{source} has no {split} split and data.{split}_fraction is 0")
+        out[split], rows = rows[:n], rows[n:]
+    out["train"] = rows
+    return out
+
+
+def _load_local(path: Path, cfg: DataSchema) -> tuple[Splits, dict[str, str]]:
+    if path.is_dir():
+        files = _split_files(path)
+        if "train" not in files:
+            raise DataError(f"data.path: no train file in {path} (expected train.jsonl / .json / .csv / .parquet)")
+        splits = {split: read_file(f) for split, f in files.items()}
+        where = {split: str(f) for split, f in files.items()}
+    else:
+        splits = {"train": read_file(path)}
+        where = {"train": str(path)}
+    missing = tuple(s for s in ("val", "test") if s not in splits)
+    if missing:
+        source = where["train"]
+        extra = _split_fractions(splits["train"], cfg, source, missing)
+        splits.update(extra)
+        for split in extra:
+            where[split] = f"{source} ({split} part)"
+    return splits, where
+
+
+def _load_hub(cfg: DataSchema) -> tuple[Splits, dict[str, str]]:
+    import datasets
+
+    try:
+        dsd = datasets.load_dataset(cfg.path, cfg.hub_config)
+    except Exception as err:
+        raise DataError(f"data.path: cannot load the data set {cfg.path!r}: {str(err).splitlines()[0]}") from None
+    wanted = {"train": cfg.train_split, "val": cfg.val_split, "test": cfg.test_split}
+    splits, where = {}, {}
+    for split, name in wanted.items():
+        for candidate in (name, *SPLIT_NAMES[split]):
+            if candidate in dsd:
+                splits[split], where[split] = dsd[candidate].to_list(), f"{cfg.path}[{candidate}]"
+                break
+    if "train" not in splits:
+        raise DataError(f"data.train_split: {cfg.train_split!r} is not a split of {cfg.path!r} "
+                        f"(splits: {', '.join(dsd.keys())})")
+    missing = tuple(s for s in ("val", "test") if s not in splits)
+    if missing:
+        extra = _split_fractions(splits["train"], cfg, where["train"], missing)
+        splits.update(extra)
+        where.update({s: f"{where['train']} ({s} part)" for s in extra})
+    return splits, where
+
+
+def _check_fields(splits: Splits, where: dict[str, str], cfg: DataSchema) -> None:
+    for split, rows in splits.items():
+        if not rows:
+            raise DataError(f"{where[split]}: the {split} split is empty")
+        for i, row in enumerate(rows):
+            for key in ("prompt_field", "response_field"):
+                field = getattr(cfg, key)
+                if field not in row or row[field] is None:
+                    line = f" line {i + 1}" if where[split].endswith((".jsonl", ".json")) else f" row {i + 1}"
+                    raise DataError(f"{where[split]}{line}: missing field {field!r} (data.{key}; "
+                                    f"fields present: {', '.join(map(str, row))})")
+
+
+def load_splits(cfg: DataSchema) -> Splits:
+    """The task's train, val and test records, checked for the configured fields."""
+    if cfg.path.startswith("builtin:"):
+        name = cfg.path.split(":", 1)[1]
+        folder = BUILTIN_DIR / name
+        if not folder.is_dir():
+            raise DataError(f"data.path: no builtin task {name!r} (builtin: {', '.join(builtin_tasks())})")
+        splits, where = _load_local(folder, cfg)
+    else:
+        path = Path(cfg.path).expanduser()
+        if path.exists():
+            splits, where = _load_local(path, cfg)
+        elif path.suffix.lower() in SUFFIXES or cfg.path.startswith(("/", ".", "~")):
+            raise DataError(f"data.path: no such file or folder: {cfg.path}")
+        else:
+            splits, where = _load_hub(cfg)
+    _check_fields(splits, where, cfg)
+    if cfg.max_train_examples:
+        splits["train"] = splits["train"][: cfg.max_train_examples]
+    if cfg.max_eval_examples:
+        for split in ("val", "test"):
+            splits[split] = splits[split][: cfg.max_eval_examples]
+    return splits

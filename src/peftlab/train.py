@@ -1,0 +1,155 @@
+"""``peftlab-train``: validate, build, test the untouched base, fit, test, save, report.
+
+    peftlab-train                         # SmolLM2-135M + LoRA on the date task
+    peftlab-train method=lora method.r=4 trainer.max_steps=200
+    peftlab-train -m method=lora,full seed=1,2,3
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import hydra
+import lightning as L
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from peftlab.callbacks import ThroughputMonitor, peak_rss_mb
+from peftlab.cli import run_app
+from peftlab.config import CONF_DIR, validate
+from peftlab.config.schema import TrainSchema
+from peftlab.data import TaskDataModule
+from peftlab.errors import PeftlabError
+from peftlab.methods import apply_method, count_parameters, method_spec
+from peftlab.models import display_name, load_backbone
+from peftlab.module import PeftLabModule
+from peftlab.outputs import (check_fresh_run_dir, discard_unstarted_run_dir, save_folder_atomically, versions,
+                             write_json, write_jsonl)
+from peftlab.trainer import make_trainer
+
+log = logging.getLogger("peftlab.train")
+
+
+def evaluate(trainer: L.Trainer, module: PeftLabModule, data: TaskDataModule) -> dict[str, float]:
+    """Test ``module`` on the test split: {"loss", "perplexity", "exact_match"}."""
+    results = trainer.test(module, datamodule=data, verbose=False)
+    return {k.split("/", 1)[1]: round(float(v), 6) for k, v in results[0].items() if k.startswith("test/")}
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Run one training job from a composed config; returns what it writes to metrics.json."""
+    run_dir = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else Path(cfg.paths.run_dir)
+    try:
+        conf = validate(cfg, TrainSchema)
+        check_fresh_run_dir(run_dir)
+        return _train(conf, cfg, run_dir)
+    except PeftlabError:
+        discard_unstarted_run_dir(run_dir)
+        raise
+
+
+def _train(conf: TrainSchema, cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    started = time.perf_counter()
+    L.seed_everything(conf.seed, workers=True, verbose=False)
+    if conf.hardware.threads:
+        torch.set_num_threads(conf.hardware.threads)
+    task_type = conf.data.task_type
+    dry = bool(conf.trainer.fast_dev_run)
+
+    backbone = load_backbone(conf.model, conf.paths.cache_dir, task_type, conf.precision.dtype)
+    data = TaskDataModule(conf.data, backbone.tokenizer, seed=conf.seed)
+    data.setup()
+    spec = method_spec(conf.method.name)
+    if spec.build is not None:  # the method's own checks (target modules...) before any work
+        spec.build(conf.method, task_type, backbone.model)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    log.info("model %s (%s), task %s %s", display_name(conf.model), backbone.path, conf.data.name, data.sizes())
+
+    zero_shot: Optional[dict[str, float]] = None
+    if conf.zero_shot and not dry:
+        base = PeftLabModule(backbone.model, backbone.tokenizer, max_new_tokens=conf.data.max_new_tokens)
+        zero_shot = evaluate(make_trainer(conf, evaluation=True), base, data)
+        write_jsonl(run_dir / "zero_shot_predictions.jsonl", base.predictions)
+        log.info("zero-shot test: %s", zero_shot)
+
+    model = apply_method(backbone.model, conf.method, task_type)
+    params = count_parameters(model)
+    log.info("method %s: %s trainable of %s parameters (%.4f%%)", conf.method.name,
+             f"{params['trainable']:,}", f"{params['total']:,}", params["trainable_pct"])
+    module = PeftLabModule(model, backbone.tokenizer, conf.optim, conf.data.max_new_tokens)
+    trainer = make_trainer(conf)
+    trainer.fit(module, datamodule=data, ckpt_path=conf.resume_from)
+    val = {k.split("/", 1)[1]: round(float(v), 6) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+    test = evaluate(trainer, module, data)
+    if dry:
+        log.info("fast_dev_run: nothing saved; test on one batch: %s", test)
+        return {"test": test}
+    if not trainer.is_global_zero:
+        return {"test": test}
+
+    if conf.save_adapter:
+        def save(tmp: Path) -> None:
+            model.save_pretrained(tmp)
+            backbone.tokenizer.save_pretrained(tmp)
+
+        save_folder_atomically(run_dir / "adapter", save)
+    write_jsonl(run_dir / "test_predictions.jsonl", module.predictions)
+
+    monitor = next((c for c in trainer.callbacks if isinstance(c, ThroughputMonitor)), None)
+    speed = monitor.summary if monitor else {}
+    metrics = {
+        "model": display_name(conf.model),
+        "method": conf.method.name,
+        "task": conf.data.name,
+        "seed": conf.seed,
+        "params": params,
+        "zero_shot": zero_shot,
+        "test": test,
+        "val": val,
+        "train": {"steps": int(trainer.global_step), "wall_s": speed.get("wall_s"),
+                  "tokens_per_s": speed.get("tokens_per_s"), "tokens": speed.get("tokens")},
+        "memory": {"peak_rss_mb": round(peak_rss_mb(), 1), "peak_cuda_mb": speed.get("peak_cuda_mb")},
+        "total_wall_s": round(time.perf_counter() - started, 2),
+        "base_model": backbone.path,
+        "adapter": str(run_dir / "adapter") if conf.save_adapter else None,
+        "data": data.sizes(),
+        "overrides": list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else [],
+        "versions": versions(),
+    }
+    write_json(run_dir / "metrics.json", metrics)
+    _summary(metrics, run_dir)
+    return metrics
+
+
+def _summary(m: dict[str, Any], run_dir: Path) -> None:
+    p = m["params"]
+    lines = [f"{m['model']} + {m['method']} on {m['task']} (seed {m['seed']})",
+             f"  trainable parameters: {p['trainable']:,} of {p['total']:,} ({p['trainable_pct']:.3f}%)"]
+    for key in ("exact_match", "loss"):
+        if key in m["test"]:
+            before = f"zero-shot {m['zero_shot'][key]:.4f} -> " if m["zero_shot"] else ""
+            lines.append(f"  test {key}: {before}fine-tuned {m['test'][key]:.4f}")
+    lines.append(f"  training: {m['train']['steps']} steps in {m['train']['wall_s']} s "
+                 f"({m['train']['tokens_per_s']} tokens/s), peak RSS {m['memory']['peak_rss_mb']} MiB")
+    if m["adapter"]:
+        lines.append(f"  adapter: {m['adapter']}")
+    lines.append(f"  metrics: {run_dir / 'metrics.json'}")
+    log.info("done\n%s", "\n".join(lines))
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
+def _hydra_main(cfg: DictConfig) -> Optional[float]:
+    metrics = train(cfg)
+    return metrics.get("test", {}).get("exact_match")
+
+
+def main() -> None:
+    run_app(_hydra_main, "peftlab-train")
+
+
+if __name__ == "__main__":
+    main()

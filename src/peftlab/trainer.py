@@ -1,0 +1,53 @@
+"""Build the lightning.Trainer from the config: hardware, precision, trainer args, callbacks, loggers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
+
+from peftlab.config.schema import TrainSchema
+
+
+def _instantiate_all(nodes: dict[str, Any]) -> list[Any]:
+    return [instantiate(node, _convert_="all") for node in nodes.values() if node is not None]
+
+
+def make_trainer(conf: TrainSchema, evaluation: bool = False) -> L.Trainer:
+    """The Trainer of a run; ``evaluation=True`` gives one that only tests (no logger, no checkpoints)."""
+    t = conf.trainer
+    callbacks = _instantiate_all(conf.callbacks)
+    if not t.enable_progress_bar:
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
+    if evaluation:
+        callbacks = [c for c in callbacks if isinstance(c, ProgressBar)]
+    loggers = [] if evaluation else _instantiate_all(conf.logger)
+    has_checkpoint = any(isinstance(c, ModelCheckpoint) for c in callbacks)
+    return L.Trainer(
+        accelerator=conf.hardware.accelerator,
+        devices=conf.hardware.devices,
+        strategy=conf.hardware.strategy,
+        num_nodes=conf.hardware.num_nodes,
+        precision=conf.precision.trainer,
+        default_root_dir=conf.paths.run_dir,
+        callbacks=callbacks,
+        logger=loggers or False,
+        enable_checkpointing=has_checkpoint,
+        enable_model_summary=False,
+        max_steps=t.max_steps,
+        max_epochs=t.max_epochs,
+        val_check_interval=t.val_check_interval,
+        check_val_every_n_epoch=t.check_val_every_n_epoch,
+        log_every_n_steps=t.log_every_n_steps,
+        accumulate_grad_batches=t.accumulate_grad_batches,
+        gradient_clip_val=t.gradient_clip_val,
+        limit_train_batches=t.limit_train_batches,
+        limit_val_batches=t.limit_val_batches,
+        limit_test_batches=t.limit_test_batches,
+        num_sanity_val_steps=t.num_sanity_val_steps,
+        fast_dev_run=t.fast_dev_run,
+        deterministic=t.deterministic,
+        enable_progress_bar=t.enable_progress_bar,
+    )
