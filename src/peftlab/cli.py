@@ -13,13 +13,12 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+from omegaconf.errors import OmegaConfBaseException
 
 from peftlab.errors import PeftlabError
 
 _NOT_FOUND = re.compile(r"Could not find '(?P<group>[\w/]+)/(?P<choice>[^']+)'")
 _OPTIONS = re.compile(r"Available options in '[\w/]+':\n((?:\t.*\n?)*)")
-_OVERRIDE = re.compile(r"Could not override '(?P<key>[^']+)'")
 
 
 def describe(err: BaseException) -> str:
@@ -37,9 +36,6 @@ def describe(err: BaseException) -> str:
         return f"{group}={m.group('choice')}: no such config" + (f" (available: {listed})" if listed else "")
     cause = err.__cause__
     if isinstance(cause, OmegaConfBaseException):
-        m = _OVERRIDE.search(text)
-        if isinstance(cause, ConfigKeyError) and m:
-            return f"{m.group('key')}: unknown key (to see the keys of a group: --cfg job --package <group>)"
         return omegaconf_message(cause)
     if isinstance(err, OmegaConfBaseException):
         return omegaconf_message(err)

@@ -39,7 +39,7 @@ def _plain(value: Any) -> Any:
 
 
 def linear_module_names(model: nn.Module) -> list[str]:
-    """Short names (last path component) of the modules that LoRA-style methods can target."""
+    """Short names (last path component) of the layers that adapter methods can target."""
     names = set()
     for name, module in model.named_modules():
         if isinstance(module, (nn.Linear, nn.Embedding, nn.Conv1d)) or type(module).__name__ == "Conv1D":
@@ -56,14 +56,14 @@ def check_target_modules(model: nn.Module, target_modules: Any, key: str = "meth
         if not any(re.fullmatch(target_modules, n) for n in full_names):
             raise ConfigError(
                 f"{key}: the pattern {target_modules!r} matches no module of the model "
-                f"(its linear modules: {', '.join(linear_module_names(model))})"
+                f"(its targetable modules: {', '.join(linear_module_names(model))})"
             )
         return
     missing = [t for t in target_modules if not any(n == t or n.endswith("." + t) for n in full_names)]
     if missing:
         raise ConfigError(
             f"{key}: no module named {', '.join(map(repr, missing))} in the model "
-            f"(its linear modules: {', '.join(linear_module_names(model))})"
+            f"(its targetable modules: {', '.join(linear_module_names(model))})"
         )
 
 

@@ -8,7 +8,7 @@ import lightning as L
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 
-from peftlab.config.schema import TrainSchema
+from peftlab.config.schema import EvalSchema, TrainSchema
 
 
 def _instantiate_all(nodes: dict[str, Any]) -> list[Any]:
@@ -50,4 +50,20 @@ def make_trainer(conf: TrainSchema, evaluation: bool = False) -> L.Trainer:
         fast_dev_run=t.fast_dev_run,
         deterministic=t.deterministic,
         enable_progress_bar=t.enable_progress_bar,
+    )
+
+
+def make_eval_trainer(conf: EvalSchema) -> L.Trainer:
+    """A Trainer for ``peftlab-eval``: test only, no logger, no checkpoints."""
+    return L.Trainer(
+        accelerator=conf.hardware.accelerator,
+        devices=conf.hardware.devices,
+        strategy=conf.hardware.strategy,
+        num_nodes=conf.hardware.num_nodes,
+        precision=conf.precision.trainer,
+        default_root_dir=conf.paths.run_dir,
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        limit_test_batches=conf.limit_batches,
     )

@@ -287,7 +287,6 @@ class EvalSchema:
     hardware: HardwareSchema = MISSING
     paths: PathsSchema = MISSING
     run_dir: Optional[str] = None  # a peftlab-train run folder; null evaluates the base model alone
-    data_from_run: bool = True  # with run_dir: evaluate on the run's own task, not `data`
     split: str = "test"
     seed: int = 42
     limit_batches: Optional[float] = None

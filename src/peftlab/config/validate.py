@@ -20,7 +20,8 @@ from peftlab.errors import ConfigError
 
 T = TypeVar("T")
 
-_CONVERT = re.compile(r"Value '(?P<value>.*)' (?:of type '\w+' )?could not be converted to (?P<type>\w+)")
+_CONVERT = re.compile(r"Value '(?P<value>.*?)' (?:of type '\w+' )?could not be converted to (?P<type>\w+)")
+_UNKNOWN = re.compile(r"Key '[^']+' (?:is )?not in")
 _ARTICLE = {"Integer": "an integer", "Float": "a number", "Boolean": "a boolean (true/false)", "String": "a string"}
 
 
@@ -44,8 +45,10 @@ def omegaconf_message(err: OmegaConfBaseException, prefix: str = "") -> str:
     key = getattr(err, "full_key", None) or getattr(err, "key", None) or ""
     key = f"{prefix}.{key}" if prefix and key else (prefix or str(key))
     text = str(err).splitlines()[0] if str(err) else type(err).__name__
-    if isinstance(err, ConfigKeyError):
-        return f"{key}: unknown key"
+    if isinstance(err, ConfigKeyError) or _UNKNOWN.search(text):
+        owner = getattr(err, "object_type", None)
+        known = f" (known keys: {', '.join(_field_names(owner))})" if dataclasses.is_dataclass(owner) else ""
+        return f"{key}: unknown key{known}"
     if isinstance(err, MissingMandatoryValue):
         return f"{key}: missing value (set it with {key}=...)"
     m = _CONVERT.search(text)
@@ -58,7 +61,9 @@ def omegaconf_message(err: OmegaConfBaseException, prefix: str = "") -> str:
 def _strict_merge(group: str, schema: Any, node: Any) -> DictConfig:
     base = OmegaConf.structured(schema)  # dataclass nodes reject unknown keys; Dict fields stay open
     try:
-        return OmegaConf.merge(base, node)
+        # merge plain values: a node that Hydra force-added keys to (`+method.rr=4`) keeps its type
+        # but would merge without complaint
+        return OmegaConf.merge(base, OmegaConf.to_container(node, resolve=True))
     except ConfigKeyError as err:
         bad = err.full_key or err.key
         known = ", ".join(n for n in _field_names(schema) if n != "name")

@@ -18,9 +18,10 @@ log = logging.getLogger(__name__)
 
 
 class TaskDataModule(L.LightningDataModule):
-    def __init__(self, cfg: DataSchema, tokenizer, seed: int = 0):
+    def __init__(self, cfg: DataSchema, tokenizer, seed: int = 0, test_split: str = "test"):
         super().__init__()
         self.cfg = cfg
+        self.test_split = test_split  # what trainer.test() evaluates: "test", or "val"
         self.tokenizer = tokenizer
         self.seed = seed
         self.format = PromptFormat.for_tokenizer(tokenizer, cfg.prompt_format, cfg.system_prompt)
@@ -63,4 +64,4 @@ class TaskDataModule(L.LightningDataModule):
         return self._loader("val", train=False)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", train=False)
+        return self._loader(self.test_split, train=False)

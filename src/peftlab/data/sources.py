@@ -26,7 +26,13 @@ def builtin_tasks() -> list[str]:
     return sorted(p.name for p in BUILTIN_DIR.iterdir() if p.is_dir())
 
 
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
+def _require(row: dict[str, Any], fields: dict[str, str], where: str) -> None:
+    for key, field in fields.items():
+        if field not in row or row[field] is None:
+            raise DataError(f"{where}: missing field {field!r} (data.{key}; fields present: {', '.join(map(str, row))})")
+
+
+def read_jsonl(path: Path, fields: dict[str, str]) -> list[dict[str, Any]]:
     rows = []
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
@@ -38,21 +44,30 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
                 raise DataError(f"{path} line {lineno}: malformed JSON ({err.msg} at column {err.colno})") from None
             if not isinstance(row, dict):
                 raise DataError(f"{path} line {lineno}: expected a JSON object, got {type(row).__name__}")
+            _require(row, fields, f"{path} line {lineno}")
             rows.append(row)
     return rows
 
 
-def read_file(path: Path) -> list[dict[str, Any]]:
+def read_file(path: Path, fields: dict[str, str]) -> list[dict[str, Any]]:
+    """The records of one file; every record must hold ``fields`` (data key -> field name)."""
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
-        return read_jsonl(path)
+        return read_jsonl(path, fields)
+    rows = _read_other(path, suffix, fields)
+    for i, row in enumerate(rows):
+        _require(row, fields, f"{path} {'record' if suffix == '.json' else 'row'} {i + 1}")
+    return rows
+
+
+def _read_other(path: Path, suffix: str, fields: dict[str, str]) -> list[dict[str, Any]]:
     if suffix == ".json":
         text = path.read_text(encoding="utf-8")
         try:
             data = json.loads(text)
         except json.JSONDecodeError as err:
             if err.msg == "Extra data":  # JSON lines in a .json file
-                return read_jsonl(path)
+                return read_jsonl(path, fields)
             raise DataError(f"{path} line {err.lineno}: malformed JSON ({err.msg} at column {err.colno})") from None
         if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), list):
             data = next(iter(data.values()))  # {"data": [...]}
@@ -100,10 +115,10 @@ def _load_local(path: Path, cfg: DataSchema) -> tuple[Splits, dict[str, str]]:
         files = _split_files(path)
         if "train" not in files:
             raise DataError(f"data.path: no train file in {path} (expected train.jsonl / .json / .csv / .parquet)")
-        splits = {split: read_file(f) for split, f in files.items()}
+        splits = {split: read_file(f, _fields(cfg)) for split, f in files.items()}
         where = {split: str(f) for split, f in files.items()}
     else:
-        splits = {"train": read_file(path)}
+        splits = {"train": read_file(path, _fields(cfg))}
         where = {"train": str(path)}
     missing = tuple(s for s in ("val", "test") if s not in splits)
     if missing:
@@ -129,6 +144,9 @@ def _load_hub(cfg: DataSchema) -> tuple[Splits, dict[str, str]]:
             if candidate in dsd:
                 splits[split], where[split] = dsd[candidate].to_list(), f"{cfg.path}[{candidate}]"
                 break
+    for split, rows in splits.items():
+        for i, row in enumerate(rows):
+            _require(row, _fields(cfg), f"{where[split]} row {i + 1}")
     if "train" not in splits:
         raise DataError(f"data.train_split: {cfg.train_split!r} is not a split of {cfg.path!r} "
                         f"(splits: {', '.join(dsd.keys())})")
@@ -140,17 +158,14 @@ def _load_hub(cfg: DataSchema) -> tuple[Splits, dict[str, str]]:
     return splits, where
 
 
-def _check_fields(splits: Splits, where: dict[str, str], cfg: DataSchema) -> None:
+def _fields(cfg: DataSchema) -> dict[str, str]:
+    return {"prompt_field": cfg.prompt_field, "response_field": cfg.response_field}
+
+
+def _check_splits(splits: Splits, where: dict[str, str]) -> None:
     for split, rows in splits.items():
         if not rows:
             raise DataError(f"{where[split]}: the {split} split is empty")
-        for i, row in enumerate(rows):
-            for key in ("prompt_field", "response_field"):
-                field = getattr(cfg, key)
-                if field not in row or row[field] is None:
-                    line = f" line {i + 1}" if where[split].endswith((".jsonl", ".json")) else f" row {i + 1}"
-                    raise DataError(f"{where[split]}{line}: missing field {field!r} (data.{key}; "
-                                    f"fields present: {', '.join(map(str, row))})")
 
 
 def load_splits(cfg: DataSchema) -> Splits:
@@ -169,7 +184,7 @@ def load_splits(cfg: DataSchema) -> Splits:
             raise DataError(f"data.path: no such file or folder: {cfg.path}")
         else:
             splits, where = _load_hub(cfg)
-    _check_fields(splits, where, cfg)
+    _check_splits(splits, where)
     if cfg.max_train_examples:
         splits["train"] = splits["train"][: cfg.max_train_examples]
     if cfg.max_eval_examples:

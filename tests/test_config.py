@@ -1,0 +1,121 @@
+"""Every shipped config composes and validates; bad values fail with the key and the value."""
+
+from __future__ import annotations
+
+import concurrent.futures as futures
+from pathlib import Path
+
+import pytest
+
+from conftest import CONF, compose, run_cli
+from peftlab.config import validate
+from peftlab.config.schema import EvalSchema, TrainSchema
+from peftlab.errors import ConfigError
+from peftlab.methods import METHODS
+
+# options that need a value the user must give
+REQUIRED = {"model/hf": ["model.name_or_path=/some/folder"], "data/custom": ["data.path=/some/file.jsonl"]}
+GROUPS = ["model", "method", "data", "optim", "precision", "hardware", "trainer", "callbacks", "logger", "paths"]
+
+
+def _options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in _options(g)])
+def test_every_group_option_composes_and_validates(group, option):
+    overrides = [f"{group}={option}", *REQUIRED.get(f"{group}/{option}", [])]
+    if group == "precision" and option.startswith("fp16"):
+        overrides.append("hardware=gpu")
+    conf = validate(compose(overrides))
+    assert isinstance(conf, TrainSchema)
+    if group == "method":
+        assert conf.method.name == option
+
+
+@pytest.mark.parametrize("extra", [["debug=fdr"], ["debug=tiny"]])
+def test_debug_configs_compose(extra):
+    assert isinstance(validate(compose(extra)), TrainSchema)
+
+
+def test_eval_config_composes():
+    conf = validate(compose(config_name="eval"), EvalSchema)
+    assert conf.split == "test" and conf.run_dir is None
+
+
+def test_method_registry_matches_yaml_files():
+    assert set(METHODS) == set(_options("method"))
+
+
+def test_defaults_list_names_every_group():
+    text = (CONF / "train.yaml").read_text()
+    for group in [*GROUPS, "hydra", "experiment: null", "debug: null", "optional local"]:
+        assert f"- {group}" in text, group
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["+method.rr=4"], "method.rr: unknown key for method 'lora'"),
+    (["method.r=-1"], "method.r must be > 0, got -1"),
+    (["method.lora_dropout=1.5"], "method.lora_dropout must be in [0, 1), got 1.5"),
+    (["optim.lr=0"], "optim.lr must be > 0, got 0.0"),
+    (["trainer.max_steps=-3"], "trainer.max_steps must be > 0 (or -1 for epochs), got -3"),
+    (["+model.colour=red"], "model.colour: unknown key"),
+    (["+foo=1"], "foo: unknown key"),
+    (["method.target_modules=[]"], "method.target_modules must be 'all-linear' or a non-empty list"),
+    (["trainer.limit_val_batches=1.5"], "trainer.limit_val_batches must be a count of batches"),
+    (["precision=fp16"], "precision.trainer=16-mixed needs a GPU"),
+])
+def test_validate_rejects_bad_values(overrides, message):
+    with pytest.raises(ConfigError) as err:
+        validate(compose(overrides))
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_validate_collects_every_problem_at_once():
+    with pytest.raises(ConfigError) as err:
+        validate(compose(["method.r=-1", "optim.lr=0"]))
+    assert "method.r must be > 0" in str(err.value) and "optim.lr must be > 0" in str(err.value)
+
+
+# --- the CLI: each bad override exits 2 with one line and leaves no run folder -------------------
+CLI_CASES = {
+    "method.rr=4": "method.rr: unknown key",
+    "+method.rr=4": "method.rr: unknown key for method 'lora'",
+    "method.r=-1": "method.r must be > 0, got -1",
+    "method.r=abc": "method.r must be an integer, got 'abc'",
+    "method=lorax": "method=lorax: no such config (available: full, lora",
+    "method.lora_dropout=1.5": "method.lora_dropout must be in [0, 1), got 1.5",
+    "model=nope": "model=nope: no such config (available:",
+    "trainer.max_steps=-3": "trainer.max_steps must be > 0 (or -1 for epochs), got -3",
+    "optim.lr=0": "optim.lr must be > 0, got 0.0",
+    "method.target_modules=[nonexistent]": "method.target_modules: no module named 'nonexistent' in the model "
+                                           "(its targetable modules: down_proj, embed_tokens, gate_proj, k_proj, "
+                                           "lm_head, o_proj, q_proj, up_proj, v_proj)",
+}
+
+
+@pytest.fixture(scope="module")
+def cli_results(tmp_path_factory, cache_dir):
+    root = tmp_path_factory.mktemp("bad")
+
+    def one(i_override):
+        i, override = i_override
+        run_dir = root / f"run{i}"
+        proc = run_cli("peftlab-train", "model=tiny_llama", override, f"hydra.run.dir={run_dir}")
+        return override, (proc, run_dir)
+
+    with futures.ThreadPoolExecutor(max_workers=3) as pool:
+        return dict(pool.map(one, enumerate(CLI_CASES)))
+
+
+@pytest.mark.parametrize("override", list(CLI_CASES))
+def test_cli_bad_override_fails_with_one_line(cli_results, override):
+    proc, run_dir = cli_results[override]
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert "Traceback" not in proc.stderr
+    assert lines[-1].startswith("peftlab-train: error: "), lines
+    assert CLI_CASES[override] in lines[-1]
+    assert [line for line in lines if "error" in line.lower()] == [lines[-1]]
+    assert not Path(run_dir).exists() or not any(Path(run_dir).iterdir())

@@ -1,0 +1,130 @@
+"""Reading tasks (errors name file, line and field), prompt formats, labels and collators."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import compose
+from peftlab.config import validate
+from peftlab.data.collators import CausalLMCollator
+from peftlab.data.sources import load_splits
+from peftlab.data.tokenize import IGNORE_INDEX, PromptFormat, encode
+from peftlab.errors import DataError
+
+
+def data_cfg(path, *extra):
+    return validate(compose(["data=custom", f"data.path={path}", *extra])).data
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+ROWS = [{"prompt": f"q{i}", "response": f"a{i}"} for i in range(20)]
+
+
+def test_builtin_dates_task_has_three_disjoint_splits():
+    splits = load_splits(validate(compose()).data)
+    assert {k: len(v) for k, v in splits.items()} == {"train": 2000, "val": 64, "test": 128}
+    seen = [{r["response"] for r in rows} for rows in splits.values()]
+    assert not (seen[0] & seen[1]) and not (seen[0] & seen[2]) and not (seen[1] & seen[2])
+
+
+def test_single_file_is_split_by_fractions(tmp_path):
+    cfg = data_cfg(write_jsonl(tmp_path / "d.jsonl", ROWS), "data.val_fraction=0.1", "data.test_fraction=0.2")
+    splits = load_splits(cfg)
+    assert {k: len(v) for k, v in splits.items()} == {"val": 2, "test": 4, "train": 14}
+    assert load_splits(cfg) == splits  # seeded
+
+
+def test_folder_of_split_files_and_csv(tmp_path):
+    import csv
+
+    write_jsonl(tmp_path / "train.jsonl", ROWS)
+    with open(tmp_path / "validation.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["prompt", "response"])
+        w.writeheader()
+        w.writerows(ROWS[:3])
+    write_jsonl(tmp_path / "test.jsonl", ROWS[:5])
+    splits = load_splits(data_cfg(tmp_path))
+    assert {k: len(v) for k, v in splits.items()} == {"train": 20, "val": 3, "test": 5}
+
+
+def test_field_mapping(tmp_path):
+    rows = [{"question": f"q{i}", "answer": f"a{i}"} for i in range(10)]
+    cfg = data_cfg(write_jsonl(tmp_path / "qa.jsonl", rows), "data.prompt_field=question",
+                   "data.response_field=answer")
+    assert load_splits(cfg)["train"][0].keys() == {"question", "answer"}
+
+
+@pytest.mark.parametrize("case,message", [
+    ("missing_file", "data.path: no such file or folder: {dir}/nope.jsonl"),
+    ("malformed", "{dir}/bad.jsonl line 3: malformed JSON"),
+    ("missing_field", "{dir}/nofield.jsonl line 2: missing field 'response' (data.response_field; "
+                      "fields present: prompt)"),
+    ("empty_split", "{dir}/test.jsonl: the test split is empty"),
+    ("not_object", "{dir}/list.jsonl line 1: expected a JSON object, got list"),
+])
+def test_data_errors_name_file_line_and_field(tmp_path, case, message):
+    if case == "missing_file":
+        path = tmp_path / "nope.jsonl"
+    elif case == "malformed":
+        path = tmp_path / "bad.jsonl"
+        path.write_text('{"prompt": "a", "response": "b"}\n{"prompt": "c", "response": "d"}\n{"prompt": oops}\n')
+    elif case == "missing_field":
+        path = write_jsonl(tmp_path / "nofield.jsonl", [{"prompt": "a", "response": "b"}, {"prompt": "c"}])
+    elif case == "empty_split":
+        write_jsonl(tmp_path / "train.jsonl", ROWS)
+        write_jsonl(tmp_path / "val.jsonl", ROWS[:2])
+        (tmp_path / "test.jsonl").write_text("")
+        path = tmp_path
+    else:
+        path = tmp_path / "list.jsonl"
+        path.write_text("[1, 2]\n")
+    with pytest.raises(DataError) as err:
+        load_splits(data_cfg(path))
+    assert message.format(dir=tmp_path) in str(err.value)
+
+
+def test_chat_labels_cover_answer_and_end_of_turn_only(tiny_backbone_factory):
+    tok = tiny_backbone_factory().tokenizer
+    fmt = PromptFormat.for_tokenizer(tok, "auto", "Be brief.")
+    assert fmt.use_chat
+    ex = encode(tok, fmt, "When?", "2020-01-02", max_length=256)
+    n_prompt = len(ex["prompt_ids"])
+    assert ex["input_ids"][:n_prompt] == ex["prompt_ids"]
+    assert ex["labels"][:n_prompt] == [IGNORE_INDEX] * n_prompt
+    assert tok.decode(ex["labels"][n_prompt:]) == "2020-01-02<|im_end|>"
+    assert tok.decode(ex["prompt_ids"]).endswith("<|im_start|>assistant\n")
+    assert "Be brief." in tok.decode(ex["prompt_ids"])
+
+
+def test_plain_format_without_chat_template(tiny_backbone_factory):
+    tok = tiny_backbone_factory().tokenizer
+    fmt = PromptFormat.for_tokenizer(tok, "plain", None)
+    ex = encode(tok, fmt, "When?", "2020", max_length=256)
+    assert tok.decode(ex["prompt_ids"]) .endswith("### Response:\n")
+    assert tok.decode(ex["labels"][len(ex["prompt_ids"]):]) == "2020" + tok.eos_token
+
+
+def test_truncation_keeps_the_answer(tiny_backbone_factory):
+    tok = tiny_backbone_factory().tokenizer
+    fmt = PromptFormat.for_tokenizer(tok, "plain", None)
+    ex = encode(tok, fmt, "x" * 500, "2020", max_length=64)
+    assert len(ex["input_ids"]) == 64 and ex["truncated"]
+    assert tok.decode([t for t in ex["labels"] if t != IGNORE_INDEX]) == "2020" + tok.eos_token
+
+
+def test_collator_pads_right_for_loss_and_left_for_generation():
+    examples = [{"input_ids": [5, 6, 7, 8], "labels": [-100, -100, 7, 8], "prompt_ids": [5, 6], "reference": "a"},
+                {"input_ids": [5, 6], "labels": [-100, 6], "prompt_ids": [5], "reference": "b"}]
+    b = CausalLMCollator(pad_token_id=0, generation=True)(examples)
+    assert b["input_ids"].tolist() == [[5, 6, 7, 8], [5, 6, 0, 0]]
+    assert b["attention_mask"].tolist() == [[1, 1, 1, 1], [1, 1, 0, 0]]
+    assert b["labels"].tolist() == [[-100, -100, 7, 8], [-100, 6, -100, -100]]
+    assert b["gen_input_ids"].tolist() == [[5, 6], [0, 5]]
+    assert b["gen_attention_mask"].tolist() == [[1, 1], [0, 1]]
+    assert b["references"] == ["a", "b"]

@@ -1,0 +1,88 @@
+"""A real CLI training run on the tiny model, and what it leaves in the run folder."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from conftest import run_cli
+
+METRIC_KEYS = {"model", "method", "task", "seed", "params", "zero_shot", "test", "train", "memory", "versions"}
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, cache_dir):
+    run_dir = tmp_path_factory.mktemp("runs") / "tiny"
+    proc = run_cli("peftlab-train", "debug=tiny", "trainer.max_steps=8", "optim.lr=5e-3",
+                   "callbacks.checkpoint.every_n_train_steps=4", f"hydra.run.dir={run_dir}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return run_dir, proc
+
+
+def test_run_folder_layout(tiny_run):
+    run_dir, _ = tiny_run
+    for name in (".hydra/config.yaml", ".hydra/overrides.yaml", "config.yaml", "metrics.json",
+                 "adapter/adapter_config.json", "adapter/adapter_model.safetensors", "adapter/tokenizer.json",
+                 "checkpoints/last.ckpt", "logs/metrics.csv", "test_predictions.jsonl"):
+        assert (run_dir / name).exists(), name
+    assert not list(run_dir.glob(".*.tmp-*"))
+
+
+def test_metrics_json_contract(tiny_run):
+    m = json.loads((tiny_run[0] / "metrics.json").read_text())
+    assert METRIC_KEYS <= set(m)
+    assert (m["model"], m["method"], m["task"], m["seed"]) == ("tiny_llama", "lora", "dates", 42)
+    assert set(m["params"]) == {"trainable", "total", "trainable_pct"}
+    assert 0 < m["params"]["trainable"] < m["params"]["total"]
+    assert {"exact_match", "loss", "perplexity"} <= set(m["test"]) and set(m["zero_shot"]) == set(m["test"])
+    assert m["train"]["steps"] == 8 and m["train"]["wall_s"] > 0 and m["train"]["tokens_per_s"] > 0
+    assert m["memory"]["peak_rss_mb"] > 0
+    assert {"python", "torch", "transformers", "peft", "lightning", "peftlab", "git_commit"} <= set(m["versions"])
+    assert m["overrides"][0] == "debug=tiny"
+
+
+def test_training_lowers_the_test_loss(tiny_run):
+    m = json.loads((tiny_run[0] / "metrics.json").read_text())
+    assert m["test"]["loss"] < m["zero_shot"]["loss"]
+
+
+def test_checkpoint_holds_trainable_weights_and_optimizer_state_only(tiny_run):
+    ckpt = torch.load(tiny_run[0] / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    keys = set(ckpt["state_dict"])
+    assert keys and all(".lora_A." in k or ".lora_B." in k for k in keys)
+    assert len(ckpt["optimizer_states"][0]["state"]) == len(keys)
+    assert ckpt["global_step"] == 8
+
+
+def test_adapter_names_a_base_plain_transformers_loads(tiny_run):
+    from transformers import AutoModelForCausalLM
+
+    config = json.loads((tiny_run[0] / "adapter" / "adapter_config.json").read_text())
+    base = AutoModelForCausalLM.from_pretrained(config["base_model_name_or_path"])
+    assert base.config.model_type == "llama"
+
+
+def test_an_existing_run_folder_is_never_overwritten(tiny_run, tmp_path):
+    run_dir, _ = tiny_run
+    before = (run_dir / "metrics.json").read_bytes()
+    hydra_before = (run_dir / ".hydra" / "config.yaml").read_bytes()
+    proc = run_cli("peftlab-train", "debug=tiny", f"hydra.run.dir={run_dir}")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"peftlab-train: error: hydra.run.dir: {run_dir} already holds a run (metrics.json, adapter); "
+        "it is never overwritten, pick another folder")
+    assert (run_dir / "metrics.json").read_bytes() == before
+    assert (run_dir / ".hydra" / "config.yaml").read_bytes() == hydra_before
+
+
+def test_eval_reproduces_the_test_metrics(tiny_run, tmp_path):
+    run_dir, _ = tiny_run
+    out = tmp_path / "eval"
+    proc = run_cli("peftlab-eval", f"run_dir={run_dir}", "data.max_eval_examples=8", f"hydra.run.dir={out}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    trained = json.loads((run_dir / "metrics.json").read_text())["test"]
+    evaluated = json.loads((out / "eval.json").read_text())["metrics"]
+    assert evaluated["exact_match"] == trained["exact_match"]
+    assert evaluated["loss"] == pytest.approx(trained["loss"], rel=1e-4)
