@@ -18,6 +18,11 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+# the user's cache (real models converted once, shared with `make run`), read before any fixture
+USER_CACHE = Path(os.environ.get("PEFTLAB_CACHE_DIR")
+                  or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "peftlab")
+
+
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("cache")
