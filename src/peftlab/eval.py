@@ -22,6 +22,7 @@ from peftlab.cli import run_app
 from peftlab.config import CONF_DIR, validate
 from peftlab.config.schema import DataSchema, EvalSchema, ModelSchema, TrainSchema
 from peftlab.data import TaskDataModule
+from peftlab.data.sources import resolve_labels
 from peftlab.errors import ConfigError
 from peftlab.models import auto_class, display_name, load_backbone
 from peftlab.module import PeftLabModule
@@ -51,9 +52,10 @@ def _run_data(run: TrainSchema, cli_overrides: list[str]) -> DataSchema:
     return OmegaConf.to_object(node)
 
 
-def load_for_eval(model_cfg: ModelSchema, run_dir: Optional[Path], cache_dir: str, task_type: str, dtype: str):
+def load_for_eval(model_cfg: ModelSchema, run_dir: Optional[Path], cache_dir: str, task_type: str, dtype: str,
+                  labels: Optional[list[str]] = None):
     """(model, tokenizer): the base model, or a run's adapter on it (its whole model for method=full)."""
-    backbone = load_backbone(model_cfg, cache_dir, task_type, dtype)
+    backbone = load_backbone(model_cfg, cache_dir, task_type, dtype, labels)
     if run_dir is None:
         return backbone.model, backbone.tokenizer
     adapter = run_dir / "adapter"
@@ -79,10 +81,12 @@ def evaluate_cfg(cfg: DictConfig) -> dict[str, Any]:
         overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
         if not any(o.startswith("data=") for o in overrides):
             data_cfg = _run_data(run, overrides)
+    labels = resolve_labels(data_cfg) if data_cfg.task_type == "seq_cls" else None
     model, tokenizer = load_for_eval(model_cfg, run_dir, conf.paths.cache_dir, data_cfg.task_type,
-                                     conf.precision.dtype)
+                                     conf.precision.dtype, labels)
     data = TaskDataModule(data_cfg, tokenizer, seed=conf.seed, test_split=conf.split)
-    module = PeftLabModule(model.eval(), tokenizer, max_new_tokens=data_cfg.max_new_tokens)
+    module = PeftLabModule(model.eval(), tokenizer, max_new_tokens=data_cfg.max_new_tokens,
+                           task_type=data_cfg.task_type, labels=labels)
     results = make_eval_trainer(conf).test(module, datamodule=data, verbose=False)
     metrics = {k.split("/", 1)[1]: round(float(v), 6) for k, v in results[0].items() if k.startswith("test/")}
     report = {"run_dir": str(run_dir) if run_dir else None, "model": display_name(model_cfg), "method": method,

@@ -14,7 +14,8 @@ from typing import Any, Callable, Dict, Optional, Type
 import torch
 from torch import nn
 
-from peftlab.config.schema import FullSchema, LoraSchema, MethodSchema
+from peftlab.config.schema import (FullSchema, IA3Schema, LoraSchema, MethodSchema, PrefixSchema, PromptSchema,
+                                   PtuningSchema)
 from peftlab.errors import ConfigError
 
 # peft task types by peftlab task type
@@ -22,11 +23,22 @@ PEFT_TASK_TYPES = {"causal_lm": "CAUSAL_LM", "seq_cls": "SEQ_CLS"}
 
 
 @dataclass(frozen=True)
+class BuildContext:
+    """What a builder may look at: the task, the backbone, its tokenizer and where it loads from."""
+
+    task_type: str
+    model: nn.Module
+    tokenizer: Any = None
+    path: Optional[str] = None
+
+
+@dataclass(frozen=True)
 class MethodSpec:
     schema: Type[MethodSchema]
-    build: Optional[Callable[[Any, str, nn.Module], Any]]  # (schema, task_type, backbone) -> peft config
+    build: Optional[Callable[[Any, BuildContext], Any]]  # (schema, context) -> peft config; None: no wrapper
     mergeable: bool
-    summary: str
+    trains: str
+    caveats: str = ""
 
 
 def _plain(value: Any) -> Any:
@@ -67,20 +79,74 @@ def check_target_modules(model: nn.Module, target_modules: Any, key: str = "meth
         )
 
 
-def _build_lora(cfg: LoraSchema, task_type: str, backbone: nn.Module) -> Any:
+def _kwargs(cfg: MethodSchema, drop: tuple[str, ...] = ()) -> dict[str, Any]:
+    return {k: _plain(v) for k, v in asdict(cfg).items() if k != "name" and k not in drop}
+
+
+def _build_lora(cfg: LoraSchema, ctx: BuildContext) -> Any:
     from peft import LoraConfig
 
-    check_target_modules(backbone, cfg.target_modules)
-    kwargs = asdict(cfg)
-    kwargs.pop("name")
-    kwargs = {k: _plain(v) for k, v in kwargs.items()}
-    return LoraConfig(task_type=PEFT_TASK_TYPES[task_type], **kwargs)
+    check_target_modules(ctx.model, cfg.target_modules)
+    return LoraConfig(task_type=PEFT_TASK_TYPES[ctx.task_type], **_kwargs(cfg))
+
+
+def _build_ia3(cfg: IA3Schema, ctx: BuildContext) -> Any:
+    from peft import IA3Config
+
+    if cfg.target_modules is not None:
+        check_target_modules(ctx.model, cfg.target_modules)
+        check_target_modules(ctx.model, cfg.feedforward_modules, key="method.feedforward_modules")
+    try:
+        return IA3Config(task_type=PEFT_TASK_TYPES[ctx.task_type], **_kwargs(cfg))
+    except ValueError as err:
+        raise ConfigError(f"method.feedforward_modules: {str(err).splitlines()[0]}") from None
+
+
+def _build_prefix(cfg: PrefixSchema, ctx: BuildContext) -> Any:
+    from peft import PrefixTuningConfig
+
+    kwargs = _kwargs(cfg)
+    if kwargs["encoder_hidden_size"] is None:
+        kwargs["encoder_hidden_size"] = ctx.model.config.hidden_size
+    return PrefixTuningConfig(task_type=PEFT_TASK_TYPES[ctx.task_type], **kwargs)
+
+
+def _build_prompt(cfg: PromptSchema, ctx: BuildContext) -> Any:
+    from peft import PromptTuningConfig
+
+    kwargs: dict[str, Any] = {"num_virtual_tokens": cfg.num_virtual_tokens, "prompt_tuning_init": "RANDOM"}
+    if cfg.init == "text":
+        ids = ctx.tokenizer(cfg.init_text, add_special_tokens=False).input_ids if ctx.tokenizer else []
+        vocab = ctx.model.get_input_embeddings().num_embeddings
+        bad = [i for i in ids if not 0 <= i < vocab]
+        if not ids or bad:
+            raise ConfigError(f"method.init_text: {cfg.init_text!r} gives token ids {bad or ids} outside the "
+                              f"model's vocabulary of {vocab} embeddings")
+        kwargs.update(prompt_tuning_init="TEXT", prompt_tuning_init_text=cfg.init_text,
+                      tokenizer_name_or_path=ctx.path)
+    return PromptTuningConfig(task_type=PEFT_TASK_TYPES[ctx.task_type], **kwargs)
+
+
+def _build_ptuning(cfg: PtuningSchema, ctx: BuildContext) -> Any:
+    from peft import PromptEncoderConfig
+
+    return PromptEncoderConfig(task_type=PEFT_TASK_TYPES[ctx.task_type], **_kwargs(cfg))
 
 
 METHODS: Dict[str, MethodSpec] = {
     "lora": MethodSpec(LoraSchema, _build_lora, mergeable=True,
-                       summary="low-rank updates B@A added to the targeted weights"),
-    "full": MethodSpec(FullSchema, None, mergeable=False, summary="every weight of the backbone"),
+                       trains="low-rank updates B·A on the targeted layers (DoRA: plus a magnitude vector)"),
+    "ia3": MethodSpec(IA3Schema, _build_ia3, mergeable=True,
+                      trains="vectors rescaling keys, values and feed-forward activations"),
+    "prefix": MethodSpec(PrefixSchema, _build_prefix, mergeable=False,
+                         trains="key/value prefixes in every layer (with projection: an MLP that makes them)",
+                         caveats="no gradient checkpointing; the adapter holds the final prefixes, not the MLP"),
+    "prompt": MethodSpec(PromptSchema, _build_prompt, mergeable=False,
+                         trains="virtual-token embeddings before the input"),
+    "ptuning": MethodSpec(PtuningSchema, _build_ptuning, mergeable=False,
+                          trains="virtual-token embeddings made by an MLP/LSTM prompt encoder",
+                          caveats="the adapter holds the final embeddings, not the encoder: resume from checkpoints/"),
+    "full": MethodSpec(FullSchema, None, mergeable=False, trains="every weight of the backbone (the baseline)"),
 }
 
 
@@ -91,16 +157,22 @@ def method_spec(name: str) -> MethodSpec:
         raise ConfigError(f"method.name: unknown method {name!r} (known: {', '.join(sorted(METHODS))})") from None
 
 
-def apply_method(backbone: nn.Module, cfg: MethodSchema, task_type: str) -> nn.Module:
+def peft_config_for(cfg: MethodSchema, ctx: BuildContext) -> Any:
+    """The method's peft config (None for ``full``); raises ConfigError for what cannot fit."""
+    spec = method_spec(cfg.name)
+    return None if spec.build is None else spec.build(cfg, ctx)
+
+
+def apply_method(backbone: nn.Module, cfg: MethodSchema, task_type: str, tokenizer: Any = None,
+                 path: Optional[str] = None) -> nn.Module:
     """Wrap ``backbone`` for ``cfg`` (a peft model, or the backbone itself for ``full``) and set
     what trains. The backbone is modified in place by peft."""
-    spec = method_spec(cfg.name)
-    if spec.build is None:
+    peft_config = peft_config_for(cfg, BuildContext(task_type, backbone, tokenizer, path))
+    if peft_config is None:
         model = backbone
     else:
         from peft import get_peft_model
 
-        peft_config = spec.build(cfg, task_type, backbone)
         try:
             model = get_peft_model(backbone, peft_config)
         except ValueError as err:  # peft's own checks, e.g. an unsupported module type

@@ -64,3 +64,23 @@ class CausalLMMetrics(nn.Module):
     def reset(self) -> None:
         self.loss.reset()
         self.exact_match.reset()
+
+
+class ClassificationMetrics(nn.Module):
+    """Mean cross-entropy per example, accuracy and macro-F1 over the split."""
+
+    def __init__(self, num_classes: int):
+        super().__init__()
+        from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+
+        self.loss = TokenLoss()  # here one "token" per example
+        self.accuracy = MulticlassAccuracy(num_classes=num_classes, average="micro")
+        self.macro_f1 = MulticlassF1Score(num_classes=num_classes, average="macro")
+
+    def compute(self) -> dict[str, float]:
+        return {"loss": float(self.loss.compute()), "accuracy": float(self.accuracy.compute()),
+                "macro_f1": float(self.macro_f1.compute())}
+
+    def reset(self) -> None:
+        for m in (self.loss, self.accuracy, self.macro_f1):
+            m.reset()

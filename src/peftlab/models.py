@@ -151,15 +151,19 @@ def byte_tokenizer(chat_template: Optional[str] = None):
     return fast
 
 
-def _build_random(cfg: ModelSchema, cache_dir: Path, task_type: str) -> Path:
+def _build_random(cfg: ModelSchema, cache_dir: Path) -> Path:
+    """Save a random-init model once: with its LM head when it serves causal_lm, else the bare
+    backbone (classification heads are added at load time, sized to the task's labels)."""
     arch = dict(cfg.arch)
-    final = cache_dir / "models" / f"{cfg.name}-{task_type}-{_fingerprint(arch, cfg.init_seed, cfg.tokenizer, cfg.chat_template)}"
+    final = cache_dir / "models" / f"{cfg.name}-{_fingerprint(arch, cfg.init_seed, cfg.tokenizer, cfg.chat_template, cfg.tasks)}"
 
     def build(tmp: Path) -> None:
+        from transformers import AutoModel
+
         tokenizer = _random_tokenizer(cfg)
-        config = _arch_config(cfg, task_type, tokenizer)
+        config = _arch_config(cfg, tokenizer)
         with _seeded(cfg.init_seed):
-            model = auto_class(task_type).from_config(config)
+            model = (auto_class("causal_lm") if "causal_lm" in cfg.tasks else AutoModel).from_config(config)
         model.config.name_or_path = str(final)
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
@@ -177,7 +181,7 @@ def _random_tokenizer(cfg: ModelSchema):
     raise ConfigError(f"model.tokenizer: unknown tokenizer {cfg.tokenizer!r}")
 
 
-def _arch_config(cfg: ModelSchema, task_type: str, tokenizer=None):
+def _arch_config(cfg: ModelSchema, tokenizer=None):
     from transformers import AutoConfig
 
     arch = dict(cfg.arch)
@@ -190,8 +194,6 @@ def _arch_config(cfg: ModelSchema, task_type: str, tokenizer=None):
         config.vocab_size = len(tokenizer)
         for name in ("pad", "bos", "eos"):
             setattr(config, f"{name}_token_id", getattr(tokenizer, f"{name}_token_id"))
-        if task_type == "seq_cls" and getattr(config, "pad_token_id", None) is None:
-            config.pad_token_id = tokenizer.pad_token_id
     return config
 
 
@@ -209,7 +211,7 @@ class _seeded:
         torch.random.set_rng_state(self.state)
 
 
-def resolve_path(cfg: ModelSchema, cache_dir: str | os.PathLike, task_type: str = "causal_lm") -> str:
+def resolve_path(cfg: ModelSchema, cache_dir: str | os.PathLike) -> str:
     """A local folder (or hub id) that ``from_pretrained`` loads for ``cfg``, building it if needed."""
     cache = Path(os.path.expanduser(str(cache_dir)))
     if cfg.name_or_path:
@@ -222,23 +224,26 @@ def resolve_path(cfg: ModelSchema, cache_dir: str | os.PathLike, task_type: str 
             raise ConfigError(f"model.file: no HF model folder {cfg.file!r} in the package {cfg.package!r}")
         return str(folder)
     if cfg.source == "random":
-        return str(_build_random(cfg, cache, task_type))
+        return str(_build_random(cfg, cache))
     raise ConfigError(f"model.source: {cfg.source!r} models have no weights to load (use peftlab-params)")
 
 
 def load_backbone(cfg: ModelSchema, cache_dir: str | os.PathLike, task_type: str = "causal_lm",
-                  dtype: str = "float32", num_labels: Optional[int] = None) -> Backbone:
-    """The backbone for ``task_type`` and its tokenizer, with a pad token set."""
+                  dtype: str = "float32", labels: Optional[list[str]] = None) -> Backbone:
+    """The backbone for ``task_type`` (a classifier over ``labels`` for seq_cls) and its tokenizer,
+    with a pad token set."""
     from transformers import AutoTokenizer
 
-    path = resolve_path(cfg, cache_dir, task_type)
+    path = resolve_path(cfg, cache_dir)
     local = os.path.isdir(path)
     if cfg.name_or_path and not local and path.startswith(("/", ".", "~")):
         raise ConfigError(f"model.name_or_path: no such folder {path!r}")
     common = dict(revision=cfg.revision, trust_remote_code=cfg.trust_remote_code, local_files_only=local)
     kwargs: dict[str, Any] = {}
-    if num_labels is not None:
-        kwargs["num_labels"] = num_labels
+    if task_type == "seq_cls":
+        kwargs = {"num_labels": len(labels or []) or 2, "id2label": dict(enumerate(labels or [])) or None,
+                  "label2id": {name: i for i, name in enumerate(labels or [])} or None}
+        kwargs = {k: v for k, v in kwargs.items() if v is not None}
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, **common)
         model = auto_class(task_type).from_pretrained(path, dtype=DTYPES[dtype], **common, **kwargs)
@@ -258,3 +263,11 @@ def ensure_pad_token(tokenizer, model) -> None:
     gen = getattr(model, "generation_config", None)
     if gen is not None and gen.pad_token_id is None:
         gen.pad_token_id = tokenizer.pad_token_id
+
+
+def enable_gradient_checkpointing(model) -> None:
+    """Recompute activations in the backward pass; inputs require grad so that adapters on a
+    frozen backbone still receive gradients."""
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.enable_input_require_grads()
+    model.config.use_cache = False

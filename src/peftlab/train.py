@@ -23,9 +23,10 @@ from peftlab.cli import run_app
 from peftlab.config import CONF_DIR, validate
 from peftlab.config.schema import TrainSchema
 from peftlab.data import TaskDataModule
+from peftlab.data.sources import resolve_labels
 from peftlab.errors import PeftlabError
-from peftlab.methods import apply_method, count_parameters, method_spec
-from peftlab.models import display_name, load_backbone
+from peftlab.methods import BuildContext, apply_method, count_parameters, peft_config_for
+from peftlab.models import display_name, enable_gradient_checkpointing, load_backbone
 from peftlab.module import PeftLabModule
 from peftlab.outputs import (check_fresh_run_dir, discard_unstarted_run_dir, save_folder_atomically, versions,
                              write_json, write_jsonl)
@@ -60,27 +61,30 @@ def _train(conf: TrainSchema, cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     task_type = conf.data.task_type
     dry = bool(conf.trainer.fast_dev_run)
 
-    backbone = load_backbone(conf.model, conf.paths.cache_dir, task_type, conf.precision.dtype)
+    labels = resolve_labels(conf.data) if task_type == "seq_cls" else None
+    backbone = load_backbone(conf.model, conf.paths.cache_dir, task_type, conf.precision.dtype, labels)
     data = TaskDataModule(conf.data, backbone.tokenizer, seed=conf.seed)
     data.setup()
-    spec = method_spec(conf.method.name)
-    if spec.build is not None:  # the method's own checks (target modules...) before any work
-        spec.build(conf.method, task_type, backbone.model)
+    if conf.model.gradient_checkpointing:
+        enable_gradient_checkpointing(backbone.model)
+    # the method's own checks (target modules, init text...) before any work
+    peft_config_for(conf.method, BuildContext(task_type, backbone.model, backbone.tokenizer, backbone.path))
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     log.info("model %s (%s), task %s %s", display_name(conf.model), backbone.path, conf.data.name, data.sizes())
 
     zero_shot: Optional[dict[str, float]] = None
     if conf.zero_shot and not dry:
-        base = PeftLabModule(backbone.model, backbone.tokenizer, max_new_tokens=conf.data.max_new_tokens)
+        base = PeftLabModule(backbone.model, backbone.tokenizer, max_new_tokens=conf.data.max_new_tokens,
+                             task_type=task_type, labels=labels)
         zero_shot = evaluate(make_trainer(conf, evaluation=True), base, data)
         write_jsonl(run_dir / "zero_shot_predictions.jsonl", base.predictions)
         log.info("zero-shot test: %s", zero_shot)
 
-    model = apply_method(backbone.model, conf.method, task_type)
+    model = apply_method(backbone.model, conf.method, task_type, backbone.tokenizer, backbone.path)
     params = count_parameters(model)
     log.info("method %s: %s trainable of %s parameters (%.4f%%)", conf.method.name,
              f"{params['trainable']:,}", f"{params['total']:,}", params["trainable_pct"])
-    module = PeftLabModule(model, backbone.tokenizer, conf.optim, conf.data.max_new_tokens)
+    module = PeftLabModule(model, backbone.tokenizer, conf.optim, conf.data.max_new_tokens, task_type, labels)
     trainer = make_trainer(conf)
     trainer.fit(module, datamodule=data, ckpt_path=conf.resume_from)
     val = {k.split("/", 1)[1]: round(float(v), 6) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
@@ -129,7 +133,7 @@ def _summary(m: dict[str, Any], run_dir: Path) -> None:
     p = m["params"]
     lines = [f"{m['model']} + {m['method']} on {m['task']} (seed {m['seed']})",
              f"  trainable parameters: {p['trainable']:,} of {p['total']:,} ({p['trainable_pct']:.3f}%)"]
-    for key in ("exact_match", "loss"):
+    for key in ("exact_match", "accuracy", "macro_f1", "loss"):
         if key in m["test"]:
             before = f"zero-shot {m['zero_shot'][key]:.4f} -> " if m["zero_shot"] else ""
             lines.append(f"  test {key}: {before}fine-tuned {m['test'][key]:.4f}")

@@ -25,6 +25,9 @@ def _one_of(key: str, value: Any, choices: tuple) -> None:
     _check(value in choices, key, "must be one of " + ", ".join(map(str, choices)), value)
 
 
+TASK_TYPES = ("causal_lm", "seq_cls")
+
+
 # --------------------------------------------------------------------------------------- model
 @dataclass
 class ModelSchema:
@@ -51,9 +54,14 @@ class ModelSchema:
     revision: Optional[str] = None
     trust_remote_code: bool = False
     init_seed: int = 0
+    # the task types this backbone serves: causal_lm (generation), seq_cls (classification)
+    tasks: List[str] = field(default_factory=lambda: ["causal_lm"])
+    gradient_checkpointing: bool = False
 
     def __post_init__(self) -> None:
         _one_of("model.source", self.source, ("package_gguf", "package_folder", "random", "meta", "hub"))
+        for t in self.tasks:
+            _one_of("model.tasks", t, TASK_TYPES)
         if self.name_or_path is None:
             if self.source in ("package_gguf", "package_folder"):
                 _check(bool(self.package and self.file), "model.package/model.file", "must be set", None)
@@ -96,6 +104,83 @@ class LoraSchema(MethodSchema):
 
 
 @dataclass
+class IA3Schema(MethodSchema):
+    """(IA)^3 (Liu et al., 2022): learned vectors that rescale keys, values and feed-forward
+    activations. null target/feed-forward modules take peft's defaults for the architecture."""
+
+    name: str = "ia3"
+    target_modules: Any = None
+    feedforward_modules: Any = None
+
+    def __post_init__(self) -> None:
+        for key in ("target_modules", "feedforward_modules"):
+            v = getattr(self, key)
+            ok = v is None or (isinstance(v, str) and v != "") or (
+                isinstance(v, (list, tuple)) and len(v) > 0 and all(isinstance(t, str) and t for t in v))
+            _check(ok, f"method.{key}", "must be null, 'all-linear' or a non-empty list of module names", v)
+        _check((self.target_modules is None) == (self.feedforward_modules is None), "method.feedforward_modules",
+               "must be set together with method.target_modules (or both null)", self.feedforward_modules)
+
+
+def _check_virtual_tokens(n: int) -> None:
+    _check(n > 0, "method.num_virtual_tokens", "must be > 0", n)
+
+
+@dataclass
+class PrefixSchema(MethodSchema):
+    """Prefix tuning (Li & Liang, 2021): trained key/value prefixes in every layer; with
+    ``prefix_projection`` an MLP (hidden ``encoder_hidden_size``) produces them during training."""
+
+    name: str = "prefix"
+    num_virtual_tokens: int = 20
+    prefix_projection: bool = False
+    encoder_hidden_size: Optional[int] = None  # null: the model's hidden size
+
+    def __post_init__(self) -> None:
+        _check_virtual_tokens(self.num_virtual_tokens)
+        h = self.encoder_hidden_size
+        _check(h is None or h > 0, "method.encoder_hidden_size", "must be > 0 or null", h)
+
+
+@dataclass
+class PromptSchema(MethodSchema):
+    """Prompt tuning (Lester et al., 2021): trained virtual-token embeddings before the input,
+    initialised at random or from the embeddings of ``init_text``."""
+
+    name: str = "prompt"
+    num_virtual_tokens: int = 20
+    init: str = "random"  # random | text
+    init_text: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        _check_virtual_tokens(self.num_virtual_tokens)
+        _one_of("method.init", self.init, ("random", "text"))
+        if self.init == "text":
+            _check(bool(self.init_text and self.init_text.strip()), "method.init_text",
+                   "must be a non-empty text when method.init=text", self.init_text)
+
+
+@dataclass
+class PtuningSchema(MethodSchema):
+    """P-tuning (Liu et al., 2021): virtual-token embeddings produced by a trained MLP or LSTM
+    prompt encoder (peft's PromptEncoder)."""
+
+    name: str = "ptuning"
+    num_virtual_tokens: int = 20
+    encoder_reparameterization_type: str = "MLP"  # MLP | LSTM
+    encoder_hidden_size: int = 128
+    encoder_num_layers: int = 2
+    encoder_dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        _check_virtual_tokens(self.num_virtual_tokens)
+        _one_of("method.encoder_reparameterization_type", self.encoder_reparameterization_type, ("MLP", "LSTM"))
+        _check(self.encoder_hidden_size > 0, "method.encoder_hidden_size", "must be > 0", self.encoder_hidden_size)
+        _check(self.encoder_num_layers > 0, "method.encoder_num_layers", "must be > 0", self.encoder_num_layers)
+        _check(0 <= self.encoder_dropout < 1, "method.encoder_dropout", "must be in [0, 1)", self.encoder_dropout)
+
+
+@dataclass
 class FullSchema(MethodSchema):
     """Full fine-tuning: the baseline, every weight trains, no peft wrapper."""
 
@@ -113,9 +198,10 @@ class DataSchema:
 
     name: str = MISSING
     path: str = MISSING
-    task_type: str = "causal_lm"
+    task_type: str = "causal_lm"  # causal_lm: prompt -> response text; seq_cls: text -> label
     prompt_field: str = "prompt"
     response_field: str = "response"
+    labels: Optional[List[str]] = None  # seq_cls: the label names in id order (null: sorted from train)
     system_prompt: Optional[str] = None
     prompt_format: str = "auto"  # auto: the chat template when the tokenizer has one, else plain
     hub_config: Optional[str] = None
@@ -134,7 +220,7 @@ class DataSchema:
     num_workers: int = 0
 
     def __post_init__(self) -> None:
-        _one_of("data.task_type", self.task_type, ("causal_lm",))
+        _one_of("data.task_type", self.task_type, TASK_TYPES)
         _one_of("data.prompt_format", self.prompt_format, ("auto", "chat", "plain"))
         for key in ("max_length", "batch_size", "eval_batch_size", "max_new_tokens"):
             _check(getattr(self, key) > 0, f"data.{key}", "must be > 0", getattr(self, key))

@@ -140,6 +140,13 @@ def _cross_checks(obj: Any) -> None:
         if precision.trainer.startswith("16") and hardware.accelerator == "cpu":
             errors.append(f"precision.trainer={precision.trainer} needs a GPU (hardware.accelerator=cpu); "
                           "use precision=bf16 or precision=fp32 on CPU")
+    model, data, method = getattr(obj, "model", None), getattr(obj, "data", None), getattr(obj, "method", None)
+    if model is not None and data is not None and data.task_type not in model.tasks:
+        errors.append(f"data.task_type={data.task_type} (data={data.name}) does not fit model={model.name}, "
+                      f"which serves {', '.join(model.tasks)}")
+    if model is not None and method is not None and model.gradient_checkpointing and method.name == "prefix":
+        errors.append("method=prefix cannot train with model.gradient_checkpointing=true: peft's prefix tuning "
+                      "feeds its prefixes as a KV cache, which gradient checkpointing does not support")
     for group in ("callbacks", "logger"):
         for name, node in (getattr(obj, group, None) or {}).items():
             if node is not None and (not isinstance(node, dict) or "_target_" not in node):

@@ -36,3 +36,15 @@ class CausalLMCollator:
             batch["gen_attention_mask"] = pad([[1] * len(s) for s in prompts], 0, left=True)
             batch["references"] = [e["reference"] for e in examples]
         return batch
+
+
+class ClassificationCollator:
+    """Right-padded ``input_ids``/``attention_mask`` and a ``labels`` vector of class ids."""
+
+    def __init__(self, pad_token_id: int):
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+        ids = [e["input_ids"] for e in examples]
+        return {"input_ids": pad(ids, self.pad_token_id), "attention_mask": pad([[1] * len(s) for s in ids], 0),
+                "labels": torch.tensor([e["label"] for e in examples], dtype=torch.long)}

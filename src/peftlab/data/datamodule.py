@@ -10,9 +10,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from peftlab.config.schema import DataSchema
-from peftlab.data.collators import CausalLMCollator
-from peftlab.data.sources import load_splits
-from peftlab.data.tokenize import PromptFormat, encode
+from peftlab.data.collators import CausalLMCollator, ClassificationCollator
+from peftlab.data.sources import load_splits, resolve_labels
+from peftlab.data.tokenize import PromptFormat, encode, encode_classification
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +24,10 @@ class TaskDataModule(L.LightningDataModule):
         self.test_split = test_split  # what trainer.test() evaluates: "test", or "val"
         self.tokenizer = tokenizer
         self.seed = seed
-        self.format = PromptFormat.for_tokenizer(tokenizer, cfg.prompt_format, cfg.system_prompt)
+        self.classification = cfg.task_type == "seq_cls"
+        self.labels = resolve_labels(cfg) if self.classification else None
+        self.format = None if self.classification else PromptFormat.for_tokenizer(tokenizer, cfg.prompt_format,
+                                                                                   cfg.system_prompt)
         self.splits: Optional[dict[str, list[dict[str, Any]]]] = None
 
     def setup(self, stage: Optional[str] = None) -> None:
@@ -33,13 +36,19 @@ class TaskDataModule(L.LightningDataModule):
         raw = load_splits(self.cfg)
         self.splits = {}
         for split, rows in raw.items():
-            encoded = [encode(self.tokenizer, self.format, str(r[self.cfg.prompt_field]),
-                              str(r[self.cfg.response_field]), self.cfg.max_length) for r in rows]
+            encoded = [self._encode(r, f"{self.cfg.path} ({split} example {i + 1})") for i, r in enumerate(rows)]
             cut = sum(e["truncated"] for e in encoded)
             if cut:
                 log.warning("%d of %d %s examples were longer than data.max_length=%d and were truncated",
                             cut, len(encoded), split, self.cfg.max_length)
             self.splits[split] = encoded
+
+    def _encode(self, row: dict[str, Any], where: str) -> dict[str, Any]:
+        prompt, response = str(row[self.cfg.prompt_field]), str(row[self.cfg.response_field])
+        if self.classification:
+            label_ids = {name: i for i, name in enumerate(self.labels)}
+            return encode_classification(self.tokenizer, prompt, response, label_ids, self.cfg.max_length, where)
+        return encode(self.tokenizer, self.format, prompt, response, self.cfg.max_length)
 
     def sizes(self) -> dict[str, int]:
         self.setup()
@@ -54,7 +63,8 @@ class TaskDataModule(L.LightningDataModule):
             shuffle=train,
             generator=generator,
             num_workers=self.cfg.num_workers,
-            collate_fn=CausalLMCollator(self.tokenizer.pad_token_id, generation=not train),
+            collate_fn=(ClassificationCollator(self.tokenizer.pad_token_id) if self.classification
+                        else CausalLMCollator(self.tokenizer.pad_token_id, generation=not train)),
         )
 
     def train_dataloader(self) -> DataLoader:

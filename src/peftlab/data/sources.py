@@ -191,3 +191,10 @@ def load_splits(cfg: DataSchema) -> Splits:
         for split in ("val", "test"):
             splits[split] = splits[split][: cfg.max_eval_examples]
     return splits
+
+
+def resolve_labels(cfg: DataSchema) -> list[str]:
+    """Class names in id order for a classification task: ``data.labels``, else sorted from train."""
+    if cfg.labels:
+        return [str(label) for label in cfg.labels]
+    return sorted({str(r[cfg.response_field]) for r in load_splits(cfg)["train"]})

@@ -73,3 +73,14 @@ def encode(tokenizer, fmt: PromptFormat, prompt: str, response: str, max_length:
         "reference": str(response),
         "truncated": truncated,
     }
+
+
+def encode_classification(tokenizer, text: str, label: str, label_ids: dict[str, int], max_length: int,
+                          where: str = "") -> dict[str, Any]:
+    """Token ids of ``text`` (with the tokenizer's special tokens) and the label's id."""
+    from peftlab.errors import DataError
+
+    if label not in label_ids:
+        raise DataError(f"{where}: label {label!r} is not one of data.labels ({', '.join(label_ids)})")
+    enc = tokenizer(text, truncation=True, max_length=max_length)
+    return {"input_ids": enc.input_ids, "label": label_ids[label], "truncated": len(enc.input_ids) >= max_length}
