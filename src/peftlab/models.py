@@ -271,3 +271,30 @@ def enable_gradient_checkpointing(model) -> None:
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.enable_input_require_grads()
     model.config.use_cache = False
+
+
+def model_config(cfg: ModelSchema, cache_dir: str | os.PathLike):
+    """The transformers config of ``cfg`` without touching any weights."""
+    from transformers import AutoConfig
+
+    if cfg.name_or_path is None and cfg.source in ("meta", "random"):
+        return _arch_config(cfg, _random_tokenizer(cfg) if cfg.source == "random" else None)
+    if cfg.name_or_path is None and cfg.source == "package_gguf":
+        cached = sorted((Path(os.path.expanduser(str(cache_dir))) / "models").glob(f"{cfg.name}-*/config.json"))
+        if cached:
+            return AutoConfig.from_pretrained(cached[-1].parent)
+        return AutoConfig.from_pretrained(_package_dir(cfg.package), gguf_file=cfg.file)
+    path = resolve_path(cfg, cache_dir)
+    return AutoConfig.from_pretrained(path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code,
+                                      local_files_only=os.path.isdir(path))
+
+
+def build_on_meta(cfg: ModelSchema, task_type: str, cache_dir: str | os.PathLike, num_labels: int = 2):
+    """The model for ``task_type`` with every tensor on the meta device: shapes, no memory."""
+    config = model_config(cfg, cache_dir)
+    if task_type == "seq_cls":
+        config.num_labels = num_labels
+        if getattr(config, "pad_token_id", None) is None:
+            config.pad_token_id = getattr(config, "eos_token_id", None) or 0
+    with torch.device("meta"):
+        return auto_class(task_type).from_config(config)

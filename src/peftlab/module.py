@@ -58,6 +58,12 @@ def lr_lambda(total_steps: int, warmup_ratio: float, schedule: str, min_ratio: f
     return factor
 
 
+def build_optimizer(model: torch.nn.Module, optim: OptimSchema) -> torch.optim.Optimizer:
+    """The configured optimizer over the trainable parameters only."""
+    return instantiate(optim.optimizer, params=trainable_parameters(model), lr=optim.lr,
+                       weight_decay=optim.weight_decay, _convert_="all")
+
+
 class CausalLMSteps:
     """Generation tasks: loss on the answer tokens; greedy generations for exact match."""
 
@@ -170,9 +176,7 @@ class PeftLabModule(L.LightningModule):
     def configure_optimizers(self):
         if self.optim is None:
             raise RuntimeError("PeftLabModule was built without an optimizer config; it can only evaluate")
-        params = trainable_parameters(self.model)
-        optimizer = instantiate(self.optim.optimizer, params=params, lr=self.optim.lr,
-                                weight_decay=self.optim.weight_decay, _convert_="all")
+        optimizer = build_optimizer(self.model, self.optim)
         total = max(1, int(self.trainer.estimated_stepping_batches))
         schedule = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lr_lambda(total, self.optim.warmup_ratio, self.optim.scheduler, self.optim.min_lr_ratio))

@@ -6,7 +6,7 @@ from typing import Any
 
 import lightning as L
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar
 
 from peftlab.config.schema import EvalSchema, TrainSchema
 
@@ -24,6 +24,8 @@ def make_trainer(conf: TrainSchema, evaluation: bool = False) -> L.Trainer:
     if evaluation:
         callbacks = [c for c in callbacks if isinstance(c, ProgressBar)]
     loggers = [] if evaluation else _instantiate_all(conf.logger)
+    if not loggers:  # it has nowhere to write (logger=none)
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     has_checkpoint = any(isinstance(c, ModelCheckpoint) for c in callbacks)
     return L.Trainer(
         accelerator=conf.hardware.accelerator,

@@ -12,6 +12,7 @@ from peftlab.config.schema import (
     HardwareSchema,
     ModelSchema,
     OptimSchema,
+    ParamsSchema,
     PathsSchema,
     PrecisionSchema,
     TrainerSchema,
@@ -37,6 +38,7 @@ def register_schemas() -> None:
         cs.store(group=f"schema/{group}", name="base", node=node)
     cs.store(name="schema_train", node=TrainSchema)
     cs.store(name="schema_eval", node=EvalSchema)
+    cs.store(name="schema_params", node=ParamsSchema)
 
 
 register_schemas()

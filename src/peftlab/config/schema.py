@@ -379,3 +379,17 @@ class EvalSchema:
 
     def __post_init__(self) -> None:
         _one_of("split", self.split, ("val", "test"))
+
+
+@dataclass
+class ParamsSchema:
+    """Everything ``peftlab-params`` reads: a model and a method, counted on the meta device."""
+
+    model: ModelSchema = MISSING
+    method: Any = MISSING
+    paths: PathsSchema = MISSING
+    task_type: Optional[str] = None  # null: the model's first task type
+
+    def __post_init__(self) -> None:
+        if self.task_type is not None:
+            _one_of("task_type", self.task_type, TASK_TYPES)

@@ -1,0 +1,104 @@
+"""``peftlab-params``: trainable and total parameters of any model x method, with no weights.
+
+The model is built on the meta device from its config and wrapped by the same ``apply_method``
+that training uses, so the counts are the ones a run would report.
+
+    peftlab-params model=roberta_base "method.target_modules=[query,value]"
+    peftlab-params -m model=gpt2_medium method=lora,prefix,prompt,ptuning,ia3,full
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from pathlib import Path
+from typing import Any, Optional
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from peftlab.cli import run_app
+from peftlab.config import CONF_DIR, validate
+from peftlab.config.schema import ParamsSchema, PromptSchema
+from peftlab.errors import ConfigError
+from peftlab.methods import apply_method, count_parameters
+from peftlab.models import build_on_meta, display_name
+from peftlab.outputs import write_json
+
+log = logging.getLogger("peftlab.params")
+
+COLUMNS = ("model", "method", "task_type", "trainable", "adapter_only", "total", "trainable_pct")
+
+
+def count(conf: ParamsSchema) -> dict[str, Any]:
+    """One row: the counts of ``conf.model`` under ``conf.method``."""
+    task_type = conf.task_type or conf.model.tasks[0]
+    if task_type not in conf.model.tasks:
+        raise ConfigError(f"task_type={task_type} does not fit model={conf.model.name}, "
+                          f"which serves {', '.join(conf.model.tasks)}")
+    method = conf.method
+    if isinstance(method, PromptSchema) and method.init == "text":  # same shapes, and no tokenizer needed
+        method = dataclasses.replace(method, init="random", init_text=None)
+    model = apply_method(build_on_meta(conf.model, task_type, conf.paths.cache_dir), method, task_type)
+    counts = count_parameters(model)
+    heads = sum(p.numel() for n, p in model.named_parameters() if p.requires_grad and "modules_to_save" in n)
+    return {"model": display_name(conf.model), "method": conf.method.name, "task_type": task_type,
+            "trainable": counts["trainable"], "adapter_only": counts["trainable"] - heads,
+            "total": counts["total"], "trainable_pct": counts["trainable_pct"]}
+
+
+def _human(n: int) -> str:
+    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= size:
+            return f"{n / size:.2f}{unit}"
+    return str(n)
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """A markdown table; counts exact, with a human-readable size beside them."""
+    head = "| model | method | task | trainable | adapter only | total | trainable % |"
+    lines = [head, "|---|---|---|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['method']} | {r['task_type']} | {r['trainable']:,} ({_human(r['trainable'])})"
+                     f" | {r['adapter_only']:,} | {r['total']:,} ({_human(r['total'])}) | {r['trainable_pct']:.4f} |")
+    return "\n".join(lines)
+
+
+class ParamsTable(Callback):
+    """After a multirun, print one table over every job and write it to ``params.md``."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep = Path(config.hydra.sweep.dir)
+        files = sorted(sweep.glob("*/params.json"), key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0)
+        rows = [json.loads(p.read_text()) for p in files]
+        if rows:
+            table = format_table(rows)
+            (sweep / "params.md").write_text(table + "\n")
+            print(table)
+
+
+def params_cfg(cfg: DictConfig) -> dict[str, Any]:
+    conf = validate(cfg, ParamsSchema)
+    row = count(conf)
+    out = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else None
+    if out is not None:
+        write_json(out / "params.json", row)
+    if not (HydraConfig.initialized() and HydraConfig.get().mode.name == "MULTIRUN"):
+        print(format_table([row]))
+    return row
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="params")
+def _hydra_main(cfg: DictConfig) -> Optional[int]:
+    return params_cfg(cfg)["trainable"]
+
+
+def main() -> None:
+    run_app(_hydra_main, "peftlab-params")
+
+
+if __name__ == "__main__":
+    main()
