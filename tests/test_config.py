@@ -15,7 +15,10 @@ from peftlab.methods import METHODS
 
 # options that need a value the user must give
 REQUIRED = {"model/hf": ["model.name_or_path=/some/folder"], "data/custom": ["data.path=/some/file.jsonl"]}
-GROUPS = ["model", "method", "data", "optim", "precision", "hardware", "trainer", "callbacks", "logger", "paths"]
+GROUPS = ["model", "method", "data", "optim", "precision", "hardware", "trainer", "callbacks", "logger", "paths",
+          "recipe", "experiment"]
+# models that serve classification only are composed with the classification task
+CLASSIFIERS = {"minilm_l6", "tiny_bert", "roberta_base", "roberta_large"}
 
 
 def _options(group: str) -> list[str]:
@@ -27,9 +30,11 @@ def test_every_group_option_composes_and_validates(group, option):
     overrides = [f"{group}={option}", *REQUIRED.get(f"{group}/{option}", [])]
     if group == "precision" and option.startswith("fp16"):
         overrides.append("hardware=gpu")
+    if group == "model" and option in CLASSIFIERS:
+        overrides.append("data=reviews")
     conf = validate(compose(overrides))
     assert isinstance(conf, TrainSchema)
-    if group == "method":
+    if group in ("method", "recipe"):
         assert conf.method.name == option
 
 
@@ -64,6 +69,14 @@ def test_defaults_list_names_every_group():
     (["method.target_modules=[]"], "method.target_modules must be 'all-linear' or a non-empty list"),
     (["trainer.limit_val_batches=1.5"], "trainer.limit_val_batches must be a count of batches"),
     (["precision=fp16"], "precision.trainer=16-mixed needs a GPU"),
+    (["method=prompt", "method.init=text"], "method.init_text must be a non-empty text when method.init=text"),
+    (["method=ptuning", "method.encoder_reparameterization_type=GRU"],
+     "method.encoder_reparameterization_type must be one of MLP, LSTM, got 'GRU'"),
+    (["method=prefix", "method.num_virtual_tokens=0"], "method.num_virtual_tokens must be > 0, got 0"),
+    (["method=ia3", "method.target_modules=[k_proj]"],
+     "method.feedforward_modules must be set together with method.target_modules"),
+    (["model=minilm_l6"], "data.task_type=causal_lm (data=dates) does not fit model=minilm_l6, which serves seq_cls"),
+    (["data=reviews", "data.task_type=translation"], "data.task_type must be one of causal_lm, seq_cls"),
 ])
 def test_validate_rejects_bad_values(overrides, message):
     with pytest.raises(ConfigError) as err:
@@ -84,7 +97,7 @@ CLI_CASES = {
     "+method.rr=4": "method.rr: unknown key for method 'lora'",
     "method.r=-1": "method.r must be > 0, got -1",
     "method.r=abc": "method.r must be an integer, got 'abc'",
-    "method=lorax": "method=lorax: no such config (available: full, lora",
+    "method=lorax": "method=lorax: no such config (available: full, ia3, lora, prefix, prompt, ptuning)",
     "method.lora_dropout=1.5": "method.lora_dropout must be in [0, 1), got 1.5",
     "model=nope": "model=nope: no such config (available:",
     "trainer.max_steps=-3": "trainer.max_steps must be > 0 (or -1 for epochs), got -3",
@@ -119,3 +132,12 @@ def test_cli_bad_override_fails_with_one_line(cli_results, override):
     assert CLI_CASES[override] in lines[-1]
     assert [line for line in lines if "error" in line.lower()] == [lines[-1]]
     assert not Path(run_dir).exists() or not any(Path(run_dir).iterdir())
+
+
+def test_every_experiment_runs_as_a_sweep_on_the_tiny_model(tmp_path, cache_dir):
+    for experiment in _options("experiment"):
+        proc = run_cli("peftlab-train", "-m", f"experiment={experiment}", "debug=tiny", "trainer.max_steps=1",
+                       "zero_shot=false", "trainer.limit_test_batches=1", f"hydra.sweep.dir={tmp_path / experiment}")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        jobs = sorted(p for p in (tmp_path / experiment).iterdir() if p.is_dir())
+        assert jobs and all((job / "metrics.json").exists() for job in jobs)
