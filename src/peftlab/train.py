@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -25,7 +26,7 @@ from peftlab.config.schema import TrainSchema
 from peftlab.data import TaskDataModule
 from peftlab.data.sources import resolve_labels
 from peftlab.errors import PeftlabError
-from peftlab.methods import BuildContext, apply_method, count_parameters, peft_config_for
+from peftlab.methods import BuildContext, apply_method, count_parameters, method_spec, peft_config_for
 from peftlab.models import display_name, enable_gradient_checkpointing, load_backbone
 from peftlab.module import PeftLabModule
 from peftlab.outputs import (check_fresh_run_dir, discard_unstarted_run_dir, save_folder_atomically, versions,
@@ -126,7 +127,26 @@ def _train(conf: TrainSchema, cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     }
     write_json(run_dir / "metrics.json", metrics)
     _summary(metrics, run_dir)
+    if conf.merge_after and conf.save_adapter and method_spec(conf.method.name).mergeable:
+        metrics["merge"] = _merge_after(conf, run_dir, test)
+        write_json(run_dir / "metrics.json", metrics)
     return metrics
+
+
+def _merge_after(conf: TrainSchema, run_dir: Path, adapter_test: dict[str, float]) -> dict[str, Any]:
+    """The verified merge of peftlab-merge, right after training; its outcome goes to metrics.json."""
+    from peftlab.merge import VerificationError, merge_run
+
+    try:
+        report = merge_run(run_dir, conf, run_dir / "merged", report_dir=run_dir, adapter_metrics=adapter_test)
+    except VerificationError as err:
+        write_json(run_dir / "metrics.json", {**json.loads((run_dir / "metrics.json").read_text()),
+                                              "merge": {"passed": False, "error": str(err)}})
+        raise
+    checks = report["checks"]["reloaded"]
+    return {"passed": report["passed"], "out_dir": report["out_dir"], "max_abs_error": checks["max_abs_error"],
+            "top1_agreement": checks["top1_agreement"], "merged_test": report["metrics"]["merged"],
+            "latency_merged_over_base": report["latency"]["merged_over_base"]}
 
 
 def _summary(m: dict[str, Any], run_dir: Path) -> None:

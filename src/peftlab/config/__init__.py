@@ -10,6 +10,7 @@ from peftlab.config.schema import (
     DataSchema,
     EvalSchema,
     HardwareSchema,
+    MergeSchema,
     ModelSchema,
     OptimSchema,
     ParamsSchema,
@@ -39,6 +40,7 @@ def register_schemas() -> None:
     cs.store(name="schema_train", node=TrainSchema)
     cs.store(name="schema_eval", node=EvalSchema)
     cs.store(name="schema_params", node=ParamsSchema)
+    cs.store(name="schema_merge", node=MergeSchema)
 
 
 register_schemas()

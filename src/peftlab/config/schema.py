@@ -359,6 +359,7 @@ class TrainSchema:
     seed: int = 42
     zero_shot: bool = True  # test the untouched base model before training
     save_adapter: bool = True
+    merge_after: bool = True  # mergeable methods (LoRA, IA3): merge and verify right after training
     resume_from: Optional[str] = None  # a Lightning checkpoint of an earlier run
     tags: List[str] = field(default_factory=list)
 
@@ -393,3 +394,23 @@ class ParamsSchema:
     def __post_init__(self) -> None:
         if self.task_type is not None:
             _one_of("task_type", self.task_type, TASK_TYPES)
+
+
+@dataclass
+class MergeSchema:
+    """Everything ``peftlab-merge`` reads."""
+
+    run_dir: str = MISSING  # a finished peftlab-train run folder of a mergeable method
+    dtype: Optional[str] = None  # the merged model's dtype; null: the dtype the run trained in
+    out_dir: Optional[str] = None  # null: <run_dir>/merged
+    verify_batches: int = 2  # validation batches whose logits are compared
+    max_test_examples: Optional[int] = None  # null: the whole test split for the metric check
+    paths: PathsSchema = MISSING
+    seed: int = 42
+
+    def __post_init__(self) -> None:
+        if self.dtype is not None:
+            _one_of("dtype", self.dtype, ("float32", "bfloat16", "float16"))
+        _check(self.verify_batches > 0, "verify_batches", "must be > 0", self.verify_batches)
+        m = self.max_test_examples
+        _check(m is None or m > 0, "max_test_examples", "must be > 0 or null", m)
