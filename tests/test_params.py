@@ -58,4 +58,4 @@ def test_cli_multirun_prints_one_table(tmp_path):
     table = (tmp_path / "params.md").read_text()
     assert [line.split("|")[2].strip() for line in table.splitlines()[2:]] == ["lora", "prefix", "full"]
     assert table in proc.stdout
-    assert "| roberta_base | full | seq_cls | 124,647,170 (124.65M)" in table
+    assert "| roberta_base | full | seq_cls | 124,647,170 (124.65M) | 124,647,170 (124.65M)" in table

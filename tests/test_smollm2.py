@@ -60,3 +60,15 @@ def test_default_job_reaches_the_target(tmp_path):
     m = json.loads((run_dir / "metrics.json").read_text())
     assert m["test"]["exact_match"] >= 0.9
     assert m["zero_shot"]["exact_match"] < 0.5
+    # the verified fp32 merge ran right after training
+    assert m["merge"]["passed"] and m["merge"]["max_abs_error"] <= 1e-4
+    assert m["merge"]["merged_test"]["exact_match"] == m["test"]["exact_match"]
+    # and a bf16 export agrees to 99% top-1 at the answer positions, with the metric within one example
+    proc = run_cli("peftlab-merge", f"run_dir={run_dir}", "dtype=bfloat16", f"out_dir={tmp_path / 'bf16'}",
+                   f"hydra.run.dir={tmp_path / 'merge-log'}", env={"PEFTLAB_CACHE_DIR": str(USER_CACHE)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((tmp_path / "bf16" / "merge_report.json").read_text())
+    assert report["checks"]["reloaded"]["top1_agreement"] >= 0.99
+    from peftlab.merge import folder_mb
+
+    assert report["sizes_mb"]["merged"] < 0.6 * folder_mb(run_dir / "merged")

@@ -64,7 +64,8 @@ def discard_unstarted_run_dir(run_dir: Path) -> None:
     if not run_dir.is_dir() or any((run_dir / m).exists() for m in (*FINISHED_MARKERS, "checkpoints")):
         return
     shutil.rmtree(run_dir / ".hydra", ignore_errors=True)
-    for produced in [*run_dir.glob("*.log"), run_dir / "config.yaml", run_dir / "zero_shot_predictions.jsonl"]:
+    for produced in [*run_dir.glob("*.log"), run_dir / "config.yaml", run_dir / "rerun.yaml",
+                     run_dir / "zero_shot_predictions.jsonl"]:
         produced.unlink(missing_ok=True)
     try:
         run_dir.rmdir()

@@ -47,7 +47,7 @@ def count(conf: ParamsSchema) -> dict[str, Any]:
     heads = sum(p.numel() for n, p in model.named_parameters() if p.requires_grad and "modules_to_save" in n)
     return {"model": display_name(conf.model), "method": conf.method.name, "task_type": task_type,
             "trainable": counts["trainable"], "adapter_only": counts["trainable"] - heads,
-            "total": counts["total"], "trainable_pct": counts["trainable_pct"]}
+            "total": counts["total"], "trainable_pct": counts["trainable_pct"], "reference": conf.reference}
 
 
 def _human(n: int) -> str:
@@ -58,12 +58,15 @@ def _human(n: int) -> str:
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
-    """A markdown table; counts exact, with a human-readable size beside them."""
-    head = "| model | method | task | trainable | adapter only | total | trainable % |"
-    lines = [head, "|---|---|---|---:|---:|---:|---:|"]
+    """A markdown table; counts exact, with a human-readable size beside them (and the paper's
+    figure when a row has one)."""
+    ref = any(r.get("reference") for r in rows)
+    head = "| model | method | task | trainable | adapter only | total | trainable % |" + (" paper |" if ref else "")
+    lines = [head, "|---|---|---|---:|---:|---:|---:|" + ("---|" if ref else "")]
     for r in rows:
         lines.append(f"| {r['model']} | {r['method']} | {r['task_type']} | {r['trainable']:,} ({_human(r['trainable'])})"
-                     f" | {r['adapter_only']:,} | {r['total']:,} ({_human(r['total'])}) | {r['trainable_pct']:.4f} |")
+                     f" | {r['adapter_only']:,} ({_human(r['adapter_only'])}) | {r['total']:,} ({_human(r['total'])})"
+                     f" | {r['trainable_pct']:.4f} |" + (f" {r.get('reference') or ''} |" if ref else ""))
     return "\n".join(lines)
 
 

@@ -31,6 +31,7 @@ from peftlab.models import display_name, enable_gradient_checkpointing, load_bac
 from peftlab.module import PeftLabModule
 from peftlab.outputs import (check_fresh_run_dir, discard_unstarted_run_dir, save_folder_atomically, versions,
                              write_json, write_jsonl)
+from peftlab.sweeps import in_multirun, record_failure, threads_per_parallel_job, write_rerun_config
 from peftlab.trainer import make_trainer
 
 log = logging.getLogger("peftlab.train")
@@ -57,8 +58,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 def _train(conf: TrainSchema, cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     started = time.perf_counter()
     L.seed_everything(conf.seed, workers=True, verbose=False)
-    if conf.hardware.threads:
-        torch.set_num_threads(conf.hardware.threads)
+    threads = conf.hardware.threads or threads_per_parallel_job()
+    if threads:
+        torch.set_num_threads(threads)
     task_type = conf.data.task_type
     dry = bool(conf.trainer.fast_dev_run)
 
@@ -71,6 +73,7 @@ def _train(conf: TrainSchema, cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     # the method's own checks (target modules, init text...) before any work
     peft_config_for(conf.method, BuildContext(task_type, backbone.model, backbone.tokenizer, backbone.path))
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    write_rerun_config(cfg, run_dir)
     log.info("model %s (%s), task %s %s", display_name(conf.model), backbone.path, conf.data.name, data.sizes())
 
     zero_shot: Optional[dict[str, float]] = None
@@ -122,6 +125,7 @@ def _train(conf: TrainSchema, cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "base_model": backbone.path,
         "adapter": str(run_dir / "adapter") if conf.save_adapter else None,
         "data": data.sizes(),
+        "threads": torch.get_num_threads(),
         "overrides": list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else [],
         "versions": versions(),
     }
@@ -145,6 +149,7 @@ def _merge_after(conf: TrainSchema, run_dir: Path, adapter_test: dict[str, float
         raise
     checks = report["checks"]["reloaded"]
     return {"passed": report["passed"], "out_dir": report["out_dir"], "max_abs_error": checks["max_abs_error"],
+            "max_abs_error_fp64": checks.get("max_abs_error_fp64"),
             "top1_agreement": checks["top1_agreement"], "merged_test": report["metrics"]["merged"],
             "latency_merged_over_base": report["latency"]["merged_over_base"]}
 
@@ -167,8 +172,26 @@ def _summary(m: dict[str, Any], run_dir: Path) -> None:
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def _hydra_main(cfg: DictConfig) -> Optional[float]:
-    metrics = train(cfg)
-    return metrics.get("test", {}).get("exact_match")
+    """Returns the metric a sweeper optimises (``objective``). In a multirun a failing job is
+    recorded (failed.json) and the sweep goes on; a single run fails as usual."""
+    try:
+        metrics = train(cfg)
+    except Exception as err:
+        if not in_multirun():
+            raise
+        log.exception("job failed: %s", err)
+        record_failure(Path(HydraConfig.get().runtime.output_dir), err)
+        return float("nan")  # optuna records a NaN as a failed trial and goes on
+    key = cfg.get("objective") or ("test.accuracy" if cfg.data.task_type == "seq_cls" else "test.exact_match")
+    return objective_value(metrics, key)
+
+
+def objective_value(metrics: dict[str, Any], key: str) -> Optional[float]:
+    """``metrics`` at the dotted ``key`` (test.exact_match, test.accuracy, test.loss...)."""
+    value: Any = metrics
+    for part in key.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return float(value) if isinstance(value, (int, float)) else None
 
 
 def main() -> None:

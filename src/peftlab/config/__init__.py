@@ -16,6 +16,7 @@ from peftlab.config.schema import (
     ParamsSchema,
     PathsSchema,
     PrecisionSchema,
+    ReportSchema,
     TrainerSchema,
     TrainSchema,
 )
@@ -41,6 +42,7 @@ def register_schemas() -> None:
     cs.store(name="schema_eval", node=EvalSchema)
     cs.store(name="schema_params", node=ParamsSchema)
     cs.store(name="schema_merge", node=MergeSchema)
+    cs.store(name="schema_report", node=ReportSchema)
 
 
 register_schemas()

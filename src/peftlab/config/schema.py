@@ -390,6 +390,7 @@ class ParamsSchema:
     method: Any = MISSING
     paths: PathsSchema = MISSING
     task_type: Optional[str] = None  # null: the model's first task type
+    reference: Optional[str] = None  # a paper's printed figure, shown beside the count
 
     def __post_init__(self) -> None:
         if self.task_type is not None:
@@ -405,6 +406,7 @@ class MergeSchema:
     out_dir: Optional[str] = None  # null: <run_dir>/merged
     verify_batches: int = 2  # validation batches whose logits are compared
     max_test_examples: Optional[int] = None  # null: the whole test split for the metric check
+    min_top1: Optional[float] = None  # top-1 agreement required; null: 1.0 for fp32, 0.99 for bf16/fp16
     paths: PathsSchema = MISSING
     seed: int = 42
 
@@ -414,3 +416,14 @@ class MergeSchema:
         _check(self.verify_batches > 0, "verify_batches", "must be > 0", self.verify_batches)
         m = self.max_test_examples
         _check(m is None or m > 0, "max_test_examples", "must be > 0 or null", m)
+        t = self.min_top1
+        _check(t is None or 0 < t <= 1, "min_top1", "must be in (0, 1] or null", t)
+
+
+@dataclass
+class ReportSchema:
+    """Everything ``peftlab-report`` reads."""
+
+    inputs: List[str] = field(default_factory=list)  # sweep folders and/or run folders
+    out_dir: Optional[str] = None  # null: <input>/report for one input, else the command's own folder
+    plots: bool = True

@@ -1,0 +1,167 @@
+"""peftlab-merge: the merged model equals the adapter model, is exported whole, and bad input
+leaves nothing behind."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import USER_CACHE, compose, run_cli
+from peftlab.eval import load_run_config
+from peftlab.merge import VerificationError, merge_run
+
+TINY = ["debug=tiny", "trainer.max_steps=6", "optim.lr=1e-2", "zero_shot=false", "logger=none",
+        "callbacks.checkpoint=null"]
+
+
+def make_run(tmp_path: Path, name: str, *overrides: str, merge_after: bool = False) -> Path:
+    from peftlab.train import train
+
+    run_dir = tmp_path / name
+    run_dir.mkdir(parents=True)
+    train(compose([*TINY, f"merge_after={str(merge_after).lower()}", *overrides], run_dir=run_dir))
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def lora_run(tmp_path_factory, cache_dir):
+    return make_run(tmp_path_factory.mktemp("merge"), "lora")
+
+
+def no_leftovers(folder: Path) -> bool:
+    return not list(folder.glob(".*.tmp-*"))
+
+
+def test_fp32_merge_is_exact_and_reloads_with_plain_transformers(lora_run, tmp_path, cache_dir):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = tmp_path / "merged"
+    report = merge_run(lora_run, load_run_config(lora_run), out)
+    assert report["passed"] and report["dtype"] == "float32"
+    for stage in ("in_memory", "reloaded"):
+        c = report["checks"][stage]
+        assert c["max_abs_error"] <= 1e-4 and c["top1_agreement"] == 1.0
+        assert c["generations_identical"] == c["generations"] > 0
+    assert report["metrics"]["merged"]["exact_match"] == report["metrics"]["adapter"]["exact_match"]
+    assert set(report["latency"]) == {"base_ms", "adapter_unmerged_ms", "merged_ms", "merged_over_base"}
+    assert json.loads((out / "merge_report.json").read_text()) == json.loads(json.dumps(report))
+    for name in ("model.safetensors", "config.json", "generation_config.json", "tokenizer.json", "chat_template.jinja"):
+        assert (out / name).exists(), name
+    assert no_leftovers(tmp_path)
+
+    merged = AutoModelForCausalLM.from_pretrained(out).eval()
+    assert not any("lora" in n for n, _ in merged.named_parameters())
+    base = json.loads((lora_run / "adapter" / "adapter_config.json").read_text())["base_model_name_or_path"]
+    adapter_model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), lora_run / "adapter").eval()
+    tok = AutoTokenizer.from_pretrained(out)
+    assert tok.chat_template
+    ids = tok.apply_chat_template([{"role": "user", "content": "3 March 1998"}], add_generation_prompt=True,
+                                  return_tensors="pt", return_dict=True)["input_ids"]
+    with torch.no_grad():
+        assert torch.allclose(merged(ids).logits, adapter_model(ids).logits, atol=1e-4)
+
+
+# A random tiny model's outputs are nearly flat, so bf16 rounding flips the arg-max at a few percent
+# of positions whatever the merge does; its bf16 checks use min_top1=0.9 (SmolLM2 below uses 0.99).
+TINY_BF16_TOP1 = 0.9
+
+
+def test_bf16_export_halves_the_size_and_agrees(lora_run, tmp_path):
+    from safetensors import safe_open
+
+    report = merge_run(lora_run, load_run_config(lora_run), tmp_path / "bf16", dtype="bfloat16",
+                       min_top1=TINY_BF16_TOP1)
+    assert report["passed"] and report["checks"]["reloaded"]["top1_agreement"] >= TINY_BF16_TOP1
+    with safe_open(str(tmp_path / "bf16" / "model.safetensors"), framework="pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.bfloat16}
+    fp32 = merge_run(lora_run, load_run_config(lora_run), tmp_path / "fp32")
+    assert report["sizes_mb"]["merged"] < 0.6 * fp32["sizes_mb"]["merged"]
+
+
+def test_a_run_trained_in_bf16_merges_in_bf16(tmp_path, cache_dir):
+    run = make_run(tmp_path, "bf16", "precision=bf16_true")
+    report = merge_run(run, load_run_config(run), tmp_path / "merged", min_top1=TINY_BF16_TOP1)
+    assert report["dtype"] == "bfloat16" and report["passed"]
+    assert report["tolerance"]["max_abs"] is None
+
+
+@pytest.mark.parametrize("overrides", [["method=ia3"], ["method.use_dora=true"]])
+def test_ia3_and_dora_merge_like_lora(tmp_path, cache_dir, overrides):
+    run = make_run(tmp_path, "run", *overrides)
+    report = merge_run(run, load_run_config(run), tmp_path / "merged")
+    assert report["passed"] and report["checks"]["reloaded"]["max_abs_error"] <= 1e-4
+
+
+def test_merge_after_training_records_the_merge(tmp_path, cache_dir):
+    run = make_run(tmp_path, "run", merge_after=True)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["merge"]["passed"] and metrics["merge"]["max_abs_error"] <= 1e-4
+    assert (run / "merged" / "model.safetensors").exists() and (run / "merge_report.json").exists()
+
+
+def test_failed_verification_leaves_nothing(lora_run, tmp_path, monkeypatch):
+    import peftlab.merge as merge
+
+    monkeypatch.setattr(merge, "tolerance", lambda dtype, n, top1: merge.Tolerance(max_abs=-1.0, min_top1=1.0,
+                                                                              metric_slack=0.0))
+    with pytest.raises(VerificationError, match=r"merge verification failed: in_memory: max logit error .* > -1"):
+        merge_run(lora_run, load_run_config(lora_run), tmp_path / "merged", report_dir=tmp_path)
+    assert not (tmp_path / "merged").exists() and no_leftovers(tmp_path)
+    assert json.loads((tmp_path / "merge_report.json").read_text())["passed"] is False
+
+
+@pytest.fixture(scope="module")
+def prefix_run(tmp_path_factory, cache_dir):
+    return make_run(tmp_path_factory.mktemp("prefix"), "prefix", "method=prefix")
+
+
+@pytest.mark.parametrize("case", ["missing", "prefix", "corrupted", "truncated", "out_exists"])
+def test_bad_input_is_one_line_and_leaves_nothing(case, lora_run, prefix_run, tmp_path):
+    run, extra = lora_run, []
+    if case == "missing":
+        run = tmp_path / "nope"
+        expected = f"run_dir: {run} is not a finished peftlab-train run folder (it needs config.yaml and adapter/)"
+    elif case == "prefix":
+        run = prefix_run
+        expected = (f"run_dir: method=prefix cannot be merged: its virtual tokens are extra inputs, not weight "
+                    f"updates; the adapter folder {run / 'adapter'} is the deployable artefact")
+    elif case in ("corrupted", "truncated"):
+        import shutil
+
+        run = tmp_path / "broken"
+        shutil.copytree(lora_run, run, ignore=shutil.ignore_patterns("merged*", ".*"))
+        path = run / "adapter" / "adapter_model.safetensors"
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 2] if case == "truncated" else b"\x00" * 64 + data[64:])
+        expected = f"{path}: corrupted or truncated ("
+    else:
+        (tmp_path / "taken").mkdir()
+        extra = [f"out_dir={tmp_path / 'taken'}"]
+        expected = f"out_dir: {tmp_path / 'taken'} already exists; it is never overwritten"
+    proc = run_cli("peftlab-merge", f"run_dir={run}", *extra, f"hydra.run.dir={tmp_path / 'log'}")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"peftlab-merge: error: {expected}"), last
+    assert "Traceback" not in proc.stderr
+    if case != "missing":
+        assert not (run / "merged").exists() and no_leftovers(run)
+
+
+def test_smollm2_merge(tmp_path):
+    """The packaged SmolLM2 with a briefly trained adapter merges exactly (merge_after)."""
+    from peftlab.train import train
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    overrides = ["trainer.max_steps=2", "zero_shot=false", "data.max_eval_examples=8", "data.eval_batch_size=8",
+                 "trainer.enable_progress_bar=false", "logger=none", "callbacks.checkpoint=null",
+                 f"paths.cache_dir={USER_CACHE}"]
+    metrics = train(compose(overrides, run_dir=run_dir))
+    merge = metrics["merge"]
+    assert merge["passed"] and merge["max_abs_error"] <= 1e-4 and merge["top1_agreement"] == 1.0
+    assert merge["merged_test"]["exact_match"] == metrics["test"]["exact_match"]
+    # a bf16 export of a properly trained SmolLM2 adapter: tests/test_smollm2.py (slow)

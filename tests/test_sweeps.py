@@ -1,0 +1,123 @@
+"""Sweeps end to end: a real multirun, its index and report; reproducibility; failed jobs;
+the optional launchers and the optuna sweeper."""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+
+import pytest
+
+from conftest import run_cli
+from peftlab.report import pareto_front, positional_to_inputs, stats, t95
+
+TINY = ["debug=tiny", "merge_after=false", "trainer.max_steps=3"]
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory, cache_dir):
+    folder = tmp_path_factory.mktemp("sweep") / "methods"
+    proc = run_cli("peftlab-train", "-m", *TINY, "method=lora,ia3", "seed=1,2", f"hydra.sweep.dir={folder}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return folder
+
+
+def test_each_job_has_a_run_folder_and_the_sweep_an_index(sweep):
+    jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir())
+    assert jobs == ["0", "1", "2", "3"]
+    for job in jobs:
+        assert (sweep / job / "metrics.json").exists() and (sweep / job / "adapter").is_dir()
+    index = [json.loads(line) for line in (sweep / "index.jsonl").read_text().splitlines()]
+    ends = {row["job"]: row for row in index if row["event"] == "end"}
+    assert sorted(ends) == [0, 1, 2, 3] and {r["status"] for r in ends.values()} == {"finished"}
+    starts = {row["job"]: row["overrides"] for row in index if row["event"] == "start"}
+    assert any("method=ia3" in o and "seed=2" in o for o in starts.values())
+
+
+def test_report_aggregates_over_seeds(sweep, tmp_path):
+    proc = run_cli("peftlab-report", str(sweep), f"out_dir={tmp_path}", f"hydra.run.dir={tmp_path / 'log'}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = list(csv.DictReader(open(tmp_path / "results.csv")))
+    assert [r["method"] for r in rows] == ["lora", "ia3"]
+    for row in rows:
+        runs = [json.loads((p / "metrics.json").read_text()) for p in sweep.iterdir()
+                if p.is_dir() and json.loads((p / "metrics.json").read_text())["method"] == row["method"]]
+        values = [r["test"]["exact_match"] for r in runs]
+        assert int(row["n"]) == 2 and row["status"] == "ok"
+        assert float(row["exact_match_mean"]) == pytest.approx(statistics.fmean(values))
+        assert float(row["exact_match_std"]) == pytest.approx(statistics.stdev(values))
+        assert float(row["trainable"]) == runs[0]["params"]["trainable"]
+    md = (tmp_path / "results.md").read_text()
+    assert "| method=ia3 |" in md and "±" in md
+    assert "\\begin{tabular}" in (tmp_path / "results.tex").read_text()
+    for png in ("params_vs_metric.png", "val_loss.png", "throughput_memory.png"):
+        assert (tmp_path / png).stat().st_size > 1000
+
+
+def test_same_seed_same_metrics_and_rerun_from_saved_config(tmp_path, cache_dir):
+    first, second, again = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    for folder in (first, second):
+        proc = run_cli("peftlab-train", *TINY, "seed=7", f"hydra.run.dir={folder}")
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = run_cli("peftlab-train", "--config-dir", str(first), "--config-name", "rerun", f"hydra.run.dir={again}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    m = [json.loads((f / "metrics.json").read_text()) for f in (first, second, again)]
+    for key in ("zero_shot", "test", "val", "params"):
+        assert m[0][key] == m[1][key] == m[2][key], key
+    assert (first / "adapter" / "adapter_model.safetensors").read_bytes() == \
+        (again / "adapter" / "adapter_model.safetensors").read_bytes()
+
+
+def test_a_failed_job_is_recorded_and_reported(tmp_path, cache_dir):
+    folder = tmp_path / "sweep"
+    proc = run_cli("peftlab-train", "-m", *TINY, "method=lora,prefix", "model.gradient_checkpointing=true",
+                   f"hydra.sweep.dir={folder}")
+    assert proc.returncode != 0  # the sweep says that a job failed...
+    assert (folder / "0" / "metrics.json").exists()  # ...after running the others
+    failed = json.loads((folder / "1" / "failed.json").read_text())
+    assert "method=prefix cannot train with model.gradient_checkpointing=true" in failed["error"]
+    proc = run_cli("peftlab-report", str(folder), f"hydra.run.dir={tmp_path / 'log'}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    md = (folder / "report" / "results.md").read_text()
+    prefix_row = next(line for line in md.splitlines() if "method=prefix" in line)
+    assert "1 of 1 failed" in prefix_row
+
+
+def test_joblib_launcher_shares_the_cores(tmp_path, cache_dir):
+    import os
+
+    folder = tmp_path / "sweep"
+    proc = run_cli("peftlab-train", "-m", *TINY, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+                   "method=lora,ia3", f"hydra.sweep.dir={folder}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for job in ("0", "1"):
+        m = json.loads((folder / job / "metrics.json").read_text())
+        assert m["threads"] == max(1, (os.cpu_count() or 1) // 2)
+
+
+def test_submitit_local_launcher(tmp_path, cache_dir):
+    folder = tmp_path / "sweep"
+    proc = run_cli("peftlab-train", "-m", *TINY, "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10",
+                   "seed=1,2", f"hydra.sweep.dir={folder}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (folder / "0" / "metrics.json").exists() and (folder / "1" / "metrics.json").exists()
+
+
+def test_optuna_sweep_runs_three_trials(tmp_path, cache_dir):
+    folder = tmp_path / "study"
+    proc = run_cli("peftlab-train", "-m", "sweep=optuna", *TINY, "hydra.sweeper.n_trials=3",
+                   f"hydra.sweep.dir={folder}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(p.name for p in folder.iterdir() if p.is_dir()) == ["0", "1", "2"]
+    result = (folder / "optimization_results.yaml").read_text()
+    assert "best_params" in result and "optim.lr" in result
+
+
+def test_statistics_helpers():
+    s = stats([0.8, 0.9, 1.0])
+    assert s["mean"] == pytest.approx(0.9) and s["std"] == pytest.approx(0.1) and s["n"] == 3
+    assert s["ci95"] == pytest.approx(4.303 * 0.1 / 3 ** 0.5)
+    assert stats([0.5])["ci95"] is None and t95(1000) == 1.96
+    assert pareto_front([(10, 0.5), (100, 0.9), (50, 0.4), (1000, 0.9)]) == [0, 1]
+    assert positional_to_inputs(["a/b", "plots=false"]) == ["inputs=['a/b']", "plots=false"]
