@@ -108,7 +108,7 @@ def test_failed_verification_leaves_nothing(lora_run, tmp_path, monkeypatch):
 
     monkeypatch.setattr(merge, "tolerance", lambda dtype, n, top1: merge.Tolerance(max_abs=-1.0, min_top1=1.0,
                                                                               metric_slack=0.0))
-    with pytest.raises(VerificationError, match=r"merge verification failed: in_memory: max logit error .* > -1"):
+    with pytest.raises(VerificationError, match=r"merge verification failed: reloaded: max logit error .* \(float64 forward\) > -1"):
         merge_run(lora_run, load_run_config(lora_run), tmp_path / "merged", report_dir=tmp_path)
     assert not (tmp_path / "merged").exists() and no_leftovers(tmp_path)
     assert json.loads((tmp_path / "merge_report.json").read_text())["passed"] is False

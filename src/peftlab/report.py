@@ -61,9 +61,12 @@ class Run:
     error: Optional[str] = None
 
     @property
+    def settings(self) -> tuple[str, ...]:
+        return tuple(sorted(o for o in self.overrides if not o.startswith(_NOT_A_SETTING)))
+
+    @property
     def setting(self) -> str:
-        kept = [o for o in self.overrides if not o.startswith(_NOT_A_SETTING)]
-        return " ".join(sorted(kept)) or "(defaults)"
+        return " ".join(self.settings) or "(defaults)"
 
     @property
     def seed(self) -> Optional[int]:
@@ -78,7 +81,8 @@ def find_runs(inputs: list[Path]) -> list[Run]:
     for root in inputs:
         if not root.exists():
             raise ConfigError(f"inputs: no such folder: {root}")
-        for marker in sorted(root.rglob(".hydra/config.yaml")) + sorted(root.rglob("metrics.json")):
+        markers = [*root.rglob(".hydra/config.yaml"), *root.rglob("metrics.json"), *root.rglob("failed.json")]
+        for marker in sorted(markers):
             folder = marker.parent.parent if marker.parent.name == ".hydra" else marker.parent
             if folder not in folders and not _is_sweep_root(folder):
                 folders.append(folder)
@@ -104,7 +108,8 @@ def read_run(folder: Path) -> Run:
         return Run(folder, overrides or metrics.get("overrides", []), metrics, "finished")
     failed = folder / "failed.json"
     if failed.exists():
-        return Run(folder, overrides, None, "failed", json.loads(failed.read_text()).get("error"))
+        record = json.loads(failed.read_text())
+        return Run(folder, overrides or record.get("overrides", []), None, "failed", record.get("error"))
     return Run(folder, overrides, None, "unfinished")
 
 
@@ -153,9 +158,13 @@ class Group:
 
 
 def group_runs(runs: list[Run]) -> list[Group]:
-    groups: dict[str, Group] = {}
+    """Runs with the same settings (overrides but the seed) form a group, named by the settings
+    that set it apart: those every run shares are left out of the name."""
+    common = set.intersection(*(set(r.settings) for r in runs)) if len(runs) > 1 else set()
+    groups: dict[tuple[str, ...], Group] = {}
     for r in runs:
-        groups.setdefault(r.setting, Group(r.setting)).runs.append(r)
+        name = " ".join(o for o in r.settings if o not in common) or r.setting
+        groups.setdefault(r.settings, Group(name)).runs.append(r)
     return list(groups.values())
 
 

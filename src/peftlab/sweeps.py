@@ -58,8 +58,9 @@ def write_rerun_config(cfg: DictConfig, run_dir: Path) -> None:
 def record_failure(run_dir: Path, err: BaseException) -> None:
     """Write ``failed.json`` so that reports show the job as failed, with its error."""
     run_dir.mkdir(parents=True, exist_ok=True)
+    overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
     write_json(run_dir / "failed.json", {"error": f"{type(err).__name__}: {err}".splitlines()[0],
-                                         "traceback": traceback.format_exc()})
+                                         "overrides": overrides, "traceback": traceback.format_exc()})
 
 
 class SweepIndex(Callback):

@@ -15,6 +15,13 @@ def _instantiate_all(nodes: dict[str, Any]) -> list[Any]:
     return [instantiate(node, _convert_="all") for node in nodes.values() if node is not None]
 
 
+def _placement(conf: TrainSchema | EvalSchema) -> dict[str, Any]:
+    """Where and in what precision the Trainer runs: the hardware and precision groups."""
+    return dict(accelerator=conf.hardware.accelerator, devices=conf.hardware.devices,
+                strategy=conf.hardware.strategy, num_nodes=conf.hardware.num_nodes,
+                precision=conf.precision.trainer, default_root_dir=conf.paths.run_dir)
+
+
 def make_trainer(conf: TrainSchema, evaluation: bool = False) -> L.Trainer:
     """The Trainer of a run; ``evaluation=True`` gives one that only tests (no logger, no checkpoints)."""
     t = conf.trainer
@@ -28,12 +35,7 @@ def make_trainer(conf: TrainSchema, evaluation: bool = False) -> L.Trainer:
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     has_checkpoint = any(isinstance(c, ModelCheckpoint) for c in callbacks)
     return L.Trainer(
-        accelerator=conf.hardware.accelerator,
-        devices=conf.hardware.devices,
-        strategy=conf.hardware.strategy,
-        num_nodes=conf.hardware.num_nodes,
-        precision=conf.precision.trainer,
-        default_root_dir=conf.paths.run_dir,
+        **_placement(conf),
         callbacks=callbacks,
         logger=loggers or False,
         enable_checkpointing=has_checkpoint,
@@ -58,12 +60,7 @@ def make_trainer(conf: TrainSchema, evaluation: bool = False) -> L.Trainer:
 def make_eval_trainer(conf: EvalSchema) -> L.Trainer:
     """A Trainer for ``peftlab-eval``: test only, no logger, no checkpoints."""
     return L.Trainer(
-        accelerator=conf.hardware.accelerator,
-        devices=conf.hardware.devices,
-        strategy=conf.hardware.strategy,
-        num_nodes=conf.hardware.num_nodes,
-        precision=conf.precision.trainer,
-        default_root_dir=conf.paths.run_dir,
+        **_placement(conf),
         logger=False,
         enable_checkpointing=False,
         enable_model_summary=False,

@@ -361,6 +361,7 @@ class TrainSchema:
     save_adapter: bool = True
     merge_after: bool = True  # mergeable methods (LoRA, IA3): merge and verify right after training
     resume_from: Optional[str] = None  # a Lightning checkpoint of an earlier run
+    objective: Optional[str] = None  # dotted metrics.json key a sweeper optimises; null: the task's main metric
     tags: List[str] = field(default_factory=list)
 
 
