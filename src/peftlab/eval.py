@@ -27,7 +27,7 @@ from peftlab.errors import ConfigError
 from peftlab.models import auto_class, display_name, load_backbone
 from peftlab.module import PeftLabModule
 from peftlab.outputs import check_fresh_run_dir, versions, write_json, write_jsonl
-from peftlab.trainer import make_eval_trainer
+from peftlab.trainer import make_eval_trainer, split_metrics
 
 log = logging.getLogger("peftlab.eval")
 
@@ -84,11 +84,11 @@ def evaluate_cfg(cfg: DictConfig) -> dict[str, Any]:
     labels = resolve_labels(data_cfg) if data_cfg.task_type == "seq_cls" else None
     model, tokenizer = load_for_eval(model_cfg, run_dir, conf.paths.cache_dir, data_cfg.task_type,
                                      conf.precision.dtype, labels)
-    data = TaskDataModule(data_cfg, tokenizer, seed=conf.seed, test_split=conf.split)
+    data = TaskDataModule(data_cfg, tokenizer, seed=conf.seed, test_split=conf.split, labels=labels)
     module = PeftLabModule(model.eval(), tokenizer, max_new_tokens=data_cfg.max_new_tokens,
                            task_type=data_cfg.task_type, labels=labels)
     results = make_eval_trainer(conf).test(module, datamodule=data, verbose=False)
-    metrics = {k.split("/", 1)[1]: round(float(v), 6) for k, v in results[0].items() if k.startswith("test/")}
+    metrics = split_metrics(results[0], "test")
     report = {"run_dir": str(run_dir) if run_dir else None, "model": display_name(model_cfg), "method": method,
               "task": data_cfg.name, "split": conf.split, "examples": data.sizes()[conf.split],
               "metrics": metrics, "versions": versions()}

@@ -178,7 +178,7 @@ def merge_run(run_dir: Path, run: TrainSchema, out_dir: Path, dtype: Optional[st
     # the reference: the adapter model as it would be deployed unmerged, in the export dtype
     model, backbone = adapter_model(dtype)
     tokenizer = backbone.tokenizer
-    data = TaskDataModule(data_cfg, tokenizer, seed=run.seed)
+    data = TaskDataModule(data_cfg, tokenizer, seed=run.seed, labels=labels)
     steps = task_steps(task_type, tokenizer, run.data.max_new_tokens, labels)
     batches = [b for _, b in zip(range(verify_batches), data.val_dataloader())]
     prompts = _head(batches[0], 16)  # greedy generations compared on these prompts

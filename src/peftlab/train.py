@@ -32,7 +32,7 @@ from peftlab.module import PeftLabModule
 from peftlab.outputs import (check_fresh_run_dir, discard_unstarted_run_dir, save_folder_atomically, versions,
                              write_json, write_jsonl)
 from peftlab.sweeps import in_multirun, record_failure, threads_per_parallel_job, write_rerun_config
-from peftlab.trainer import make_trainer
+from peftlab.trainer import make_trainer, split_metrics
 
 log = logging.getLogger("peftlab.train")
 
@@ -40,7 +40,7 @@ log = logging.getLogger("peftlab.train")
 def evaluate(trainer: L.Trainer, module: PeftLabModule, data: TaskDataModule) -> dict[str, float]:
     """Test ``module`` on the test split: {"loss", "perplexity", "exact_match"}."""
     results = trainer.test(module, datamodule=data, verbose=False)
-    return {k.split("/", 1)[1]: round(float(v), 6) for k, v in results[0].items() if k.startswith("test/")}
+    return split_metrics(results[0], "test")
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -66,7 +66,7 @@ def _train(conf: TrainSchema, cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
     labels = resolve_labels(conf.data) if task_type == "seq_cls" else None
     backbone = load_backbone(conf.model, conf.paths.cache_dir, task_type, conf.precision.dtype, labels)
-    data = TaskDataModule(conf.data, backbone.tokenizer, seed=conf.seed)
+    data = TaskDataModule(conf.data, backbone.tokenizer, seed=conf.seed, labels=labels)
     data.setup()
     if conf.model.gradient_checkpointing:
         enable_gradient_checkpointing(backbone.model)
@@ -91,7 +91,7 @@ def _train(conf: TrainSchema, cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     module = PeftLabModule(model, backbone.tokenizer, conf.optim, conf.data.max_new_tokens, task_type, labels)
     trainer = make_trainer(conf)
     trainer.fit(module, datamodule=data, ckpt_path=conf.resume_from)
-    val = {k.split("/", 1)[1]: round(float(v), 6) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+    val = split_metrics(trainer.callback_metrics, "val")
     test = evaluate(trainer, module, data)
     if dry:
         log.info("fast_dev_run: nothing saved; test on one batch: %s", test)

@@ -11,6 +11,11 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, Pr
 from peftlab.config.schema import EvalSchema, TrainSchema
 
 
+def split_metrics(logged: dict[str, Any], split: str) -> dict[str, float]:
+    """``{"test/loss": t, ...}`` as logged by the module -> ``{"loss": 0.123456, ...}`` for ``split``."""
+    return {k.split("/", 1)[1]: round(float(v), 6) for k, v in logged.items() if k.startswith(f"{split}/")}
+
+
 def _instantiate_all(nodes: dict[str, Any]) -> list[Any]:
     return [instantiate(node, _convert_="all") for node in nodes.values() if node is not None]
 

@@ -18,14 +18,16 @@ log = logging.getLogger(__name__)
 
 
 class TaskDataModule(L.LightningDataModule):
-    def __init__(self, cfg: DataSchema, tokenizer, seed: int = 0, test_split: str = "test"):
+    def __init__(self, cfg: DataSchema, tokenizer, seed: int = 0, test_split: str = "test",
+                 labels: Optional[list[str]] = None):
         super().__init__()
         self.cfg = cfg
         self.test_split = test_split  # what trainer.test() evaluates: "test", or "val"
         self.tokenizer = tokenizer
         self.seed = seed
         self.classification = cfg.task_type == "seq_cls"
-        self.labels = resolve_labels(cfg) if self.classification else None
+        # class names in id order; callers that sized the model's head pass the same list
+        self.labels = (labels or resolve_labels(cfg)) if self.classification else None
         self.format = None if self.classification else PromptFormat.for_tokenizer(tokenizer, cfg.prompt_format,
                                                                                    cfg.system_prompt)
         self.splits: Optional[dict[str, list[dict[str, Any]]]] = None
