@@ -149,7 +149,7 @@ def test_every_experiment_runs_its_launch_command(experiment, tmp_path, cache_di
     assert f"experiment={experiment}" in command
     command = [c for c in command if not c.startswith("seed=")]
     if command[0] == "peftlab-train":
-        command += ["debug=tiny", "trainer.max_steps=1", "zero_shot=false", "merge_after=false",
+        command += ["debug=tiny", "seed=1", "trainer.max_steps=1", "zero_shot=false", "merge_after=false",
                     "trainer.limit_test_batches=1", "trainer.limit_val_batches=1"]
     proc = run_cli(*command, f"hydra.sweep.dir={tmp_path}")
     assert proc.returncode == 0, proc.stderr[-3000:]

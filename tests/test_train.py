@@ -86,3 +86,17 @@ def test_eval_reproduces_the_test_metrics(tiny_run, tmp_path):
     evaluated = json.loads((out / "eval.json").read_text())["metrics"]
     assert evaluated["exact_match"] == trained["exact_match"]
     assert evaluated["loss"] == pytest.approx(trained["loss"], rel=1e-4)
+
+
+@pytest.mark.skipif(not __import__("pathlib").Path("/proc/self/clear_refs").exists(), reason="Linux only")
+def test_peak_rss_is_per_job():
+    """Jobs of a sequential sweep share one process: each must report its own peak memory, not the
+    largest of the jobs before it."""
+    from peftlab.callbacks import peak_rss_mb, reset_peak_rss
+
+    big = bytearray(400 * 2**20)
+    big[::4096] = b"x" * len(big[::4096])  # touch every page
+    high = peak_rss_mb()
+    del big
+    assert reset_peak_rss()
+    assert peak_rss_mb() < high - 300

@@ -26,7 +26,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from peftlab.callbacks import peak_rss_mb
+from peftlab.callbacks import peak_rss_mb, reset_peak_rss
 from peftlab.cli import run_app
 from peftlab.config import CONF_DIR, validate
 from peftlab.config.schema import MergeSchema, TrainSchema
@@ -159,6 +159,7 @@ def merge_run(run_dir: Path, run: TrainSchema, out_dir: Path, dtype: Optional[st
     the same weights (training does), so the test split is not evaluated twice."""
     from peft import PeftModel
 
+    reset_peak_rss()
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     check_mergeable(run_dir, run)
     if out_dir.exists():

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import time
@@ -19,7 +20,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from peftlab.callbacks import ThroughputMonitor, peak_rss_mb
+from peftlab.callbacks import ThroughputMonitor, peak_rss_mb, reset_peak_rss
 from peftlab.cli import run_app
 from peftlab.config import CONF_DIR, validate
 from peftlab.config.schema import TrainSchema
@@ -57,6 +58,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 def _train(conf: TrainSchema, cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     started = time.perf_counter()
+    gc.collect()  # what an earlier job of the same sweep process left behind
+    reset_peak_rss()
     L.seed_everything(conf.seed, workers=True, verbose=False)
     threads = conf.hardware.threads or threads_per_parallel_job()
     if threads:
