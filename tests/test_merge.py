@@ -35,6 +35,28 @@ def no_leftovers(folder: Path) -> bool:
     return not list(folder.glob(".*.tmp-*"))
 
 
+def test_compare_batch_by_batch_equals_over_all_positions():
+    """The comparison streams the merged model's logits one batch at a time; its figures must be
+    those of the same comparison over all positions at once."""
+    from peftlab.merge import compare
+
+    torch.manual_seed(0)
+    ref = [{"all": torch.randn(n, 50) * 10, "answer": torch.randn(k, 50)} for n, k in ((30, 4), (17, 3))]
+    oth = [{key: t + torch.randn_like(t) * 0.3 for key, t in r.items()} for r in ref]
+    got = compare(ref, iter(oth))
+    r_all, o_all = torch.cat([r["all"] for r in ref]), torch.cat([o["all"] for o in oth])
+    r_ans, o_ans = torch.cat([r["answer"] for r in ref]), torch.cat([o["answer"] for o in oth])
+    diff = (r_all - o_all).abs()
+    assert got["max_abs_error"] == pytest.approx(float(diff.max()), rel=1e-6)
+    assert got["rel_error"] == pytest.approx(float(diff.max() / r_all.abs().max()), rel=1e-6)
+    assert got["top1_agreement"] == pytest.approx(float((r_ans.argmax(-1) == o_ans.argmax(-1)).float().mean()))
+    assert got["top1_agreement_all_positions"] == pytest.approx(
+        float((r_all.argmax(-1) == o_all.argmax(-1)).float().mean()))
+    assert 0 < got["top1_agreement_all_positions"] < 1  # the check is not vacuous
+    with pytest.raises(ValueError):  # a batch missing on either side is a bug, not a smaller sample
+        compare(ref, iter(oth[:1]))
+
+
 def test_fp32_merge_is_exact_and_reloads_with_plain_transformers(lora_run, tmp_path, cache_dir):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -19,7 +19,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterable, Iterator, Optional
 
 import hydra
 import torch
@@ -94,32 +94,39 @@ def folder_mb(path: Path) -> float:
 
 # ----------------------------------------------------------------------------------- measures
 @torch.no_grad()
-def logits_on(model, batches: list[dict[str, Any]], task_type: str) -> dict[str, torch.Tensor]:
-    """fp32 logits at every real (non-padding) position, and at the answer positions (the ones
-    that predict a labelled token; for classification, the class logits)."""
-    every, answer = [], []
+def iter_logits(model, batches: list[dict[str, Any]], task_type: str) -> Iterator[dict[str, torch.Tensor]]:
+    """Per batch, the fp32 logits at every real (non-padding) position ("all") and at the answer
+    positions, the ones that predict a labelled token ("answer"; for classification, the class
+    logits). One batch at a time: a 50k-token vocabulary makes each batch's logits hundreds of MiB."""
     for b in batches:
         logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits.float()
         if task_type == "seq_cls":
-            every.append(logits)
-            answer.append(logits)
+            yield {"all": logits, "answer": logits}
         else:
-            every.append(logits[b["attention_mask"].bool()])
-            answer.append(logits[:, :-1][b["labels"][:, 1:] != -100])
-    return {"all": torch.cat(every), "answer": torch.cat(answer)}
+            yield {"all": logits[b["attention_mask"].bool()], "answer": logits[:, :-1][b["labels"][:, 1:] != -100]}
 
 
-def compare(reference: dict[str, torch.Tensor], other: dict[str, torch.Tensor]) -> dict[str, float]:
+def logits_on(model, batches: list[dict[str, Any]], task_type: str) -> list[dict[str, torch.Tensor]]:
+    """The reference logits, kept: ``iter_logits`` of every batch."""
+    return list(iter_logits(model, batches, task_type))
+
+
+def compare(reference: list[dict[str, torch.Tensor]], other: Iterable[dict[str, torch.Tensor]]) -> dict[str, float]:
     """Logit errors over every real position; top-1 agreement at the answer positions (the
-    task's tokens) and over every position."""
-    ref, oth = reference["all"], other["all"]
-    diff = (ref - oth).abs()
-
-    def top1(key: str) -> float:
-        return float((reference[key].argmax(-1) == other[key].argmax(-1)).float().mean())
-
-    return {"max_abs_error": float(diff.max()), "rel_error": float(diff.max() / ref.abs().max().clamp(min=1e-12)),
-            "top1_agreement": top1("answer"), "top1_agreement_all_positions": top1("all")}
+    task's tokens) and over every position. ``other`` may be lazy (``iter_logits``): only one of
+    its batches is in memory at a time."""
+    max_err, max_ref = 0.0, 0.0
+    agree = {"answer": [0, 0], "all": [0, 0]}  # agreeing positions, positions
+    for ref, oth in zip(reference, other, strict=True):
+        max_err = max(max_err, float(torch.sub(ref["all"], oth["all"]).abs_().max()))
+        max_ref = max(max_ref, float(ref["all"].max()), -float(ref["all"].min()))
+        for key, counts in agree.items():
+            same = ref[key].argmax(-1) == oth[key].argmax(-1)
+            counts[0] += int(same.sum())
+            counts[1] += same.numel()
+    top1 = {key: a / n if n else float("nan") for key, (a, n) in agree.items()}
+    return {"max_abs_error": max_err, "rel_error": max_err / max(max_ref, 1e-12),
+            "top1_agreement": top1["answer"], "top1_agreement_all_positions": top1["all"]}
 
 
 def test_metrics(model, steps, data: TaskDataModule) -> tuple[dict[str, float], list[str]]:
@@ -221,7 +228,7 @@ def merge_run(run_dir: Path, run: TrainSchema, out_dir: Path, dtype: Optional[st
         checks["reloaded"] = _check(reloaded, steps, batches, prompts, ref_logits, ref_gen, task_type)
         if exact:
             checks["reloaded"]["max_abs_error_fp64"] = compare(
-                ref_logits64, logits_on(reloaded.double(), exact_batch, task_type))["max_abs_error"]
+                ref_logits64, iter_logits(reloaded.double(), exact_batch, task_type))["max_abs_error"]
             reloaded.float()
         merged_metrics, _ = test_metrics(reloaded, steps, data)
         report.update(
@@ -253,7 +260,7 @@ def _limit(data_cfg, n: int):
 
 
 def _check(model, steps, batches, prompts, ref_logits, ref_gen, task_type) -> dict[str, Any]:
-    result = compare(ref_logits, logits_on(model, batches, task_type))
+    result = compare(ref_logits, iter_logits(model, batches, task_type))
     if task_type == "causal_lm":
         gen = steps.generate(model, prompts["gen_input_ids"], prompts["gen_attention_mask"])
         result["generations_identical"] = sum(a == b for a, b in zip(gen, ref_gen))
