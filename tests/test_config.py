@@ -73,6 +73,8 @@ def test_defaults_list_names_every_group():
     (["method=ptuning", "method.encoder_reparameterization_type=GRU"],
      "method.encoder_reparameterization_type must be one of MLP, LSTM, got 'GRU'"),
     (["method=prefix", "method.num_virtual_tokens=0"], "method.num_virtual_tokens must be > 0, got 0"),
+    (["method=prefix", "method.init=text", "method.init_text=hello", "method.prefix_projection=true"],
+     "method.prefix_projection must be false when method.init=text"),
     (["method=ia3", "method.target_modules=[k_proj]"],
      "method.feedforward_modules must be set together with method.target_modules"),
     (["model=minilm_l6"], "data.task_type=causal_lm (data=dates) does not fit model=minilm_l6, which serves seq_cls"),

@@ -160,6 +160,39 @@ def test_prompt_init_text_must_be_in_the_vocabulary(cache_dir):
         apply_method(bb2.model, conf2.method, "causal_lm", bb.tokenizer, bb2.path)
 
 
+PREFIX_TEXT = "Rewrite the date below as a bare ISO date."  # the byte-level tokenizer: a token per byte
+
+
+def test_prefix_init_text_starts_from_the_models_own_keys_and_values(cache_dir):
+    """init=text: the prefix model on x gives exactly the base model's outputs on (the first
+    num_virtual_tokens tokens of init_text as a system turn, then x)."""
+    conf, bb, _, _ = setup_cell("prefix", "llama", cache_dir, ["method.init=text", f"method.init_text='{PREFIX_TEXT}'"])
+    n = conf.method.num_virtual_tokens
+    init_ids = bb.tokenizer.apply_chat_template([{"role": "system", "content": PREFIX_TEXT}], tokenize=True,
+                                                return_dict=False, return_tensors="pt")[:, :n]
+    ids = bb.tokenizer("3 March 1998 ->", return_tensors="pt").input_ids
+    with torch.no_grad():
+        expected = bb.model(input_ids=torch.cat([init_ids, ids], 1)).logits[:, n:]
+    model = apply_method(bb.model, conf.method, "causal_lm", bb.tokenizer, bb.path).eval()
+    with torch.no_grad():
+        got = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("family,extra,message", [
+    ("llama", ["method.init_text='too short'"],
+     "method.init_text: 9 tokens, fewer than method.num_virtual_tokens=20: it must give a key and value for "
+     "every prefix position"),
+    ("bert_cls", [f"method.init_text='{PREFIX_TEXT}'"],
+     "method.init=text: prefixes are computed by a causal LM's forward pass; this task is seq_cls"),
+])
+def test_prefix_init_text_refusals(family, extra, message, cache_dir):
+    conf, bb, _, _ = setup_cell("prefix", family, cache_dir, ["method.init=text", *extra])
+    with pytest.raises(ConfigError) as err:
+        apply_method(bb.model, conf.method, conf.data.task_type, bb.tokenizer, bb.path)
+    assert str(err.value) == message
+
+
 def test_peft_disable_adapter_still_crashes_for_classification_prompt_learning(cache_dir):
     """peftlab tests the untouched base before wrapping instead of using disable_adapter(), which
     crashes in peft 0.21.2 for SEQ_CLS prompt-learning models. When this test fails, peft fixed it."""

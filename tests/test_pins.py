@@ -46,14 +46,15 @@ def test_cached_generation_matches_a_full_forward(tiny_backbone_factory, method)
 
 
 def test_lightning_cloud_advert_is_filtered(caplog):
-    """Lightning 2.6 logs a cloud-logger advert from every Trainer; peftlab.trainer filters it. When
-    the advert disappears upstream (no record at all without the filter), the filter can go."""
+    """Lightning 2.6 logs a cloud-logger advert from every Trainer; ``quiet_libraries`` filters it.
+    When the advert disappears upstream, the filter (peftlab.cli) can go."""
     import logging
 
     import lightning as L
 
-    import peftlab.trainer  # noqa: F401  (installs the filter)
+    from peftlab.cli import quiet_libraries
 
+    quiet_libraries()
     with caplog.at_level(logging.INFO):
         L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False)
     assert caplog.records, "Lightning logged nothing at all: the capture is broken"

@@ -7,6 +7,7 @@ the bad value. Any other exception is a bug and keeps its full traceback.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import sys
@@ -74,9 +75,16 @@ class _QuietJobFailure:
         return getattr(self.stream, name)
 
 
+class _NoAdverts(logging.Filter):
+    """Lightning 2.6 logs a tip advertising its cloud logger whenever a Trainer is made."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip")
+
+
 def quiet_libraries() -> None:
     """Drop library chatter that says nothing about the run (per-file loading bars, deprecations
-    inside the libraries themselves)."""
+    inside the libraries themselves, advertisements)."""
     import warnings
 
     import transformers
@@ -85,6 +93,9 @@ def quiet_libraries() -> None:
     for pattern in (r".*is_gradient_checkpointing.*", r".*isinstance\(treespec, LeafSpec\).*",
                     r".*does not have many workers.*", r".*Found \d+ module\(s\) in eval mode.*"):
         warnings.filterwarnings("ignore", message=pattern)
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        if not any(isinstance(f, _NoAdverts) for f in logging.getLogger(name).filters):
+            logging.getLogger(name).addFilter(_NoAdverts())
 
 
 def run_app(hydra_main: Callable[[], object], prog: str) -> None:

@@ -39,6 +39,8 @@ class MethodSpec:
     mergeable: bool
     trains: str
     caveats: str = ""
+    # (peft model, schema, context) -> None: sets the initial values of what trains, after wrapping
+    initialise: Optional[Callable[[Any, Any, BuildContext], None]] = None
 
 
 def _plain(value: Any) -> Any:
@@ -105,10 +107,31 @@ def _build_ia3(cfg: IA3Schema, ctx: BuildContext) -> Any:
 def _build_prefix(cfg: PrefixSchema, ctx: BuildContext) -> Any:
     from peft import PrefixTuningConfig
 
-    kwargs = _kwargs(cfg)
+    if cfg.init == "text":
+        if ctx.task_type != "causal_lm":
+            raise ConfigError(f"method.init=text: prefixes are computed by a causal LM's forward pass; "
+                              f"this task is {ctx.task_type}")
+        n = len(ctx.tokenizer(cfg.init_text, add_special_tokens=False).input_ids) if ctx.tokenizer else 0
+        if n < cfg.num_virtual_tokens:
+            raise ConfigError(f"method.init_text: {n} tokens, fewer than method.num_virtual_tokens="
+                              f"{cfg.num_virtual_tokens}: it must give a key and value for every prefix position")
+    kwargs = _kwargs(cfg, drop=("init", "init_text"))
     if kwargs["encoder_hidden_size"] is None:
         kwargs["encoder_hidden_size"] = ctx.model.config.hidden_size
     return PrefixTuningConfig(task_type=PEFT_TASK_TYPES[ctx.task_type], **kwargs)
+
+
+def _initialise_prefix(model: Any, cfg: PrefixSchema, ctx: BuildContext) -> None:
+    """``init=text``: the prefixes start as the keys and values the frozen model computes on
+    ``init_text`` (as a system turn when the tokenizer has a chat template), so that training
+    starts from the model's behaviour with real words before the input, not from random vectors in
+    every layer (Li & Liang, 2021, section 7.2: initialisation with real words)."""
+    if cfg.init != "text":
+        return
+    from peft import initialize_kv_prefix_from_text
+
+    initialize_kv_prefix_from_text(model, ctx.tokenizer, text=cfg.init_text,
+                                   use_chat_template=bool(getattr(ctx.tokenizer, "chat_template", None)))
 
 
 def _build_prompt(cfg: PromptSchema, ctx: BuildContext) -> Any:
@@ -140,7 +163,8 @@ METHODS: Dict[str, MethodSpec] = {
                       trains="vectors rescaling keys, values and feed-forward activations"),
     "prefix": MethodSpec(PrefixSchema, _build_prefix, mergeable=False,
                          trains="key/value prefixes in every layer (with projection: an MLP that makes them)",
-                         caveats="no gradient checkpointing; the adapter holds the final prefixes, not the MLP"),
+                         caveats="no gradient checkpointing; the adapter holds the final prefixes, not the MLP",
+                         initialise=_initialise_prefix),
     "prompt": MethodSpec(PromptSchema, _build_prompt, mergeable=False,
                          trains="virtual-token embeddings before the input"),
     "ptuning": MethodSpec(PtuningSchema, _build_ptuning, mergeable=False,
@@ -167,7 +191,8 @@ def apply_method(backbone: nn.Module, cfg: MethodSchema, task_type: str, tokeniz
                  path: Optional[str] = None) -> nn.Module:
     """Wrap ``backbone`` for ``cfg`` (a peft model, or the backbone itself for ``full``) and set
     what trains. The backbone is modified in place by peft."""
-    peft_config = peft_config_for(cfg, BuildContext(task_type, backbone, tokenizer, path))
+    ctx = BuildContext(task_type, backbone, tokenizer, path)
+    peft_config = peft_config_for(cfg, ctx)
     if peft_config is None:
         model = backbone
     else:
@@ -177,6 +202,9 @@ def apply_method(backbone: nn.Module, cfg: MethodSchema, task_type: str, tokeniz
             model = get_peft_model(backbone, peft_config)
         except ValueError as err:  # peft's own checks, e.g. an unsupported module type
             raise ConfigError(f"method ({cfg.name}): {str(err).splitlines()[0]}") from err
+        spec = method_spec(cfg.name)
+        if spec.initialise is not None:
+            spec.initialise(model, cfg, ctx)
     set_trainable(model, cfg)
     return model
 

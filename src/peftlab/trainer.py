@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import lightning as L
@@ -10,17 +9,6 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar
 
 from peftlab.config.schema import EvalSchema, TrainSchema
-
-
-class _NoAdverts(logging.Filter):
-    """Lightning 2.6 prints a tip advertising its cloud logger at every Trainer construction."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("💡 Tip")
-
-
-for _name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
-    logging.getLogger(_name).addFilter(_NoAdverts())
 
 
 def split_metrics(logged: dict[str, Any], split: str) -> dict[str, float]:

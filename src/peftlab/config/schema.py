@@ -135,11 +135,20 @@ class PrefixSchema(MethodSchema):
     num_virtual_tokens: int = 20
     prefix_projection: bool = False
     encoder_hidden_size: Optional[int] = None  # null: the model's hidden size
+    init: str = "random"  # random | text: the keys and values the frozen model computes on init_text
+    init_text: Optional[str] = None
 
     def __post_init__(self) -> None:
         _check_virtual_tokens(self.num_virtual_tokens)
         h = self.encoder_hidden_size
         _check(h is None or h > 0, "method.encoder_hidden_size", "must be > 0 or null", h)
+        _one_of("method.init", self.init, ("random", "text"))
+        if self.init == "text":
+            _check(bool(self.init_text and self.init_text.strip()), "method.init_text",
+                   "must be a non-empty text when method.init=text", self.init_text)
+            _check(not self.prefix_projection, "method.prefix_projection",
+                   "must be false when method.init=text (with the projection an MLP makes the prefixes)",
+                   self.prefix_projection)
 
 
 @dataclass
