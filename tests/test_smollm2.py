@@ -61,7 +61,8 @@ def test_default_job_reaches_the_target(tmp_path):
     assert m["test"]["exact_match"] >= 0.9
     assert m["zero_shot"]["exact_match"] < 0.5
     # the verified fp32 merge ran right after training
-    assert m["merge"]["passed"] and m["merge"]["max_abs_error"] <= 1e-4
+    # (the gate is the float64 forward; fp32 forward-pass rounding alone moves SmolLM2's logits ~1e-4)
+    assert m["merge"]["passed"] and m["merge"]["max_abs_error_fp64"] <= 1e-4
     assert m["merge"]["merged_test"]["exact_match"] == m["test"]["exact_match"]
     # and a bf16 export agrees to 99% top-1 at the answer positions, with the metric within one example
     proc = run_cli("peftlab-merge", f"run_dir={run_dir}", "dtype=bfloat16", f"out_dir={tmp_path / 'bf16'}",
