@@ -52,7 +52,7 @@ def test_smollm2_lora_learns_and_reloads_exactly(tmp_path):
 
 @pytest.mark.slow
 def test_default_job_reaches_the_target(tmp_path):
-    """`make run`: SmolLM2-135M + LoRA on the date task, exact match >= 0.9 (about 4 min on 2 cores)."""
+    """`make run`: SmolLM2-135M + LoRA on the date task, exact match >= 0.9 (about 5 min on 2 cores)."""
     run_dir = tmp_path / "run"
     proc = run_cli("peftlab-train", "trainer.enable_progress_bar=false", f"hydra.run.dir={run_dir}",
                    env={"PEFTLAB_CACHE_DIR": str(USER_CACHE)})
