@@ -12,6 +12,7 @@ non-zero and leaves nothing behind; ``merge_report.json`` says what was measured
 
 from __future__ import annotations
 
+import gc
 import logging
 import shutil
 import statistics
@@ -166,6 +167,7 @@ def merge_run(run_dir: Path, run: TrainSchema, out_dir: Path, dtype: Optional[st
     the same weights (training does), so the test split is not evaluated twice."""
     from peft import PeftModel
 
+    gc.collect()  # what the caller (a training job) has let go
     reset_peak_rss()
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     check_mergeable(run_dir, run)

@@ -50,10 +50,16 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     try:
         conf = validate(cfg, TrainSchema)
         check_fresh_run_dir(run_dir)
-        return _train(conf, cfg, run_dir)
+        metrics = _train(conf, cfg, run_dir)
     except PeftlabError:
         discard_unstarted_run_dir(run_dir)
         raise
+    # after _train has returned, so that the training model, optimizer and trainer are freed: the
+    # merge loads the saved adapter afresh
+    if conf.merge_after and metrics.get("adapter") and method_spec(conf.method.name).mergeable:
+        metrics["merge"] = _merge_after(conf, run_dir, metrics["test"])
+        write_json(run_dir / "metrics.json", metrics)
+    return metrics
 
 
 def _train(conf: TrainSchema, cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
@@ -134,9 +140,6 @@ def _train(conf: TrainSchema, cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     }
     write_json(run_dir / "metrics.json", metrics)
     _summary(metrics, run_dir)
-    if conf.merge_after and conf.save_adapter and method_spec(conf.method.name).mergeable:
-        metrics["merge"] = _merge_after(conf, run_dir, test)
-        write_json(run_dir / "metrics.json", metrics)
     return metrics
 
 
