@@ -95,16 +95,22 @@ def folder_mb(path: Path) -> float:
 
 # ----------------------------------------------------------------------------------- measures
 @torch.no_grad()
-def iter_logits(model, batches: list[dict[str, Any]], task_type: str) -> Iterator[dict[str, torch.Tensor]]:
-    """Per batch, the fp32 logits at every real (non-padding) position ("all") and at the answer
-    positions, the ones that predict a labelled token ("answer"; for classification, the class
-    logits). One batch at a time: a 50k-token vocabulary makes each batch's logits hundreds of MiB."""
-    for b in batches:
-        logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits.float()
-        if task_type == "seq_cls":
-            yield {"all": logits, "answer": logits}
-        else:
-            yield {"all": logits[b["attention_mask"].bool()], "answer": logits[:, :-1][b["labels"][:, 1:] != -100]}
+def iter_logits(model, batches: list[dict[str, Any]], task_type: str,
+                chunk: int = 8) -> Iterator[dict[str, torch.Tensor]]:
+    """Per ``chunk`` examples, the fp32 logits at every real (non-padding) position ("all") and at
+    the answer positions, the ones that predict a labelled token ("answer"; for classification, the
+    class logits). A few examples at a time: with a 50k-token vocabulary a batch's logits take
+    hundreds of MiB, and the full (padded) logits are dropped before the caller sees a chunk."""
+    for batch in batches:
+        for start in range(0, len(batch["input_ids"]), chunk):
+            b = {k: v[start:start + chunk] for k, v in batch.items() if isinstance(v, torch.Tensor)}
+            logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits.float()
+            if task_type == "seq_cls":
+                out = {"all": logits, "answer": logits}
+            else:
+                out = {"all": logits[b["attention_mask"].bool()], "answer": logits[:, :-1][b["labels"][:, 1:] != -100]}
+            del logits
+            yield out
 
 
 def logits_on(model, batches: list[dict[str, Any]], task_type: str) -> list[dict[str, torch.Tensor]]:
