@@ -121,7 +121,7 @@ def logits_on(model, batches: list[dict[str, Any]], task_type: str) -> list[dict
 def compare(reference: list[dict[str, torch.Tensor]], other: Iterable[dict[str, torch.Tensor]]) -> dict[str, float]:
     """Logit errors over every real position; top-1 agreement at the answer positions (the
     task's tokens) and over every position. ``other`` may be lazy (``iter_logits``): only one of
-    its batches is in memory at a time."""
+    its chunks is in memory at a time."""
     max_err, max_ref = 0.0, 0.0
     agree = {"answer": [0, 0], "all": [0, 0]}  # agreeing positions, positions
     for ref, oth in zip(reference, other, strict=True):
@@ -146,11 +146,11 @@ def test_metrics(model, steps, data: TaskDataModule) -> tuple[dict[str, float], 
     return {k: round(v, 6) for k, v in metrics.compute().items()}, predictions
 
 
-@torch.no_grad()
 def _head(batch: dict[str, Any], n: int) -> dict[str, Any]:
     return {k: v[:n] for k, v in batch.items()}
 
 
+@torch.no_grad()
 def forward_ms(model, batch: dict[str, Any], repeats: int = 3) -> float:
     """Median wall time of one forward pass over ``batch``, in milliseconds (after a warm-up)."""
     model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])

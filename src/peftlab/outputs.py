@@ -36,6 +36,15 @@ def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
     os.replace(tmp, path)
 
 
+def metric_at(metrics: Any, dotted: str) -> float | None:
+    """The number at a dotted ``metrics.json`` key (``test.exact_match``, ``memory.peak_rss_mb``),
+    or None where the key is missing or not a number."""
+    value = metrics
+    for part in dotted.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
 def save_folder_atomically(final: Path, save: Callable[[Path], None]) -> Path:
     """``save(tmp)`` writes a folder; it is renamed to ``final`` only when complete."""
     final = Path(final)

@@ -32,7 +32,7 @@ from peftlab.cli import run_app
 from peftlab.config import CONF_DIR, validate
 from peftlab.config.schema import ReportSchema
 from peftlab.errors import ConfigError
-from peftlab.outputs import write_json
+from peftlab.outputs import metric_at, write_json
 
 log = logging.getLogger("peftlab.report")
 
@@ -113,14 +113,6 @@ def read_run(folder: Path) -> Run:
     return Run(folder, overrides, None, "unfinished")
 
 
-def _get(d: Optional[dict], dotted: str) -> Optional[float]:
-    for part in dotted.split("."):
-        if not isinstance(d, dict) or part not in d:
-            return None
-        d = d[part]
-    return d if isinstance(d, (int, float)) and not isinstance(d, bool) else None
-
-
 def stats(values: list[float]) -> dict[str, Any]:
     n = len(values)
     if n == 0:
@@ -141,7 +133,7 @@ class Group:
         return [r for r in self.runs if r.status == "finished"]
 
     def stat(self, key: str) -> dict[str, Any]:
-        return stats([v for r in self.finished if (v := _get(r.metrics, key)) is not None])
+        return stats([v for r in self.finished if (v := metric_at(r.metrics, key)) is not None])
 
     @property
     def status(self) -> str:
@@ -170,7 +162,7 @@ def group_runs(runs: list[Run]) -> list[Group]:
 
 def primary_metric(runs: list[Run]) -> str:
     for key in PRIMARY_METRICS:
-        if any(_get(r.metrics, f"test.{key}") is not None for r in runs):
+        if any(metric_at(r.metrics, f"test.{key}") is not None for r in runs):
             return key
     return "loss"
 

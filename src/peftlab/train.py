@@ -30,8 +30,8 @@ from peftlab.errors import PeftlabError
 from peftlab.methods import BuildContext, apply_method, count_parameters, method_spec, peft_config_for
 from peftlab.models import display_name, enable_gradient_checkpointing, load_backbone
 from peftlab.module import PeftLabModule
-from peftlab.outputs import (check_fresh_run_dir, discard_unstarted_run_dir, save_folder_atomically, versions,
-                             write_json, write_jsonl)
+from peftlab.outputs import (check_fresh_run_dir, discard_unstarted_run_dir, metric_at, save_folder_atomically,
+                             versions, write_json, write_jsonl)
 from peftlab.sweeps import in_multirun, record_failure, threads_per_parallel_job, write_rerun_config
 from peftlab.trainer import make_trainer, split_metrics
 
@@ -189,15 +189,7 @@ def _hydra_main(cfg: DictConfig) -> Optional[float]:
         record_failure(Path(HydraConfig.get().runtime.output_dir), err)
         return float("nan")  # optuna records a NaN as a failed trial and goes on
     key = cfg.get("objective") or ("test.accuracy" if cfg.data.task_type == "seq_cls" else "test.exact_match")
-    return objective_value(metrics, key)
-
-
-def objective_value(metrics: dict[str, Any], key: str) -> Optional[float]:
-    """``metrics`` at the dotted ``key`` (test.exact_match, test.accuracy, test.loss...)."""
-    value: Any = metrics
-    for part in key.split("."):
-        value = value.get(part) if isinstance(value, dict) else None
-    return float(value) if isinstance(value, (int, float)) else None
+    return metric_at(metrics, key)
 
 
 def main() -> None:

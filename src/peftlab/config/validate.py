@@ -13,7 +13,7 @@ import re
 from typing import Any, Type, TypeVar
 
 from omegaconf import MISSING, DictConfig, OmegaConf
-from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException, ValidationError
+from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
 
 from peftlab.config.schema import TrainSchema
 from peftlab.errors import ConfigError
