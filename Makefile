@@ -6,12 +6,13 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.setup-stamp
 ARGS   ?=
 
-.PHONY: setup run test test-slow clean-cache help
+.PHONY: setup run test test-slow lint help
 
 help:
 	@echo "make run   [ARGS='method.r=4 ...']  train the default job (SmolLM2-135M + LoRA on dates)"
 	@echo "make test                          fast tests on tiny models"
 	@echo "make test-slow                     real-model tests (SmolLM2, MiniLM)"
+	@echo "make lint                          ruff on src/, tests/ and scripts/"
 
 setup: $(STAMP)
 
@@ -32,3 +33,6 @@ test: setup
 
 test-slow: setup
 	$(PY) -m pytest -q -m slow $(ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check src tests scripts

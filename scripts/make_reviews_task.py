@@ -55,7 +55,7 @@ def main() -> None:
     args = ap.parse_args()
     rng, seen = random.Random(args.seed), set()
     args.out.mkdir(parents=True, exist_ok=True)
-    for split, n in zip(("test", "val", "train"), reversed(args.sizes)):
+    for split, n in zip(("test", "val", "train"), reversed(args.sizes), strict=True):
         rows = []
         while len(rows) < n:
             r = review(rng)

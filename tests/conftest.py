@@ -24,10 +24,13 @@ USER_CACHE = Path(os.environ.get("PEFTLAB_CACHE_DIR")
 
 
 @pytest.fixture(scope="session")
-def cache_dir(tmp_path_factory) -> Path:
+def cache_dir(tmp_path_factory, request) -> Path:
     path = tmp_path_factory.mktemp("cache")
     os.environ["PEFTLAB_CACHE_DIR"] = str(path)
-    return path
+    yield path
+    if "not slow" in (request.config.getoption("-m") or ""):  # the fast suite stays on tiny models
+        real = [p.name for p in path.glob("models/*") if not p.name.startswith("tiny_")]
+        assert not real, f"a fast test built a real model into the test cache: {real}"
 
 
 def compose(overrides: list[str] | None = None, config_name: str = "train", run_dir: Path | None = None):
@@ -37,6 +40,8 @@ def compose(overrides: list[str] | None = None, config_name: str = "train", run_
     from omegaconf import open_dict
 
     import peftlab.config  # noqa: F401  (registers the schemas)
+    import peftlab.methods  # noqa: F401  (registers the method plug-ins)
+    import peftlab.tasks  # noqa: F401  (registers the task plug-ins)
 
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = hydra_compose(config_name=config_name, overrides=overrides or [])
@@ -53,14 +58,38 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600, env: dict |
                           timeout=timeout, env=full_env)
 
 
-@pytest.fixture(scope="session")
-def tiny_backbone_factory(cache_dir):
-    """Fresh tiny backbones (built once into the cache, loaded anew per call)."""
+def build(overrides: list[str], cache_dir):
+    """(validated config, task, backbone) of a composed config."""
     from peftlab.config import validate
     from peftlab.models import load_backbone
+    from peftlab.tasks import make_task
 
-    def make(model: str = "tiny_llama", task_type: str = "causal_lm"):
-        conf = validate(compose([f"model={model}"]))
-        return load_backbone(conf.model, cache_dir, task_type)
+    conf = validate(compose(overrides))
+    task = make_task(conf.data)
+    return conf, task, load_backbone(conf.model, cache_dir, task)
+
+
+def wrap(backbone, method_cfg, task):
+    """``apply_method`` on a loaded backbone, as training does."""
+    from peftlab.methods import BuildContext, apply_method
+
+    return apply_method(backbone.model, method_cfg, BuildContext(task, backbone.model, backbone.tokenizer,
+                                                                 backbone.path))
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone_factory(cache_dir):
+    """Fresh tiny causal-LM backbones (built once into the cache, loaded anew per call)."""
+
+    def make(model: str = "tiny_llama"):
+        return build([f"model={model}"], cache_dir)[2]
 
     return make
+
+
+@pytest.fixture(scope="session")
+def causal_task():
+    from peftlab.config import validate
+    from peftlab.tasks import make_task
+
+    return make_task(validate(compose(["model=tiny_llama"])).data)

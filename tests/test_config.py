@@ -7,11 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CONF, compose, run_cli
 from peftlab.config import validate
-from peftlab.config.schema import EvalSchema, TrainSchema
+from peftlab.config.commands import EvalSchema, TrainSchema
 from peftlab.errors import ConfigError
 from peftlab.methods import METHODS
+
+from conftest import CONF, compose, run_cli
 
 # options that need a value the user must give
 REQUIRED = {"model/hf": ["model.name_or_path=/some/folder"], "data/custom": ["data.path=/some/file.jsonl"]}
@@ -38,9 +39,13 @@ def test_every_group_option_composes_and_validates(group, option):
         assert conf.method.name == option
 
 
-@pytest.mark.parametrize("extra", [["debug=fdr"], ["debug=tiny"]])
-def test_debug_configs_compose(extra):
-    assert isinstance(validate(compose(extra)), TrainSchema)
+def test_debug_configs_set_what_they_promise():
+    fdr = validate(compose(["debug=fdr"]))
+    assert fdr.trainer.fast_dev_run is True and fdr.zero_shot is False
+    tiny = validate(compose(["debug=tiny"]))
+    assert tiny.model.name == "tiny_llama" and tiny.trainer.max_steps == 4 and tiny.trainer.val_check_interval == 2
+    assert (tiny.trainer.limit_val_batches, tiny.trainer.limit_test_batches) == (1, 1)
+    assert tiny.data.max_eval_examples == 8 and tiny.trainer.enable_progress_bar is False
 
 
 def test_eval_config_composes():
@@ -99,11 +104,13 @@ CLI_CASES = {
     "+method.rr=4": "method.rr: unknown key for method 'lora'",
     "method.r=-1": "method.r must be > 0, got -1",
     "method.r=abc": "method.r must be an integer, got 'abc'",
-    "method=lorax": "method=lorax: no such config (available: full, ia3, lora, prefix, prompt, ptuning)",
+    "method=lorax": f"method=lorax: no such config (available: {', '.join(sorted(METHODS))})",
     "method.lora_dropout=1.5": "method.lora_dropout must be in [0, 1), got 1.5",
     "model=nope": "model=nope: no such config (available:",
     "trainer.max_steps=-3": "trainer.max_steps must be > 0 (or -1 for epochs), got -3",
     "optim.lr=0": "optim.lr must be > 0, got 0.0",
+    "objective=test.exact_matc": "objective: 'test.exact_matc' is not a number this run reports (known: "
+                                 "test.exact_match, test.loss, test.perplexity, zero_shot.exact_match",
     "method.target_modules=[nonexistent]": "method.target_modules: no module named 'nonexistent' in the model "
                                            "(its targetable modules: down_proj, embed_tokens, gate_proj, k_proj, "
                                            "lm_head, o_proj, q_proj, up_proj, v_proj)",

@@ -6,12 +6,13 @@ import json
 
 import pytest
 
-from conftest import compose
 from peftlab.config import validate
 from peftlab.data.collators import CausalLMCollator
 from peftlab.data.sources import load_splits
 from peftlab.data.tokenize import IGNORE_INDEX, PromptFormat, encode
 from peftlab.errors import DataError
+
+from conftest import compose
 
 
 def data_cfg(path, *extra):
@@ -51,6 +52,21 @@ def test_folder_of_split_files_and_csv(tmp_path):
     write_jsonl(tmp_path / "test.jsonl", ROWS[:5])
     splits = load_splits(data_cfg(tmp_path))
     assert {k: len(v) for k, v in splits.items()} == {"train": 20, "val": 3, "test": 5}
+
+
+@pytest.mark.parametrize("suffix", [".json", ".parquet"])
+def test_json_and_parquet_files(tmp_path, suffix):
+    path = tmp_path / f"d{suffix}"
+    if suffix == ".json":
+        path.write_text(json.dumps({"data": ROWS}))  # a list of records, here under one key
+    else:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.Table.from_pylist(ROWS), path)
+    splits = load_splits(data_cfg(path, "data.val_fraction=0.1", "data.test_fraction=0.1"))
+    assert {k: len(v) for k, v in splits.items()} == {"val": 2, "test": 2, "train": 16}
+    assert sorted(r["prompt"] for rows in splits.values() for r in rows) == sorted(r["prompt"] for r in ROWS)
 
 
 def test_field_mapping(tmp_path):

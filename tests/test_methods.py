@@ -1,9 +1,11 @@
-"""The correctness matrix: every method on every model family, on tiny models.
+"""The correctness matrix: every registered method on every model family, on tiny models.
 
-For each (method, family): a few steps lower the loss; the base weights stay bitwise unchanged
-(except full fine-tuning); the optimizer holds exactly the method's parameters; the saved adapter
+For each (method, family): a few steps lower the loss clearly; the backbone's own weights stay
+bitwise unchanged inside the trained model (except full fine-tuning); what trains is exactly what
+the method added (plus the task head), and the optimizer holds exactly that; the saved adapter
 loads with plain peft and gives identical logits. Then a real training run per cell, which
-``peftlab-eval`` reproduces from the run folder.
+``peftlab-eval`` reproduces from the run folder. Methods come from the registry: a new method is
+in the matrix with no edit here.
 """
 
 from __future__ import annotations
@@ -13,33 +15,51 @@ import json
 import pytest
 import torch
 
-from conftest import compose
 from peftlab.config import validate
-from peftlab.data import TaskDataModule
-from peftlab.data.sources import resolve_labels
 from peftlab.errors import ConfigError
-from peftlab.methods import METHODS, apply_method
-from peftlab.models import auto_class, load_backbone
+from peftlab.methods import METHODS
 from peftlab.module import PeftLabModule, build_optimizer
+
+from conftest import build, compose, wrap
 
 FAMILIES = {  # family -> (model, data, extra overrides)
     "llama": ("tiny_llama", "dates", ["data.max_length=384"]),
+    "qwen2": ("tiny_qwen2", "dates", ["data.max_length=384"]),
+    "gemma2": ("tiny_gemma2", "dates", ["data.max_length=384"]),
     "gpt2": ("tiny_gpt2", "dates", ["data.max_length=384"]),
     "bert_cls": ("tiny_bert", "reviews", []),
 }
-# what each method's trainable parameter names contain (peft names them so)
-METHOD_PARAMS = {"lora": ("lora_",), "ia3": ("ia3_",), "prefix": ("prompt_encoder",), "prompt": ("prompt_encoder",),
-                 "ptuning": ("prompt_encoder",)}
+# GPT-2 has fused Conv1D layers, which some peft tuners refuse (with a clear message)
+MAY_REFUSE = {"gpt2"}
 CELLS = [(m, f) for m in sorted(METHODS) for f in FAMILIES]
 
 
 def setup_cell(method: str, family: str, cache_dir, extra=()):
+    from peftlab.data import TaskDataModule
+
     model_name, data_name, overrides = FAMILIES[family]
-    conf = validate(compose([f"model={model_name}", f"data={data_name}", f"method={method}", *overrides, *extra]))
-    labels = resolve_labels(conf.data) if conf.data.task_type == "seq_cls" else None
-    bb = load_backbone(conf.model, cache_dir, conf.data.task_type, labels=labels)
-    data = TaskDataModule(conf.data, bb.tokenizer, seed=0)
-    return conf, bb, data, labels
+    conf, task, bb = build([f"model={model_name}", f"data={data_name}", f"method={method}", *overrides, *extra],
+                           cache_dir)
+    return conf, task, bb, TaskDataModule(task, bb.tokenizer, seed=0)
+
+
+def wrap_or_skip(bb, conf, task, family):
+    try:
+        return wrap(bb, conf.method, task)
+    except ConfigError as err:
+        if family in MAY_REFUSE and "not supported" in str(err):
+            assert str(err).startswith(f"method ({conf.method.name}): ") and "\n" not in str(err)
+            pytest.skip(f"{conf.method.name} refuses {family}: {err}")
+        raise
+
+
+def base_view(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
+    """The wrapped model's own copies of the backbone's parameters, by the backbone's names (peft
+    moves a wrapped layer's weight to ``<layer>.base_layer`` and a saved module to
+    ``<module>.original_module``); parameters peft added keep names the backbone never had."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return {name.replace(".base_layer.", ".").replace(".original_module.", "."): p
+            for name, p in base.named_parameters(remove_duplicate=False)}
 
 
 @pytest.mark.parametrize("method,family", CELLS)
@@ -47,54 +67,50 @@ def test_method_cell(method, family, cache_dir, tmp_path):
     from peft import PeftModel
 
     torch.manual_seed(0)
-    conf, bb, data, labels = setup_cell(method, family, cache_dir)
-    task = conf.data.task_type
-    base_state = {k: v.clone() for k, v in bb.model.state_dict().items()}
-    model = apply_method(bb.model, conf.method, task, bb.tokenizer, bb.path)
-    module = PeftLabModule(model, bb.tokenizer, conf.optim, task_type=task, labels=labels)
+    conf, task, bb, data = setup_cell(method, family, cache_dir)
+    original = {k: v.detach().clone() for k, v in bb.model.named_parameters(remove_duplicate=False)}
+    model = wrap_or_skip(bb, conf, task, family)
+    view = base_view(model)
+    assert set(original) <= set(view)  # nothing of the backbone was lost
+    adapter = type(conf.method).capabilities.adapter
 
-    # the optimizer holds exactly the trainable parameters, and those are the method's
+    # what trains is what the method added (and the task head's trained copy); the optimizer holds exactly that
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    backbone_own = {id(view[k]) for k in original}
+    assert trainable and (not trainable & backbone_own if adapter else trainable == backbone_own)
     optimizer = build_optimizer(model, conf.optim)
-    in_optimizer = {id(p) for group in optimizer.param_groups for p in group["params"]}
-    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    assert in_optimizer == {id(p) for p in trainable.values()}
-    if method == "full":
-        assert len(trainable) == len(list(model.parameters()))
-    else:
-        head = ("classifier", "score")  # seq_cls heads train with every method
-        assert all(any(k in n for k in METHOD_PARAMS[method] + head) for n in trainable), list(trainable)
+    assert {id(p) for group in optimizer.param_groups for p in group["params"]} == trainable
 
-    # a few steps on one batch lower the loss
+    # a few steps on one batch, without dropout so that the loss is deterministic
     batch = next(iter(data.train_dataloader()))
     for g in optimizer.param_groups:
-        g["lr"] = 1e-2
-    model.train()
+        g["lr"] = 1e-2 if adapter else 1e-3
+    model.eval()
     losses = []
     for _ in range(6):
-        total, count = module.steps.loss(model, batch)
+        total, count = task.loss(model, batch)
         loss = total / count
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
         losses.append(loss.item())
-    assert losses[-1] < losses[0], losses
+    # deterministic, so any fall is the method's doing: the first step goes downhill, and the loss falls
+    # by far more than float32 round-off (1e-7 relative); on random tiny models prompt methods move least
+    assert losses[1] < losses[0], losses
+    assert losses[0] - min(losses) > 1e-4 * losses[0], losses
 
-    # the base weights did not move (full fine-tuning aside)
-    model.eval()
-    if method != "full":
-        base = model.get_base_model()
-        moved = [k for k, v in base.state_dict().items()
-                 if k in base_state and not any(t in k for t in ("lora_", "ia3_", "modules_to_save", "original_module"))
-                 and not torch.equal(v, base_state[k])]
+    # the backbone's own weights, inside the trained model, did not move (full fine-tuning aside)
+    if adapter:
+        moved = [k for k, v in original.items() if not torch.equal(view[k].detach(), v)]
         assert not moved, moved
 
     # the adapter reloads with plain peft / transformers and gives identical logits
     model.save_pretrained(tmp_path / "adapter")
-    if method == "full":
-        reloaded = auto_class(task).from_pretrained(tmp_path / "adapter")
+    if adapter:
+        reloaded = PeftModel.from_pretrained(task.auto_class().from_pretrained(bb.path, **task.model_kwargs()),
+                                             tmp_path / "adapter")
     else:
-        kwargs = {"num_labels": len(labels)} if labels else {}
-        reloaded = PeftModel.from_pretrained(auto_class(task).from_pretrained(bb.path, **kwargs), tmp_path / "adapter")
+        reloaded = task.auto_class().from_pretrained(tmp_path / "adapter")
     reloaded.eval()
     with torch.no_grad():
         a = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
@@ -102,7 +118,7 @@ def test_method_cell(method, family, cache_dir, tmp_path):
     assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("method,family", CELLS)
+@pytest.mark.parametrize("method,family", [(m, f) for m, f in CELLS if f in ("llama", "gpt2", "bert_cls")])
 def test_training_run_and_eval_reproduce(method, family, cache_dir, tmp_path):
     """A real (in-process) training run per cell; peftlab-eval on its folder gives its test metrics."""
     from peftlab.eval import evaluate_cfg
@@ -115,7 +131,12 @@ def test_training_run_and_eval_reproduce(method, family, cache_dir, tmp_path):
     cfg = compose([*common, f"method={method}", "trainer.max_steps=8", "trainer.val_check_interval=8",
                    "optim.lr=1e-2", "callbacks.checkpoint=null", "logger=none"], run_dir=run_dir)
     run_dir.mkdir()
-    metrics = train(cfg)
+    try:
+        metrics = train(cfg)
+    except ConfigError as err:
+        if family in MAY_REFUSE and "not supported" in str(err):
+            pytest.skip(f"{method} refuses {family}: {err}")
+        raise
     assert metrics["train"]["steps"] == 8
     assert metrics["test"]["loss"] != metrics["zero_shot"]["loss"]  # the trained weights reached the test
     saved = json.loads((run_dir / "metrics.json").read_text())
@@ -128,36 +149,37 @@ def test_training_run_and_eval_reproduce(method, family, cache_dir, tmp_path):
         assert report["metrics"][key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
 
 
-# --- guards for known failures -------------------------------------------------------------------
+# --- method-specific behaviour --------------------------------------------------------------------
 def test_prefix_refuses_gradient_checkpointing():
     with pytest.raises(ConfigError, match="method=prefix cannot train with model.gradient_checkpointing=true"):
         validate(compose(["method=prefix", "model.gradient_checkpointing=true"]))
 
 
-@pytest.mark.parametrize("method", ["lora", "prompt", "ptuning", "ia3", "full"])
+@pytest.mark.parametrize("method", [m for m in sorted(METHODS) if m != "prefix"])
 def test_gradient_checkpointing_still_trains(method, cache_dir):
     from peftlab.models import enable_gradient_checkpointing
 
-    conf, bb, data, _ = setup_cell(method, "llama", cache_dir)
+    conf, task, bb, data = setup_cell(method, "llama", cache_dir)
     enable_gradient_checkpointing(bb.model)
-    model = apply_method(bb.model, conf.method, "causal_lm", bb.tokenizer, bb.path).train()
-    module = PeftLabModule(model, bb.tokenizer, conf.optim)
-    total, count = module.steps.loss(model, next(iter(data.train_dataloader())))
+    model = wrap(bb, conf.method, task).train()
+    total, count = task.loss(model, next(iter(data.train_dataloader())))
     (total / count).backward()
     grads = [p.grad for p in model.parameters() if p.requires_grad]
     assert grads and all(g is not None for g in grads)
 
 
 def test_prompt_init_text_must_be_in_the_vocabulary(cache_dir):
-    conf, bb, _, _ = setup_cell("prompt", "llama", cache_dir, ["method.init=text", "method.init_text='Convert dates'"])
-    model = apply_method(bb.model, conf.method, "causal_lm", bb.tokenizer, bb.path)
+    text = ["method.init=text", "method.init_text='Convert dates'"]
+    conf, task, bb, _ = setup_cell("prompt", "llama", cache_dir, text)
+    model = wrap(bb, conf.method, task)
     ids = bb.tokenizer("Convert dates", add_special_tokens=False).input_ids
     emb = model.prompt_encoder.default.embedding.weight
     assert torch.equal(emb[: len(ids)], bb.model.get_input_embeddings().weight[ids])
-    bb.tokenizer.add_tokens(["<brand-new>"])  # a token the model has no embedding for
-    conf2, bb2, _, _ = setup_cell("prompt", "llama", cache_dir, ["method.init=text", "method.init_text='<brand-new>'"])
+    unknown = ["method.init=text", "method.init_text='<brand-new>'"]
+    conf2, task2, bb2, _ = setup_cell("prompt", "llama", cache_dir, unknown)
+    bb2.tokenizer.add_tokens(["<brand-new>"])  # a token the model has no embedding for
     with pytest.raises(ConfigError, match=r"method.init_text: '<brand-new>' gives token ids \[\d+\] outside"):
-        apply_method(bb2.model, conf2.method, "causal_lm", bb.tokenizer, bb2.path)
+        wrap(bb2, conf2.method, task2)
 
 
 PREFIX_TEXT = "Rewrite the date below as a bare ISO date."  # the byte-level tokenizer: a token per byte
@@ -166,14 +188,15 @@ PREFIX_TEXT = "Rewrite the date below as a bare ISO date."  # the byte-level tok
 def test_prefix_init_text_starts_from_the_models_own_keys_and_values(cache_dir):
     """init=text: the prefix model on x gives exactly the base model's outputs on (the first
     num_virtual_tokens tokens of init_text as a system turn, then x)."""
-    conf, bb, _, _ = setup_cell("prefix", "llama", cache_dir, ["method.init=text", f"method.init_text='{PREFIX_TEXT}'"])
+    text = ["method.init=text", f"method.init_text='{PREFIX_TEXT}'"]
+    conf, task, bb, _ = setup_cell("prefix", "llama", cache_dir, text)
     n = conf.method.num_virtual_tokens
     init_ids = bb.tokenizer.apply_chat_template([{"role": "system", "content": PREFIX_TEXT}], tokenize=True,
                                                 return_dict=False, return_tensors="pt")[:, :n]
     ids = bb.tokenizer("3 March 1998 ->", return_tensors="pt").input_ids
     with torch.no_grad():
         expected = bb.model(input_ids=torch.cat([init_ids, ids], 1)).logits[:, n:]
-    model = apply_method(bb.model, conf.method, "causal_lm", bb.tokenizer, bb.path).eval()
+    model = wrap(bb, conf.method, task).eval()
     with torch.no_grad():
         got = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
@@ -187,17 +210,17 @@ def test_prefix_init_text_starts_from_the_models_own_keys_and_values(cache_dir):
      "method.init=text: prefixes are computed by a causal LM's forward pass; this task is seq_cls"),
 ])
 def test_prefix_init_text_refusals(family, extra, message, cache_dir):
-    conf, bb, _, _ = setup_cell("prefix", family, cache_dir, ["method.init=text", *extra])
+    conf, task, bb, _ = setup_cell("prefix", family, cache_dir, ["method.init=text", *extra])
     with pytest.raises(ConfigError) as err:
-        apply_method(bb.model, conf.method, conf.data.task_type, bb.tokenizer, bb.path)
+        wrap(bb, conf.method, task)
     assert str(err.value) == message
 
 
 def test_peft_disable_adapter_still_crashes_for_classification_prompt_learning(cache_dir):
     """peftlab tests the untouched base before wrapping instead of using disable_adapter(), which
     crashes in peft 0.21.2 for SEQ_CLS prompt-learning models. When this test fails, peft fixed it."""
-    conf, bb, data, labels = setup_cell("prompt", "bert_cls", cache_dir)
-    model = apply_method(bb.model, conf.method, "seq_cls")
+    conf, task, bb, data = setup_cell("prompt", "bert_cls", cache_dir)
+    model = wrap(bb, conf.method, task)
     batch = next(iter(data.test_dataloader()))
     with pytest.raises(UnboundLocalError):
         with model.disable_adapter():
@@ -205,6 +228,10 @@ def test_peft_disable_adapter_still_crashes_for_classification_prompt_learning(c
 
 
 def test_zero_shot_of_classification_prompt_learning_is_the_untouched_base(cache_dir, tmp_path):
+    """The zero-shot figures are those of the backbone before it was wrapped: its loss on the test
+    split, computed here from a fresh backbone, equals the run's zero-shot loss."""
+    import lightning as L
+
     from peftlab.train import train
 
     run_dir = tmp_path / "run"
@@ -212,14 +239,14 @@ def test_zero_shot_of_classification_prompt_learning_is_the_untouched_base(cache
     common = ["model=tiny_bert", "data=reviews", "data.max_eval_examples=16", "trainer.enable_progress_bar=false"]
     metrics = train(compose([*common, "method=prompt", "trainer.max_steps=2", "callbacks.checkpoint=null",
                              "logger=none"], run_dir=run_dir))
-    import lightning as L
-
     L.seed_everything(42)  # the seed train() loads the backbone (and its new head) under
-    conf, bb, data, labels = setup_cell("prompt", "bert_cls", cache_dir, ["data.max_eval_examples=16"])
-    module = PeftLabModule(bb.model.eval(), bb.tokenizer, task_type="seq_cls", labels=labels)
-    batch = next(iter(data.test_dataloader()))
-    module.steps.evaluate(bb.model, batch, module.test_metrics)
-    assert module.test_metrics.compute()["accuracy"] == pytest.approx(metrics["zero_shot"]["accuracy"])
+    conf, task, bb, data = setup_cell("prompt", "bert_cls", cache_dir, ["data.max_eval_examples=16"])
+    split = task.metrics(test=True)
+    with torch.no_grad():
+        for batch in data.test_dataloader():
+            task.evaluate(bb.model.eval(), bb.tokenizer, batch, split)
+    assert split.compute()["loss"] == pytest.approx(metrics["zero_shot"]["loss"], rel=1e-5)
+    assert metrics["test"]["loss"] != pytest.approx(metrics["zero_shot"]["loss"], rel=1e-5)
 
 
 @pytest.mark.parametrize("method,overrides,encoder_key", [
@@ -235,13 +262,13 @@ def test_resume_restores_the_prompt_encoder_from_the_checkpoint(method, override
 
     def fresh(seed):
         L.seed_everything(seed)
-        conf, bb, data, _ = setup_cell(method, "llama", cache_dir, [
+        conf, task, bb, data = setup_cell(method, "llama", cache_dir, [
             *overrides, "trainer.max_steps=3", "trainer.enable_progress_bar=false", "logger=none",
             "callbacks.checkpoint.every_n_train_steps=3", "trainer.limit_val_batches=0", "data.max_eval_examples=4"])
         conf.paths.run_dir = str(tmp_path)
         conf.callbacks["checkpoint"]["dirpath"] = str(tmp_path / "checkpoints")
-        model = apply_method(bb.model, conf.method, "causal_lm", bb.tokenizer, bb.path)
-        return conf, model, PeftLabModule(model, bb.tokenizer, conf.optim), data
+        model = wrap(bb, conf.method, task)
+        return conf, model, PeftLabModule(model, task, bb.tokenizer, conf.optim), data
 
     conf, model, module, data = fresh(0)
     make_trainer(conf).fit(module, datamodule=data)

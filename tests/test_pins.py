@@ -12,9 +12,9 @@ import pytest
 import torch
 from packaging.version import Version
 
-from conftest import compose
-from peftlab.config import validate
-from peftlab.methods import METHODS, apply_method
+from peftlab.methods import METHODS
+
+from conftest import build, wrap
 
 
 def test_transformers_is_below_the_broken_release():
@@ -24,9 +24,9 @@ def test_transformers_is_below_the_broken_release():
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))
-def test_cached_generation_matches_a_full_forward(tiny_backbone_factory, method):
-    bb = tiny_backbone_factory()
-    model = apply_method(bb.model, validate(compose(["model=tiny_llama", f"method={method}"])).method, "causal_lm")
+def test_cached_generation_matches_a_full_forward(cache_dir, method):
+    conf, task, bb = build(["model=tiny_llama", f"method={method}"], cache_dir)
+    model = wrap(bb, conf.method, task)
     torch.manual_seed(0)
     with torch.no_grad():  # move the trainable weights so the method changes the outputs
         for p in model.parameters():

@@ -9,39 +9,37 @@ import json
 import pytest
 import torch
 
-from conftest import USER_CACHE, compose, run_cli
-from peftlab.config import validate
 from peftlab.data.collators import CausalLMCollator
 from peftlab.data.sources import load_splits
 from peftlab.data.tokenize import PromptFormat, encode
-from peftlab.methods import apply_method
-from peftlab.models import load_backbone
-from peftlab.module import answer_token_nll
+
+from conftest import USER_CACHE, build, run_cli, wrap
+
+pytestmark = pytest.mark.slow
 
 
 def test_smollm2_lora_learns_and_reloads_exactly(tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    conf = validate(compose())
-    bb = load_backbone(conf.model, USER_CACHE)
+    conf, task, bb = build([], USER_CACHE)
     assert bb.model.config.model_type == "llama" and bb.model.config.num_hidden_layers == 30
     assert bb.tokenizer.chat_template and bb.tokenizer.eos_token == "<|im_end|>"
     rows = load_splits(conf.data)["train"][:4]
     fmt = PromptFormat.for_tokenizer(bb.tokenizer, "auto", conf.data.system_prompt)
     batch = CausalLMCollator(bb.tokenizer.pad_token_id)(
         [encode(bb.tokenizer, fmt, r["prompt"], r["response"], 128) for r in rows])
-    model = apply_method(bb.model, conf.method, "causal_lm")
+    model = wrap(bb, conf.method, task)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-3)
     model.train()
     losses = []
     for _ in range(4):
-        nll, n = answer_token_nll(model, batch)
+        nll, n = task.loss(model, batch)
         (nll / n).backward()
         opt.step()
         opt.zero_grad()
         losses.append((nll / n).item())
-    assert losses[-1] < losses[0]
+    assert losses[-1] < 0.8 * losses[0], losses
     model.eval().save_pretrained(tmp_path / "adapter")
     reloaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(bb.path), tmp_path / "adapter").eval()
     with torch.no_grad():
@@ -50,7 +48,6 @@ def test_smollm2_lora_learns_and_reloads_exactly(tmp_path):
     assert torch.equal(a, b)
 
 
-@pytest.mark.slow
 def test_default_job_reaches_the_target(tmp_path):
     """`make run`: SmolLM2-135M + LoRA on the date task, exact match >= 0.9 (about 5 min on 2 cores)."""
     run_dir = tmp_path / "run"
@@ -70,6 +67,6 @@ def test_default_job_reaches_the_target(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((tmp_path / "bf16" / "merge_report.json").read_text())
     assert report["checks"]["reloaded"]["top1_agreement"] >= 0.99
-    from peftlab.merge import folder_mb
+    from peftlab.export import folder_mb
 
     assert report["sizes_mb"]["merged"] < 0.6 * folder_mb(run_dir / "merged")

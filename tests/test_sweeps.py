@@ -9,8 +9,11 @@ import statistics
 
 import pytest
 
+from peftlab.report import positional_to_inputs
+from peftlab.reporting.plots import pareto_front
+from peftlab.reporting.runs import stats, t95
+
 from conftest import run_cli
-from peftlab.report import pareto_front, positional_to_inputs, stats, t95
 
 TINY = ["debug=tiny", "merge_after=false", "trainer.max_steps=3"]
 
@@ -117,7 +120,10 @@ def test_optuna_sweep_runs_three_trials(tmp_path, cache_dir):
 def test_statistics_helpers():
     s = stats([0.8, 0.9, 1.0])
     assert s["mean"] == pytest.approx(0.9) and s["std"] == pytest.approx(0.1) and s["n"] == 3
-    assert s["ci95"] == pytest.approx(4.303 * 0.1 / 3 ** 0.5)
-    assert stats([0.5])["ci95"] is None and t95(1000) == 1.96
+    assert s["ci95"] == pytest.approx(4.302653 * 0.1 / 3 ** 0.5)
+    assert stats([0.5])["ci95"] is None
+    # Student t quantiles (scipy): the exact value for every df, not the next table entry
+    assert t95(11) == pytest.approx(2.200985) and t95(40) == pytest.approx(2.021075) and t95(1000) < 1.963
     assert pareto_front([(10, 0.5), (100, 0.9), (50, 0.4), (1000, 0.9)]) == [0, 1]
+    assert pareto_front([(10, 0.5), (100, 0.9), (50, 0.4), (1000, 0.9)], greater_is_better=False) == [0, 2]
     assert positional_to_inputs(["a/b", "plots=false"]) == ["inputs=['a/b']", "plots=false"]

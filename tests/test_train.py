@@ -9,7 +9,8 @@ import torch
 
 from conftest import run_cli
 
-METRIC_KEYS = {"model", "method", "task", "seed", "params", "zero_shot", "test", "train", "memory", "versions"}
+METRIC_KEYS = {"model", "method", "task", "seed", "params", "zero_shot", "test", "train", "memory", "versions",
+               "task_type", "primary_metric", "objective"}
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +42,7 @@ def test_metrics_json_contract(tiny_run):
     assert m["memory"]["peak_rss_mb"] > 0
     assert {"python", "torch", "transformers", "peft", "lightning", "peftlab", "git_commit"} <= set(m["versions"])
     assert m["overrides"][0] == "debug=tiny"
+    assert (m["task_type"], m["primary_metric"], m["objective"]) == ("causal_lm", "exact_match", "test.exact_match")
 
 
 def test_training_lowers_the_test_loss(tiny_run):
@@ -92,9 +94,9 @@ def test_eval_reproduces_the_test_metrics(tiny_run, tmp_path):
 def test_peak_rss_is_per_job():
     """Jobs of a sequential sweep share one process: each must report its own peak memory, not the
     largest of the jobs before it."""
-    from peftlab.callbacks import peak_rss_mb, reset_peak_rss
-
     import gc
+
+    from peftlab.memory import peak_rss_mb, reset_peak_rss
 
     # many small tensors live on the heap, which glibc keeps after they are freed unless trimmed
     small = [torch.ones(100_000) for _ in range(2000)]  # 800 MB
@@ -103,3 +105,83 @@ def test_peak_rss_is_per_job():
     gc.collect()
     assert reset_peak_rss()
     assert peak_rss_mb() < high - 600
+
+
+# --- in-process runs: the debug modes, resuming, evaluating a base model and a val split ---------
+TINY = ["debug=tiny", "zero_shot=false", "merge_after=false", "logger=none"]
+
+
+def run_in_process(tmp_path, name, *overrides, base=TINY):
+    from peftlab.train import train
+
+    from conftest import compose
+
+    run_dir = tmp_path / name
+    run_dir.mkdir()
+    return run_dir, train(compose([*base, *overrides], run_dir=run_dir))
+
+
+def test_fast_dev_run_goes_through_everything_and_saves_nothing(tmp_path, cache_dir):
+    run_dir, metrics = run_in_process(tmp_path, "fdr", "debug=fdr", "model=tiny_llama", "data.max_length=384",
+                                      base=[])
+    assert set(metrics) == {"test"} and metrics["test"]["loss"] > 0
+    assert not (run_dir / "metrics.json").exists() and not (run_dir / "adapter").exists()
+    assert not list(run_dir.glob("checkpoints/*"))
+
+
+def test_resume_from_a_checkpoint_continues_the_run(tmp_path, cache_dir):
+    first, _ = run_in_process(tmp_path, "first", "trainer.max_steps=4", "callbacks.checkpoint.every_n_train_steps=2",
+                              "callbacks.checkpoint.save_top_k=-1")
+    ckpt = first / "checkpoints" / "step-2.ckpt"
+    assert ckpt.exists()
+    resumed, metrics = run_in_process(tmp_path, "resumed", "trainer.max_steps=4", f"resume_from={ckpt}",
+                                      "logger=csv")
+    assert metrics["train"]["steps"] == 4
+    import csv
+
+    steps = [int(row["step"]) for row in csv.DictReader(open(resumed / "logs" / "metrics.csv"))]
+    assert steps and min(steps) >= 2  # it went on from step 2; it did not start over
+
+
+def test_resume_from_a_checkpoint_of_another_rank_fails_with_one_line(tmp_path, cache_dir):
+    first, _ = run_in_process(tmp_path, "first", "trainer.max_steps=2", "callbacks.checkpoint.every_n_train_steps=2")
+    run_dir = tmp_path / "other"
+    proc = run_cli("peftlab-train", *TINY, "method.r=4", f"resume_from={first / 'checkpoints' / 'last.ckpt'}",
+                   f"hydra.run.dir={run_dir}")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("peftlab-train: error: resume_from: the checkpoint does not fit this run's trainable "
+                           "parameters (28 of different shape, e.g. "), last
+    assert "Traceback" not in proc.stderr and not run_dir.exists()
+
+
+def test_eval_of_a_base_model_and_of_a_val_split(tiny_run, tmp_path, cache_dir):
+    from peftlab.eval import evaluate_cfg
+
+    from conftest import compose
+
+    run_dir, _ = tiny_run
+    trained = json.loads((run_dir / "metrics.json").read_text())
+    (tmp_path / "base").mkdir()
+    base = evaluate_cfg(compose(["model=tiny_llama", "data.max_eval_examples=8", "data.max_length=384"],
+                                config_name="eval", run_dir=tmp_path / "base"))
+    assert base["method"] is None
+    assert base["metrics"]["loss"] == pytest.approx(trained["zero_shot"]["loss"], rel=1e-5)
+    assert base["metrics"]["exact_match"] == trained["zero_shot"]["exact_match"]
+    (tmp_path / "val").mkdir()
+    val = evaluate_cfg(compose([f"run_dir={run_dir}", "split=val"], config_name="eval", run_dir=tmp_path / "val"))
+    assert val["split"] == "val" and val["examples"] == 8
+    assert val["metrics"]["loss"] == pytest.approx(trained["val"]["loss"], rel=1e-5)  # validated at the last step
+
+
+def test_a_local_model_folder_with_a_tilde(tmp_path, cache_dir, monkeypatch):
+    import shutil
+
+    run_dir, _ = run_in_process(tmp_path, "base", "trainer.max_steps=1")
+    base = json.loads((run_dir / "metrics.json").read_text())["base_model"]
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    shutil.copytree(base, tmp_path / "home" / "models" / "tiny")
+    run_dir, metrics = run_in_process(tmp_path, "tilde", "model=hf", "model.name_or_path='~/models/tiny'",
+                                      "trainer.max_steps=1")
+    assert metrics["base_model"] == str(tmp_path / "home" / "models" / "tiny")
+    assert metrics["model"] == "~/models/tiny"

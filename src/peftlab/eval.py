@@ -18,26 +18,19 @@ import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+import peftlab.methods  # noqa: F401  (registers the method schemas a run folder's config names)
 from peftlab.cli import run_app
 from peftlab.config import CONF_DIR, validate
-from peftlab.config.schema import DataSchema, EvalSchema, ModelSchema, TrainSchema
+from peftlab.config.commands import EvalSchema, TrainSchema
+from peftlab.config.schema import DataSchema, ModelSchema
 from peftlab.data import TaskDataModule
-from peftlab.data.sources import resolve_labels
-from peftlab.errors import ConfigError
-from peftlab.models import auto_class, display_name, load_backbone
+from peftlab.models import DTYPES, display_name, load_backbone
 from peftlab.module import PeftLabModule
-from peftlab.outputs import check_fresh_run_dir, versions, write_json, write_jsonl
+from peftlab.outputs import check_fresh_run_dir, load_run_config, versions, write_json, write_jsonl
+from peftlab.tasks import Task, make_task
 from peftlab.trainer import make_eval_trainer, split_metrics
 
 log = logging.getLogger("peftlab.eval")
-
-
-def load_run_config(run_dir: Path) -> TrainSchema:
-    """The validated config a finished run folder was trained with."""
-    if not (run_dir / "config.yaml").is_file() or not (run_dir / "adapter").is_dir():
-        raise ConfigError(f"run_dir: {run_dir} is not a finished peftlab-train run folder "
-                          "(it needs config.yaml and adapter/)")
-    return validate(OmegaConf.load(run_dir / "config.yaml"), TrainSchema)
 
 
 def _run_data(run: TrainSchema, cli_overrides: list[str]) -> DataSchema:
@@ -52,10 +45,10 @@ def _run_data(run: TrainSchema, cli_overrides: list[str]) -> DataSchema:
     return OmegaConf.to_object(node)
 
 
-def load_for_eval(model_cfg: ModelSchema, run_dir: Optional[Path], cache_dir: str, task_type: str, dtype: str,
-                  labels: Optional[list[str]] = None):
-    """(model, tokenizer): the base model, or a run's adapter on it (its whole model for method=full)."""
-    backbone = load_backbone(model_cfg, cache_dir, task_type, dtype, labels)
+def load_for_eval(model_cfg: ModelSchema, run_dir: Optional[Path], cache_dir: str, task: Task, dtype: str):
+    """(model, tokenizer): the base model, or a run's adapter on it (its whole model when the run
+    saved a whole model instead of an adapter)."""
+    backbone = load_backbone(model_cfg, cache_dir, task, dtype)
     if run_dir is None:
         return backbone.model, backbone.tokenizer
     adapter = run_dir / "adapter"
@@ -63,9 +56,7 @@ def load_for_eval(model_cfg: ModelSchema, run_dir: Optional[Path], cache_dir: st
         from peft import PeftModel
 
         return PeftModel.from_pretrained(backbone.model, adapter), backbone.tokenizer
-    from peftlab.models import DTYPES
-
-    return auto_class(task_type).from_pretrained(adapter, dtype=DTYPES[dtype], local_files_only=True), backbone.tokenizer
+    return task.auto_class().from_pretrained(adapter, dtype=DTYPES[dtype], local_files_only=True), backbone.tokenizer
 
 
 def evaluate_cfg(cfg: DictConfig) -> dict[str, Any]:
@@ -81,17 +72,15 @@ def evaluate_cfg(cfg: DictConfig) -> dict[str, Any]:
         overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
         if not any(o.startswith("data=") for o in overrides):
             data_cfg = _run_data(run, overrides)
-    labels = resolve_labels(data_cfg) if data_cfg.task_type == "seq_cls" else None
-    model, tokenizer = load_for_eval(model_cfg, run_dir, conf.paths.cache_dir, data_cfg.task_type,
-                                     conf.precision.dtype, labels)
-    data = TaskDataModule(data_cfg, tokenizer, seed=conf.seed, test_split=conf.split, labels=labels)
-    module = PeftLabModule(model.eval(), tokenizer, max_new_tokens=data_cfg.max_new_tokens,
-                           task_type=data_cfg.task_type, labels=labels)
+    task = make_task(data_cfg)
+    model, tokenizer = load_for_eval(model_cfg, run_dir, conf.paths.cache_dir, task, conf.precision.dtype)
+    data = TaskDataModule(task, tokenizer, seed=conf.seed, test_split=conf.split)
+    module = PeftLabModule(model.eval(), task, tokenizer)
     results = make_eval_trainer(conf).test(module, datamodule=data, verbose=False)
     metrics = split_metrics(results[0], "test")
     report = {"run_dir": str(run_dir) if run_dir else None, "model": display_name(model_cfg), "method": method,
-              "task": data_cfg.name, "split": conf.split, "examples": data.sizes()[conf.split],
-              "metrics": metrics, "versions": versions()}
+              "task": data_cfg.name, "task_type": task.name, "primary_metric": task.primary_metric,
+              "split": conf.split, "examples": data.sizes()[conf.split], "metrics": metrics, "versions": versions()}
     write_jsonl(out_dir / "predictions.jsonl", module.predictions)
     write_json(out_dir / "eval.json", report)
     log.info("%s%s on %s/%s: %s", display_name(model_cfg), f" + {method} adapter" if method else "",
@@ -102,7 +91,8 @@ def evaluate_cfg(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="eval")
 def _hydra_main(cfg: DictConfig) -> Optional[float]:
-    return evaluate_cfg(cfg)["metrics"].get("exact_match")
+    report = evaluate_cfg(cfg)
+    return report["metrics"].get(report["primary_metric"])
 
 
 def main() -> None:

@@ -12,21 +12,21 @@ import importlib.util
 import json
 import logging
 import os
-import shutil
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 
 from peftlab.config.schema import ModelSchema
 from peftlab.errors import ConfigError
+from peftlab.outputs import atomic_path
+from peftlab.tasks import Task, task_class
 
 log = logging.getLogger(__name__)
 
 # bump when the conversion itself changes, so stale cache folders are not reused
-_CACHE_FORMAT = 1
+_CACHE_FORMAT = 2
 
 CHAT_TEMPLATES = {
     "chatml": (
@@ -44,14 +44,6 @@ class Backbone:
     model: torch.nn.Module
     tokenizer: Any
     path: str  # what from_pretrained loaded: a local folder or a hub id
-
-
-def auto_class(task_type: str):
-    import transformers
-
-    classes = {"causal_lm": transformers.AutoModelForCausalLM,
-               "seq_cls": transformers.AutoModelForSequenceClassification}
-    return classes[task_type]
 
 
 def display_name(cfg: ModelSchema) -> str:
@@ -74,21 +66,17 @@ def _fingerprint(*parts: Any) -> str:
     return hashlib.sha1(text.encode()).hexdigest()[:12]
 
 
-def _build_atomically(final: Path, build) -> Path:
+def _build_atomically(final: Path, build: Callable[[Path], None]) -> Path:
     """Run ``build(tmp_dir)`` and rename the folder into place; safe when two runs race."""
     if (final / "config.json").exists():
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
     try:
-        build(tmp)
-        try:
-            os.rename(tmp, final)
-        except OSError:  # another process finished first: keep its folder
-            if not (final / "config.json").exists():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        with atomic_path(final) as tmp:
+            build(tmp)
+    except (OSError, ConfigError):  # another process finished first: keep its folder
+        if not (final / "config.json").exists():
+            raise
     return final
 
 
@@ -117,19 +105,6 @@ def _convert_gguf(cfg: ModelSchema, cache_dir: Path) -> Path:
     return _build_atomically(final, build)
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's reversible map from bytes to printable characters."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, map(chr, cs)))
-
-
 def byte_tokenizer(chat_template: Optional[str] = None):
     """A byte-level tokenizer built offline: 5 special tokens + the 256 bytes, no merges."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
@@ -137,7 +112,7 @@ def byte_tokenizer(chat_template: Optional[str] = None):
 
     specials = ["<pad>", "<s>", "</s>", "<|im_start|>", "<|im_end|>"]
     vocab = {t: i for i, t in enumerate(specials)}
-    for ch in _bytes_to_unicode().values():
+    for ch in sorted(pre_tokenizers.ByteLevel.alphabet()):  # the 256 characters that stand for the bytes
         vocab[ch] = len(vocab)
     tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
@@ -152,18 +127,18 @@ def byte_tokenizer(chat_template: Optional[str] = None):
 
 
 def _build_random(cfg: ModelSchema, cache_dir: Path) -> Path:
-    """Save a random-init model once: with its LM head when it serves causal_lm, else the bare
-    backbone (classification heads are added at load time, sized to the task's labels)."""
+    """Save a random-init model once, as its first task's checkpoint class: with the LM head for a
+    causal LM; the bare backbone when task heads are added at load time (sized to the labels)."""
     arch = dict(cfg.arch)
-    final = cache_dir / "models" / f"{cfg.name}-{_fingerprint(arch, cfg.init_seed, cfg.tokenizer, cfg.chat_template, cfg.tasks)}"
+    key = _fingerprint(arch, cfg.init_seed, cfg.tokenizer, cfg.chat_template, cfg.tasks)
+    final = cache_dir / "models" / f"{cfg.name}-{key}"
 
     def build(tmp: Path) -> None:
-        from transformers import AutoModel
-
         tokenizer = _random_tokenizer(cfg)
         config = _arch_config(cfg, tokenizer)
-        with _seeded(cfg.init_seed):
-            model = (auto_class("causal_lm") if "causal_lm" in cfg.tasks else AutoModel).from_config(config)
+        with torch.random.fork_rng(devices=[]):  # a fixed init that leaves the caller's generator alone
+            torch.manual_seed(cfg.init_seed)
+            model = task_class(cfg.tasks[0]).checkpoint_class().from_config(config)
         model.config.name_or_path = str(final)
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
@@ -197,25 +172,11 @@ def _arch_config(cfg: ModelSchema, tokenizer=None):
     return config
 
 
-class _seeded:
-    """Seed torch's CPU generator for a block and restore it after."""
-
-    def __init__(self, seed: int):
-        self.seed = seed
-
-    def __enter__(self):
-        self.state = torch.random.get_rng_state()
-        torch.manual_seed(self.seed)
-
-    def __exit__(self, *exc):
-        torch.random.set_rng_state(self.state)
-
-
 def resolve_path(cfg: ModelSchema, cache_dir: str | os.PathLike) -> str:
     """A local folder (or hub id) that ``from_pretrained`` loads for ``cfg``, building it if needed."""
     cache = Path(os.path.expanduser(str(cache_dir)))
-    if cfg.name_or_path:
-        return cfg.name_or_path
+    if cfg.name_or_path:  # a hub id, or a local folder (``~`` is the user's home)
+        return os.path.expanduser(cfg.name_or_path) if cfg.name_or_path.startswith("~") else cfg.name_or_path
     if cfg.source == "package_gguf":
         return str(_convert_gguf(cfg, cache))
     if cfg.source == "package_folder":
@@ -228,10 +189,9 @@ def resolve_path(cfg: ModelSchema, cache_dir: str | os.PathLike) -> str:
     raise ConfigError(f"model.source: {cfg.source!r} models have no weights to load (use peftlab-params)")
 
 
-def load_backbone(cfg: ModelSchema, cache_dir: str | os.PathLike, task_type: str = "causal_lm",
-                  dtype: str = "float32", labels: Optional[list[str]] = None) -> Backbone:
-    """The backbone for ``task_type`` (a classifier over ``labels`` for seq_cls) and its tokenizer,
-    with a pad token set."""
+def load_backbone(cfg: ModelSchema, cache_dir: str | os.PathLike, task: Task, dtype: str = "float32") -> Backbone:
+    """The backbone for ``task`` (its auto class, with its head arguments) and its tokenizer, with a
+    pad token set."""
     from transformers import AutoTokenizer
 
     path = resolve_path(cfg, cache_dir)
@@ -239,14 +199,9 @@ def load_backbone(cfg: ModelSchema, cache_dir: str | os.PathLike, task_type: str
     if cfg.name_or_path and not local and path.startswith(("/", ".", "~")):
         raise ConfigError(f"model.name_or_path: no such folder {path!r}")
     common = dict(revision=cfg.revision, trust_remote_code=cfg.trust_remote_code, local_files_only=local)
-    kwargs: dict[str, Any] = {}
-    if task_type == "seq_cls":
-        kwargs = {"num_labels": len(labels or []) or 2, "id2label": dict(enumerate(labels or [])) or None,
-                  "label2id": {name: i for i, name in enumerate(labels or [])} or None}
-        kwargs = {k: v for k, v in kwargs.items() if v is not None}
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, **common)
-        model = auto_class(task_type).from_pretrained(path, dtype=DTYPES[dtype], **common, **kwargs)
+        model = task.auto_class().from_pretrained(path, dtype=DTYPES[dtype], **common, **task.model_kwargs())
     except (OSError, ValueError) as err:
         where = "model.name_or_path" if cfg.name_or_path else f"model={cfg.name}"
         raise ConfigError(f"{where}: cannot load {path!r}: {str(err).splitlines()[0]}") from None
@@ -289,12 +244,12 @@ def model_config(cfg: ModelSchema, cache_dir: str | os.PathLike):
                                       local_files_only=os.path.isdir(path))
 
 
-def build_on_meta(cfg: ModelSchema, task_type: str, cache_dir: str | os.PathLike, num_labels: int = 2):
-    """The model for ``task_type`` with every tensor on the meta device: shapes, no memory."""
+def build_on_meta(cfg: ModelSchema, task: Task, cache_dir: str | os.PathLike):
+    """The model for ``task`` with every tensor on the meta device: shapes, no memory."""
     config = model_config(cfg, cache_dir)
-    if task_type == "seq_cls":
-        config.num_labels = num_labels
-        if getattr(config, "pad_token_id", None) is None:
-            config.pad_token_id = getattr(config, "eos_token_id", None) or 0
+    for key, value in task.model_kwargs().items():
+        setattr(config, key, value)
+    if getattr(config, "pad_token_id", None) is None:  # batched heads find the last token by the pad id
+        config.pad_token_id = getattr(config, "eos_token_id", None) or 0
     with torch.device("meta"):
-        return auto_class(task_type).from_config(config)
+        return task.auto_class().from_config(config)

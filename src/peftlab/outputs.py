@@ -1,4 +1,4 @@
-"""Run folders and what goes in them: atomic writes, the never-overwrite guard, metrics.json."""
+"""Run folders: atomic writes, the never-overwrite guard, reading a run folder back, versions."""
 
 from __future__ import annotations
 
@@ -8,32 +8,50 @@ import platform
 import shutil
 import subprocess
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Iterator
 
 from peftlab.errors import ConfigError
 
 # files whose presence means a run folder holds a finished (or partly saved) run
 FINISHED_MARKERS = ("metrics.json", "adapter", "eval.json")
+TMP_MARK = ".tmp-"  # temporary names: .<final name>.tmp-<random>
+
+
+@contextmanager
+def atomic_path(final: Path, overwrite: bool = False) -> Iterator[Path]:
+    """The one way peftlab writes a file or folder: the block writes to a temporary name beside
+    ``final``, which is renamed to ``final`` only when the block ends without an error; the
+    temporary is removed either way. Unless ``overwrite``, an existing ``final`` is never replaced
+    (also when another process creates it meanwhile: the rename then fails with OSError)."""
+    final = Path(final)
+    if final.exists() and not overwrite:
+        raise ConfigError(f"{final} already exists; it is never overwritten")
+    tmp = final.with_name(f".{final.name}{TMP_MARK}{uuid.uuid4().hex[:8]}")
+    try:
+        yield tmp
+        if overwrite:
+            os.replace(tmp, final)
+        elif tmp.is_dir():
+            os.rename(tmp, final)  # fails when final appeared meanwhile and is not empty
+        else:
+            os.link(tmp, final)  # fails when final appeared meanwhile
+    finally:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
 
 
 def write_json(path: Path, data: Any) -> None:
-    """Write JSON to a temporary name beside ``path``, then rename it into place."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2, sort_keys=False, default=str)
-        f.write("\n")
-    os.replace(tmp, path)
+    with atomic_path(path, overwrite=True) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
 
 
 def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    with open(tmp, "w") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
-    os.replace(tmp, path)
+    with atomic_path(path, overwrite=True) as tmp:
+        tmp.write_text("".join(json.dumps(row) + "\n" for row in rows))
 
 
 def metric_at(metrics: Any, dotted: str) -> float | None:
@@ -45,20 +63,7 @@ def metric_at(metrics: Any, dotted: str) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
-def save_folder_atomically(final: Path, save: Callable[[Path], None]) -> Path:
-    """``save(tmp)`` writes a folder; it is renamed to ``final`` only when complete."""
-    final = Path(final)
-    if final.exists():
-        raise ConfigError(f"{final} already exists; it is never overwritten")
-    tmp = final.with_name(f".{final.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
-        save(tmp)
-        os.rename(tmp, final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final
-
-
+# ------------------------------------------------------------------------------- run folders
 def check_fresh_run_dir(run_dir: Path, key: str = "hydra.run.dir") -> None:
     found = [m for m in FINISHED_MARKERS if (Path(run_dir) / m).exists()]
     if found:
@@ -82,6 +87,21 @@ def discard_unstarted_run_dir(run_dir: Path) -> None:
         pass
 
 
+def load_run_config(run_dir: Path):
+    """The validated config (a ``TrainSchema``) a finished run folder was trained with."""
+    from omegaconf import OmegaConf
+
+    from peftlab.config import validate
+    from peftlab.config.commands import TrainSchema
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file() or not (run_dir / "adapter").is_dir():
+        raise ConfigError(f"run_dir: {run_dir} is not a finished peftlab-train run folder "
+                          "(it needs config.yaml and adapter/)")
+    return validate(OmegaConf.load(run_dir / "config.yaml"), TrainSchema)
+
+
+# --------------------------------------------------------------------------------- versions
 def git_commit() -> str | None:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,

@@ -9,7 +9,6 @@ that training uses, so the counts are the ones a run would report.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -22,11 +21,12 @@ from omegaconf import DictConfig
 
 from peftlab.cli import run_app
 from peftlab.config import CONF_DIR, validate
-from peftlab.config.schema import ParamsSchema, PromptSchema
+from peftlab.config.commands import ParamsSchema
 from peftlab.errors import ConfigError
-from peftlab.methods import apply_method, count_parameters
+from peftlab.methods import BuildContext, apply_method, count_parameters
 from peftlab.models import build_on_meta, display_name
 from peftlab.outputs import write_json
+from peftlab.tasks import task_class
 
 log = logging.getLogger("peftlab.params")
 
@@ -39,10 +39,11 @@ def count(conf: ParamsSchema) -> dict[str, Any]:
     if task_type not in conf.model.tasks:
         raise ConfigError(f"task_type={task_type} does not fit model={conf.model.name}, "
                           f"which serves {', '.join(conf.model.tasks)}")
-    method = conf.method
-    if isinstance(method, PromptSchema) and method.init == "text":  # same shapes, and no tokenizer needed
-        method = dataclasses.replace(method, init="random", init_text=None)
-    model = apply_method(build_on_meta(conf.model, task_type, conf.paths.cache_dir), method, task_type)
+    if not type(conf.method).capabilities.meta_device:
+        raise ConfigError(f"method={conf.method.name} cannot be counted on the meta device")
+    task = task_class(task_type)(data=None, labels=["label_0", "label_1"])  # a two-class head where a task has one
+    backbone = build_on_meta(conf.model, task, conf.paths.cache_dir)
+    model = apply_method(backbone, conf.method, BuildContext(task, backbone, meta=True))
     counts = count_parameters(model)
     heads = sum(p.numel() for n, p in model.named_parameters() if p.requires_grad and "modules_to_save" in n)
     return {"model": display_name(conf.model), "method": conf.method.name, "task_type": task_type,
@@ -64,7 +65,8 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     head = "| model | method | task | trainable | adapter only | total | trainable % |" + (" paper |" if ref else "")
     lines = [head, "|---|---|---|---:|---:|---:|---:|" + ("---|" if ref else "")]
     for r in rows:
-        lines.append(f"| {r['model']} | {r['method']} | {r['task_type']} | {r['trainable']:,} ({_human(r['trainable'])})"
+        lines.append(f"| {r['model']} | {r['method']} | {r['task_type']} "
+                     f"| {r['trainable']:,} ({_human(r['trainable'])})"
                      f" | {r['adapter_only']:,} ({_human(r['adapter_only'])}) | {r['total']:,} ({_human(r['total'])})"
                      f" | {r['trainable_pct']:.4f} |" + (f" {r.get('reference') or ''} |" if ref else ""))
     return "\n".join(lines)

@@ -20,26 +20,51 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from peftlab.callbacks import ThroughputMonitor, peak_rss_mb, reset_peak_rss
+from peftlab.callbacks import TrainingMeter
 from peftlab.cli import run_app
 from peftlab.config import CONF_DIR, validate
-from peftlab.config.schema import TrainSchema
+from peftlab.config.commands import TrainSchema
 from peftlab.data import TaskDataModule
-from peftlab.data.sources import resolve_labels
-from peftlab.errors import PeftlabError
-from peftlab.methods import BuildContext, apply_method, count_parameters, method_spec, peft_config_for
+from peftlab.errors import ConfigError, PeftlabError
+from peftlab.export import VerificationError, merge_run
+from peftlab.memory import peak_rss_mb, reset_peak_rss
+from peftlab.methods import BuildContext, apply_method, count_parameters, peft_config_for
 from peftlab.models import display_name, enable_gradient_checkpointing, load_backbone
 from peftlab.module import PeftLabModule
-from peftlab.outputs import (check_fresh_run_dir, discard_unstarted_run_dir, metric_at, save_folder_atomically,
-                             versions, write_json, write_jsonl)
+from peftlab.outputs import (
+    atomic_path,
+    check_fresh_run_dir,
+    discard_unstarted_run_dir,
+    metric_at,
+    versions,
+    write_json,
+    write_jsonl,
+)
 from peftlab.sweeps import in_multirun, record_failure, threads_per_parallel_job, write_rerun_config
+from peftlab.tasks import Task, make_task
 from peftlab.trainer import make_trainer, split_metrics
 
 log = logging.getLogger("peftlab.train")
 
+# numbers every run reports, whatever its task (dotted metrics.json keys)
+RUN_NUMBERS = ("train.steps", "train.wall_s", "train.tokens_per_s", "memory.peak_rss_mb", "params.trainable",
+               "params.total", "params.trainable_pct")
+
+
+def objective_key(conf: TrainSchema, task: Task) -> str:
+    """The metrics.json key a sweeper optimises: ``objective``, or the task's primary test metric."""
+    if conf.objective is None:
+        return f"test.{task.primary_metric}"
+    splits = ("test", "zero_shot") if conf.zero_shot else ("test",)
+    known = [f"{s}.{m}" for s in splits for m in task.metric_names] + ["val.loss", *RUN_NUMBERS]
+    if conf.objective not in known:
+        raise ConfigError(f"objective: {conf.objective!r} is not a number this run reports "
+                          f"(known: {', '.join(known)})")
+    return conf.objective
+
 
 def evaluate(trainer: L.Trainer, module: PeftLabModule, data: TaskDataModule) -> dict[str, float]:
-    """Test ``module`` on the test split: {"loss", "perplexity", "exact_match"}."""
+    """Test ``module`` on the data module's test split."""
     results = trainer.test(module, datamodule=data, verbose=False)
     return split_metrics(results[0], "test")
 
@@ -56,7 +81,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         raise
     # after _train has returned, so that the training model, optimizer and trainer are freed: the
     # merge loads the saved adapter afresh
-    if conf.merge_after and metrics.get("adapter") and method_spec(conf.method.name).mergeable:
+    if conf.merge_after and metrics.get("adapter") and type(conf.method).capabilities.mergeable:
         metrics["merge"] = _merge_after(conf, run_dir, metrics["test"])
         write_json(run_dir / "metrics.json", metrics)
     return metrics
@@ -70,34 +95,34 @@ def _train(conf: TrainSchema, cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     threads = conf.hardware.threads or threads_per_parallel_job()
     if threads:
         torch.set_num_threads(threads)
-    task_type = conf.data.task_type
+    task = make_task(conf.data)
+    objective = objective_key(conf, task)
     dry = bool(conf.trainer.fast_dev_run)
 
-    labels = resolve_labels(conf.data) if task_type == "seq_cls" else None
-    backbone = load_backbone(conf.model, conf.paths.cache_dir, task_type, conf.precision.dtype, labels)
-    data = TaskDataModule(conf.data, backbone.tokenizer, seed=conf.seed, labels=labels)
+    backbone = load_backbone(conf.model, conf.paths.cache_dir, task, conf.precision.dtype)
+    data = TaskDataModule(task, backbone.tokenizer, seed=conf.seed)
     data.setup()
     if conf.model.gradient_checkpointing:
         enable_gradient_checkpointing(backbone.model)
-    # the method's own checks (target modules, init text...) before any work
-    peft_config_for(conf.method, BuildContext(task_type, backbone.model, backbone.tokenizer, backbone.path))
+    # the method's own checks against this backbone (target modules, init text...) before any work
+    context = BuildContext(task, backbone.model, backbone.tokenizer, backbone.path)
+    peft_config_for(conf.method, context)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     write_rerun_config(cfg, run_dir)
     log.info("model %s (%s), task %s %s", display_name(conf.model), backbone.path, conf.data.name, data.sizes())
 
     zero_shot: Optional[dict[str, float]] = None
-    if conf.zero_shot and not dry:
-        base = PeftLabModule(backbone.model, backbone.tokenizer, max_new_tokens=conf.data.max_new_tokens,
-                             task_type=task_type, labels=labels)
+    if conf.zero_shot and not dry:  # the untouched base, before the method is applied
+        base = PeftLabModule(backbone.model, task, backbone.tokenizer)
         zero_shot = evaluate(make_trainer(conf, evaluation=True), base, data)
         write_jsonl(run_dir / "zero_shot_predictions.jsonl", base.predictions)
         log.info("zero-shot test: %s", zero_shot)
 
-    model = apply_method(backbone.model, conf.method, task_type, backbone.tokenizer, backbone.path)
+    model = apply_method(backbone.model, conf.method, context)
     params = count_parameters(model)
     log.info("method %s: %s trainable of %s parameters (%.4f%%)", conf.method.name,
              f"{params['trainable']:,}", f"{params['total']:,}", params["trainable_pct"])
-    module = PeftLabModule(model, backbone.tokenizer, conf.optim, conf.data.max_new_tokens, task_type, labels)
+    module = PeftLabModule(model, task, backbone.tokenizer, conf.optim)
     trainer = make_trainer(conf)
     trainer.fit(module, datamodule=data, ckpt_path=conf.resume_from)
     val = split_metrics(trainer.callback_metrics, "val")
@@ -109,19 +134,21 @@ def _train(conf: TrainSchema, cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         return {"test": test}
 
     if conf.save_adapter:
-        def save(tmp: Path) -> None:
+        with atomic_path(run_dir / "adapter") as tmp:
             model.save_pretrained(tmp)
             backbone.tokenizer.save_pretrained(tmp)
-
-        save_folder_atomically(run_dir / "adapter", save)
     write_jsonl(run_dir / "test_predictions.jsonl", module.predictions)
 
-    monitor = next((c for c in trainer.callbacks if isinstance(c, ThroughputMonitor)), None)
-    speed = monitor.summary if monitor else {}
+    meter = next((c for c in trainer.callbacks if isinstance(c, TrainingMeter)), None)
+    speed = meter.summary if meter else {}
     metrics = {
         "model": display_name(conf.model),
         "method": conf.method.name,
         "task": conf.data.name,
+        "task_type": task.name,
+        "primary_metric": task.primary_metric,
+        "greater_is_better": task.greater_is_better,
+        "objective": objective,
         "seed": conf.seed,
         "params": params,
         "zero_shot": zero_shot,
@@ -139,14 +166,12 @@ def _train(conf: TrainSchema, cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "versions": versions(),
     }
     write_json(run_dir / "metrics.json", metrics)
-    _summary(metrics, run_dir)
+    log.info("done\n%s", summary(metrics, task, run_dir))
     return metrics
 
 
 def _merge_after(conf: TrainSchema, run_dir: Path, adapter_test: dict[str, float]) -> dict[str, Any]:
     """The verified merge of peftlab-merge, right after training; its outcome goes to metrics.json."""
-    from peftlab.merge import VerificationError, merge_run
-
     try:
         report = merge_run(run_dir, conf, run_dir / "merged", report_dir=run_dir, adapter_metrics=adapter_test)
     except VerificationError as err:
@@ -160,11 +185,11 @@ def _merge_after(conf: TrainSchema, run_dir: Path, adapter_test: dict[str, float
             "latency_merged_over_base": report["latency"]["merged_over_base"]}
 
 
-def _summary(m: dict[str, Any], run_dir: Path) -> None:
+def summary(m: dict[str, Any], task: Task, run_dir: Path) -> str:
     p = m["params"]
     lines = [f"{m['model']} + {m['method']} on {m['task']} (seed {m['seed']})",
              f"  trainable parameters: {p['trainable']:,} of {p['total']:,} ({p['trainable_pct']:.3f}%)"]
-    for key in ("exact_match", "accuracy", "macro_f1", "loss"):
+    for key in task.metric_names:
         if key in m["test"]:
             before = f"zero-shot {m['zero_shot'][key]:.4f} -> " if m["zero_shot"] else ""
             lines.append(f"  test {key}: {before}fine-tuned {m['test'][key]:.4f}")
@@ -173,7 +198,7 @@ def _summary(m: dict[str, Any], run_dir: Path) -> None:
     if m["adapter"]:
         lines.append(f"  adapter: {m['adapter']}")
     lines.append(f"  metrics: {run_dir / 'metrics.json'}")
-    log.info("done\n%s", "\n".join(lines))
+    return "\n".join(lines)
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
@@ -188,8 +213,7 @@ def _hydra_main(cfg: DictConfig) -> Optional[float]:
         log.exception("job failed: %s", err)
         record_failure(Path(HydraConfig.get().runtime.output_dir), err)
         return float("nan")  # optuna records a NaN as a failed trial and goes on
-    key = cfg.get("objective") or ("test.accuracy" if cfg.data.task_type == "seq_cls" else "test.exact_match")
-    return metric_at(metrics, key)
+    return metric_at(metrics, metrics.get("objective") or "")
 
 
 def main() -> None:

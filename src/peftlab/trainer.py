@@ -8,7 +8,7 @@ import lightning as L
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar
 
-from peftlab.config.schema import EvalSchema, TrainSchema
+from peftlab.config.commands import EvalSchema, TrainSchema
 
 
 def split_metrics(logged: dict[str, Any], split: str) -> dict[str, float]:
@@ -35,6 +35,8 @@ def make_trainer(conf: TrainSchema, evaluation: bool = False) -> L.Trainer:
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     if evaluation:
         callbacks = [c for c in callbacks if isinstance(c, ProgressBar)]
+    if t.fast_dev_run:  # a smoke test: nothing it trains is worth keeping (Lightning would still write last.ckpt)
+        callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
     loggers = [] if evaluation else _instantiate_all(conf.logger)
     if not loggers:  # it has nowhere to write (logger=none)
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]

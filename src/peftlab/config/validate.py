@@ -15,7 +15,8 @@ from typing import Any, Type, TypeVar
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
 
-from peftlab.config.schema import TrainSchema
+from peftlab.config.commands import TrainSchema
+from peftlab.config.plugins import method_schema
 from peftlab.errors import ConfigError
 
 T = TypeVar("T")
@@ -27,12 +28,7 @@ _ARTICLE = {"Integer": "an integer", "Float": "a number", "Boolean": "a boolean 
 
 def _schema_of(group: str, node: Any, field_type: Any) -> Any:
     if group == "method":
-        from peftlab.methods import method_spec
-
-        name = node.get("name") if isinstance(node, DictConfig) else None
-        if name is None:
-            raise ConfigError("method.name: missing (pick a method with method=<name>)")
-        return method_spec(name).schema
+        return method_schema(node.get("name") if isinstance(node, DictConfig) else None)
     return field_type if dataclasses.is_dataclass(field_type) else None
 
 
@@ -144,9 +140,8 @@ def _cross_checks(obj: Any) -> None:
     if model is not None and data is not None and data.task_type not in model.tasks:
         errors.append(f"data.task_type={data.task_type} (data={data.name}) does not fit model={model.name}, "
                       f"which serves {', '.join(model.tasks)}")
-    if model is not None and method is not None and model.gradient_checkpointing and method.name == "prefix":
-        errors.append("method=prefix cannot train with model.gradient_checkpointing=true: peft's prefix tuning "
-                      "feeds its prefixes as a KV cache, which gradient checkpointing does not support")
+    if method is not None:
+        errors += method.check(obj)  # the method's own refusals (peftlab.methods)
     for group in ("callbacks", "logger"):
         for name, node in (getattr(obj, group, None) or {}).items():
             if node is not None and (not isinstance(node, dict) or "_target_" not in node):

@@ -29,7 +29,8 @@ def builtin_tasks() -> list[str]:
 def _require(row: dict[str, Any], fields: dict[str, str], where: str) -> None:
     for key, field in fields.items():
         if field not in row or row[field] is None:
-            raise DataError(f"{where}: missing field {field!r} (data.{key}; fields present: {', '.join(map(str, row))})")
+            present = ", ".join(map(str, row))
+            raise DataError(f"{where}: missing field {field!r} (data.{key}; fields present: {present})")
 
 
 def read_jsonl(path: Path, fields: dict[str, str]) -> list[dict[str, Any]]:

@@ -12,7 +12,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from peftlab.errors import ConfigError
+from peftlab.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +78,6 @@ def encode(tokenizer, fmt: PromptFormat, prompt: str, response: str, max_length:
 def encode_classification(tokenizer, text: str, label: str, label_ids: dict[str, int], max_length: int,
                           where: str = "") -> dict[str, Any]:
     """Token ids of ``text`` (with the tokenizer's special tokens) and the label's id."""
-    from peftlab.errors import DataError
-
     if label not in label_ids:
         raise DataError(f"{where}: label {label!r} is not one of data.labels ({', '.join(label_ids)})")
     enc = tokenizer(text, truncation=True, max_length=max_length)

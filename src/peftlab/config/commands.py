@@ -1,0 +1,113 @@
+"""Typed schemas of the primary configs, one per command: everything that command reads.
+
+``peftlab-train`` reads ``TrainSchema``; its ``method`` is one of the method schemas that
+``peftlab.methods`` registers, chosen by ``method.name``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from omegaconf import MISSING
+
+from peftlab.config.checks import check as _check
+from peftlab.config.checks import one_of as _one_of
+from peftlab.config.plugins import task_types
+from peftlab.config.schema import (
+    DataSchema,
+    HardwareSchema,
+    ModelSchema,
+    OptimSchema,
+    PathsSchema,
+    PrecisionSchema,
+    TrainerSchema,
+)
+
+
+@dataclass
+class TrainSchema:
+    """Everything ``peftlab-train`` reads. ``callbacks`` and ``logger`` are ``_target_`` leaves."""
+
+    model: ModelSchema = MISSING
+    method: Any = MISSING  # one of the method schemas, chosen by ``method.name``
+    data: DataSchema = MISSING
+    optim: OptimSchema = MISSING
+    precision: PrecisionSchema = MISSING
+    hardware: HardwareSchema = MISSING
+    trainer: TrainerSchema = MISSING
+    callbacks: Dict[str, Any] = field(default_factory=dict)
+    logger: Dict[str, Any] = field(default_factory=dict)
+    paths: PathsSchema = MISSING
+    seed: int = 42
+    zero_shot: bool = True  # test the untouched base model before training
+    save_adapter: bool = True
+    merge_after: bool = True  # mergeable methods (LoRA, IA3): merge and verify right after training
+    resume_from: Optional[str] = None  # a Lightning checkpoint of an earlier run
+    objective: Optional[str] = None  # dotted metrics.json key a sweeper optimises; null: the task's main metric
+    tags: List[str] = field(default_factory=list)
+
+
+@dataclass
+class EvalSchema:
+    """Everything ``peftlab-eval`` reads: a run folder's adapter, or a base model alone."""
+
+    model: ModelSchema = MISSING
+    data: DataSchema = MISSING
+    precision: PrecisionSchema = MISSING
+    hardware: HardwareSchema = MISSING
+    paths: PathsSchema = MISSING
+    run_dir: Optional[str] = None  # a peftlab-train run folder; null evaluates the base model alone
+    split: str = "test"
+    seed: int = 42
+    limit_batches: Optional[float] = None
+
+    def __post_init__(self) -> None:
+        _one_of("split", self.split, ("val", "test"))
+
+
+@dataclass
+class ParamsSchema:
+    """Everything ``peftlab-params`` reads: a model and a method, counted on the meta device."""
+
+    model: ModelSchema = MISSING
+    method: Any = MISSING
+    paths: PathsSchema = MISSING
+    task_type: Optional[str] = None  # null: the model's first task type
+    reference: Optional[str] = None  # a paper's printed figure, shown beside the count
+
+    def __post_init__(self) -> None:
+        if self.task_type is not None:
+            _one_of("task_type", self.task_type, task_types())
+
+
+@dataclass
+class MergeSchema:
+    """Everything ``peftlab-merge`` reads."""
+
+    run_dir: str = MISSING  # a finished peftlab-train run folder of a mergeable method
+    dtype: Optional[str] = None  # the merged model's dtype; null: the dtype the run trained in
+    out_dir: Optional[str] = None  # null: <run_dir>/merged
+    verify_batches: int = 2  # validation batches whose logits are compared
+    max_test_examples: Optional[int] = None  # null: the whole test split for the metric check
+    min_top1: Optional[float] = None  # top-1 agreement required; null: 1.0 for fp32, 0.99 for bf16/fp16
+    paths: PathsSchema = MISSING
+    seed: int = 42
+
+    def __post_init__(self) -> None:
+        if self.dtype is not None:
+            _one_of("dtype", self.dtype, ("float32", "bfloat16", "float16"))
+        _check(self.verify_batches > 0, "verify_batches", "must be > 0", self.verify_batches)
+        m = self.max_test_examples
+        _check(m is None or m > 0, "max_test_examples", "must be > 0 or null", m)
+        t = self.min_top1
+        _check(t is None or 0 < t <= 1, "min_top1", "must be in (0, 1] or null", t)
+
+
+@dataclass
+class ReportSchema:
+    """Everything ``peftlab-report`` reads."""
+
+    inputs: List[str] = field(default_factory=list)  # sweep folders and/or run folders
+    out_dir: Optional[str] = None  # null: <input>/report for one input, else the command's own folder
+    plots: bool = True

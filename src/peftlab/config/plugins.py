@@ -1,0 +1,79 @@
+"""What plug-ins register with the config system, and the contract of a method's schema.
+
+``peftlab.methods`` and ``peftlab.tasks`` fill these registries when they are imported; nothing in
+``config/`` imports them (the dependency goes one way). ``validate()`` finds a method's schema here
+by its name and checks its capabilities against the rest of the run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+from peftlab.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a method can do, declared as data: ``validate()`` refuses what a method cannot do, and
+    ``peftlab-merge``, ``peftlab-params`` and the tests read these instead of method names."""
+
+    mergeable: bool  # merge_and_unload folds the trained update into the base weights
+    adapter: bool = True  # the run saves a peft adapter (False: the whole model is the artefact)
+    meta_device: bool = True  # applies to a model on the meta device (counting with no weights)
+    quantized_base: bool = False  # trains on an 8-bit / 4-bit base
+    per_step_hook: bool = False  # needs a call after every optimizer step
+    task_types: Optional[tuple[str, ...]] = None  # None: every task type
+
+
+@dataclass
+class MethodSchema:
+    """The base of every method's schema. A method module subclasses it with its own fields and
+    ``__post_init__`` range checks, and may extend ``check`` with refusals that involve other groups."""
+
+    name: str = MISSING
+    capabilities: ClassVar[Capabilities]  # set by peftlab.methods.register_method
+    not_mergeable: ClassVar[str] = ""  # why, in a few words, for methods that cannot merge
+
+    def check(self, run: Any) -> list[str]:
+        """Problems with this method in ``run`` (a validated top-level config), one line each."""
+        problems = []
+        data = getattr(run, "data", None)
+        supported = self.capabilities.task_types
+        if data is not None and supported is not None and data.task_type not in supported:
+            problems.append(f"method={self.name} does not serve data.task_type={data.task_type} "
+                            f"(it serves {', '.join(supported)})")
+        return problems
+
+
+METHOD_SCHEMAS: dict[str, type[MethodSchema]] = {}
+TASK_TYPES: list[str] = []
+
+
+def register_method_schema(name: str, schema: type[MethodSchema]) -> None:
+    """Make ``schema`` what ``method=<name>`` validates against, and ``/schema/method/<name>`` for
+    its YAML file to extend."""
+    METHOD_SCHEMAS[name] = schema
+    ConfigStore.instance().store(group="schema/method", name=name, node=schema)
+
+
+def method_schema(name: Optional[str]) -> type[MethodSchema]:
+    if name is None:
+        raise ConfigError("method.name: missing (pick a method with method=<name>)")
+    try:
+        return METHOD_SCHEMAS[name]
+    except KeyError:
+        known = ", ".join(sorted(METHOD_SCHEMAS))
+        raise ConfigError(f"method.name: unknown method {name!r} (known: {known})") from None
+
+
+def register_task_type(name: str) -> None:
+    if name not in TASK_TYPES:
+        TASK_TYPES.append(name)
+
+
+def task_types() -> tuple[str, ...]:
+    return tuple(TASK_TYPES)

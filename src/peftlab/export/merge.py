@@ -1,0 +1,192 @@
+"""Merge a run's adapter into its base model, verify it, export it: the library behind
+``peftlab-merge`` and ``merge_after``.
+
+The merge runs in fp32 and casts once. Before anything is kept, the merged model is checked
+against the adapter model (``verify.py``); the saved folder is reloaded with plain transformers
+and checked again; only then is it renamed into place. A failed check raises
+``VerificationError`` and leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import logging
+from pathlib import Path
+from typing import Any, Optional
+
+from peftlab.errors import ConfigError, PeftlabError
+from peftlab.export.verify import (
+    Reference,
+    check_model,
+    compare,
+    forward_ms,
+    iter_logits,
+    problems,
+    test_metrics,
+    tolerance,
+)
+from peftlab.memory import peak_rss_mb, reset_peak_rss
+from peftlab.models import DTYPES, load_backbone
+from peftlab.outputs import atomic_path, write_json
+from peftlab.tasks import make_task
+
+log = logging.getLogger("peftlab.merge")
+
+PROBES = 16  # examples whose discrete outputs (generations, labels) must match
+TIMING = 8  # examples of the batch whose forward latency is measured, and of the float64 check
+
+
+class VerificationError(PeftlabError):
+    """The merged model does not reproduce the adapter model within tolerance."""
+
+
+def check_mergeable(run_dir: Path, run) -> None:
+    schema = type(run.method)
+    if not schema.capabilities.mergeable:
+        raise ConfigError(f"run_dir: method={run.method.name} cannot be merged: {schema.not_mergeable}; the "
+                          f"adapter folder {run_dir / 'adapter'} is the deployable artefact")
+
+
+def check_adapter_file(adapter: Path) -> None:
+    """A truncated or corrupted safetensors file fails here with its name, not deep inside peft."""
+    from safetensors import safe_open
+
+    path = adapter / "adapter_model.safetensors"
+    if not path.is_file():
+        raise ConfigError(f"run_dir: {path} is missing")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            for key in f.keys():
+                f.get_tensor(key)
+    except Exception as err:  # safetensors raises several types for bad files
+        raise ConfigError(f"{path}: corrupted or truncated ({str(err).splitlines()[0]})") from None
+
+
+def folder_mb(path: Path) -> float:
+    return round(sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file()) / 2**20, 2)
+
+
+def _head(batch: dict[str, Any], n: int) -> dict[str, Any]:
+    return {k: v[:n] for k, v in batch.items()}
+
+
+class _Run:
+    """The pieces of a run a merge works with: its task, data, and a loader of its adapter model."""
+
+    def __init__(self, run_dir: Path, run, dtype: str, cache_dir: Optional[str], max_test_examples: Optional[int]):
+        from peftlab.data import TaskDataModule
+
+        self.run_dir, self.run, self.adapter = run_dir, run, run_dir / "adapter"
+        self.cache_dir = cache_dir or run.paths.cache_dir
+        data_cfg = run.data if max_test_examples is None else dataclasses.replace(
+            run.data, max_eval_examples=max_test_examples)
+        self.task = make_task(data_cfg)
+        self.backbone = None
+        self.model = self.adapter_model(dtype)
+        self.data = TaskDataModule(self.task, self.backbone.tokenizer, seed=run.seed)
+
+    def adapter_model(self, dtype: str):
+        import torch
+        from peft import PeftModel
+
+        self.model = self.backbone = None  # one copy of the weights at a time
+        gc.collect()
+        torch.manual_seed(self.run.seed)  # a classification head not in the adapter is initialised the same
+        self.backbone = load_backbone(self.run.model, self.cache_dir, self.task, dtype)
+        self.model = PeftModel.from_pretrained(self.backbone.model, self.adapter).eval()
+        return self.model
+
+
+def measure_reference(r: _Run, batches, dtype: str, adapter_metrics: Optional[dict[str, float]]) -> Reference:
+    """The adapter model as it would be deployed unmerged, in the export dtype."""
+    model, tokenizer, task = r.model, r.backbone.tokenizer, r.task
+    ref = Reference(logits=list(iter_logits(model, task, batches)),
+                    probes=task.probe(model, tokenizer, _head(batches[0], PROBES)),
+                    metrics=adapter_metrics if adapter_metrics is not None else
+                    test_metrics(model, task, tokenizer, r.data.test_dataloader()))
+    if dtype in ("float32", "float64"):  # the same logits in float64: what the merge changes, free of fp32 rounding
+        ref.logits64 = list(iter_logits(model.double(), task, [_head(batches[0], TIMING)]))
+        model.float()  # fp32 -> fp64 -> fp32 is lossless
+    ref.latency["adapter_unmerged_ms"] = forward_ms(model, _head(batches[0], TIMING))
+    with model.disable_adapter():
+        ref.latency["base_ms"] = forward_ms(model, _head(batches[0], TIMING))
+    return ref
+
+
+def merge_run(run_dir: Path, run, out_dir: Path, dtype: Optional[str] = None, cache_dir: Optional[str] = None,
+              verify_batches: int = 2, report_dir: Optional[Path] = None, max_test_examples: Optional[int] = None,
+              min_top1: Optional[float] = None, adapter_metrics: Optional[dict[str, float]] = None) -> dict[str, Any]:
+    """Merge ``run_dir``'s adapter into its base, verify, and write the merged model to ``out_dir``.
+
+    ``adapter_metrics``: the adapter model's test metrics when the caller has just measured them on
+    the same weights (training does), so the test split is not evaluated twice."""
+    gc.collect()  # what the caller (a training job) has let go
+    reset_peak_rss()
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    check_mergeable(run_dir, run)
+    if out_dir.exists():
+        raise ConfigError(f"out_dir: {out_dir} already exists; it is never overwritten")
+    check_adapter_file(run_dir / "adapter")
+    dtype = dtype or run.precision.dtype
+    r = _Run(run_dir, run, dtype, cache_dir, max_test_examples)
+    batches = [b for _, b in zip(range(verify_batches), r.data.val_dataloader(), strict=False)]
+    ref = measure_reference(r, batches, dtype, adapter_metrics)
+    report: dict[str, Any] = {"run_dir": str(run_dir), "out_dir": str(out_dir), "method": run.method.name,
+                              "base_model": r.backbone.path, "dtype": dtype, "probe_name": r.task.probe_name}
+    merged = (r.adapter_model("float32") if dtype != "float32" else r.model).merge_and_unload()
+    merged = merged.to(DTYPES[dtype])  # merged in fp32 (in place: no second copy of the weights), cast once
+    latency = {**ref.latency, "merged_ms": forward_ms(merged, _head(batches[0], TIMING))}
+    tokenizer, probe_batch = r.backbone.tokenizer, _head(batches[0], PROBES)
+    checks = {"in_memory": check_model(merged, r.task, tokenizer, batches, probe_batch, ref)}
+    tol = tolerance(dtype, r.data.sizes()["test"], min_top1)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with atomic_path(out_dir) as tmp:
+            merged.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            del merged
+            r.model = r.backbone.model = None
+            reloaded = r.task.auto_class().from_pretrained(tmp, dtype=DTYPES[dtype], local_files_only=True,
+                                                           **r.task.model_kwargs()).eval()
+            checks["reloaded"] = check_model(reloaded, r.task, tokenizer, batches, probe_batch, ref)
+            if ref.logits64 is not None:
+                checks["reloaded"]["max_abs_error_fp64"] = compare(
+                    ref.logits64, iter_logits(reloaded.double(), r.task, [_head(batches[0], TIMING)]))["max_abs_error"]
+                reloaded.float()
+            report.update(
+                tolerance=tol.__dict__, checks=checks,
+                metrics={"adapter": ref.metrics,
+                         "merged": test_metrics(reloaded, r.task, tokenizer, r.data.test_dataloader())},
+                sizes_mb={"adapter": folder_mb(r.adapter), "merged": folder_mb(tmp)},
+                latency=latency | {"merged_over_base": round(latency["merged_ms"] / latency["base_ms"], 3)},
+                peak_rss_mb=round(peak_rss_mb(), 1),
+                chat_template=bool(getattr(tokenizer, "chat_template", None)),
+            )
+            found = problems(report, tol, r.task.primary_metric)
+            report["passed"] = not found
+            if found:
+                raise VerificationError("merge verification failed: " + "; ".join(found))
+            write_json(tmp / "merge_report.json", report)
+    finally:
+        if report_dir is not None and "checks" in report:
+            write_json(Path(report_dir) / "merge_report.json", report)
+    log.info("merged and verified\n%s", summary(report, r.task.primary_metric))
+    return report
+
+
+def summary(r: dict[str, Any], metric: str) -> str:
+    c, m, lat = r["checks"]["reloaded"], r["metrics"], r["latency"]
+    return "\n".join([
+        f"  {r['method']} adapter of {r['run_dir']} merged into {r['base_model']} ({r['dtype']})",
+        f"  reloaded merged vs adapter: max logit error {c['max_abs_error']:.3g} (relative {c['rel_error']:.3g})"
+        + (f", in a float64 forward {c['max_abs_error_fp64']:.3g}" if "max_abs_error_fp64" in c else "")
+        + f"; top-1 agreement at the answer positions {c['top1_agreement']:.4f}, "
+        f"{r['probe_name']} identical {c['probes_identical']}/{c['probes']}",
+        f"  test {metric}: adapter {m['adapter'][metric]:.4f}, merged {m['merged'][metric]:.4f}",
+        f"  forward latency: base {lat['base_ms']} ms, adapter {lat['adapter_unmerged_ms']} ms, merged "
+        f"{lat['merged_ms']} ms (merged/base {lat['merged_over_base']})",
+        f"  size on disk: adapter {r['sizes_mb']['adapter']} MiB, merged {r['sizes_mb']['merged']} MiB; "
+        f"peak RSS {r['peak_rss_mb']} MiB",
+        f"  merged model: {r['out_dir']}",
+    ])

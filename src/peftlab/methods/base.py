@@ -1,0 +1,116 @@
+"""The method registry, and the one place that wraps a backbone and decides what trains.
+
+A method module (one per family: ``lora.py``, ``ia3.py``, ``prompt_learning.py``, ``full.py``)
+defines its schema, its builder and its checks, and ends with ``register_method(...)``; the
+package imports every module it holds, so adding a method is one module and one
+``conf/method/<name>.yaml`` (docs/adding-a-method.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Optional
+
+import torch
+from torch import nn
+
+from peftlab.config.plugins import Capabilities, MethodSchema, method_schema, register_method_schema
+from peftlab.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class BuildContext:
+    """What a builder may look at: the task, the backbone, its tokenizer and where it loads from.
+    ``meta``: the backbone lives on the meta device (counting parameters): nothing may read weights."""
+
+    task: Any  # a peftlab.tasks.Task
+    model: nn.Module
+    tokenizer: Any = None
+    path: Optional[str] = None
+    meta: bool = False
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    name: str
+    schema: type[MethodSchema]
+    build: Optional[Callable[[Any, BuildContext], Any]]  # (schema, context) -> peft config; None: no wrapper
+    trains: str  # what trains, in a few words (the capability table)
+    capabilities: Capabilities
+    # (peft model, schema, context) -> None: sets the initial values of what trains, after wrapping
+    initialise: Optional[Callable[[Any, Any, BuildContext], None]] = None
+
+
+METHODS: Dict[str, MethodSpec] = {}
+
+
+def register_method(name: str, schema: type[MethodSchema], build: Optional[Callable], trains: str,
+                    capabilities: Capabilities, initialise: Optional[Callable] = None,
+                    not_mergeable: str = "") -> MethodSpec:
+    """Add a method: ``method=<name>`` then validates against ``schema`` (also stored in Hydra's
+    ConfigStore as ``schema/method/<name>``) and ``build`` turns it into a peft config."""
+    if name in METHODS:
+        raise ValueError(f"method {name!r} is registered twice")
+    schema.capabilities = capabilities
+    schema.not_mergeable = not_mergeable
+    register_method_schema(name, schema)
+    METHODS[name] = MethodSpec(name, schema, build, trains, capabilities, initialise)
+    return METHODS[name]
+
+
+def method_spec(name: str) -> MethodSpec:
+    method_schema(name)  # the one message for an unknown method
+    return METHODS[name]
+
+
+def peft_config_for(cfg: MethodSchema, ctx: BuildContext) -> Any:
+    """The method's peft config (None for methods without a peft wrapper); raises ConfigError for
+    what cannot fit the backbone (a target module it does not have, an init text too short...)."""
+    spec = method_spec(cfg.name)
+    return None if spec.build is None else spec.build(cfg, ctx)
+
+
+def apply_method(backbone: nn.Module, cfg: MethodSchema, ctx: BuildContext) -> nn.Module:
+    """Wrap ``backbone`` for ``cfg`` (a peft model, or the backbone itself when the method has no
+    wrapper) and set what trains. The backbone is modified in place by peft."""
+    spec = method_spec(cfg.name)
+    peft_config = peft_config_for(cfg, ctx)
+    if peft_config is None:
+        model = backbone
+    else:
+        from peft import get_peft_model
+
+        try:
+            model = get_peft_model(backbone, peft_config)
+        except (ValueError, TypeError) as err:  # peft's own checks, e.g. an unsupported module type
+            raise ConfigError(f"method ({cfg.name}): {str(err).splitlines()[0]}") from err
+        if spec.initialise is not None and not ctx.meta:
+            spec.initialise(model, cfg, ctx)
+    set_trainable(model, spec)
+    return model
+
+
+def set_trainable(model: nn.Module, spec: MethodSpec) -> None:
+    """The one place that decides which parameters train: every weight for a method without a
+    peft wrapper (full fine-tuning); otherwise what peft marked trainable (adapters, plus the task
+    head through ``modules_to_save``)."""
+    if spec.build is None:
+        for p in model.parameters():
+            p.requires_grad_(True)
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ConfigError(f"method ({spec.name}): no parameter is trainable")
+
+
+def trainable_parameters(model: nn.Module) -> list[torch.nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def count_parameters(model: nn.Module) -> Dict[str, Any]:
+    """Trainable and total parameter counts (shared weights counted once), as peft counts them."""
+    if hasattr(model, "get_nb_trainable_parameters"):
+        trainable, total = model.get_nb_trainable_parameters()
+    else:
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in model.parameters())
+    return {"trainable": int(trainable), "total": int(total),
+            "trainable_pct": round(100.0 * trainable / max(total, 1), 6)}

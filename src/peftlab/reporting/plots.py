@@ -1,0 +1,91 @@
+"""The report's plots: parameters against the metric (Pareto front), validation loss per group,
+throughput and peak memory per group."""
+
+from __future__ import annotations
+
+import csv
+import statistics
+from pathlib import Path
+from typing import Any
+
+from peftlab.reporting.runs import Group, Run
+
+
+def pareto_front(points: list[tuple[float, float]], greater_is_better: bool = True) -> list[int]:
+    """Indices of the points no other point beats with fewer parameters and a better metric."""
+    if not greater_is_better:
+        points = [(x, -y) for x, y in points]
+    front = []
+    for i, (x, y) in enumerate(points):
+        if not any((x2 <= x and y2 >= y) and (x2 < x or y2 > y) for j, (x2, y2) in enumerate(points) if j != i):
+            front.append(i)
+    return sorted(front, key=lambda i: points[i][0])
+
+
+def val_curves(run: Run) -> dict[int, float]:
+    path = run.path / "logs" / "metrics.csv"
+    if not path.exists():
+        return {}
+    curve = {}
+    with open(path) as f:
+        for row in csv.DictReader(f):
+            if row.get("val/loss"):
+                curve[int(row["step"])] = float(row["val/loss"])
+    return curve
+
+
+def plot(groups: list[Group], rows: list[dict[str, Any]], metric: str, out: Path,
+         greater_is_better: bool = True) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    ok = [(g, r) for g, r in zip(groups, rows, strict=True) if r[f"{metric}_mean"] is not None and r["trainable"]]
+    # 1. trainable parameters (log) against the test metric, Pareto front marked
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    pts = [(r["trainable"], r[f"{metric}_mean"]) for _, r in ok]
+    for (g, r), (x, y) in zip(ok, pts, strict=True):
+        ax.errorbar(x, y, yerr=r[f"{metric}_std"] or 0, fmt="o", capsize=3)
+        ax.annotate(g.setting, (x, y), textcoords="offset points", xytext=(5, 5), fontsize=7)
+    front = pareto_front(pts, greater_is_better)
+    if front:
+        ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], "--", color="gray", label="Pareto front")
+        ax.legend(loc="lower right")
+    ax.set_xscale("log")
+    ax.set(xlabel="trainable parameters (log scale)", ylabel=f"test {metric}",
+           title=f"{metric} vs. trainable parameters")
+    fig.tight_layout()
+    fig.savefig(out / "params_vs_metric.png", dpi=120)
+    written.append("params_vs_metric.png")
+    plt.close(fig)
+    # 2. validation loss curves, mean over seeds
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for g in groups:
+        curves = [c for c in (val_curves(r) for r in g.finished) if c]
+        if not curves:
+            continue
+        steps = sorted(set.intersection(*(set(c) for c in curves)))
+        ax.plot(steps, [statistics.fmean(c[s] for c in curves) for s in steps], marker="o", label=g.setting)
+    ax.set(xlabel="step", ylabel="validation loss", title="validation loss (mean over seeds)")
+    if ax.lines:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "val_loss.png", dpi=120)
+    written.append("val_loss.png")
+    plt.close(fig)
+    # 3. throughput and peak memory per group
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4.5))
+    names = [r["setting"] for r in rows]
+    a1.barh(names, [r["tokens_per_s_mean"] or 0 for r in rows])
+    a1.set(xlabel="training tokens / s", title="throughput")
+    a2.barh(names, [r["peak_rss_mb_mean"] or 0 for r in rows])
+    a2.set(xlabel="peak RSS (MiB)", title="peak memory")
+    for a in (a1, a2):
+        a.tick_params(axis="y", labelsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "throughput_memory.png", dpi=120)
+    written.append("throughput_memory.png")
+    plt.close(fig)
+    return written

@@ -1,0 +1,114 @@
+"""The task registry, and what a task type owns.
+
+A task type (causal LM, classification, ...) owns everything that differs between kinds of
+training: the transformers auto class and peft's task type, how a record becomes an example and
+examples a batch, the training loss, evaluation and its metrics, the primary metric and its
+direction, and what a merge verification compares. Everything else (the LightningModule, the
+data module, training, evaluation, merge) asks the task and never branches on its name.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import Any, Callable, ClassVar, Optional
+
+import torch
+
+from peftlab.config.plugins import register_task_type
+from peftlab.config.schema import DataSchema
+from peftlab.errors import ConfigError
+from peftlab.tasks.metrics import SplitMetrics
+
+
+class Task:
+    """One task type, bound to a run's data config. Subclasses set the class attributes and
+    implement the methods below, then register with ``@register_task``."""
+
+    name: ClassVar[str]  # data.task_type
+    peft_task_type: ClassVar[str]  # peft's TaskType
+    generative: ClassVar[bool]  # the model generates text (a causal LM head)
+    primary_metric: ClassVar[str]  # what sweeps, reports and merge checks look at first
+    greater_is_better: ClassVar[bool] = True
+    metric_names: ClassVar[tuple[str, ...]]  # what evaluation reports on a test split
+    probe_name: ClassVar[str]  # what ``probe`` returns, in words (merge reports)
+
+    def __init__(self, data: DataSchema, labels: Optional[list[str]] = None):
+        self.data = data
+        self._labels = labels
+
+    # ------------------------------------------------------------------------------- the model
+    @classmethod
+    def auto_class(cls) -> Any:
+        """The transformers auto class that loads a model for this task."""
+        raise NotImplementedError
+
+    @classmethod
+    def checkpoint_class(cls) -> Any:
+        """The class a random-init backbone serving this task is saved with (heads that belong
+        to the pretrained model are saved; task heads sized at load time are not)."""
+        raise NotImplementedError
+
+    @cached_property
+    def labels(self) -> Optional[list[str]]:
+        """Class names in id order, for tasks that have classes."""
+        return self._labels
+
+    def model_kwargs(self) -> dict[str, Any]:
+        """Extra ``from_pretrained`` / config arguments (a classification head's size)."""
+        return {}
+
+    # -------------------------------------------------------------------------------- the data
+    def encoder(self, tokenizer: Any) -> Callable[[dict[str, Any], str], dict[str, Any]]:
+        """A function (record, where) -> example; ``where`` names the file and line for errors.
+        Examples carry ``truncated`` (cut by data.max_length)."""
+        raise NotImplementedError
+
+    def collator(self, tokenizer: Any, evaluation: bool) -> Callable[[list[dict[str, Any]]], dict[str, Any]]:
+        raise NotImplementedError
+
+    # ---------------------------------------------------------------------- training, evaluation
+    def loss(self, model: torch.nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(summed loss, count it averages over) for one batch."""
+        raise NotImplementedError
+
+    def metrics(self, test: bool) -> SplitMetrics:
+        raise NotImplementedError
+
+    def evaluate(self, model: torch.nn.Module, tokenizer: Any, batch: dict[str, Any],
+                 metrics: SplitMetrics) -> list[dict[str, Any]]:
+        """Update ``metrics`` with one batch; returns its predictions (prediction, reference, correct)."""
+        raise NotImplementedError
+
+    # -------------------------------------------------------------------------- merge checks
+    def verification_logits(self, model: torch.nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """fp32 logits a merge must reproduce: ``all`` (every real position) and ``answer`` (the
+        positions the task is judged on), as (positions, classes) tensors."""
+        raise NotImplementedError
+
+    def probe(self, model: torch.nn.Module, tokenizer: Any, batch: dict[str, Any]) -> list[str]:
+        """Discrete outputs a merge must reproduce exactly in fp32 (``probe_name``)."""
+        raise NotImplementedError
+
+
+TASKS: dict[str, type[Task]] = {}
+
+
+def register_task(cls: type[Task]) -> type[Task]:
+    """Class decorator: ``data.task_type=<cls.name>`` then uses ``cls``."""
+    if cls.name in TASKS:
+        raise ValueError(f"task type {cls.name!r} is registered twice")
+    TASKS[cls.name] = cls
+    register_task_type(cls.name)
+    return cls
+
+
+def task_class(name: str) -> type[Task]:
+    try:
+        return TASKS[name]
+    except KeyError:
+        raise ConfigError(f"data.task_type must be one of {', '.join(TASKS)}, got {name!r}") from None
+
+
+def make_task(data: DataSchema, labels: Optional[list[str]] = None) -> Task:
+    """The task object of a run's data config."""
+    return task_class(data.task_type)(data, labels)

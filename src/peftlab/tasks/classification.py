@@ -1,0 +1,91 @@
+"""Sequence classification: text -> one of ``data.labels``. Cross-entropy on the class logits;
+accuracy and macro-F1."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import Any, Callable, Optional
+
+import torch
+import torch.nn.functional as F
+
+from peftlab.data.collators import ClassificationCollator
+from peftlab.data.sources import resolve_labels
+from peftlab.data.tokenize import encode_classification
+from peftlab.tasks.base import Task, register_task
+from peftlab.tasks.metrics import SplitMetrics
+
+
+@register_task
+class ClassificationTask(Task):
+    name = "seq_cls"
+    peft_task_type = "SEQ_CLS"
+    generative = False
+    primary_metric = "accuracy"
+    metric_names = ("accuracy", "macro_f1", "loss")
+    probe_name = "predicted labels"
+
+    @classmethod
+    def auto_class(cls) -> Any:
+        from transformers import AutoModelForSequenceClassification
+
+        return AutoModelForSequenceClassification
+
+    @classmethod
+    def checkpoint_class(cls) -> Any:
+        from transformers import AutoModel
+
+        return AutoModel  # the classification head is added at load time, sized to the labels
+
+    @cached_property
+    def labels(self) -> Optional[list[str]]:
+        """data.labels, else the sorted label values of the train split (read once)."""
+        return self._labels or resolve_labels(self.data)
+
+    def model_kwargs(self) -> dict[str, Any]:
+        labels = self.labels
+        return {"num_labels": len(labels), "id2label": dict(enumerate(labels)),
+                "label2id": {name: i for i, name in enumerate(labels)}}
+
+    def encoder(self, tokenizer: Any) -> Callable[[dict[str, Any], str], dict[str, Any]]:
+        d, label_ids = self.data, {name: i for i, name in enumerate(self.labels)}
+
+        def encode_record(row: dict[str, Any], where: str) -> dict[str, Any]:
+            return encode_classification(tokenizer, str(row[d.prompt_field]), str(row[d.response_field]), label_ids,
+                                         d.max_length, where)
+
+        return encode_record
+
+    def collator(self, tokenizer: Any, evaluation: bool) -> Callable:
+        return ClassificationCollator(tokenizer.pad_token_id)
+
+    def _logits(self, model, batch) -> torch.Tensor:
+        return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+
+    def loss(self, model, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self._logits(model, batch)
+        return F.cross_entropy(logits, batch["labels"], reduction="sum"), batch["labels"].new_tensor(len(logits))
+
+    def metrics(self, test: bool) -> SplitMetrics:
+        from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+
+        n = len(self.labels)
+        return SplitMetrics({"accuracy": MulticlassAccuracy(num_classes=n, average="micro"),
+                             "macro_f1": MulticlassF1Score(num_classes=n, average="macro")})
+
+    def evaluate(self, model, tokenizer, batch, metrics: SplitMetrics) -> list[dict[str, Any]]:
+        logits, labels = self._logits(model, batch), batch["labels"]
+        metrics.update_loss(F.cross_entropy(logits, labels, reduction="sum"), len(labels))
+        predicted = logits.argmax(-1)
+        metrics.task.update(predicted, labels)
+        return [{"prediction": self.labels[p], "reference": self.labels[r], "correct": p == r}
+                for p, r in zip(predicted.tolist(), labels.tolist(), strict=True)]
+
+    @torch.no_grad()
+    def verification_logits(self, model, batch) -> dict[str, torch.Tensor]:
+        logits = self._logits(model, batch)
+        return {"all": logits, "answer": logits}
+
+    @torch.no_grad()
+    def probe(self, model, tokenizer, batch) -> list[str]:
+        return [self.labels[i] for i in self._logits(model, batch).argmax(-1).tolist()]
