@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from peftlab.export import VerificationError, merge_run
+from peftlab.methods import METHODS
 from peftlab.outputs import load_run_config
 
 from conftest import USER_CACHE, compose, run_cli
@@ -112,8 +113,11 @@ def test_a_run_trained_in_bf16_merges_in_bf16(tmp_path, cache_dir):
     assert report["tolerance"]["max_abs"] is None
 
 
-@pytest.mark.parametrize("overrides", [["method=ia3"], ["method.use_dora=true"]])
-def test_ia3_and_dora_merge_like_lora(tmp_path, cache_dir, overrides):
+MERGEABLE = [[f"method={m}"] for m in sorted(METHODS) if METHODS[m].capabilities.mergeable]
+
+
+@pytest.mark.parametrize("overrides", [*MERGEABLE, ["method.use_dora=true"]], ids=lambda o: o[0])
+def test_every_mergeable_method_merges_exactly(tmp_path, cache_dir, overrides):
     run = make_run(tmp_path, "run", *overrides)
     report = merge_run(run, load_run_config(run), tmp_path / "merged")
     assert report["passed"] and report["checks"]["reloaded"]["max_abs_error"] <= 1e-4

@@ -147,6 +147,7 @@ def merge_run(run_dir: Path, run, out_dir: Path, dtype: Optional[str] = None, ca
             tokenizer.save_pretrained(tmp)
             del merged
             r.model = r.backbone.model = None
+            gc.collect()  # peft models hold reference cycles: free the merged weights before the reload
             reloaded = r.task.auto_class().from_pretrained(tmp, dtype=DTYPES[dtype], local_files_only=True,
                                                            **r.task.model_kwargs()).eval()
             checks["reloaded"] = check_model(reloaded, r.task, tokenizer, batches, probe_batch, ref)
