@@ -29,7 +29,7 @@ def cache_dir(tmp_path_factory, request) -> Path:
     os.environ["PEFTLAB_CACHE_DIR"] = str(path)
     yield path
     if "not slow" in (request.config.getoption("-m") or ""):  # the fast suite stays on tiny models
-        real = [p.name for p in path.glob("models/*") if not p.name.startswith("tiny_")]
+        real = [p.name for p in path.glob("models/*") if not p.name.startswith(("tiny_", "."))]
         assert not real, f"a fast test built a real model into the test cache: {real}"
 
 

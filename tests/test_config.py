@@ -28,11 +28,17 @@ def _options(group: str) -> list[str]:
 
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in _options(g)])
 def test_every_group_option_composes_and_validates(group, option):
+    import torch
+
     overrides = [f"{group}={option}", *REQUIRED.get(f"{group}/{option}", [])]
     if group == "precision" and option.startswith("fp16"):
         overrides.append("hardware=gpu")
     if group == "model" and option in CLASSIFIERS:
         overrides.append("data=reviews")
+    if "hardware=gpu" in overrides and not torch.cuda.is_available():  # composes; validation names the reason
+        with pytest.raises(ConfigError, match="hardware.accelerator=gpu: this machine has no CUDA device"):
+            validate(compose(overrides))
+        return
     conf = validate(compose(overrides))
     assert isinstance(conf, TrainSchema)
     if group in ("method", "recipe"):
@@ -67,7 +73,7 @@ def test_defaults_list_names_every_group():
     (["+method.rr=4"], "method.rr: unknown key for method 'lora'"),
     (["method.r=-1"], "method.r must be > 0, got -1"),
     (["method.lora_dropout=1.5"], "method.lora_dropout must be in [0, 1), got 1.5"),
-    (["optim.lr=0"], "optim.lr must be > 0, got 0.0"),
+    (["optim.lr=0"], "optim.lr must be a finite number > 0, got 0.0"),
     (["trainer.max_steps=-3"], "trainer.max_steps must be > 0 (or -1 for epochs), got -3"),
     (["+model.colour=red"], "model.colour: unknown key"),
     (["+foo=1"], "foo: unknown key"),
@@ -95,7 +101,7 @@ def test_validate_rejects_bad_values(overrides, message):
 def test_validate_collects_every_problem_at_once():
     with pytest.raises(ConfigError) as err:
         validate(compose(["method.r=-1", "optim.lr=0"]))
-    assert "method.r must be > 0" in str(err.value) and "optim.lr must be > 0" in str(err.value)
+    assert "method.r must be > 0" in str(err.value) and "optim.lr must be a finite number > 0" in str(err.value)
 
 
 # --- the CLI: each bad override exits 2 with one line and leaves no run folder -------------------
@@ -108,7 +114,7 @@ CLI_CASES = {
     "method.lora_dropout=1.5": "method.lora_dropout must be in [0, 1), got 1.5",
     "model=nope": "model=nope: no such config (available:",
     "trainer.max_steps=-3": "trainer.max_steps must be > 0 (or -1 for epochs), got -3",
-    "optim.lr=0": "optim.lr must be > 0, got 0.0",
+    "optim.lr=0": "optim.lr must be a finite number > 0, got 0.0",
     "objective=test.exact_matc": "objective: 'test.exact_matc' is not a number this run reports (known: "
                                  "test.exact_match, test.loss, test.perplexity, zero_shot.exact_match",
     "method.target_modules=[nonexistent]": "method.target_modules: no module named 'nonexistent' in the model "

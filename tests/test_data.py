@@ -73,7 +73,10 @@ def test_field_mapping(tmp_path):
     rows = [{"question": f"q{i}", "answer": f"a{i}"} for i in range(10)]
     cfg = data_cfg(write_jsonl(tmp_path / "qa.jsonl", rows), "data.prompt_field=question",
                    "data.response_field=answer")
-    assert load_splits(cfg)["train"][0].keys() == {"question", "answer"}
+    from peftlab.data.sources import WHERE
+
+    row = load_splits(cfg)["train"][0]
+    assert row.keys() == {"question", "answer", WHERE} and row[WHERE].startswith(f"{tmp_path / 'qa.jsonl'} line ")
 
 
 @pytest.mark.parametrize("case,message", [

@@ -35,7 +35,7 @@ CELLS = [(m, f) for m in sorted(METHODS) for f in FAMILIES]
 
 
 def setup_cell(method: str, family: str, cache_dir, extra=()):
-    from peftlab.data import TaskDataModule
+    from peftlab.data.datamodule import TaskDataModule
 
     model_name, data_name, overrides = FAMILIES[family]
     conf, task, bb = build([f"model={model_name}", f"data={data_name}", f"method={method}", *overrides, *extra],

@@ -134,7 +134,7 @@ def test_generate_is_greedy_and_strips_the_prompt(cache_dir, causal_task):
 def test_generation_stops_at_every_end_token_of_the_generation_config(cache_dir):
     """A chat model often ends a turn with a token other than the tokenizer's EOS (its generation
     config lists several): greedy decoding must stop at any of them."""
-    from peftlab.tasks.causal_lm import end_tokens, generate
+    from peftlab.tasks.generation import end_tokens, generate
 
     _, task, bb = build(["model=tiny_llama", "data.max_new_tokens=12"], cache_dir)
     model = bb.model.eval()

@@ -7,6 +7,7 @@ import time
 import lightning as L
 import torch
 
+from peftlab.errors import PeftlabError
 from peftlab.memory import peak_rss_mb
 
 
@@ -37,3 +38,66 @@ class TrainingMeter(L.Callback):
                         "peak_rss_mb": round(peak_rss_mb(), 1)}
         if torch.cuda.is_available():
             self.summary["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+
+
+class Diverged(PeftlabError):
+    """Training met a non-finite loss or gradient."""
+
+    def __init__(self, step: int, what: str):
+        super().__init__(f"training diverged at step {step}: {what}")
+        self.step, self.what = step, what
+
+
+class DivergenceGuard(L.Callback):
+    """Stops training at the first non-finite loss or gradient, before the optimizer applies it:
+    the weights and every checkpoint written so far stay those of the last good step."""
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        step = trainer.global_step + 1
+        loss = getattr(pl_module, "last_loss", None)
+        if loss is not None and not torch.isfinite(loss):
+            raise Diverged(step, f"the training loss is {float(loss)}")
+        grads = [p.grad for p in pl_module.parameters() if p.requires_grad and p.grad is not None]
+        if grads and not bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()):
+            raise Diverged(step, "the gradients are not finite")
+
+
+class ResumeState(L.Callback):
+    """Every random generator a training step draws from, saved with each checkpoint and restored
+    when a resumed fit starts. With the weights, optimizer and schedule (Lightning's) and the data
+    order (the training loader's own state), a resumed run continues exactly where the interrupted
+    one stopped. Saved as tensors and plain values, so checkpoints load with ``weights_only=True``."""
+
+    def __init__(self) -> None:
+        self._pending: dict | None = None
+
+    def state_dict(self) -> dict:
+        import random
+
+        import numpy as np
+
+        kind, keys, pos, has_gauss, gauss = np.random.get_state()
+        state = {"torch": torch.random.get_rng_state(), "python": random.getstate(),
+                 "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype("int64")), "pos": int(pos),
+                           "has_gauss": int(has_gauss), "gauss": float(gauss)}}
+        if torch.cuda.is_available():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._pending = state_dict
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        import random
+
+        import numpy as np
+
+        state, self._pending = self._pending, None
+        if not state:
+            return
+        torch.random.set_rng_state(state["torch"])
+        random.setstate(state["python"])
+        n = state["numpy"]
+        np.random.set_state((n["kind"], n["keys"].numpy().astype("uint32"), n["pos"], n["has_gauss"], n["gauss"]))
+        if "cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any, Optional
 
 import hydra
-import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
@@ -23,12 +22,9 @@ from peftlab.cli import run_app
 from peftlab.config import CONF_DIR, validate
 from peftlab.config.commands import EvalSchema, TrainSchema
 from peftlab.config.schema import DataSchema, ModelSchema
-from peftlab.data import TaskDataModule
-from peftlab.models import DTYPES, display_name, load_backbone
-from peftlab.module import PeftLabModule
-from peftlab.outputs import check_fresh_run_dir, load_run_config, versions, write_json, write_jsonl
+from peftlab.errors import ConfigError
+from peftlab.outputs import check_fresh_run_dir, folder_lock, load_run_config, versions, write_json, write_jsonl
 from peftlab.tasks import Task, make_task
-from peftlab.trainer import make_eval_trainer, split_metrics
 
 log = logging.getLogger("peftlab.eval")
 
@@ -48,6 +44,8 @@ def _run_data(run: TrainSchema, cli_overrides: list[str]) -> DataSchema:
 def load_for_eval(model_cfg: ModelSchema, run_dir: Optional[Path], cache_dir: str, task: Task, dtype: str):
     """(model, tokenizer): the base model, or a run's adapter on it (its whole model when the run
     saved a whole model instead of an adapter)."""
+    from peftlab.models import DTYPES, load_backbone
+
     backbone = load_backbone(model_cfg, cache_dir, task, dtype)
     if run_dir is None:
         return backbone.model, backbone.tokenizer
@@ -56,23 +54,40 @@ def load_for_eval(model_cfg: ModelSchema, run_dir: Optional[Path], cache_dir: st
         from peft import PeftModel
 
         return PeftModel.from_pretrained(backbone.model, adapter), backbone.tokenizer
+    if not (adapter / "config.json").is_file():
+        raise ConfigError(f"run_dir: {adapter} holds neither a peft adapter (adapter_config.json) nor a whole "
+                          "model (config.json)")
     return task.auto_class().from_pretrained(adapter, dtype=DTYPES[dtype], local_files_only=True), backbone.tokenizer
 
 
 def evaluate_cfg(cfg: DictConfig) -> dict[str, Any]:
     conf = validate(cfg, EvalSchema)
     out_dir = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else Path(conf.paths.run_dir)
-    check_fresh_run_dir(out_dir)
-    L.seed_everything(conf.seed, workers=True, verbose=False)
+    with folder_lock(out_dir):
+        check_fresh_run_dir(out_dir)
+        return _evaluate(conf, out_dir)
+
+
+def _evaluate(conf: EvalSchema, out_dir: Path) -> dict[str, Any]:
     run_dir = Path(conf.run_dir) if conf.run_dir else None
     model_cfg, data_cfg, method = conf.model, conf.data, None
-    if run_dir is not None:
-        run = load_run_config(run_dir)
+    if run_dir is not None:  # the run folder says which model and task; never whether to run remote code
+        run = load_run_config(run_dir, trust_remote_code=conf.trust_remote_code)
         model_cfg, method = run.model, run.method.name
         overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
         if not any(o.startswith("data=") for o in overrides):
             data_cfg = _run_data(run, overrides)
     task = make_task(data_cfg)
+    import lightning as L  # the heavy libraries, once the config is valid
+
+    from peftlab.cli import quiet_libraries
+    from peftlab.data.datamodule import TaskDataModule
+    from peftlab.models import display_name
+    from peftlab.module import PeftLabModule
+    from peftlab.trainer import make_eval_trainer, split_metrics
+
+    quiet_libraries()
+    L.seed_everything(conf.seed, workers=True, verbose=False)
     model, tokenizer = load_for_eval(model_cfg, run_dir, conf.paths.cache_dir, task, conf.precision.dtype)
     data = TaskDataModule(task, tokenizer, seed=conf.seed, test_split=conf.split)
     module = PeftLabModule(model.eval(), task, tokenizer)

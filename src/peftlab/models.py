@@ -12,6 +12,7 @@ import importlib.util
 import json
 import logging
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -20,7 +21,7 @@ import torch
 
 from peftlab.config.schema import ModelSchema
 from peftlab.errors import ConfigError
-from peftlab.outputs import atomic_path
+from peftlab.outputs import atomic_path, remove_stale_temps, waiting_lock
 from peftlab.tasks import Task, task_class
 
 log = logging.getLogger(__name__)
@@ -67,16 +68,28 @@ def _fingerprint(*parts: Any) -> str:
 
 
 def _build_atomically(final: Path, build: Callable[[Path], None]) -> Path:
-    """Run ``build(tmp_dir)`` and rename the folder into place; safe when two runs race."""
+    """Run ``build(tmp_dir)`` and rename the folder into place, under a lock on the entry: a second
+    run waits for the first and reuses its folder, and what a killed build left is removed."""
     if (final / "config.json").exists():
         return final
-    final.parent.mkdir(parents=True, exist_ok=True)
     try:
-        with atomic_path(final) as tmp:
-            build(tmp)
-    except (OSError, ConfigError):  # another process finished first: keep its folder
-        if not (final / "config.json").exists():
-            raise
+        final.parent.mkdir(parents=True, exist_ok=True)
+        (final.parent / f".{final.name}.lock").touch()
+    except OSError as err:
+        raise ConfigError(f"paths.cache_dir: cannot write {final.parent} ({err.strerror}); point paths.cache_dir "
+                          "or PEFTLAB_CACHE_DIR at a writable folder") from None
+    try:
+        with waiting_lock(final.parent / f".{final.name}.lock"):
+            if (final / "config.json").exists():
+                return final
+            remove_stale_temps(final.parent, final.name)
+            if final.exists():  # a folder without config.json: not one peftlab finished
+                shutil.rmtree(final)
+            with atomic_path(final) as tmp:
+                build(tmp)
+    except PermissionError as err:
+        raise ConfigError(f"paths.cache_dir: cannot write {final.parent} ({err.strerror}); point paths.cache_dir "
+                          "or PEFTLAB_CACHE_DIR at a writable folder") from None
     return final
 
 
@@ -204,7 +217,11 @@ def load_backbone(cfg: ModelSchema, cache_dir: str | os.PathLike, task: Task, dt
         model = task.auto_class().from_pretrained(path, dtype=DTYPES[dtype], **common, **task.model_kwargs())
     except (OSError, ValueError) as err:
         where = "model.name_or_path" if cfg.name_or_path else f"model={cfg.name}"
-        raise ConfigError(f"{where}: cannot load {path!r}: {str(err).splitlines()[0]}") from None
+        reason = str(err).splitlines()[0]
+        if "custom code" in reason:
+            reason = ("its code lives in the model folder and runs only if you allow it (model.trust_remote_code=true "
+                      "on the peftlab-train command line, trust_remote_code=true for peftlab-eval and peftlab-merge)")
+        raise ConfigError(f"{where}: cannot load {path!r}: {reason}") from None
     ensure_pad_token(tokenizer, model)
     return Backbone(model=model, tokenizer=tokenizer, path=path)
 

@@ -13,17 +13,17 @@ from typing import Any, Optional
 
 import lightning as L
 import torch
-from hydra.utils import instantiate
 
 from peftlab.config.schema import OptimSchema
+from peftlab.config.targets import instantiate
 from peftlab.errors import ConfigError
 from peftlab.methods import trainable_parameters
 
 
 def build_optimizer(model: torch.nn.Module, optim: OptimSchema) -> torch.optim.Optimizer:
     """The configured optimizer over the trainable parameters only."""
-    return instantiate(optim.optimizer, params=trainable_parameters(model), lr=optim.lr,
-                       weight_decay=optim.weight_decay, _convert_="all")
+    return instantiate(optim.optimizer, "optim.optimizer", params=trainable_parameters(model), lr=optim.lr,
+                       weight_decay=optim.weight_decay)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, optim: OptimSchema, total_steps: int):
@@ -49,6 +49,7 @@ class PeftLabModule(L.LightningModule):
         self.val_metrics = task.metrics(test=False)
         self.test_metrics = task.metrics(test=True)
         self.predictions: list[dict[str, Any]] = []
+        self.last_loss: Optional[torch.Tensor] = None
         self.strict_loading = False  # checkpoints hold the trainable parameters only: on_load_checkpoint checks
 
     def on_fit_start(self) -> None:
@@ -58,6 +59,7 @@ class PeftLabModule(L.LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         total, count = self.task.loss(self.model, batch)
         loss = total / count.clamp(min=1)
+        self.last_loss = loss.detach()  # for the divergence guard
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
         return loss
 
@@ -118,6 +120,18 @@ class PeftLabModule(L.LightningModule):
         if problem:
             raise ConfigError(f"resume_from: the checkpoint does not fit this run's trainable parameters ({problem}): "
                               "resume with the method settings it was trained with")
+
+
+def read_checkpoint(path: str) -> dict[str, Any]:
+    """A checkpoint file read as data (``weights_only=True``: tensors and plain values only)."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:  # torch raises many types for files that are not checkpoints
+        first = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
+        raise ConfigError(f"resume_from: {path} is not a checkpoint peftlab can read ({first[:200]})") from None
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "global_step" not in checkpoint:
+        raise ConfigError(f"resume_from: {path} is not a Lightning checkpoint of a peftlab run (no state_dict)")
+    return checkpoint
 
 
 def _some(names: set[str], n: int = 3) -> str:

@@ -24,7 +24,6 @@ from peftlab.config import CONF_DIR, validate
 from peftlab.config.commands import ParamsSchema
 from peftlab.errors import ConfigError
 from peftlab.methods import BuildContext, apply_method, count_parameters
-from peftlab.models import build_on_meta, display_name
 from peftlab.outputs import write_json
 from peftlab.tasks import task_class
 
@@ -35,6 +34,8 @@ COLUMNS = ("model", "method", "task_type", "trainable", "adapter_only", "total",
 
 def count(conf: ParamsSchema) -> dict[str, Any]:
     """One row: the counts of ``conf.model`` under ``conf.method``."""
+    from peftlab.models import build_on_meta, display_name  # torch, once the config is valid
+
     task_type = conf.task_type or conf.model.tasks[0]
     if task_type not in conf.model.tasks:
         raise ConfigError(f"task_type={task_type} does not fit model={conf.model.name}, "

@@ -37,7 +37,7 @@ def report_cfg(cfg: DictConfig) -> dict[str, Any]:
         out = inputs[0] / "report"
     else:
         out = Path(HydraConfig.get().runtime.output_dir)
-    return write_report(inputs, out, conf.plots)
+    return write_report(inputs, out, conf.plots, conf.overwrite)
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="report")

@@ -1,54 +1,48 @@
-"""``peftlab-train``: validate, build, test the untouched base, fit, test, save, report.
+"""``peftlab-train``: validate, lock the run folder, run the job (training.py), merge, report.
 
     peftlab-train                         # SmolLM2-135M + LoRA on the date task
     peftlab-train method=lora method.r=4 trainer.max_steps=200
     peftlab-train -m method=lora,full seed=1,2,3
+    peftlab-train resume=outputs/runs/<stamp>     # continue a killed run, exactly, in its own folder
+
+The libraries that train (torch, Lightning, transformers, peft) load once the config is valid, so
+a bad override fails within a second.
 """
 
 from __future__ import annotations
 
-import gc
 import json
 import logging
-import time
 from pathlib import Path
 from typing import Any, Optional
 
 import hydra
-import lightning as L
-import torch
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from peftlab.callbacks import TrainingMeter
+import peftlab.methods  # noqa: F401  (registers the method plug-ins)
 from peftlab.cli import run_app
 from peftlab.config import CONF_DIR, validate
 from peftlab.config.commands import TrainSchema
-from peftlab.data import TaskDataModule
 from peftlab.errors import ConfigError, PeftlabError
-from peftlab.export import VerificationError, merge_run
-from peftlab.memory import peak_rss_mb, reset_peak_rss
-from peftlab.methods import BuildContext, apply_method, count_parameters, peft_config_for
-from peftlab.models import display_name, enable_gradient_checkpointing, load_backbone
-from peftlab.module import PeftLabModule
 from peftlab.outputs import (
-    atomic_path,
     check_fresh_run_dir,
     discard_unstarted_run_dir,
+    folder_lock,
     metric_at,
-    versions,
+    run_status,
     write_json,
-    write_jsonl,
 )
-from peftlab.sweeps import in_multirun, record_failure, threads_per_parallel_job, write_rerun_config
+from peftlab.sweeps import in_multirun, record_failure
 from peftlab.tasks import Task, make_task
-from peftlab.trainer import make_trainer, split_metrics
 
 log = logging.getLogger("peftlab.train")
 
 # numbers every run reports, whatever its task (dotted metrics.json keys)
 RUN_NUMBERS = ("train.steps", "train.wall_s", "train.tokens_per_s", "memory.peak_rss_mb", "params.trainable",
                "params.total", "params.trainable_pct")
+# what a resumed run may set besides resume=: how it shows progress and how many threads it uses
+RESUME_MAY_SET = ("trainer.enable_progress_bar=", "hardware.threads=")
 
 
 def objective_key(conf: TrainSchema, task: Task) -> str:
@@ -63,115 +57,72 @@ def objective_key(conf: TrainSchema, task: Task) -> str:
     return conf.objective
 
 
-def evaluate(trainer: L.Trainer, module: PeftLabModule, data: TaskDataModule) -> dict[str, float]:
-    """Test ``module`` on the data module's test split."""
-    results = trainer.test(module, datamodule=data, verbose=False)
-    return split_metrics(results[0], "test")
+def resume_args(argv: list[str]) -> list[str]:
+    """``resume=<run_dir>``: the command line that continues a killed run in its own folder, with
+    the overrides it started with (read from the folder as data) and its last checkpoint."""
+    import yaml
+
+    given = [a for a in argv if a.startswith("resume=")]
+    if not given:
+        return argv
+    folder = Path(given[-1].split("=", 1)[1]).expanduser()
+    rest = [a for a in argv if not a.startswith("resume=")]
+    extra = [a for a in rest if not a.startswith(RESUME_MAY_SET)]
+    if extra:
+        raise ConfigError(f"resume: {extra[0]}: a resumed run keeps the settings it started with; to train on "
+                          f"with other settings, start a new run with resume_from={folder}/checkpoints/last.ckpt")
+    overrides_file = folder / ".hydra" / "overrides.yaml"
+    # the newest checkpoint (checkpoints are written whole, then renamed: a kill between a step's
+    # checkpoint and last.ckpt leaves the step's the newest)
+    last = max((folder / "checkpoints").glob("*.ckpt"), key=lambda p: p.stat().st_mtime_ns, default=None)
+    if run_status(folder):
+        raise ConfigError(f"resume: {folder} has ended ({run_status(folder)}, see its metrics.json); "
+                          "nothing to resume")
+    if not overrides_file.is_file():
+        raise ConfigError(f"resume: {folder} is not a peftlab-train run folder (no .hydra/overrides.yaml)")
+    if last is None:
+        raise ConfigError(f"resume: {folder} has no checkpoint yet ({folder / 'checkpoints'}); start it again "
+                          "instead")
+    try:
+        original = yaml.safe_load(overrides_file.read_text()) or []
+    except yaml.YAMLError as err:
+        raise ConfigError(f"resume: {overrides_file} is not readable ({str(err).splitlines()[0]})") from None
+    if not isinstance(original, list) or not all(isinstance(o, str) for o in original):
+        raise ConfigError(f"resume: {overrides_file} is not a list of overrides")
+    for o in original:  # data, not code: nothing that configures Hydra itself
+        if o.lstrip("+~").startswith("hydra") or o.startswith("-"):
+            raise ConfigError(f"resume: {overrides_file}: {o!r} is not an override a run folder may hold")
+    kept = [o for o in original if not o.startswith(("resume_from=", *RESUME_MAY_SET))]
+    return [*kept, *rest, f"hydra.run.dir={folder}", f"resume_from={last}"]
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Run one training job from a composed config; returns what it writes to metrics.json."""
     run_dir = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else Path(cfg.paths.run_dir)
-    try:
-        conf = validate(cfg, TrainSchema)
-        check_fresh_run_dir(run_dir)
-        metrics = _train(conf, cfg, run_dir)
-    except PeftlabError:
-        discard_unstarted_run_dir(run_dir)
-        raise
-    # after _train has returned, so that the training model, optimizer and trainer are freed: the
-    # merge loads the saved adapter afresh
-    if conf.merge_after and metrics.get("adapter") and type(conf.method).capabilities.mergeable:
-        metrics["merge"] = _merge_after(conf, run_dir, metrics["test"])
-        write_json(run_dir / "metrics.json", metrics)
-    return metrics
+    with folder_lock(run_dir):  # outside the clean-up below: a folder another command holds is never touched
+        try:
+            conf = validate(cfg, TrainSchema)
+            check_fresh_run_dir(run_dir)
+            task = make_task(conf.data)
+            objective = objective_key(conf, task)
+            from peftlab.training import run_job  # the heavy libraries, once the config is valid
 
-
-def _train(conf: TrainSchema, cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
-    started = time.perf_counter()
-    gc.collect()  # what an earlier job of the same sweep process left behind
-    reset_peak_rss()
-    L.seed_everything(conf.seed, workers=True, verbose=False)
-    threads = conf.hardware.threads or threads_per_parallel_job()
-    if threads:
-        torch.set_num_threads(threads)
-    task = make_task(conf.data)
-    objective = objective_key(conf, task)
-    dry = bool(conf.trainer.fast_dev_run)
-
-    backbone = load_backbone(conf.model, conf.paths.cache_dir, task, conf.precision.dtype)
-    data = TaskDataModule(task, backbone.tokenizer, seed=conf.seed)
-    data.setup()
-    if conf.model.gradient_checkpointing:
-        enable_gradient_checkpointing(backbone.model)
-    # the method's own checks against this backbone (target modules, init text...) before any work
-    context = BuildContext(task, backbone.model, backbone.tokenizer, backbone.path)
-    peft_config_for(conf.method, context)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    write_rerun_config(cfg, run_dir)
-    log.info("model %s (%s), task %s %s", display_name(conf.model), backbone.path, conf.data.name, data.sizes())
-
-    zero_shot: Optional[dict[str, float]] = None
-    if conf.zero_shot and not dry:  # the untouched base, before the method is applied
-        base = PeftLabModule(backbone.model, task, backbone.tokenizer)
-        zero_shot = evaluate(make_trainer(conf, evaluation=True), base, data)
-        write_jsonl(run_dir / "zero_shot_predictions.jsonl", base.predictions)
-        log.info("zero-shot test: %s", zero_shot)
-
-    model = apply_method(backbone.model, conf.method, context)
-    params = count_parameters(model)
-    log.info("method %s: %s trainable of %s parameters (%.4f%%)", conf.method.name,
-             f"{params['trainable']:,}", f"{params['total']:,}", params["trainable_pct"])
-    module = PeftLabModule(model, task, backbone.tokenizer, conf.optim)
-    trainer = make_trainer(conf)
-    trainer.fit(module, datamodule=data, ckpt_path=conf.resume_from)
-    val = split_metrics(trainer.callback_metrics, "val")
-    test = evaluate(trainer, module, data)
-    if dry:
-        log.info("fast_dev_run: nothing saved; test on one batch: %s", test)
-        return {"test": test}
-    if not trainer.is_global_zero:
-        return {"test": test}
-
-    if conf.save_adapter:
-        with atomic_path(run_dir / "adapter") as tmp:
-            model.save_pretrained(tmp)
-            backbone.tokenizer.save_pretrained(tmp)
-    write_jsonl(run_dir / "test_predictions.jsonl", module.predictions)
-
-    meter = next((c for c in trainer.callbacks if isinstance(c, TrainingMeter)), None)
-    speed = meter.summary if meter else {}
-    metrics = {
-        "model": display_name(conf.model),
-        "method": conf.method.name,
-        "task": conf.data.name,
-        "task_type": task.name,
-        "primary_metric": task.primary_metric,
-        "greater_is_better": task.greater_is_better,
-        "objective": objective,
-        "seed": conf.seed,
-        "params": params,
-        "zero_shot": zero_shot,
-        "test": test,
-        "val": val,
-        "train": {"steps": int(trainer.global_step), "wall_s": speed.get("wall_s"),
-                  "tokens_per_s": speed.get("tokens_per_s"), "tokens": speed.get("tokens")},
-        "memory": {"peak_rss_mb": round(peak_rss_mb(), 1), "peak_cuda_mb": speed.get("peak_cuda_mb")},
-        "total_wall_s": round(time.perf_counter() - started, 2),
-        "base_model": backbone.path,
-        "adapter": str(run_dir / "adapter") if conf.save_adapter else None,
-        "data": data.sizes(),
-        "threads": torch.get_num_threads(),
-        "overrides": list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else [],
-        "versions": versions(),
-    }
-    write_json(run_dir / "metrics.json", metrics)
-    log.info("done\n%s", summary(metrics, task, run_dir))
+            metrics = run_job(conf, cfg, run_dir, task, objective)
+        except PeftlabError:
+            discard_unstarted_run_dir(run_dir)
+            raise
+        # after the job has returned, so that the training model, optimizer and trainer are freed: the
+        # merge loads the saved adapter afresh
+        if conf.merge_after and metrics.get("adapter") and type(conf.method).capabilities.mergeable:
+            metrics["merge"] = _merge_after(conf, run_dir, metrics["test"])
+            write_json(run_dir / "metrics.json", metrics)
     return metrics
 
 
 def _merge_after(conf: TrainSchema, run_dir: Path, adapter_test: dict[str, float]) -> dict[str, Any]:
     """The verified merge of peftlab-merge, right after training; its outcome goes to metrics.json."""
+    from peftlab.export import VerificationError, merge_run
+
     try:
         report = merge_run(run_dir, conf, run_dir / "merged", report_dir=run_dir, adapter_metrics=adapter_test)
     except VerificationError as err:
@@ -183,22 +134,6 @@ def _merge_after(conf: TrainSchema, run_dir: Path, adapter_test: dict[str, float
             "max_abs_error_fp64": checks.get("max_abs_error_fp64"),
             "top1_agreement": checks["top1_agreement"], "merged_test": report["metrics"]["merged"],
             "latency_merged_over_base": report["latency"]["merged_over_base"]}
-
-
-def summary(m: dict[str, Any], task: Task, run_dir: Path) -> str:
-    p = m["params"]
-    lines = [f"{m['model']} + {m['method']} on {m['task']} (seed {m['seed']})",
-             f"  trainable parameters: {p['trainable']:,} of {p['total']:,} ({p['trainable_pct']:.3f}%)"]
-    for key in task.metric_names:
-        if key in m["test"]:
-            before = f"zero-shot {m['zero_shot'][key]:.4f} -> " if m["zero_shot"] else ""
-            lines.append(f"  test {key}: {before}fine-tuned {m['test'][key]:.4f}")
-    lines.append(f"  training: {m['train']['steps']} steps in {m['train']['wall_s']} s "
-                 f"({m['train']['tokens_per_s']} tokens/s), peak RSS {m['memory']['peak_rss_mb']} MiB")
-    if m["adapter"]:
-        lines.append(f"  adapter: {m['adapter']}")
-    lines.append(f"  metrics: {run_dir / 'metrics.json'}")
-    return "\n".join(lines)
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
@@ -217,7 +152,7 @@ def _hydra_main(cfg: DictConfig) -> Optional[float]:
 
 
 def main() -> None:
-    run_app(_hydra_main, "peftlab-train")
+    run_app(_hydra_main, "peftlab-train", prepare_argv=resume_args)
 
 
 if __name__ == "__main__":

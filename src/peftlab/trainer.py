@@ -1,14 +1,36 @@
-"""Build the lightning.Trainer from the config: hardware, precision, trainer args, callbacks, loggers."""
+"""Build the lightning.Trainer from the config: hardware, precision, trainer args, callbacks, loggers.
+
+Every training Trainer also gets what makes a run safe to interrupt: the divergence guard, the
+random-generator state in each checkpoint, and checkpoints written atomically and read with
+``weights_only=True``."""
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
+from typing import Any, Optional
 
 import lightning as L
-from hydra.utils import instantiate
+from lightning.fabric.plugins.io import TorchCheckpointIO
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar
 
+from peftlab.callbacks import DivergenceGuard, ResumeState
 from peftlab.config.commands import EvalSchema, TrainSchema
+from peftlab.config.targets import instantiate
+from peftlab.outputs import atomic_path
+
+
+class SafeCheckpointIO(TorchCheckpointIO):
+    """Checkpoints written under a temporary name and renamed (a kill mid-write leaves the previous
+    file whole), and read with ``weights_only=True``: a checkpoint holds tensors and plain values,
+    and nothing in one is unpickled as code."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Optional[Any] = None) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(Path(path), overwrite=True) as tmp:
+            super().save_checkpoint(checkpoint, tmp, storage_options)
+
+    def load_checkpoint(self, path: Any, map_location: Optional[Any] = None, weights_only: Optional[bool] = None):
+        return super().load_checkpoint(path, map_location=lambda storage, loc: storage, weights_only=True)
 
 
 def split_metrics(logged: dict[str, Any], split: str) -> dict[str, float]:
@@ -16,8 +38,8 @@ def split_metrics(logged: dict[str, Any], split: str) -> dict[str, float]:
     return {k.split("/", 1)[1]: round(float(v), 6) for k, v in logged.items() if k.startswith(f"{split}/")}
 
 
-def _instantiate_all(nodes: dict[str, Any]) -> list[Any]:
-    return [instantiate(node, _convert_="all") for node in nodes.values() if node is not None]
+def _instantiate_all(nodes: dict[str, Any], group: str) -> list[Any]:
+    return [instantiate(node, f"{group}.{name}") for name, node in nodes.items() if node is not None]
 
 
 def _placement(conf: TrainSchema | EvalSchema) -> dict[str, Any]:
@@ -30,19 +52,22 @@ def _placement(conf: TrainSchema | EvalSchema) -> dict[str, Any]:
 def make_trainer(conf: TrainSchema, evaluation: bool = False) -> L.Trainer:
     """The Trainer of a run; ``evaluation=True`` gives one that only tests (no logger, no checkpoints)."""
     t = conf.trainer
-    callbacks = _instantiate_all(conf.callbacks)
+    callbacks = _instantiate_all(conf.callbacks, "callbacks")
     if not t.enable_progress_bar:
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     if evaluation:
         callbacks = [c for c in callbacks if isinstance(c, ProgressBar)]
     if t.fast_dev_run:  # a smoke test: nothing it trains is worth keeping (Lightning would still write last.ckpt)
         callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
-    loggers = [] if evaluation else _instantiate_all(conf.logger)
+    loggers = [] if evaluation else _instantiate_all(conf.logger, "logger")
     if not loggers:  # it has nowhere to write (logger=none)
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     has_checkpoint = any(isinstance(c, ModelCheckpoint) for c in callbacks)
+    if not evaluation:
+        callbacks += [DivergenceGuard(), ResumeState()]
     return L.Trainer(
         **_placement(conf),
+        plugins=[SafeCheckpointIO()],
         callbacks=callbacks,
         logger=loggers or False,
         enable_checkpointing=has_checkpoint,

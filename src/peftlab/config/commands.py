@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
@@ -43,9 +44,15 @@ class TrainSchema:
     zero_shot: bool = True  # test the untouched base model before training
     save_adapter: bool = True
     merge_after: bool = True  # mergeable methods (LoRA, IA3): merge and verify right after training
-    resume_from: Optional[str] = None  # a Lightning checkpoint of an earlier run
+    resume_from: Optional[str] = None  # a local checkpoint file of an earlier run (<run_dir>/checkpoints/last.ckpt)
     objective: Optional[str] = None  # dotted metrics.json key a sweeper optimises; null: the task's main metric
     tags: List[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        r = self.resume_from
+        if r is not None:
+            _check("://" not in r, "resume_from", "must be a local checkpoint file (peftlab never downloads one)", r)
+            _check(os.path.isfile(os.path.expanduser(r)), "resume_from", "must be an existing checkpoint file", r)
 
 
 @dataclass
@@ -58,6 +65,7 @@ class EvalSchema:
     hardware: HardwareSchema = MISSING
     paths: PathsSchema = MISSING
     run_dir: Optional[str] = None  # a peftlab-train run folder; null evaluates the base model alone
+    trust_remote_code: bool = False  # a run folder's own setting is never obeyed: the user decides here
     split: str = "test"
     seed: int = 42
     limit_batches: Optional[float] = None
@@ -86,6 +94,7 @@ class MergeSchema:
     """Everything ``peftlab-merge`` reads."""
 
     run_dir: str = MISSING  # a finished peftlab-train run folder of a mergeable method
+    trust_remote_code: bool = False  # a run folder's own setting is never obeyed: the user decides here
     dtype: Optional[str] = None  # the merged model's dtype; null: the dtype the run trained in
     out_dir: Optional[str] = None  # null: <run_dir>/merged
     verify_batches: int = 2  # validation batches whose logits are compared
@@ -111,3 +120,4 @@ class ReportSchema:
     inputs: List[str] = field(default_factory=list)  # sweep folders and/or run folders
     out_dir: Optional[str] = None  # null: <input>/report for one input, else the command's own folder
     plots: bool = True
+    overwrite: bool = False  # replace a report already in out_dir

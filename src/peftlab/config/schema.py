@@ -8,6 +8,8 @@ that reaches training. Range checks raise :class:`ConfigError` with the full key
 
 from __future__ import annotations
 
+import logging
+import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
@@ -16,6 +18,9 @@ from omegaconf import MISSING
 from peftlab.config.checks import check as _check
 from peftlab.config.checks import one_of as _one_of
 from peftlab.config.plugins import task_types
+
+log = logging.getLogger("peftlab.config")
+LR_WARN = 1.0  # learning rates above this get a warning
 
 
 # --------------------------------------------------------------------------------------- model
@@ -91,6 +96,9 @@ class DataSchema:
     max_new_tokens: int = 16
     max_train_examples: Optional[int] = None
     max_eval_examples: Optional[int] = None
+    # examples that would train or test nothing (empty answers, blank prompts, answers cut away by
+    # max_length): up to this share of a split they are left out with a warning; above it the run stops
+    max_unusable: float = 0.05
     num_workers: int = 0
 
     def __post_init__(self) -> None:
@@ -106,6 +114,7 @@ class DataSchema:
             v = getattr(self, key)
             _check(v is None or v > 0, f"data.{key}", "must be > 0 or null", v)
         _check(self.num_workers >= 0, "data.num_workers", "must be >= 0", self.num_workers)
+        _check(0.0 <= self.max_unusable <= 1.0, "data.max_unusable", "must be in [0, 1]", self.max_unusable)
 
 
 # --------------------------------------------------------------------------------------- optim
@@ -123,7 +132,10 @@ class OptimSchema:
     min_lr_ratio: float = 0.0  # cosine only: the learning rate decays to this share of optim.lr
 
     def __post_init__(self) -> None:
-        _check(self.lr > 0, "optim.lr", "must be > 0", self.lr)
+        _check(self.lr > 0 and math.isfinite(self.lr), "optim.lr", "must be a finite number > 0", self.lr)
+        if self.lr > LR_WARN:
+            log.warning("optim.lr=%g is above %g: Adam-type optimizers diverge at such rates (the run stops at the "
+                        "first non-finite loss)", self.lr, LR_WARN)
         _check(self.weight_decay >= 0, "optim.weight_decay", "must be >= 0", self.weight_decay)
         _check("_target_" in self.optimizer, "optim.optimizer._target_", "must be set", None)
         _one_of("optim.scheduler", self.scheduler, ("cosine", "linear", "constant"))

@@ -17,6 +17,7 @@ from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBas
 
 from peftlab.config.commands import TrainSchema
 from peftlab.config.plugins import method_schema
+from peftlab.config.targets import disallowed_targets
 from peftlab.errors import ConfigError
 
 T = TypeVar("T")
@@ -127,6 +128,12 @@ def _resolved_hints(schema: Any) -> dict:
         return {}
 
 
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def _cross_checks(obj: Any) -> None:
     """Checks that involve more than one field; every problem is collected, then raised once."""
     errors: list[str] = []
@@ -146,5 +153,12 @@ def _cross_checks(obj: Any) -> None:
         for name, node in (getattr(obj, group, None) or {}).items():
             if node is not None and (not isinstance(node, dict) or "_target_" not in node):
                 errors.append(f"{group}.{name}: must be null or a node with a _target_, got {node!r}")
+            errors += disallowed_targets(node, f"{group}.{name}")
+    optim = getattr(obj, "optim", None)
+    if optim is not None:
+        errors += disallowed_targets(optim.optimizer, "optim.optimizer")
+    if hardware is not None and hardware.accelerator in ("gpu", "cuda") and not _has_cuda():
+        errors.append(f"hardware.accelerator={hardware.accelerator}: this machine has no CUDA device "
+                      "(torch.cuda.is_available() is False); use hardware=cpu")
     if errors:
         raise ConfigError("; ".join(errors))

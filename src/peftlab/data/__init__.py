@@ -1,6 +1,2 @@
-"""Tasks: reading examples, tokenisation with completion-only labels, collators."""
-
-from peftlab.data.datamodule import TaskDataModule
-from peftlab.data.sources import load_splits
-
-__all__ = ["TaskDataModule", "load_splits"]
+"""Tasks' data: reading examples (sources.py), prompt formats and tokenisation (tokenize.py),
+collators, and the LightningDataModule (datamodule.py)."""

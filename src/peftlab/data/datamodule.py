@@ -1,18 +1,22 @@
 """The LightningDataModule of a task: loads the splits, tokenises them once, serves batches.
 
-The task decides how a record becomes an example and examples a batch; this module only reads,
-encodes, warns about truncation and batches."""
+The task decides how a record becomes an example and examples a batch, and which examples would
+train nothing; this module reads, encodes, refuses or drops unusable examples, warns about
+truncation and batches."""
 
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from typing import Any, Optional
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from peftlab.data.sources import load_splits
+from peftlab.data.loaders import ResumableLoader
+from peftlab.data.sources import WHERE, load_splits
+from peftlab.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +30,7 @@ class TaskDataModule(L.LightningDataModule):
         self.tokenizer = tokenizer
         self.seed = seed
         self.splits: Optional[dict[str, list[dict[str, Any]]]] = None
+        self._train: Optional[ResumableLoader] = None
 
     def setup(self, stage: Optional[str] = None) -> None:
         if self.splits is not None:
@@ -34,34 +39,50 @@ class TaskDataModule(L.LightningDataModule):
         encode = self.task.encoder(self.tokenizer)
         self.splits = {}
         for split, rows in raw.items():
-            encoded = [encode(r, f"{self.cfg.path} ({split} example {i + 1})") for i, r in enumerate(rows)]
-            cut = sum(e["truncated"] for e in encoded)
+            encoded = [encode(r, r.get(WHERE, f"{self.cfg.path} ({split} example {i + 1})"))
+                       for i, r in enumerate(rows)]
+            self.splits[split] = self._usable(split, rows, encoded)
+            cut = sum(e["truncated"] for e in self.splits[split])
             if cut:
                 log.warning("%d of %d %s examples were longer than data.max_length=%d and were truncated",
                             cut, len(encoded), split, self.cfg.max_length)
-            self.splits[split] = encoded
+
+    def _usable(self, split: str, rows: list[dict[str, Any]], encoded: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The examples that can train or be evaluated; refuses a split where too many cannot."""
+        reasons = [self.task.unusable(row, example) for row, example in zip(rows, encoded, strict=True)]
+        bad = [i for i, reason in enumerate(reasons) if reason]
+        if not bad:
+            return encoded
+        counts = ", ".join(f"{reason}: {n}" for reason, n in Counter(r for r in reasons if r).items())
+        first = rows[bad[0]].get(WHERE, f"{split} example {bad[0] + 1}")
+        summary = (f"{len(bad)} of {len(rows)} {split} examples would train or test nothing ({counts}); "
+                   f"the first: {first} ({reasons[bad[0]]})")
+        limit = self.cfg.max_unusable
+        if len(bad) > limit * len(rows) or len(bad) == len(rows):
+            raise DataError(f"{summary}, above data.max_unusable={limit}")
+        log.warning("%s: left out (data.max_unusable=%s)", summary, limit)
+        return [e for e, reason in zip(encoded, reasons, strict=True) if not reason]
 
     def sizes(self) -> dict[str, int]:
         self.setup()
         return {k: len(v) for k, v in self.splits.items()}
 
-    def _loader(self, split: str, train: bool) -> DataLoader:
+    def train_dataloader(self) -> ResumableLoader:
         self.setup()
-        generator = torch.Generator().manual_seed(self.seed) if train else None
-        return DataLoader(
-            self.splits[split],
-            batch_size=self.cfg.batch_size if train else self.cfg.eval_batch_size,
-            shuffle=train,
-            generator=generator,
-            num_workers=self.cfg.num_workers,
-            collate_fn=self.task.collator(self.tokenizer, evaluation=not train),
-        )
+        if self._train is None:  # one loader for the run: its position is the run's place in the data
+            self._train = ResumableLoader(self.splits["train"], self.cfg.batch_size,
+                                          self.task.collator(self.tokenizer, evaluation=False), self.seed,
+                                          self.cfg.num_workers)
+        return self._train
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", train=True)
+    def _eval_loader(self, split: str) -> DataLoader:
+        self.setup()
+        return DataLoader(self.splits[split], batch_size=self.cfg.eval_batch_size, shuffle=False,
+                          num_workers=self.cfg.num_workers, collate_fn=self.task.collator(self.tokenizer, True),
+                          generator=torch.Generator().manual_seed(self.seed))  # never the global generator
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", train=False)
+        return self._eval_loader("val")
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_split, train=False)
+        return self._eval_loader(self.test_split)

@@ -16,6 +16,7 @@ from peftlab.config.schema import DataSchema
 from peftlab.errors import DataError
 
 BUILTIN_DIR = Path(__file__).resolve().parent / "files"
+WHERE = "__where__"  # each record remembers its file and line, for errors about it later
 SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 SPLIT_NAMES = {"train": ("train",), "val": ("val", "validation", "valid", "dev"), "test": ("test",)}
 
@@ -33,10 +34,19 @@ def _require(row: dict[str, Any], fields: dict[str, str], where: str) -> None:
             raise DataError(f"{where}: missing field {field!r} (data.{key}; fields present: {present})")
 
 
+def _decode(raw: bytes, path: Path, lineno: int) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path} line {lineno}: not UTF-8 text (byte {raw[err.start]:#04x} at column "
+                        f"{err.start + 1}); save the file as UTF-8") from None
+
+
 def read_jsonl(path: Path, fields: dict[str, str]) -> list[dict[str, Any]]:
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            line = _decode(raw, path, lineno)
             if not line.strip():
                 continue
             try:
@@ -46,7 +56,7 @@ def read_jsonl(path: Path, fields: dict[str, str]) -> list[dict[str, Any]]:
             if not isinstance(row, dict):
                 raise DataError(f"{path} line {lineno}: expected a JSON object, got {type(row).__name__}")
             _require(row, fields, f"{path} line {lineno}")
-            rows.append(row)
+            rows.append({**row, WHERE: f"{path} line {lineno}"})
     return rows
 
 
@@ -56,14 +66,24 @@ def read_file(path: Path, fields: dict[str, str]) -> list[dict[str, Any]]:
     if suffix == ".jsonl":
         return read_jsonl(path, fields)
     rows = _read_other(path, suffix, fields)
+    if rows and WHERE in rows[0]:  # JSON lines in a .json file: read_jsonl has checked them
+        return rows
+    out = []
     for i, row in enumerate(rows):
-        _require(row, fields, f"{path} {'record' if suffix == '.json' else 'row'} {i + 1}")
-    return rows
+        where = f"{path} {'record' if suffix == '.json' else 'row'} {i + 1}"
+        _require(row, fields, where)
+        out.append({**row, WHERE: where})
+    return out
 
 
 def _read_other(path: Path, suffix: str, fields: dict[str, str]) -> list[dict[str, Any]]:
     if suffix == ".json":
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            _decode(raw.splitlines()[raw[:err.start].count(b"\n")], path, raw[:err.start].count(b"\n") + 1)
+            raise
         try:
             data = json.loads(text)
         except json.JSONDecodeError as err:
@@ -148,6 +168,7 @@ def _load_hub(cfg: DataSchema) -> tuple[Splits, dict[str, str]]:
     for split, rows in splits.items():
         for i, row in enumerate(rows):
             _require(row, _fields(cfg), f"{where[split]} row {i + 1}")
+            row[WHERE] = f"{where[split]} row {i + 1}"
     if "train" not in splits:
         raise DataError(f"data.train_split: {cfg.train_split!r} is not a split of {cfg.path!r} "
                         f"(splits: {', '.join(dsd.keys())})")

@@ -75,7 +75,7 @@ class _Run:
     """The pieces of a run a merge works with: its task, data, and a loader of its adapter model."""
 
     def __init__(self, run_dir: Path, run, dtype: str, cache_dir: Optional[str], max_test_examples: Optional[int]):
-        from peftlab.data import TaskDataModule
+        from peftlab.data.datamodule import TaskDataModule
 
         self.run_dir, self.run, self.adapter = run_dir, run, run_dir / "adapter"
         self.cache_dir = cache_dir or run.paths.cache_dir

@@ -9,13 +9,14 @@ package imports every module it holds, so adding a method is one module and one
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Optional
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any, Callable, Dict, Optional
 
 from peftlab.config.plugins import Capabilities, MethodSchema, method_schema, register_method_schema
 from peftlab.errors import ConfigError
+
+if TYPE_CHECKING:  # torch loads with the first model, not with the registry
+    import torch
+    from torch import nn
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,16 @@ def _check_virtual_tokens(n: int) -> None:
     check(n > 0, "method.num_virtual_tokens", "must be > 0", n)
 
 
+def check_positions(n: int, ctx: BuildContext) -> None:
+    """Virtual tokens take positions: with the longest example they must fit the model's."""
+    config = ctx.model.config
+    limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    data = getattr(ctx.task, "data", None)
+    if limit and data is not None and n + data.max_length > limit:
+        raise ConfigError(f"method.num_virtual_tokens={n} + data.max_length={data.max_length} exceeds the "
+                          f"{limit} positions of the model: lower one of them")
+
+
 def _check_init_text(init: str, text: Optional[str]) -> None:
     one_of("method.init", init, ("random", "text"))
     if init == "text":
@@ -61,6 +71,7 @@ class PrefixSchema(MethodSchema):
 def build_prefix(cfg: PrefixSchema, ctx: BuildContext) -> Any:
     from peft import PrefixTuningConfig
 
+    check_positions(cfg.num_virtual_tokens, ctx)
     if cfg.init == "text" and not ctx.meta:
         if not ctx.task.generative:
             raise ConfigError(f"method.init=text: prefixes are computed by a causal LM's forward pass; "
@@ -115,6 +126,7 @@ class PromptSchema(MethodSchema):
 def build_prompt(cfg: PromptSchema, ctx: BuildContext) -> Any:
     from peft import PromptTuningConfig
 
+    check_positions(cfg.num_virtual_tokens, ctx)
     kwargs: dict[str, Any] = {"num_virtual_tokens": cfg.num_virtual_tokens, "prompt_tuning_init": "RANDOM"}
     if cfg.init == "text" and not ctx.meta:  # on the meta device: the same shapes, no tokenizer needed
         ids = ctx.tokenizer(cfg.init_text, add_special_tokens=False).input_ids
@@ -160,6 +172,7 @@ class PtuningSchema(MethodSchema):
 def build_ptuning(cfg: PtuningSchema, ctx: BuildContext) -> Any:
     from peft import PromptEncoderConfig
 
+    check_positions(cfg.num_virtual_tokens, ctx)
     return PromptEncoderConfig(task_type=ctx.task.peft_task_type, **peft_kwargs(cfg))
 
 

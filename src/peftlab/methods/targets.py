@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict
-from typing import Any
-
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from peftlab.config.plugins import MethodSchema
 from peftlab.errors import ConfigError
+
+if TYPE_CHECKING:
+    from torch import nn
 
 
 def plain(value: Any) -> Any:
@@ -28,6 +29,8 @@ def peft_kwargs(cfg: MethodSchema, drop: tuple[str, ...] = ()) -> dict[str, Any]
 
 def linear_module_names(model: nn.Module) -> list[str]:
     """Short names (last path component) of the layers that adapter methods can target."""
+    from torch import nn
+
     names = set()
     for name, module in model.named_modules():
         if isinstance(module, (nn.Linear, nn.Embedding, nn.Conv1d)) or type(module).__name__ == "Conv1D":

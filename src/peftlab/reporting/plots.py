@@ -8,7 +8,13 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from peftlab.outputs import atomic_path
 from peftlab.reporting.runs import Group, Run
+
+
+def _save(fig, path: Path) -> None:
+    with atomic_path(path, overwrite=True) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
 
 
 def pareto_front(points: list[tuple[float, float]], greater_is_better: bool = True) -> list[int]:
@@ -57,7 +63,7 @@ def plot(groups: list[Group], rows: list[dict[str, Any]], metric: str, out: Path
     ax.set(xlabel="trainable parameters (log scale)", ylabel=f"test {metric}",
            title=f"{metric} vs. trainable parameters")
     fig.tight_layout()
-    fig.savefig(out / "params_vs_metric.png", dpi=120)
+    _save(fig, out / "params_vs_metric.png")
     written.append("params_vs_metric.png")
     plt.close(fig)
     # 2. validation loss curves, mean over seeds
@@ -72,7 +78,7 @@ def plot(groups: list[Group], rows: list[dict[str, Any]], metric: str, out: Path
     if ax.lines:
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(out / "val_loss.png", dpi=120)
+    _save(fig, out / "val_loss.png")
     written.append("val_loss.png")
     plt.close(fig)
     # 3. throughput and peak memory per group
@@ -85,7 +91,7 @@ def plot(groups: list[Group], rows: list[dict[str, Any]], metric: str, out: Path
     for a in (a1, a2):
         a.tick_params(axis="y", labelsize=7)
     fig.tight_layout()
-    fig.savefig(out / "throughput_memory.png", dpi=120)
+    _save(fig, out / "throughput_memory.png")
     written.append("throughput_memory.png")
     plt.close(fig)
     return written

@@ -1,6 +1,8 @@
 """Tasks as plug-ins: one module per task type, each registering a ``Task`` subclass.
 
-Every module of this package is imported here, so a new task type is one new module.
+Every module of this package but the shared helpers is imported here, so a new task type is one
+new module. The helpers (the sparse head, generation, metrics) load torch; the task modules load
+them only when a job runs, so that validating a config stays light.
 """
 
 from __future__ import annotations
@@ -10,7 +12,9 @@ import pkgutil
 
 from peftlab.tasks.base import TASKS, Task, make_task, register_task, task_class
 
+HELPERS = {"base", "generation", "heads", "metrics"}
 for _module in pkgutil.iter_modules(__path__):
-    importlib.import_module(f"{__name__}.{_module.name}")
+    if _module.name not in HELPERS:
+        importlib.import_module(f"{__name__}.{_module.name}")
 
 __all__ = ["TASKS", "Task", "make_task", "register_task", "task_class"]

@@ -10,14 +10,16 @@ data module, training, evaluation, merge) asks the task and never branches on it
 from __future__ import annotations
 
 from functools import cached_property
-from typing import Any, Callable, ClassVar, Optional
-
-import torch
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Optional
 
 from peftlab.config.plugins import register_task_type
 from peftlab.config.schema import DataSchema
 from peftlab.errors import ConfigError
-from peftlab.tasks.metrics import SplitMetrics
+
+if TYPE_CHECKING:  # the registry is read when a config is validated: torch loads later, with the model
+    import torch
+
+    from peftlab.tasks.metrics import SplitMetrics
 
 
 class Task:
@@ -65,6 +67,10 @@ class Task:
 
     def collator(self, tokenizer: Any, evaluation: bool) -> Callable[[list[dict[str, Any]]], dict[str, Any]]:
         raise NotImplementedError
+
+    def unusable(self, record: dict[str, Any], example: dict[str, Any]) -> Optional[str]:
+        """Why an example would train or test nothing (a few words), or None when it is usable."""
+        return None
 
     # ---------------------------------------------------------------------- training, evaluation
     def loss(self, model: torch.nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,19 +1,14 @@
 """Sequence classification: text -> one of ``data.labels``. Cross-entropy on the class logits;
-accuracy and macro-F1."""
+accuracy and macro-F1. (torch loads inside the methods, as for every task.)"""
 
 from __future__ import annotations
 
 from functools import cached_property
 from typing import Any, Callable, Optional
 
-import torch
-import torch.nn.functional as F
-
-from peftlab.data.collators import ClassificationCollator
 from peftlab.data.sources import resolve_labels
 from peftlab.data.tokenize import encode_classification
 from peftlab.tasks.base import Task, register_task
-from peftlab.tasks.metrics import SplitMetrics
 
 
 @register_task
@@ -56,24 +51,35 @@ class ClassificationTask(Task):
 
         return encode_record
 
+    def unusable(self, record: dict[str, Any], example: dict[str, Any]) -> Optional[str]:
+        return None if str(record[self.data.prompt_field]).strip() else "blank text"
+
     def collator(self, tokenizer: Any, evaluation: bool) -> Callable:
+        from peftlab.data.collators import ClassificationCollator
+
         return ClassificationCollator(tokenizer.pad_token_id)
 
-    def _logits(self, model, batch) -> torch.Tensor:
+    def _logits(self, model, batch):
         return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
 
-    def loss(self, model, batch) -> tuple[torch.Tensor, torch.Tensor]:
+    def loss(self, model, batch):
+        import torch.nn.functional as F
+
         logits = self._logits(model, batch)
         return F.cross_entropy(logits, batch["labels"], reduction="sum"), batch["labels"].new_tensor(len(logits))
 
-    def metrics(self, test: bool) -> SplitMetrics:
+    def metrics(self, test: bool):
         from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+
+        from peftlab.tasks.metrics import SplitMetrics
 
         n = len(self.labels)
         return SplitMetrics({"accuracy": MulticlassAccuracy(num_classes=n, average="micro"),
                              "macro_f1": MulticlassF1Score(num_classes=n, average="macro")})
 
-    def evaluate(self, model, tokenizer, batch, metrics: SplitMetrics) -> list[dict[str, Any]]:
+    def evaluate(self, model, tokenizer, batch, metrics) -> list[dict[str, Any]]:
+        import torch.nn.functional as F
+
         logits, labels = self._logits(model, batch), batch["labels"]
         metrics.update_loss(F.cross_entropy(logits, labels, reduction="sum"), len(labels))
         predicted = logits.argmax(-1)
@@ -81,11 +87,15 @@ class ClassificationTask(Task):
         return [{"prediction": self.labels[p], "reference": self.labels[r], "correct": p == r}
                 for p, r in zip(predicted.tolist(), labels.tolist(), strict=True)]
 
-    @torch.no_grad()
-    def verification_logits(self, model, batch) -> dict[str, torch.Tensor]:
-        logits = self._logits(model, batch)
+    def verification_logits(self, model, batch):
+        import torch
+
+        with torch.no_grad():
+            logits = self._logits(model, batch)
         return {"all": logits, "answer": logits}
 
-    @torch.no_grad()
     def probe(self, model, tokenizer, batch) -> list[str]:
-        return [self.labels[i] for i in self._logits(model, batch).argmax(-1).tolist()]
+        import torch
+
+        with torch.no_grad():
+            return [self.labels[i] for i in self._logits(model, batch).argmax(-1).tolist()]

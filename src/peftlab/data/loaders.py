@@ -1,0 +1,70 @@
+"""The training loader: batches in a seeded order, with their position as state.
+
+Lightning saves a loader's ``state_dict`` in every checkpoint and restores it on resume, so a
+resumed run continues with the very next batch the interrupted run would have seen. The order
+is exactly that of torch's shuffling ``DataLoader`` with a generator seeded with ``seed`` (the
+same batches as before this loader existed); under DDP each rank takes every world-size-th batch.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Iterator
+
+import torch
+from torch.utils.data import DataLoader
+
+
+def _rank_and_world() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    """The example order of epoch ``epoch``: what a shuffling DataLoader with a generator seeded
+    with ``seed`` gives. Per epoch it draws a worker seed and a permutation; its RandomSampler then
+    draws one more (empty) permutation once the epoch is exhausted."""
+    generator = torch.Generator().manual_seed(seed)
+    for _ in range(epoch):
+        torch.empty((), dtype=torch.int64).random_(generator=generator)
+        torch.randperm(n, generator=generator)
+        torch.randperm(n, generator=generator)
+    torch.empty((), dtype=torch.int64).random_(generator=generator)
+    return torch.randperm(n, generator=generator).tolist()
+
+
+class ResumableLoader:
+    def __init__(self, dataset: list[dict[str, Any]], batch_size: int, collate_fn: Callable, seed: int,
+                 num_workers: int = 0):
+        self.dataset, self.batch_size, self.collate_fn = dataset, batch_size, collate_fn
+        self.seed, self.num_workers = seed, num_workers
+        self.epoch, self.position = 0, 0  # batches of this epoch already given out (on this rank)
+
+    def _batches(self) -> list[list[int]]:
+        order = epoch_order(len(self.dataset), self.seed, self.epoch)
+        batches = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        rank, world = _rank_and_world()
+        return batches[: len(batches) // world * world][rank::world] if world > 1 else batches
+
+    def __len__(self) -> int:
+        _, world = _rank_and_world()
+        n = math.ceil(len(self.dataset) / self.batch_size)
+        return n // world if world > 1 else n
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        loader = DataLoader(self.dataset, batch_sampler=self._batches()[self.position:], collate_fn=self.collate_fn,
+                            num_workers=self.num_workers,
+                            generator=torch.Generator().manual_seed(self.seed))  # never the global generator
+        for batch in loader:
+            self.position += 1
+            yield batch
+        self.epoch, self.position = self.epoch + 1, 0
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])

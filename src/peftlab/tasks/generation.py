@@ -1,0 +1,28 @@
+"""Greedy generation for evaluation: batched, left-padded prompts, the KV cache, every end token."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from transformers import GenerationConfig
+
+
+def end_tokens(model: torch.nn.Module, tokenizer: Any) -> list[int]:
+    """Every token that ends a generation: the tokenizer's end token and the model's generation
+    config's (a list for many chat models, e.g. end-of-turn and end-of-text)."""
+    ids = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids = [ids] if isinstance(ids, int) else list(ids or [])
+    if tokenizer.eos_token_id is not None:
+        ids.append(tokenizer.eos_token_id)
+    return sorted(set(ids))
+
+
+@torch.no_grad()
+def generate(model: torch.nn.Module, tokenizer: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+             max_new_tokens: int) -> list[str]:
+    """Batched greedy decoding of left-padded prompts with the KV cache; the continuations, stripped."""
+    config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id,
+                              eos_token_id=end_tokens(model, tokenizer))
+    out = model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config)
+    return [t.strip() for t in tokenizer.batch_decode(out[:, input_ids.shape[1]:], skip_special_tokens=True)]

@@ -1,0 +1,207 @@
+"""The bad-input matrix: every user mistake or unlucky input is one line on stderr naming the key,
+file or line, exit status 2, and nothing left behind: no run folder, no temporary folder.
+
+Each case runs the real command in a subprocess (two at a time). Config mistakes fail before the
+heavy libraries load; data, model, adapter and checkpoint mistakes after loading the tiny model."""
+
+from __future__ import annotations
+
+import concurrent.futures as futures
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from conftest import compose, run_cli
+
+TINY = ["debug=tiny", "merge_after=false", "logger=none"]
+ROWS = [{"prompt": f"What is {i}?", "response": f"{i}"} for i in range(20)]
+
+
+def jsonl(path: Path, rows) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _inputs(root: Path) -> dict[str, Path]:
+    """Files and run folders the cases point at."""
+    from peftlab.train import train
+
+    p: dict[str, Path] = {}
+    p["finished"] = root / "finished"
+    p["finished"].mkdir()
+    train(compose([*TINY, "trainer.max_steps=2", "callbacks.checkpoint.every_n_train_steps=2"],
+                  run_dir=p["finished"]))
+    p["ckpt"] = p["finished"] / "checkpoints" / "last.ckpt"
+    p["empty_answers"] = jsonl(root / "empty_answers.jsonl", [{**r, "response": " "} for r in ROWS])
+    p["blank_prompts"] = jsonl(root / "blank_prompts.jsonl", [{**r, "prompt": ""} if i % 2 else r
+                                                              for i, r in enumerate(ROWS)])
+    p["nonutf8"] = root / "nonutf8.jsonl"
+    p["nonutf8"].write_bytes(b'{"prompt": "a", "response": "b"}\n{"prompt": "caf\xe9", "response": "d"}\n')
+    p["malformed"] = root / "malformed.jsonl"
+    p["malformed"].write_text('{"prompt": "a", "response": "b"}\n{"prompt": "c", "response": "d"}\n{"prompt": oops}\n')
+    p["nofield"] = jsonl(root / "nofield.jsonl", [{"prompt": "a", "response": "b"}, {"prompt": "c"}])
+    p["notrain"] = root / "notrain"
+    p["notrain"].mkdir()
+    jsonl(p["notrain"] / "val.jsonl", ROWS)
+    p["emptytest"] = root / "emptytest"
+    p["emptytest"].mkdir()
+    jsonl(p["emptytest"] / "train.jsonl", ROWS), jsonl(p["emptytest"] / "val.jsonl", ROWS)
+    (p["emptytest"] / "test.jsonl").write_text("")
+    p["txt"] = root / "data.txt"
+    p["txt"].write_text("prompt,response\n")
+    p["badlabel"] = jsonl(root / "badlabel.jsonl", [{"text": f"t{i}", "label": ["negative", "positive"][i % 2]}
+                                                   for i in range(19)] + [{"text": "t", "label": "maybe"}])
+    p["random_ckpt"] = root / "random.ckpt"
+    p["random_ckpt"].write_bytes(bytes(range(256)) * 40)
+    p["corrupt_config"] = root / "corrupt_config"
+    shutil.copytree(p["finished"], p["corrupt_config"], ignore=shutil.ignore_patterns(".lock"))
+    (p["corrupt_config"] / "config.yaml").write_text("model: [unclosed\n  : :\n")
+    p["diverged"] = root / "diverged"
+    shutil.copytree(p["finished"], p["diverged"], ignore=shutil.ignore_patterns(".lock", "adapter"))
+    (p["diverged"] / "metrics.json").write_text(json.dumps({"status": "diverged"}))
+    p["broken_adapter"] = root / "broken_adapter"
+    shutil.copytree(p["finished"], p["broken_adapter"], ignore=shutil.ignore_patterns(".lock"))
+    weights = p["broken_adapter"] / "adapter" / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    p["no_checkpoint"] = root / "no_checkpoint"
+    (p["no_checkpoint"] / ".hydra").mkdir(parents=True)
+    (p["no_checkpoint"] / ".hydra" / "overrides.yaml").write_text("- debug=tiny\n")
+    p["empty_model"] = root / "empty_model"
+    p["empty_model"].mkdir()
+    p["taken"] = root / "taken"
+    (p["taken"] / "x").mkdir(parents=True)
+    p["old_report"] = root / "old_report"
+    p["old_report"].mkdir()
+    (p["old_report"] / "report.json").write_text("{}")
+    return p
+
+
+# (case id, command, arguments, the message fragment); {name} is an input above, {out} the case's own folder
+CASES = [
+    # config
+    ("negative rank", "peftlab-train", ["method.r=-1"], "method.r must be > 0, got -1"),
+    ("infinite lr", "peftlab-train", ["optim.lr=inf"], "optim.lr must be a finite number > 0, got inf"),
+    ("nan lr", "peftlab-train", ["optim.lr=nan"], "optim.lr must be a finite number > 0, got nan"),
+    ("unknown key", "peftlab-train", ["+method.rr=4"], "method.rr: unknown key for method 'lora'"),
+    ("unknown method", "peftlab-train", ["method=nope"], "method=nope: no such config (available: "),
+    ("zero batch", "peftlab-train", ["data.batch_size=0"], "data.batch_size must be > 0, got 0"),
+    ("bad type", "peftlab-train", ["trainer.max_steps=many"], "trainer.max_steps must be an integer, got 'many'"),
+    ("callback code", "peftlab-train", ["+callbacks.evil._target_=os.system"],
+     "callbacks.evil._target_: 'os.system' is not a class peftlab instantiates"),
+    ("optimizer code", "peftlab-train", ["optim.optimizer._target_=builtins.eval"],
+     "optim.optimizer._target_: 'builtins.eval' is not a class peftlab instantiates"),
+    ("nested code", "peftlab-train", ["+callbacks.lam._target_=lightning.pytorch.callbacks.LambdaCallback",
+                                      "+callbacks.lam.on_fit_start._target_=os.getcwd"],
+     "callbacks.lam.on_fit_start._target_: 'os.getcwd' is not a class peftlab instantiates"),
+    ("bad callback argument", "peftlab-train", ["+callbacks.progress.colour=red"],
+     "callbacks.progress: cannot build lightning.pytorch.callbacks.RichProgressBar: TypeError"),
+    ("no gpu", "peftlab-train", ["hardware=gpu"], "hardware.accelerator=gpu: this machine has no CUDA device"),
+    ("fp16 on cpu", "peftlab-train", ["precision=fp16"], "precision.trainer=16-mixed needs a GPU"),
+    ("mistyped objective", "peftlab-train", ["objective=test.acc"], "objective: 'test.acc' is not a number"),
+    ("prefix with checkpointing", "peftlab-train", ["method=prefix", "model.gradient_checkpointing=true"],
+     "method=prefix cannot train with model.gradient_checkpointing=true"),
+    ("too many virtual tokens", "peftlab-train", ["method=prompt", "method.num_virtual_tokens=1000"],
+     "method.num_virtual_tokens=1000 + data.max_length=384 exceeds the 1024 positions of the model"),
+    ("wrong model for task", "peftlab-train", ["model=tiny_bert"],
+     "data.task_type=causal_lm (data=dates) does not fit model=tiny_bert, which serves seq_cls"),
+    ("chat without template", "peftlab-train", ["model=tiny_gpt2", "data.prompt_format=chat"],
+     "data.prompt_format: 'chat' but the tokenizer has no chat template"),
+    ("unwritable cache", "peftlab-train", ["paths.cache_dir=/proc/peftlab-cache"], "paths.cache_dir: cannot write"),
+    # checkpoints and resuming
+    ("remote checkpoint", "peftlab-train", ["resume_from=http://example.org/last.ckpt"],
+     "resume_from must be a local checkpoint file (peftlab never downloads one)"),
+    ("missing checkpoint", "peftlab-train", ["resume_from={out}/nope.ckpt"],
+     "resume_from must be an existing checkpoint file"),
+    ("random bytes checkpoint", "peftlab-train", ["resume_from={random_ckpt}"],
+     "resume_from: {random_ckpt} is not a checkpoint peftlab can read"),
+    ("checkpoint of another rank", "peftlab-train", ["method.r=4", "resume_from={ckpt}"],
+     "resume_from: the checkpoint does not fit this run's trainable parameters (28 of different shape"),
+    ("checkpoint of another method", "peftlab-train", ["method=ia3", "resume_from={ckpt}"],
+     "resume_from: the checkpoint does not fit this run's trainable parameters (missing "),
+    ("finished folder", "peftlab-train", ["hydra.run.dir={finished}"], "already holds a run (metrics.json, adapter)"),
+    ("resume a finished run", "peftlab-train", ["resume={finished}"], "resume: {finished} has ended (finished"),
+    ("resume without checkpoint", "peftlab-train", ["resume={no_checkpoint}"], "has no checkpoint yet"),
+    ("resume with other settings", "peftlab-train", ["resume={no_checkpoint}", "method.r=4"],
+     "resume: method.r=4: a resumed run keeps the settings it started with"),
+    # data
+    ("missing data file", "peftlab-train", ["data=custom", "data.path={out}/nope.jsonl"],
+     "data.path: no such file or folder: {out}/nope.jsonl"),
+    ("malformed json", "peftlab-train", ["data=custom", "data.path={malformed}"], "{malformed} line 3: malformed JSON"),
+    ("missing field", "peftlab-train", ["data=custom", "data.path={nofield}"],
+     "{nofield} line 2: missing field 'response' (data.response_field"),
+    ("not utf-8", "peftlab-train", ["data=custom", "data.path={nonutf8}"],
+     "{nonutf8} line 2: not UTF-8 text (byte 0xe9 at column 16)"),
+    ("empty answers", "peftlab-train", ["data=custom", "data.path={empty_answers}"],
+     "examples would train or test nothing (empty answer: "),
+    ("blank prompts", "peftlab-train", ["data=custom", "data.path={blank_prompts}"], "(blank prompt: "),
+    ("answers cut away", "peftlab-train", ["data.max_length=1"],
+     "2000 of 2000 train examples would train or test nothing (answer cut away by data.max_length=1: 2000)"),
+    ("no train file", "peftlab-train", ["data=custom", "data.path={notrain}"], "data.path: no train file in {notrain}"),
+    ("empty split", "peftlab-train", ["data=custom", "data.path={emptytest}"], "the test split is empty"),
+    ("unsupported file", "peftlab-train", ["data=custom", "data.path={txt}"], "unsupported file type '.txt'"),
+    ("unknown label", "peftlab-train", ["data=reviews", "data.path={badlabel}"],
+     "label 'maybe' is not one of data.labels (negative, positive)"),
+    # models
+    ("missing model folder", "peftlab-train", ["model=hf", "model.name_or_path={out}/nope"],
+     "model.name_or_path: no such folder"),
+    ("empty model folder", "peftlab-train", ["model=hf", "model.name_or_path={empty_model}"],
+     "model.name_or_path: cannot load"),
+    ("unknown target module", "peftlab-train", ["method.target_modules=[nonexistent]"],
+     "method.target_modules: no module named 'nonexistent' in the model"),
+    ("method refuses layer", "peftlab-train", ["method=ia3", "method.target_modules=[embed_tokens]",
+                                              "method.feedforward_modules=[embed_tokens]"],
+     "method (ia3): Target module Embedding(261, 64, padding_idx=0) is not supported"),
+    # run folders, adapters, outputs
+    ("eval missing run", "peftlab-eval", ["run_dir={out}/nope"], "is not a finished peftlab-train run folder"),
+    ("eval corrupt config", "peftlab-eval", ["run_dir={corrupt_config}"], "is not a readable run config"),
+    ("eval diverged run", "peftlab-eval", ["run_dir={diverged}"], "diverged during training"),
+    ("merge broken adapter", "peftlab-merge", ["run_dir={broken_adapter}"], "corrupted or truncated"),
+    ("merge into existing folder", "peftlab-merge", ["run_dir={finished}", "out_dir={taken}"],
+     "out_dir: {taken} already exists; it is never overwritten"),
+    ("report over a report", "peftlab-report", ["{finished}", "out_dir={old_report}"],
+     "out_dir: {old_report} already holds a report; it is never overwritten (overwrite=true replaces it"),
+    ("report of nothing", "peftlab-report", ["{out}/nope"], "inputs: no such folder"),
+]
+
+
+@pytest.fixture(scope="module")
+def outcomes(tmp_path_factory, cache_dir):
+    root = tmp_path_factory.mktemp("bad")
+    inputs = _inputs(root)
+
+    def one(case):
+        name, prog, args, _ = case
+        out = root / "cases" / name.replace(" ", "_")
+        out.parent.mkdir(exist_ok=True)
+        fill = {**{k: str(v) for k, v in inputs.items()}, "out": str(out)}
+        argv = [a.format(**fill) for a in args]
+        if prog == "peftlab-train" and not any(a.startswith(("hydra.run.dir=", "resume=")) for a in argv):
+            argv = [*TINY, *argv, f"hydra.run.dir={out}"]
+        elif prog != "peftlab-train" and not any(a.startswith("hydra.run.dir=") for a in argv):
+            argv = [*argv, f"hydra.run.dir={out}"]
+        return name, (run_cli(prog, *argv), out, fill)
+
+    with futures.ThreadPoolExecutor(max_workers=2) as pool:
+        results = dict(pool.map(one, CASES))
+    return root, inputs, results
+
+
+def test_the_matrix_is_large():
+    assert len(CASES) >= 40 and len({c[0] for c in CASES}) == len(CASES)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_is_one_line_exit_2_and_leaves_nothing(outcomes, case):
+    root, inputs, results = outcomes
+    name, prog, _, fragment = case
+    proc, out, fill = results[name]
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"{prog}: error: "), last
+    assert fragment.format(**fill) in last, last
+    assert not out.exists() or not any(out.iterdir()), sorted(p.name for p in out.iterdir())
+    leftovers = [str(p.relative_to(root)) for p in root.rglob(".*.tmp-*")]
+    assert leftovers == []

@@ -1,0 +1,235 @@
+"""Nothing lost, nothing run that the user did not write: exact resume after kill -9, the
+divergence guard, one lock per run folder, run folders read as data."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import run_cli
+
+EXE = Path(sys.executable).parent
+RESUMABLE = ["debug=tiny", "trainer.max_steps=40", "trainer.val_check_interval=20", "trainer.limit_val_batches=1",
+             "callbacks.checkpoint.every_n_train_steps=10", "merge_after=false", "optim.lr=5e-3"]
+
+
+# --- exact resume ---------------------------------------------------------------------------------
+def test_the_training_loader_gives_torchs_shuffled_order_and_resumes_mid_epoch():
+    from torch.utils.data import DataLoader
+
+    from peftlab.data.loaders import ResumableLoader
+
+    data = [{"i": i} for i in range(23)]
+    collate = lambda rows: [r["i"] for r in rows]  # noqa: E731
+    torch_loader = DataLoader(data, batch_size=4, shuffle=True, collate_fn=collate,
+                              generator=torch.Generator().manual_seed(7))
+    torch_order = [b for _ in range(2) for b in torch_loader]
+    ours = ResumableLoader(data, 4, collate, seed=7)
+    assert [b for _ in range(2) for b in ours] == torch_order  # epoch after epoch, the same batches
+    first = ResumableLoader(data, 4, collate, seed=7)
+    it = iter(first)
+    seen = [next(it) for _ in range(3)]
+    resumed = ResumableLoader(data, 4, collate, seed=7)
+    resumed.load_state_dict(first.state_dict())
+    assert first.state_dict() == {"epoch": 0, "position": 3}
+    assert seen + list(resumed) == torch_order[:6]  # the rest of the epoch, nothing repeated or skipped
+    assert resumed.state_dict() == {"epoch": 1, "position": 0}
+
+
+def test_the_random_generators_are_saved_and_restored():
+    import random
+
+    import numpy as np
+
+    from peftlab.callbacks import ResumeState
+
+    torch.manual_seed(3)
+    random.seed(3)
+    np.random.seed(3)
+    saved = ResumeState().state_dict()
+    expected = (torch.rand(3), random.random(), np.random.rand())
+    torch.manual_seed(99)
+    random.seed(99)
+    np.random.seed(99)
+    restore = ResumeState()
+    restore.load_state_dict(saved)
+    restore.on_train_start(None, None)
+    assert torch.equal(torch.rand(3), expected[0]) and random.random() == expected[1]
+    assert np.random.rand() == expected[2]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, cache_dir):
+    run_dir = tmp_path_factory.mktemp("resume") / "full"
+    proc = run_cli("peftlab-train", *RESUMABLE, f"hydra.run.dir={run_dir}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return run_dir
+
+
+def _latest_step(run_dir: Path) -> int:
+    steps = [int(m.group(1)) for f in run_dir.glob("checkpoints/step-*.ckpt") if (m := re.match(r"step-(\d+)", f.name))]
+    return max(steps, default=0)
+
+
+@pytest.mark.parametrize("kill_after", [10, 20, 30])
+def test_a_run_killed_and_resumed_ends_bitwise_equal(uninterrupted, kill_after, tmp_path, cache_dir):
+    """kill -9 once a checkpoint of at least ``kill_after`` steps exists, then ``resume=``: the
+    final adapter and every metric equal the uninterrupted run's, bit for bit."""
+    run_dir = tmp_path / "killed"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen([str(EXE / "peftlab-train"), *RESUMABLE, f"hydra.run.dir={run_dir}"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while _latest_step(run_dir) < kill_after and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (run_dir / "metrics.json").exists()  # it really was interrupted
+    resumed = run_cli("peftlab-train", f"resume={run_dir}")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    full, again = (json.loads((d / "metrics.json").read_text()) for d in (uninterrupted, run_dir))
+    assert again["train"]["resumed_from"].startswith(str(run_dir / "checkpoints"))
+    for key in ("zero_shot", "test", "val", "params"):
+        assert again[key] == full[key], key
+    assert again["train"]["steps"] == full["train"]["steps"] == 40
+    assert (run_dir / "adapter" / "adapter_model.safetensors").read_bytes() == \
+        (uninterrupted / "adapter" / "adapter_model.safetensors").read_bytes()
+    assert again["overrides"][: len(full["overrides"])] == full["overrides"]  # the settings it started with
+
+
+# --- divergence -----------------------------------------------------------------------------------
+def test_a_diverging_run_stops_with_one_line_and_exports_nothing(tmp_path, cache_dir):
+    run_dir = tmp_path / "run"
+    proc = run_cli("peftlab-train", "debug=tiny", "optim.lr=1e30", "trainer.max_steps=8",
+                   "callbacks.checkpoint.every_n_train_steps=1", f"hydra.run.dir={run_dir}")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "optim.lr=1e+30 is above 1" in proc.stdout  # the validator warned
+    last = proc.stderr.strip().splitlines()[-1]
+    m = re.match(r"peftlab-train: error: training diverged at step (\d+): (.*)", last)
+    assert m, last
+    step = int(m.group(1))
+    assert "nothing was exported; metrics.json says status: diverged" in last and "Traceback" not in proc.stderr
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["status"] == "diverged" and metrics["diverged"]["step"] == step
+    assert not (run_dir / "adapter").exists() and not (run_dir / "merged").exists()
+    good = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)  # the last good step's
+    assert good["global_step"] == step - 1
+    assert all(torch.isfinite(v).all() for v in good["state_dict"].values())
+    # eval and merge refuse it with one line
+    proc = run_cli("peftlab-eval", f"run_dir={run_dir}", f"hydra.run.dir={tmp_path / 'eval'}")
+    assert proc.returncode == 2 and "diverged during training" in proc.stderr.strip().splitlines()[-1]
+
+
+def test_every_merge_check_requires_finite_values():
+    from peftlab.export import Tolerance, compare
+    from peftlab.export.verify import problems
+
+    ref = [{"all": torch.zeros(3, 5), "answer": torch.zeros(2, 5)}]
+    nan = [{"all": torch.full((3, 5), float("nan")), "answer": torch.full((2, 5), float("nan"))}]
+    result = compare(ref, iter(nan))
+    assert result["max_abs_error"] == float("inf")  # Python's max() would have skipped the NaN
+    report = {"checks": {"reloaded": {**result, "max_abs_error_fp64": float("nan"), "probes": 2,
+                                      "probes_identical": 2}},
+              "metrics": {"adapter": {"exact_match": 0.5}, "merged": {"exact_match": float("nan")}},
+              "probe_name": "greedy generations"}
+    found = problems(report, Tolerance(max_abs=1e-4, min_top1=0.0, metric_slack=1.0), "exact_match")
+    assert any("max logit error nan" in f for f in found) and any("test exact_match nan" in f for f in found)
+
+
+# --- one lock per run folder ----------------------------------------------------------------------
+def test_the_second_of_two_runs_in_one_folder_stops_at_once(tmp_path, cache_dir):
+    run_dir = tmp_path / "shared"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    first = subprocess.Popen([str(EXE / "peftlab-train"), "debug=tiny", "trainer.max_steps=30", "merge_after=false",
+                              f"hydra.run.dir={run_dir}"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+    deadline = time.time() + 120
+    while not ((run_dir / ".lock").exists() and (run_dir / ".lock").read_text()) and time.time() < deadline:
+        time.sleep(0.01)
+    hydra_config = (run_dir / ".hydra" / "config.yaml")
+    second = run_cli("peftlab-train", "debug=tiny", "method=ia3", f"hydra.run.dir={run_dir}")
+    assert second.returncode == 2
+    assert re.search(rf"peftlab-train: error: hydra.run.dir: {re.escape(str(run_dir))} is in use by another peftlab "
+                     r"command \(pid \d+ on .* since .*\); wait for it to end or pick another folder",
+                     second.stderr.strip().splitlines()[-1]), second.stderr[-500:]
+    _, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err[-2000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["method"] == "lora" and "method=ia3" not in hydra_config.read_text()
+
+
+# --- run folders are data -------------------------------------------------------------------------
+EVIL = """import pathlib
+pathlib.Path("{marker}").write_text("yes")
+from transformers import LlamaConfig, LlamaForCausalLM
+class EvilConfig(LlamaConfig):
+    model_type = "evil"
+class EvilModel(LlamaForCausalLM):
+    config_class = EvilConfig
+"""
+
+
+def test_a_run_folder_cannot_make_eval_run_its_models_code(tmp_path, cache_dir):
+    """A shared run folder whose config names a model with its own code and trust_remote_code: true:
+    peftlab-eval refuses to load it, and nothing of its code runs; the user's own flag decides."""
+    import shutil
+
+    from conftest import build, compose
+
+    tiny = Path(build(["model=tiny_llama"], cache_dir)[2].path)
+    model = tmp_path / "model"
+    shutil.copytree(tiny, model)
+    (model / "evil.py").write_text(EVIL.format(marker=model / "EXECUTED"))
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**config, "model_type": "evil", "auto_map": {
+        "AutoConfig": "evil.EvilConfig", "AutoModelForCausalLM": "evil.EvilModel"}}))
+
+    cfg = compose(["model=hf", f"model.name_or_path={model}", "model.trust_remote_code=true"],
+                  run_dir=tmp_path / "run")
+    run = tmp_path / "run"
+    (run / "adapter").mkdir(parents=True)
+    from omegaconf import OmegaConf
+
+    (run / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    proc = run_cli("peftlab-eval", f"run_dir={run}", f"hydra.run.dir={tmp_path / 'eval'}")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"peftlab-eval: error: model.name_or_path: cannot load '{model}': its code lives in the model folder and "
+        "runs only if you allow it (model.trust_remote_code=true on the peftlab-train command line, "
+        "trust_remote_code=true for peftlab-eval and peftlab-merge)")
+    assert not (model / "EXECUTED").exists() and not (tmp_path / "eval").exists()
+    # the user's own choice on the command line is obeyed (here the model then loads and runs its code)
+    proc = run_cli("peftlab-eval", f"run_dir={run}", "trust_remote_code=true", f"hydra.run.dir={tmp_path / 'eval2'}")
+    assert (model / "EXECUTED").exists(), proc.stderr[-2000:]
+
+
+@pytest.mark.parametrize("edit,message", [
+    ("callbacks:\n  evil:\n    _target_: os.system\n    command: touch {marker}\n",
+     "callbacks.evil._target_: 'os.system' is not a class peftlab instantiates"),
+    ("hydra:\n  callbacks:\n    evil:\n      _target_: os.system\n      command: touch {marker}\n",
+     "hydra: a rerun file may not configure Hydra"),
+    ("optim:\n  optimizer:\n    _target_: builtins.exec\n",
+     "optim.optimizer._target_: 'builtins.exec' is not a class peftlab instantiates"),
+])
+def test_a_rerun_file_names_only_allowed_classes(edit, message, tmp_path, cache_dir):
+    from test_train import run_in_process
+
+    run_dir, _ = run_in_process(tmp_path, "run", "trainer.max_steps=1")
+    marker = tmp_path / "EXECUTED"
+    with open(run_dir / "rerun.yaml", "a") as f:
+        f.write(edit.format(marker=marker))
+    proc = run_cli("peftlab-train", "--config-dir", str(run_dir), "--config-name", "rerun",
+                   f"hydra.run.dir={tmp_path / 'again'}")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert message in proc.stderr.strip().splitlines()[-1]
+    assert not marker.exists() and not (tmp_path / "again").exists()
