@@ -64,6 +64,8 @@ def test_fp32_merge_is_exact_and_reloads_with_plain_transformers(lora_run, tmp_p
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     out = tmp_path / "merged"
+    (tmp_path / ".merged.tmp-killed").mkdir()  # what a killed merge leaves: removed by the next one
+    (tmp_path / ".merged.tmp-killed" / "model.safetensors").write_bytes(b"half")
     report = merge_run(lora_run, load_run_config(lora_run), out)
     assert report["passed"] and report["dtype"] == "float32"
     for stage in ("in_memory", "reloaded"):

@@ -105,6 +105,7 @@ def test_a_run_killed_and_resumed_ends_bitwise_equal(uninterrupted, kill_after, 
     assert (run_dir / "adapter" / "adapter_model.safetensors").read_bytes() == \
         (uninterrupted / "adapter" / "adapter_model.safetensors").read_bytes()
     assert again["overrides"][: len(full["overrides"])] == full["overrides"]  # the settings it started with
+    assert not list(run_dir.rglob(".*.tmp-*"))
 
 
 # --- divergence -----------------------------------------------------------------------------------

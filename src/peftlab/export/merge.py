@@ -28,7 +28,7 @@ from peftlab.export.verify import (
 )
 from peftlab.memory import peak_rss_mb, reset_peak_rss
 from peftlab.models import DTYPES, load_backbone
-from peftlab.outputs import atomic_path, write_json
+from peftlab.outputs import atomic_path, remove_stale_temps, write_json
 from peftlab.tasks import make_task
 
 log = logging.getLogger("peftlab.merge")
@@ -127,6 +127,7 @@ def merge_run(run_dir: Path, run, out_dir: Path, dtype: Optional[str] = None, ca
     check_mergeable(run_dir, run)
     if out_dir.exists():
         raise ConfigError(f"out_dir: {out_dir} already exists; it is never overwritten")
+    remove_stale_temps(out_dir.parent, out_dir.name)  # what a killed merge left (a whole model)
     check_adapter_file(run_dir / "adapter")
     dtype = dtype or run.precision.dtype
     r = _Run(run_dir, run, dtype, cache_dir, max_test_examples)
