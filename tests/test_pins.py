@@ -59,3 +59,52 @@ def test_lightning_cloud_advert_is_filtered(caplog):
         L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False)
     assert caplog.records, "Lightning logged nothing at all: the capture is broken"
     assert not [r for r in caplog.records if str(r.msg).startswith("💡")]
+
+
+def test_torchmetrics_mean_still_drops_weights_without_a_nan_strategy():
+    """peftlab.tasks.metrics.WeightedMean works around torchmetrics 1.9, whose MeanMetric ignores the
+    weights when nan_strategy="disable". When this fails, torchmetrics weighs again: use MeanMetric."""
+    from torchmetrics import MeanMetric
+
+    from peftlab.tasks.metrics import WeightedMean
+
+    def mean(metric):
+        metric.update(torch.tensor(1.0), weight=3)
+        metric.update(torch.tensor(3.0), weight=1)
+        return float(metric.compute())
+
+    assert mean(MeanMetric(nan_strategy="disable")) == 2.0  # the unweighted mean: the bug
+    assert mean(WeightedMean()) == 1.5
+    nan = WeightedMean()
+    nan.update(torch.tensor(float("nan")), weight=2)
+    assert torch.isnan(nan.compute())  # and a NaN loss is not dropped
+
+
+def test_bitsandbytes_still_repacks_4bit_weights_for_cpu_inference():
+    """peftlab.precision.keep_4bit_weights_trainable switches off a repacking that bitsandbytes 0.50
+    does on CPUs with AVX512-BF16: after one eval-mode forward, a training forward of the same layer
+    computes with the wrong weights. When this test fails, the workaround can go."""
+    bnb = pytest.importorskip("bitsandbytes")
+    from bitsandbytes.functional import dequantize_4bit
+
+    torch.manual_seed(0)
+    dense = torch.nn.Linear(64, 32, bias=False)
+    layer = bnb.nn.Linear4bit(64, 32, bias=False, compute_dtype=torch.float32, quant_type="nf4")
+    layer.weight = bnb.nn.Params4bit(dense.weight.data.clone(), requires_grad=False, quant_type="nf4").to("cpu")
+    if not layer.support_avx512bf16_for_cpu:
+        pytest.skip("this CPU has no AVX512-BF16: bitsandbytes does not repack here")
+    expected = dequantize_4bit(layer.weight.data, layer.weight.quant_state).float()
+    x = torch.randn(4, 64)
+    with torch.no_grad():
+        layer.eval()(x)  # an evaluation, as peftlab's zero-shot test
+    y = layer.train()(x.requires_grad_())
+    assert not torch.allclose(y, x @ expected.T, atol=1e-3)  # the training forward is wrong: the bug
+
+    from peftlab.precision import keep_4bit_weights_trainable
+
+    fixed = bnb.nn.Linear4bit(64, 32, bias=False, compute_dtype=torch.float32, quant_type="nf4")
+    fixed.weight = bnb.nn.Params4bit(dense.weight.data.clone(), requires_grad=False, quant_type="nf4").to("cpu")
+    keep_4bit_weights_trainable(fixed)
+    with torch.no_grad():
+        fixed.eval()(x.detach())
+    torch.testing.assert_close(fixed.train()(x), x @ expected.T)  # with the workaround it is right

@@ -22,6 +22,7 @@ from typing import Callable, Optional
 
 from omegaconf.errors import OmegaConfBaseException
 
+from peftlab.distributed import SECONDARY, launched_world_size
 from peftlab.errors import ConfigError, PeftlabError
 
 _NOT_FOUND = re.compile(r"Could not find '(?P<group>[\w/]+)/(?P<choice>[^']+)'")
@@ -111,6 +112,9 @@ def check_explicit_run_dir(argv: list[str]) -> Optional[Path]:
         if arg.startswith("hydra.run.dir="):
             folder = Path(arg.split("=", 1)[1])
     if folder is None:
+        if launched_world_size() > 1 and not any(a in ("-m", "--multirun") for a in argv):
+            raise ConfigError("hydra.run.dir: give the run folder when torchrun or srun starts the processes "
+                              "(each would pick its own timestamped folder otherwise)")
         return None
     check_fresh_run_dir(folder)
     existed = folder.exists()
@@ -144,10 +148,12 @@ class _QuietJobFailure:
 
 
 class _NoAdverts(logging.Filter):
-    """Lightning 2.6 logs a tip advertising its cloud logger whenever a Trainer is made."""
+    """Lightning 2.6 logs a tip advertising its cloud logger whenever a Trainer is made; bitsandbytes
+    0.50 says at import, on CPUs, that it looks for optional hub kernels (4-bit runs on its own)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("💡 Tip")
+        text = str(record.msg)
+        return not (text.startswith("💡 Tip") or "kernels-community" in text)
 
 
 def quiet_libraries() -> None:
@@ -159,11 +165,23 @@ def quiet_libraries() -> None:
 
     transformers.utils.logging.disable_progress_bar()
     for pattern in (r".*is_gradient_checkpointing.*", r".*isinstance\(treespec, LeafSpec\).*",
-                    r".*does not have many workers.*", r".*Found \d+ module\(s\) in eval mode.*"):
+                    r".*does not have many workers.*", r".*Found \d+ module\(s\) in eval mode.*",
+                    # peftlab's metrics are torchmetrics, reduced across processes before they are logged
+                    r".*It is recommended to use `self.log\(.*sync_dist=True.*",
+                    # bitsandbytes' 8-bit matmul casts its inputs to fp16 by design (LLM.int8)
+                    r".*MatMul8bitLt: inputs will be cast.*"):
         warnings.filterwarnings("ignore", message=pattern)
-    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero",
+                 "bitsandbytes.backends.cpu.ops"):
         if not any(isinstance(f, _NoAdverts) for f in logging.getLogger(name).filters):
             logging.getLogger(name).addFilter(_NoAdverts())
+    # Lightning prints its messages itself when it loads before logging is set up; under Hydra they
+    # go to the run's log like every other message, once
+    lightning_logger = logging.getLogger("lightning")
+    if logging.getLogger().handlers:
+        for handler in list(lightning_logger.handlers):
+            if type(handler) is logging.StreamHandler:
+                lightning_logger.removeHandler(handler)
 
 
 def run_app(hydra_main: Callable[[], object], prog: str,
@@ -177,10 +195,13 @@ def run_app(hydra_main: Callable[[], object], prog: str,
         sys.stderr = _QuietJobFailure(stderr)
     held = None
     try:
-        if prepare_argv is not None:
-            sys.argv[1:] = prepare_argv(sys.argv[1:])
-        check_rerun_file(sys.argv[1:])
-        held = check_explicit_run_dir(sys.argv[1:])
+        if SECONDARY:  # a second process of a distributed run: the first holds the folder and writes it
+            sys.argv[1:] = [*sys.argv[1:], "hydra/job_logging=stdout", "hydra.output_subdir=null"]
+        else:
+            if prepare_argv is not None:
+                sys.argv[1:] = prepare_argv(sys.argv[1:])
+            check_rerun_file(sys.argv[1:])
+            held = check_explicit_run_dir(sys.argv[1:])
         hydra_main()
     except _user_errors() as err:
         if held is not None:  # this process's folder: what Hydra wrote for a run that never started goes

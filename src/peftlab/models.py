@@ -202,9 +202,11 @@ def resolve_path(cfg: ModelSchema, cache_dir: str | os.PathLike) -> str:
     raise ConfigError(f"model.source: {cfg.source!r} models have no weights to load (use peftlab-params)")
 
 
-def load_backbone(cfg: ModelSchema, cache_dir: str | os.PathLike, task: Task, dtype: str = "float32") -> Backbone:
+def load_backbone(cfg: ModelSchema, cache_dir: str | os.PathLike, task: Task, dtype: str = "float32",
+                  quantization: Any = None, device_map: Any = None) -> Backbone:
     """The backbone for ``task`` (its auto class, with its head arguments) and its tokenizer, with a
-    pad token set."""
+    pad token set. ``quantization`` (a BitsAndBytesConfig) loads the weights quantized, through
+    ``from_pretrained`` onto ``device_map``; nothing is cast after loading."""
     from transformers import AutoTokenizer
 
     path = resolve_path(cfg, cache_dir)
@@ -214,7 +216,9 @@ def load_backbone(cfg: ModelSchema, cache_dir: str | os.PathLike, task: Task, dt
     common = dict(revision=cfg.revision, trust_remote_code=cfg.trust_remote_code, local_files_only=local)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, **common)
-        model = task.auto_class().from_pretrained(path, dtype=DTYPES[dtype], **common, **task.model_kwargs())
+        quantized = {"quantization_config": quantization, "device_map": device_map} if quantization else {}
+        model = task.auto_class().from_pretrained(path, dtype=DTYPES[dtype], **common, **task.model_kwargs(),
+                                                  **quantized)
     except (OSError, ValueError) as err:
         where = "model.name_or_path" if cfg.name_or_path else f"model={cfg.name}"
         reason = str(err).splitlines()[0]
@@ -222,6 +226,10 @@ def load_backbone(cfg: ModelSchema, cache_dir: str | os.PathLike, task: Task, dt
             reason = ("its code lives in the model folder and runs only if you allow it (model.trust_remote_code=true "
                       "on the peftlab-train command line, trust_remote_code=true for peftlab-eval and peftlab-merge)")
         raise ConfigError(f"{where}: cannot load {path!r}: {reason}") from None
+    if quantization:
+        from peftlab.precision import keep_4bit_weights_trainable
+
+        keep_4bit_weights_trainable(model)
     ensure_pad_token(tokenizer, model)
     return Backbone(model=model, tokenizer=tokenizer, path=path)
 

@@ -16,6 +16,8 @@ import torch
 
 from peftlab.config.schema import OptimSchema
 from peftlab.config.targets import instantiate
+from peftlab.data.loaders import unshard
+from peftlab.distributed import all_sum, gather
 from peftlab.errors import ConfigError
 from peftlab.methods import trainable_parameters
 
@@ -40,8 +42,10 @@ def build_scheduler(optimizer: torch.optim.Optimizer, optim: OptimSchema, total_
 
 
 class PeftLabModule(L.LightningModule):
-    def __init__(self, model: torch.nn.Module, task: Any, tokenizer: Any, optim: Optional[OptimSchema] = None):
+    def __init__(self, model: torch.nn.Module, task: Any, tokenizer: Any, optim: Optional[OptimSchema] = None,
+                 shard: bool = False):
         super().__init__()
+        self.shard = shard  # FSDP (hardware=fsdp): configure_model shards the model across the processes
         self.model = model
         self.task = task  # a peftlab.tasks.Task
         self.tokenizer = tokenizer
@@ -52,15 +56,38 @@ class PeftLabModule(L.LightningModule):
         self.last_loss: Optional[torch.Tensor] = None
         self.strict_loading = False  # checkpoints hold the trainable parameters only: on_load_checkpoint checks
 
+    def configure_model(self) -> None:
+        """FSDP2 (Lightning's ModelParallelStrategy): shard every decoder layer, then the whole model,
+        over the data-parallel processes; frozen and trainable parameters alike. The modules whose
+        forward runs are sharded (not this LightningModule, whose forward never runs)."""
+        if not self.shard or getattr(self, "_sharded", False):
+            return
+        from torch.distributed.fsdp import fully_shard
+
+        mesh = self.device_mesh["data_parallel"]
+        layer_classes = set(getattr(self._backbone(), "_no_split_modules", None) or [])
+        for module in self.model.modules():
+            if type(module).__name__ in layer_classes:
+                fully_shard(module, mesh=mesh)
+        fully_shard(self.model, mesh=mesh)
+        self._sharded = True
+
+    def _backbone(self) -> torch.nn.Module:
+        return self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+
     def on_fit_start(self) -> None:
         self.model.train()  # from_pretrained returns eval mode; dropout must be on while training
 
     # ---------------------------------------------------------------------------------- steps
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         total, count = self.task.loss(self.model, batch)
-        loss = total / count.clamp(min=1)
-        self.last_loss = loss.detach()  # for the divergence guard
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
+        # the mean over every answer token of the step, on every process: DDP averages the processes'
+        # gradients, so each process scales its sum by world / (all tokens); with one process: total / count
+        world = self.trainer.world_size if self._trainer is not None else 1
+        count_all = all_sum(count.detach()).clamp(min=1)
+        loss = total * world / count_all
+        self.last_loss = (all_sum(total.detach()) / count_all).detach()  # for the log and the divergence guard
+        self.log("train/loss", self.last_loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
         return loss
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
@@ -77,6 +104,7 @@ class PeftLabModule(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._log_split("test", self.test_metrics)
+        self.predictions = unshard(gather(self.predictions))  # every process's share, in the split's order
 
     def _log_split(self, split: str, metrics) -> None:
         values = metrics.compute()  # torchmetrics has already reduced across devices

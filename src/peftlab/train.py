@@ -24,6 +24,7 @@ import peftlab.methods  # noqa: F401  (registers the method plug-ins)
 from peftlab.cli import run_app
 from peftlab.config import CONF_DIR, validate
 from peftlab.config.commands import TrainSchema
+from peftlab.distributed import SECONDARY
 from peftlab.errors import ConfigError, PeftlabError
 from peftlab.outputs import (
     check_fresh_run_dir,
@@ -55,6 +56,21 @@ def objective_key(conf: TrainSchema, task: Task) -> str:
         raise ConfigError(f"objective: {conf.objective!r} is not a number this run reports "
                           f"(known: {', '.join(known)})")
     return conf.objective
+
+
+def check_one_process_per_job(conf: TrainSchema) -> None:
+    """A distributed job starts its own processes (Lightning re-runs the command); a sweep whose
+    launcher runs its jobs in the sweep's own process cannot host that. SLURM's launcher can: each
+    job's processes are SLURM tasks."""
+    if not in_multirun():
+        return
+    hw = conf.hardware
+    several = hw.strategy in ("ddp", "fsdp") or hw.num_nodes > 1 or (isinstance(hw.devices, int) and hw.devices > 1)
+    launcher = str(HydraConfig.get().launcher.get("_target_", ""))
+    if several and "SlurmLauncher" not in launcher:
+        raise ConfigError(f"hardware={hw.name} under -m: this launcher runs every job in the sweep's own process, and "
+                          "a distributed job starts processes of its own; use hydra/launcher=submitit_slurm (one "
+                          "SLURM task per process), or run the jobs one by one without -m")
 
 
 def resume_args(argv: list[str]) -> list[str]:
@@ -99,9 +115,16 @@ def resume_args(argv: list[str]) -> list[str]:
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Run one training job from a composed config; returns what it writes to metrics.json."""
     run_dir = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else Path(cfg.paths.run_dir)
+    if SECONDARY:  # a second process of a distributed run: it computes with the first, which writes
+        conf = validate(cfg, TrainSchema)
+        task = make_task(conf.data)
+        from peftlab.training import run_job
+
+        return run_job(conf, cfg, run_dir, task, objective_key(conf, task))
     with folder_lock(run_dir):  # outside the clean-up below: a folder another command holds is never touched
         try:
             conf = validate(cfg, TrainSchema)
+            check_one_process_per_job(conf)
             check_fresh_run_dir(run_dir)
             task = make_task(conf.data)
             objective = objective_key(conf, task)

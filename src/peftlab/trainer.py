@@ -42,11 +42,25 @@ def _instantiate_all(nodes: dict[str, Any], group: str) -> list[Any]:
     return [instantiate(node, f"{group}.{name}") for name, node in nodes.items() if node is not None]
 
 
+def _strategy(hardware) -> Any:
+    """Lightning's strategy: ``fsdp`` is FSDP2 (its ModelParallelStrategy, every process one
+    data-parallel shard), which trains a model of frozen and trainable parameters on CPUs and GPUs."""
+    if hardware.strategy == "fsdp":
+        from lightning.pytorch.strategies import ModelParallelStrategy
+
+        return ModelParallelStrategy(data_parallel_size=hardware.devices * hardware.num_nodes, tensor_parallel_size=1,
+                                     save_distributed_checkpoint=False)
+    return hardware.strategy
+
+
 def _placement(conf: TrainSchema | EvalSchema) -> dict[str, Any]:
     """Where and in what precision the Trainer runs: the hardware and precision groups."""
+    from peftlab.precision import trainer_precision
+
     return dict(accelerator=conf.hardware.accelerator, devices=conf.hardware.devices,
-                strategy=conf.hardware.strategy, num_nodes=conf.hardware.num_nodes,
-                precision=conf.precision.trainer, default_root_dir=conf.paths.run_dir)
+                strategy=_strategy(conf.hardware), num_nodes=conf.hardware.num_nodes,
+                precision=trainer_precision(conf.precision, conf.hardware), default_root_dir=conf.paths.run_dir,
+                use_distributed_sampler=False)  # peftlab's loaders shard the data themselves
 
 
 def make_trainer(conf: TrainSchema, evaluation: bool = False) -> L.Trainer:

@@ -22,12 +22,14 @@ from peftlab.callbacks import Diverged, TrainingMeter
 from peftlab.cli import quiet_libraries
 from peftlab.config.commands import TrainSchema
 from peftlab.data.datamodule import TaskDataModule
+from peftlab.distributed import SECONDARY
 from peftlab.errors import ConfigError
 from peftlab.memory import peak_rss_mb, reset_peak_rss
 from peftlab.methods import BuildContext, apply_method, count_parameters, peft_config_for
 from peftlab.models import display_name, enable_gradient_checkpointing, load_backbone
 from peftlab.module import PeftLabModule, read_checkpoint
 from peftlab.outputs import atomic_path, remove_stale_temps, versions, write_json, write_jsonl
+from peftlab.precision import device_map, quantization_config
 from peftlab.sweeps import threads_per_parallel_job, write_rerun_config
 from peftlab.tasks import Task
 from peftlab.trainer import make_trainer, split_metrics
@@ -64,9 +66,11 @@ def check_same_config(cfg: DictConfig, run_dir: Path) -> None:
 def run_job(conf: TrainSchema, cfg: DictConfig, run_dir: Path, task: Task, objective: str) -> dict[str, Any]:
     started = time.perf_counter()
     quiet_libraries()
-    remove_stale_temps(run_dir)  # what a killed save left here (this process holds the folder's lock)
+    writes = not SECONDARY  # only the first process of a distributed run writes the run folder
+    if writes:
+        remove_stale_temps(run_dir)  # what a killed save left here (this process holds the folder's lock)
     in_place = bool(conf.resume_from) and Path(conf.resume_from).resolve().is_relative_to(run_dir.resolve())
-    if in_place:
+    if in_place and writes:
         check_same_config(cfg, run_dir)
     gc.collect()  # what an earlier job of the same sweep process left behind
     reset_peak_rss()
@@ -76,32 +80,39 @@ def run_job(conf: TrainSchema, cfg: DictConfig, run_dir: Path, task: Task, objec
         torch.set_num_threads(threads)
     dry = bool(conf.trainer.fast_dev_run)
 
-    backbone = load_backbone(conf.model, conf.paths.cache_dir, task, conf.precision.dtype)
+    backbone = load_backbone(conf.model, conf.paths.cache_dir, task, conf.precision.dtype,
+                             quantization_config(conf.precision), device_map(conf.hardware))
     data = TaskDataModule(task, backbone.tokenizer, seed=conf.seed)
     data.setup()
+    if conf.precision.quantize:  # norms in fp32, inputs that carry gradients to the adapters (peft's k-bit preparation)
+        from peft import prepare_model_for_kbit_training
+
+        prepare_model_for_kbit_training(backbone.model, use_gradient_checkpointing=False)
     if conf.model.gradient_checkpointing:
         enable_gradient_checkpointing(backbone.model)
     # the method's own checks against this backbone (target modules, init text...) before any work
     context = BuildContext(task, backbone.model, backbone.tokenizer, backbone.path)
     peft_config_for(conf.method, context)
     checkpoint = read_checkpoint(conf.resume_from) if conf.resume_from else None
-    with atomic_path(run_dir / "config.yaml", overwrite=True) as tmp:
-        tmp.write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    write_rerun_config(cfg, run_dir)
+    if writes:
+        with atomic_path(run_dir / "config.yaml", overwrite=True) as tmp:
+            tmp.write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        write_rerun_config(cfg, run_dir)
     log.info("model %s (%s), task %s %s", display_name(conf.model), backbone.path, conf.data.name, data.sizes())
 
     zero_shot: Optional[dict[str, float]] = None
     if conf.zero_shot and not dry:  # the untouched base, before the method is applied
         base = PeftLabModule(backbone.model, task, backbone.tokenizer)
         zero_shot = evaluate(make_trainer(conf, evaluation=True), base, data)
-        write_jsonl(run_dir / "zero_shot_predictions.jsonl", base.predictions)
+        if writes:
+            write_jsonl(run_dir / "zero_shot_predictions.jsonl", base.predictions)
         log.info("zero-shot test: %s", zero_shot)
 
     model = apply_method(backbone.model, conf.method, context)
     params = count_parameters(model)
     log.info("method %s: %s trainable of %s parameters (%.4f%%)", conf.method.name,
              f"{params['trainable']:,}", f"{params['total']:,}", params["trainable_pct"])
-    module = PeftLabModule(model, task, backbone.tokenizer, conf.optim)
+    module = PeftLabModule(model, task, backbone.tokenizer, conf.optim, shard=conf.hardware.strategy == "fsdp")
     if checkpoint is not None:
         module.on_load_checkpoint(checkpoint)  # the run's trainable parameters, before any training
         log.info("resuming from %s (step %d)", conf.resume_from, checkpoint["global_step"])
@@ -116,6 +127,8 @@ def run_job(conf: TrainSchema, cfg: DictConfig, run_dir: Path, task: Task, objec
         trainer.fit(module, datamodule=data, ckpt_path=conf.resume_from)
     except Diverged as err:
         last = run_dir / "checkpoints" / "last.ckpt"
+        if not writes:
+            raise
         write_json(run_dir / "metrics.json", {
             **metrics, "status": "diverged", "diverged": {"step": err.step, "reason": err.what},
             "last_checkpoint": str(last) if last.exists() else None, "overrides": _overrides(), "versions": versions()})
@@ -126,12 +139,13 @@ def run_job(conf: TrainSchema, cfg: DictConfig, run_dir: Path, task: Task, objec
     if dry:
         log.info("fast_dev_run: nothing saved; test on one batch: %s", test)
         return {"test": test}
-    if not trainer.is_global_zero:
+    state = full_state_dict(model) if conf.save_adapter else None  # every process takes part when sharded
+    if not trainer.is_global_zero or not writes:
         return {"test": test}
 
     if conf.save_adapter:
         with atomic_path(run_dir / "adapter") as tmp:
-            model.save_pretrained(tmp)
+            model.save_pretrained(tmp, **({"state_dict": state} if state is not None else {}))
             backbone.tokenizer.save_pretrained(tmp)
     write_jsonl(run_dir / "test_predictions.jsonl", module.predictions)
     meter = next((c for c in trainer.callbacks if isinstance(c, TrainingMeter)), None)
@@ -155,6 +169,18 @@ def run_job(conf: TrainSchema, cfg: DictConfig, run_dir: Path, task: Task, objec
     write_json(run_dir / "metrics.json", metrics)
     log.info("done\n%s", summary(metrics, task, run_dir))
     return metrics
+
+
+def full_state_dict(model: torch.nn.Module) -> Optional[dict[str, torch.Tensor]]:
+    """The whole state dict of a model sharded by FSDP2 (gathered from every process onto the CPU of
+    each), for saving; None for a model that is not sharded (it saves its own)."""
+    from torch.distributed.tensor import DTensor
+
+    if not any(isinstance(p, DTensor) for p in model.parameters()):
+        return None
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
 def _overrides() -> list[str]:

@@ -41,11 +41,14 @@ class MethodSchema:
     def check(self, run: Any) -> list[str]:
         """Problems with this method in ``run`` (a validated top-level config), one line each."""
         problems = []
-        data = getattr(run, "data", None)
+        data, precision = getattr(run, "data", None), getattr(run, "precision", None)
         supported = self.capabilities.task_types
         if data is not None and supported is not None and data.task_type not in supported:
             problems.append(f"method={self.name} does not serve data.task_type={data.task_type} "
                             f"(it serves {', '.join(supported)})")
+        if precision is not None and precision.quantize and not self.capabilities.quantized_base:
+            problems.append(f"method={self.name} cannot train on a quantized base (precision={precision.name}): "
+                            "it trains the base's own weights, which are 8- or 4-bit integers there")
         return problems
 
 

@@ -148,16 +148,24 @@ class OptimSchema:
 # ------------------------------------------------------------------------------------ precision
 @dataclass
 class PrecisionSchema:
-    """``trainer`` is Lightning's precision flag; ``dtype`` the dtype the base weights load in."""
+    """``trainer`` is Lightning's precision flag (``auto``: bf16-mixed on a CUDA device with bf16,
+    else fp32); ``dtype`` the dtype the base weights load in; ``quantize`` loads the frozen base in
+    8 or 4 bits with bitsandbytes (int8, nf4, fp4), for methods that train on a quantized base."""
 
     name: str = MISSING
     trainer: str = "32-true"
     dtype: str = "float32"
+    quantize: Optional[str] = None  # null | int8 | nf4 | fp4
+    double_quant: bool = True  # 4-bit: quantize the quantization constants too (QLoRA's double quantization)
+    compute_dtype: str = "float32"  # 4-bit: the dtype its matmuls run in (bfloat16 on GPUs)
 
     def __post_init__(self) -> None:
         _one_of("precision.trainer", self.trainer,
-                ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true"))
+                ("auto", "32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true"))
         _one_of("precision.dtype", self.dtype, ("float32", "bfloat16", "float16", "float64"))
+        if self.quantize is not None:
+            _one_of("precision.quantize", self.quantize, ("int8", "nf4", "fp4"))
+        _one_of("precision.compute_dtype", self.compute_dtype, ("float32", "bfloat16", "float16"))
 
 
 # ------------------------------------------------------------------------------------- hardware
@@ -165,13 +173,16 @@ class PrecisionSchema:
 class HardwareSchema:
     name: str = MISSING
     accelerator: str = "cpu"
-    devices: Any = 1
-    strategy: str = "auto"
+    devices: Any = 1  # per node; under ddp/fsdp, one process per device
+    strategy: str = "auto"  # auto | ddp | fsdp (FSDP2: every decoder layer sharded over the processes)
     num_nodes: int = 1
     threads: Optional[int] = None  # torch.set_num_threads; null leaves torch's default
 
     def __post_init__(self) -> None:
         _one_of("hardware.accelerator", self.accelerator, ("cpu", "gpu", "cuda", "mps", "auto"))
+        _one_of("hardware.strategy", self.strategy, ("auto", "ddp", "fsdp"))
+        _check(self.strategy != "fsdp" or isinstance(self.devices, int), "hardware.devices",
+               "must be a number of devices with hardware.strategy=fsdp", self.devices)
         ok = self.devices == "auto" or (isinstance(self.devices, int) and self.devices > 0) or (
             isinstance(self.devices, (list, tuple)) and len(self.devices) > 0
         )

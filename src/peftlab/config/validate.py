@@ -143,6 +143,15 @@ def _cross_checks(obj: Any) -> None:
         if precision.trainer.startswith("16") and hardware.accelerator == "cpu":
             errors.append(f"precision.trainer={precision.trainer} needs a GPU (hardware.accelerator=cpu); "
                           "use precision=bf16 or precision=fp32 on CPU")
+        if precision.quantize and hardware.strategy == "fsdp":
+            errors.append(f"precision={precision.name} does not combine with hardware.strategy=fsdp: a quantized "
+                          "base is already small; use hardware=ddp")
+    if precision is not None and precision.quantize:
+        from peftlab.precision import check_bitsandbytes
+
+        problem = check_bitsandbytes(precision)
+        if problem:
+            errors.append(problem)
     model, data, method = getattr(obj, "model", None), getattr(obj, "data", None), getattr(obj, "method", None)
     if model is not None and data is not None and data.task_type not in model.tasks:
         errors.append(f"data.task_type={data.task_type} (data={data.name}) does not fit model={model.name}, "

@@ -9,6 +9,11 @@ import torch
 from peftlab.data.tokenize import IGNORE_INDEX
 
 
+def counted(examples: list[dict[str, Any]]) -> torch.Tensor:
+    """Which examples evaluation counts: not the copies that even out shards across processes."""
+    return torch.tensor([not e.get("pad", False) for e in examples], dtype=torch.bool)
+
+
 def pad(seqs: list[list[int]], value: int, left: bool = False) -> torch.Tensor:
     width = max(len(s) for s in seqs)
     rows = [([value] * (width - len(s)) + s) if left else (s + [value] * (width - len(s))) for s in seqs]
@@ -28,9 +33,12 @@ class CausalLMCollator:
         batch: dict[str, Any] = {
             "input_ids": pad(ids, self.pad_token_id),
             "attention_mask": pad([[1] * len(s) for s in ids], 0),
-            "labels": pad([e["labels"] for e in examples], IGNORE_INDEX),
+            # a shard's padding copies carry no label: they add nothing to the loss
+            "labels": pad([[IGNORE_INDEX] * len(e["labels"]) if e.get("pad") else e["labels"] for e in examples],
+                          IGNORE_INDEX),
         }
         if self.generation:
+            batch["counted"] = counted(examples)
             prompts = [e["prompt_ids"] for e in examples]
             batch["gen_input_ids"] = pad(prompts, self.pad_token_id, left=True)
             batch["gen_attention_mask"] = pad([[1] * len(s) for s in prompts], 0, left=True)
@@ -47,4 +55,5 @@ class ClassificationCollator:
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
         ids = [e["input_ids"] for e in examples]
         return {"input_ids": pad(ids, self.pad_token_id), "attention_mask": pad([[1] * len(s) for s in ids], 0),
-                "labels": torch.tensor([e["label"] for e in examples], dtype=torch.long)}
+                "labels": torch.tensor([e["label"] for e in examples], dtype=torch.long),
+                "counted": counted(examples)}

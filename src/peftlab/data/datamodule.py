@@ -14,7 +14,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from peftlab.data.loaders import ResumableLoader
+from peftlab.data.loaders import ResumableLoader, eval_shard
 from peftlab.data.sources import WHERE, load_splits
 from peftlab.errors import DataError
 
@@ -77,7 +77,7 @@ class TaskDataModule(L.LightningDataModule):
 
     def _eval_loader(self, split: str) -> DataLoader:
         self.setup()
-        return DataLoader(self.splits[split], batch_size=self.cfg.eval_batch_size, shuffle=False,
+        return DataLoader(eval_shard(self.splits[split]), batch_size=self.cfg.eval_batch_size, shuffle=False,
                           num_workers=self.cfg.num_workers, collate_fn=self.task.collator(self.tokenizer, True),
                           generator=torch.Generator().manual_seed(self.seed))  # never the global generator
 

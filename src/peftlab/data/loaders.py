@@ -1,4 +1,5 @@
-"""The training loader: batches in a seeded order, with their position as state.
+"""The loaders: training batches in a seeded order with their position as state, and evaluation
+shards that count every example once under several processes.
 
 Lightning saves a loader's ``state_dict`` in every checkpoint and restores it on resume, so a
 resumed run continues with the very next batch the interrupted run would have seen. The order
@@ -14,13 +15,7 @@ from typing import Any, Callable, Iterator
 import torch
 from torch.utils.data import DataLoader
 
-
-def _rank_and_world() -> tuple[int, int]:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
+from peftlab.distributed import rank_and_world
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
@@ -46,11 +41,11 @@ class ResumableLoader:
     def _batches(self) -> list[list[int]]:
         order = epoch_order(len(self.dataset), self.seed, self.epoch)
         batches = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
-        rank, world = _rank_and_world()
+        rank, world = rank_and_world()
         return batches[: len(batches) // world * world][rank::world] if world > 1 else batches
 
     def __len__(self) -> int:
-        _, world = _rank_and_world()
+        _, world = rank_and_world()
         n = math.ceil(len(self.dataset) / self.batch_size)
         return n // world if world > 1 else n
 
@@ -68,3 +63,21 @@ class ResumableLoader:
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         self.epoch, self.position = int(state["epoch"]), int(state["position"])
+
+
+def eval_shard(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """This process's share of an evaluation split: every world-size-th example, padded to the
+    same length on every process with copies marked ``pad`` (evaluation leaves them out), so that
+    every process runs the same number of batches and each example is counted exactly once."""
+    rank, world = rank_and_world()
+    if world == 1:
+        return rows
+    shard = rows[rank::world]
+    return shard + [{**rows[0], "pad": True}] * (math.ceil(len(rows) / world) - len(shard))
+
+
+def unshard(per_rank: list[list[Any]]) -> list[Any]:
+    """Back to the split's order: the i-th item of rank r was example i * world + r."""
+    world = len(per_rank)
+    return [per_rank[r][i] for i in range(max(map(len, per_rank), default=0)) for r in range(world)
+            if i < len(per_rank[r])]

@@ -9,32 +9,28 @@ and checked again; only then is it renamed into place. A failed check raises
 
 from __future__ import annotations
 
-import dataclasses
 import gc
 import logging
 from pathlib import Path
 from typing import Any, Optional
 
 from peftlab.errors import ConfigError, PeftlabError
-from peftlab.export.verify import (
-    Reference,
-    check_model,
-    compare,
-    forward_ms,
-    iter_logits,
-    problems,
-    test_metrics,
-    tolerance,
+from peftlab.export.references import (
+    PROBES,
+    QUANTIZATION_SLACK,
+    TIMING,
+    RunModels,
+    head,
+    measure_quantized,
+    measure_reference,
+    quantization_gap,
 )
+from peftlab.export.verify import check_model, compare, forward_ms, iter_logits, problems, test_metrics, tolerance
 from peftlab.memory import peak_rss_mb, reset_peak_rss
-from peftlab.models import DTYPES, load_backbone
+from peftlab.models import DTYPES
 from peftlab.outputs import atomic_path, remove_stale_temps, write_json
-from peftlab.tasks import make_task
 
 log = logging.getLogger("peftlab.merge")
-
-PROBES = 16  # examples whose discrete outputs (generations, labels) must match
-TIMING = 8  # examples of the batch whose forward latency is measured, and of the float64 check
 
 
 class VerificationError(PeftlabError):
@@ -67,53 +63,6 @@ def folder_mb(path: Path) -> float:
     return round(sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file()) / 2**20, 2)
 
 
-def _head(batch: dict[str, Any], n: int) -> dict[str, Any]:
-    return {k: v[:n] for k, v in batch.items()}
-
-
-class _Run:
-    """The pieces of a run a merge works with: its task, data, and a loader of its adapter model."""
-
-    def __init__(self, run_dir: Path, run, dtype: str, cache_dir: Optional[str], max_test_examples: Optional[int]):
-        from peftlab.data.datamodule import TaskDataModule
-
-        self.run_dir, self.run, self.adapter = run_dir, run, run_dir / "adapter"
-        self.cache_dir = cache_dir or run.paths.cache_dir
-        data_cfg = run.data if max_test_examples is None else dataclasses.replace(
-            run.data, max_eval_examples=max_test_examples)
-        self.task = make_task(data_cfg)
-        self.backbone = None
-        self.model = self.adapter_model(dtype)
-        self.data = TaskDataModule(self.task, self.backbone.tokenizer, seed=run.seed)
-
-    def adapter_model(self, dtype: str):
-        import torch
-        from peft import PeftModel
-
-        self.model = self.backbone = None  # one copy of the weights at a time
-        gc.collect()
-        torch.manual_seed(self.run.seed)  # a classification head not in the adapter is initialised the same
-        self.backbone = load_backbone(self.run.model, self.cache_dir, self.task, dtype)
-        self.model = PeftModel.from_pretrained(self.backbone.model, self.adapter).eval()
-        return self.model
-
-
-def measure_reference(r: _Run, batches, dtype: str, adapter_metrics: Optional[dict[str, float]]) -> Reference:
-    """The adapter model as it would be deployed unmerged, in the export dtype."""
-    model, tokenizer, task = r.model, r.backbone.tokenizer, r.task
-    ref = Reference(logits=list(iter_logits(model, task, batches)),
-                    probes=task.probe(model, tokenizer, _head(batches[0], PROBES)),
-                    metrics=adapter_metrics if adapter_metrics is not None else
-                    test_metrics(model, task, tokenizer, r.data.test_dataloader()))
-    if dtype in ("float32", "float64"):  # the same logits in float64: what the merge changes, free of fp32 rounding
-        ref.logits64 = list(iter_logits(model.double(), task, [_head(batches[0], TIMING)]))
-        model.float()  # fp32 -> fp64 -> fp32 is lossless
-    ref.latency["adapter_unmerged_ms"] = forward_ms(model, _head(batches[0], TIMING))
-    with model.disable_adapter():
-        ref.latency["base_ms"] = forward_ms(model, _head(batches[0], TIMING))
-    return ref
-
-
 def merge_run(run_dir: Path, run, out_dir: Path, dtype: Optional[str] = None, cache_dir: Optional[str] = None,
               verify_batches: int = 2, report_dir: Optional[Path] = None, max_test_examples: Optional[int] = None,
               min_top1: Optional[float] = None, adapter_metrics: Optional[dict[str, float]] = None) -> dict[str, Any]:
@@ -130,17 +79,26 @@ def merge_run(run_dir: Path, run, out_dir: Path, dtype: Optional[str] = None, ca
     remove_stale_temps(out_dir.parent, out_dir.name)  # what a killed merge left (a whole model)
     check_adapter_file(run_dir / "adapter")
     dtype = dtype or run.precision.dtype
-    r = _Run(run_dir, run, dtype, cache_dir, max_test_examples)
+    quantized = bool(run.precision.quantize)
+    r = RunModels(run_dir, run, dtype, cache_dir, max_test_examples, quantized=quantized)
     batches = [b for _, b in zip(range(verify_batches), r.data.val_dataloader(), strict=False)]
+    quant: dict[str, Any] = {}
+    if quantized:  # QLoRA: the adapter as trained, on the quantized base; then the full-precision base it merges into
+        ref_q, base_q = measure_quantized(r, batches, adapter_metrics)
+        adapter_metrics = ref_q.metrics
+        r.adapter_model(dtype)
+        with r.model.disable_adapter():
+            quant = {"base": run.precision.quantize, "min_top1": quantization_gap(base_q, list(
+                iter_logits(r.model, r.task, batches)))}
     ref = measure_reference(r, batches, dtype, adapter_metrics)
     report: dict[str, Any] = {"run_dir": str(run_dir), "out_dir": str(out_dir), "method": run.method.name,
                               "base_model": r.backbone.path, "dtype": dtype, "probe_name": r.task.probe_name}
     merged = (r.adapter_model("float32") if dtype != "float32" else r.model).merge_and_unload()
     merged = merged.to(DTYPES[dtype])  # merged in fp32 (in place: no second copy of the weights), cast once
-    latency = {**ref.latency, "merged_ms": forward_ms(merged, _head(batches[0], TIMING))}
-    tokenizer, probe_batch = r.backbone.tokenizer, _head(batches[0], PROBES)
+    latency = {**ref.latency, "merged_ms": forward_ms(merged, head(batches[0], TIMING))}
+    tokenizer, probe_batch = r.backbone.tokenizer, head(batches[0], PROBES)
     checks = {"in_memory": check_model(merged, r.task, tokenizer, batches, probe_batch, ref)}
-    tol = tolerance(dtype, r.data.sizes()["test"], min_top1)
+    tol = tolerance(dtype, r.data.sizes()["test"], min_top1, quantized)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     try:
         with atomic_path(out_dir) as tmp:
@@ -154,8 +112,10 @@ def merge_run(run_dir: Path, run, out_dir: Path, dtype: Optional[str] = None, ca
             checks["reloaded"] = check_model(reloaded, r.task, tokenizer, batches, probe_batch, ref)
             if ref.logits64 is not None:
                 checks["reloaded"]["max_abs_error_fp64"] = compare(
-                    ref.logits64, iter_logits(reloaded.double(), r.task, [_head(batches[0], TIMING)]))["max_abs_error"]
+                    ref.logits64, iter_logits(reloaded.double(), r.task, [head(batches[0], TIMING)]))["max_abs_error"]
                 reloaded.float()
+            if quantized:  # what the export changes against the adapter model the run tested
+                quant["vs_quantized_adapter"] = check_model(reloaded, r.task, tokenizer, batches, probe_batch, ref_q)
             report.update(
                 tolerance=tol.__dict__, checks=checks,
                 metrics={"adapter": ref.metrics,
@@ -164,8 +124,12 @@ def merge_run(run_dir: Path, run, out_dir: Path, dtype: Optional[str] = None, ca
                 latency=latency | {"merged_over_base": round(latency["merged_ms"] / latency["base_ms"], 3)},
                 peak_rss_mb=round(peak_rss_mb(), 1),
                 chat_template=bool(getattr(tokenizer, "chat_template", None)),
+                **({"quantization": quant} if quant else {}),
             )
             found = problems(report, tol, r.task.primary_metric)
+            if quant and not quant["vs_quantized_adapter"]["top1_agreement"] >= quant["min_top1"]:
+                found.append(f"vs the adapter on the {quant['base']} base: top-1 agreement "
+                             f"{quant['vs_quantized_adapter']['top1_agreement']:.4f} < {quant['min_top1']:.4f}")
             report["passed"] = not found
             if found:
                 raise VerificationError("merge verification failed: " + "; ".join(found))
@@ -186,6 +150,11 @@ def summary(r: dict[str, Any], metric: str) -> str:
         + f"; top-1 agreement at the answer positions {c['top1_agreement']:.4f}, "
         f"{r['probe_name']} identical {c['probes_identical']}/{c['probes']}",
         f"  test {metric}: adapter {m['adapter'][metric]:.4f}, merged {m['merged'][metric]:.4f}",
+        *([f"  vs the adapter on the {q['base']} base it trained on: top-1 agreement "
+           f"{q['vs_quantized_adapter']['top1_agreement']:.4f} (at least {q['min_top1']:.4f}: the base's own "
+           f"quantization shift less {QUANTIZATION_SLACK}), "
+           f"max logit error {q['vs_quantized_adapter']['max_abs_error']:.3g}"]
+          if (q := r.get("quantization")) else []),
         f"  forward latency: base {lat['base_ms']} ms, adapter {lat['adapter_unmerged_ms']} ms, merged "
         f"{lat['merged_ms']} ms (merged/base {lat['merged_over_base']})",
         f"  size on disk: adapter {r['sizes_mb']['adapter']} MiB, merged {r['sizes_mb']['merged']} MiB; "

@@ -69,10 +69,11 @@ class CausalLMTask(Task):
         metrics.update_loss(*self.loss(model, batch))
         if "exact_match" not in metrics.names:
             return []
-        predictions = self.probe(model, tokenizer, batch)
-        metrics.task["exact_match"].update(predictions, batch["references"])
-        return [{"prediction": p, "reference": r, "correct": p.strip() == r.strip()}
-                for p, r in zip(predictions, batch["references"], strict=True)]
+        keep = batch["counted"].tolist()
+        pairs = [(p, r) for p, r, k in zip(self.probe(model, tokenizer, batch), batch["references"], keep, strict=True)
+                 if k]
+        metrics.task["exact_match"].update([p for p, _ in pairs], [r for _, r in pairs])
+        return [{"prediction": p, "reference": r, "correct": p.strip() == r.strip()} for p, r in pairs]
 
     def probe(self, model, tokenizer, batch) -> list[str]:
         from peftlab.tasks.generation import generate

@@ -80,7 +80,8 @@ class ClassificationTask(Task):
     def evaluate(self, model, tokenizer, batch, metrics) -> list[dict[str, Any]]:
         import torch.nn.functional as F
 
-        logits, labels = self._logits(model, batch), batch["labels"]
+        keep = batch["counted"]
+        logits, labels = self._logits(model, batch)[keep], batch["labels"][keep]
         metrics.update_loss(F.cross_entropy(logits, labels, reduction="sum"), len(labels))
         predicted = logits.argmax(-1)
         metrics.task.update(predicted, labels)

@@ -22,7 +22,12 @@ def end_tokens(model: torch.nn.Module, tokenizer: Any) -> list[int]:
 def generate(model: torch.nn.Module, tokenizer: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
              max_new_tokens: int) -> list[str]:
     """Batched greedy decoding of left-padded prompts with the KV cache; the continuations, stripped."""
+    from peftlab.distributed import rank_and_world
+
     config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id,
                               eos_token_id=end_tokens(model, tokenizer))
-    out = model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config)
+    # with several processes every one decodes until all have ended: a sharded model's forward is collective
+    synced = rank_and_world()[1] > 1
+    out = model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config,
+                         synced_gpus=synced)
     return [t.strip() for t in tokenizer.batch_decode(out[:, input_ids.shape[1]:], skip_special_tokens=True)]

@@ -28,6 +28,24 @@ class ExactMatch(Metric):
         return self.correct.float() / self.total.clamp(min=1)
 
 
+class WeightedMean(MeanMetric):
+    """torchmetrics' weighted mean that keeps NaN visible. torchmetrics 1.9's MeanMetric replaces the
+    weights with ones when ``nan_strategy="disable"`` (``_cast_and_nan_check_input``), so a
+    token-weighted loss silently became a mean of batch means; the other strategies drop NaN values.
+    tests/test_pins.py fails when torchmetrics keeps the weights itself and this class can go."""
+
+    def __init__(self) -> None:
+        super().__init__(nan_strategy="disable")
+
+    def _cast_and_nan_check_input(self, x, weight=None):
+        x = x if isinstance(x, torch.Tensor) else torch.as_tensor(x, dtype=self.dtype, device=self.device)
+        if weight is None:
+            weight = torch.ones_like(x)
+        elif not isinstance(weight, torch.Tensor):
+            weight = torch.as_tensor(weight, dtype=self.dtype, device=self.device)
+        return x.to(self.dtype), weight.to(self.dtype)
+
+
 def perplexity(values: dict[str, float]) -> dict[str, float]:
     return {"perplexity": math.exp(min(values["loss"], 50.0))}
 
@@ -39,8 +57,8 @@ class SplitMetrics(nn.Module):
     def __init__(self, metrics: Optional[dict[str, Metric]] = None,
                  derived: Optional[Callable[[dict[str, float]], dict[str, float]]] = None):
         super().__init__()
-        # float64 sums; a NaN loss stays NaN (torchmetrics would otherwise drop it with a warning)
-        self.loss = MeanMetric(nan_strategy="disable").set_dtype(torch.float64)
+        # float64 sums; a NaN loss stays NaN
+        self.loss = WeightedMean().set_dtype(torch.float64)
         self.task = MetricCollection(metrics) if metrics else None
         self.derived = derived
 
