@@ -53,6 +53,11 @@ def _inputs(root: Path) -> dict[str, Path]:
     p["txt"].write_text("prompt,response\n")
     p["badlabel"] = jsonl(root / "badlabel.jsonl", [{"text": f"t{i}", "label": ["negative", "positive"][i % 2]}
                                                    for i in range(19)] + [{"text": "t", "label": "maybe"}])
+    pairs = [{"prompt": f"Date {i}?", "chosen": f"2020-01-{i + 1:02d}", "rejected": f"20-01-{i + 1:02d}"}
+             for i in range(20)]
+    p["no_rejected"] = jsonl(root / "no_rejected.jsonl", [pairs[0], {"prompt": "a", "chosen": "b"}])
+    p["same_pair"] = jsonl(root / "same_pair.jsonl", [{**r, "rejected": r["chosen"]} for r in pairs])
+    p["empty_chosen"] = jsonl(root / "empty_chosen.jsonl", [{**r, "chosen": ""} for r in pairs])
     p["random_ckpt"] = root / "random.ckpt"
     p["random_ckpt"].write_bytes(bytes(range(256)) * 40)
     p["corrupt_config"] = root / "corrupt_config"
@@ -143,6 +148,31 @@ CASES = [
     ("unsupported file", "peftlab-train", ["data=custom", "data.path={txt}"], "unsupported file type '.txt'"),
     ("unknown label", "peftlab-train", ["data=reviews", "data.path={badlabel}"],
      "label 'maybe' is not one of data.labels (negative, positive)"),
+    # preference training
+    ("preference on an sft task", "peftlab-train", ["preference=dpo"],
+     "preference=dpo: data.task_type=causal_lm trains on no preference pairs"),
+    ("full with adapter_off", "peftlab-train", ["data=date_prefs", "method=full"],
+     "preference.reference=adapter_off: method=full has no adapter to switch off"),
+    ("prompt with adapter_off", "peftlab-train", ["data=date_prefs", "method=prompt"],
+     "a fresh method=prompt adapter already changes the model, so the base is not the model the run starts "
+     "from; use preference.reference=precomputed"),
+    ("adapter_off after sft", "peftlab-train", ["data=date_prefs", "init_adapter={finished}/adapter"],
+     "preference.reference=adapter_off with init_adapter: the reference would be the base"),
+    ("frozen_adapter without one", "peftlab-train", ["data=date_prefs", "preference=dpo",
+                                                   "preference.reference=frozen_adapter"],
+     "preference.reference=frozen_adapter needs init_adapter=<run_dir>/adapter"),
+    ("no init adapter", "peftlab-train", ["init_adapter={out}/nope"],
+     "init_adapter must be an adapter folder (with adapter_config.json), such as <run_dir>/adapter"),
+    ("init adapter of another method", "peftlab-train", ["method=ia3", "init_adapter={finished}/adapter"],
+     "init_adapter: {finished}/adapter is a LORA adapter; method=ia3 trains IA3"),
+    ("unknown reference", "peftlab-train", ["data=date_prefs", "preference=dpo", "preference.reference=base"],
+     "preference.reference must be one of adapter_off, frozen_adapter, precomputed, separate, got 'base'"),
+    ("pair without rejected", "peftlab-train", ["data=date_prefs", "data.path={no_rejected}"],
+     "{no_rejected} line 2: missing field 'rejected' (data.rejected_field"),
+    ("chosen equals rejected", "peftlab-train", ["data=date_prefs", "data.path={same_pair}"],
+     "examples would train or test nothing (chosen equals rejected: "),
+    ("empty chosen answer", "peftlab-train", ["data=date_prefs", "data.path={empty_chosen}"],
+     "examples would train or test nothing (empty answer: "),
     # models
     ("missing model folder", "peftlab-train", ["model=hf", "model.name_or_path={out}/nope"],
      "model.name_or_path: no such folder"),

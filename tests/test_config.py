@@ -149,25 +149,33 @@ def test_cli_bad_override_fails_with_one_line(cli_results, override):
     assert not Path(run_dir).exists() or not any(Path(run_dir).iterdir())
 
 
-def launch_command(experiment: str) -> list[str]:
-    """The launch command on the experiment file's first comment line (after the package line)."""
+def launch_commands(experiment: str) -> list[list[str]]:
+    """The launch command on the experiment file's first comment line (after the package line):
+    one command, or several joined by ``&&``."""
     for line in (CONF / "experiment" / f"{experiment}.yaml").read_text().splitlines():
         if line.startswith("# peftlab-"):
-            return line[2:].split()
+            return [part.split() for part in line[2:].split("&&")]
     raise AssertionError(f"experiment/{experiment}.yaml has no launch command comment")
 
 
 @pytest.mark.parametrize("experiment", _options("experiment"))
 def test_every_experiment_runs_its_launch_command(experiment, tmp_path, cache_dir):
-    """Training experiments run on the tiny model for one step; the others as they are."""
-    command = launch_command(experiment)
-    assert f"experiment={experiment}" in command
-    command = [c for c in command if not c.startswith("seed=")]
-    if command[0] == "peftlab-train":
-        command += ["debug=tiny", "seed=1", "trainer.max_steps=1", "zero_shot=false", "merge_after=false",
-                    "trainer.limit_test_batches=1", "trainer.limit_val_batches=1"]
-    proc = run_cli(*command, f"hydra.sweep.dir={tmp_path}")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    jobs = sorted(p for p in tmp_path.iterdir() if p.is_dir())
+    """Training experiments run on the tiny model for one step; the others as they are. Folders
+    under outputs/ go to a temporary folder."""
+    commands = launch_commands(experiment)
+    assert f"experiment={experiment}" in commands[-1]
+    for command in commands:
+        command = [c.replace("=outputs/", f"={tmp_path}/") for c in command if not c.startswith("seed=")]
+        if command[0] == "peftlab-train":
+            command += ["debug=tiny", "seed=1", "trainer.max_steps=1", "zero_shot=false", "merge_after=false",
+                        "trainer.limit_test_batches=1", "trainer.limit_val_batches=1"]
+        sweep = "-m" in command
+        proc = run_cli(*command, *([f"hydra.sweep.dir={tmp_path}"] if sweep else []))
+        assert proc.returncode == 0, proc.stderr[-3000:]
     result = "metrics.json" if command[0] == "peftlab-train" else "params.json"
-    assert len(jobs) > 1 and all((job / result).exists() for job in jobs)
+    if sweep:
+        jobs = sorted(p for p in tmp_path.iterdir() if p.is_dir())
+        assert len(jobs) > 1 and all((job / result).exists() for job in jobs)
+    else:
+        run_dir = next(c.split("=", 1)[1] for c in command if c.startswith("hydra.run.dir="))
+        assert (Path(run_dir) / result).exists()

@@ -117,7 +117,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     run_dir = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else Path(cfg.paths.run_dir)
     if SECONDARY:  # a second process of a distributed run: it computes with the first, which writes
         conf = validate(cfg, TrainSchema)
-        task = make_task(conf.data)
+        task = make_task(conf.data, run=conf)
         from peftlab.training import run_job
 
         return run_job(conf, cfg, run_dir, task, objective_key(conf, task))
@@ -126,7 +126,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             conf = validate(cfg, TrainSchema)
             check_one_process_per_job(conf)
             check_fresh_run_dir(run_dir)
-            task = make_task(conf.data)
+            task = make_task(conf.data, run=conf)
+            problems = task.check(conf)
+            if problems:
+                raise ConfigError("; ".join(problems))
             objective = objective_key(conf, task)
             from peftlab.training import run_job  # the heavy libraries, once the config is valid
 

@@ -100,15 +100,24 @@ def run_job(conf: TrainSchema, cfg: DictConfig, run_dir: Path, task: Task, objec
         write_rerun_config(cfg, run_dir)
     log.info("model %s (%s), task %s %s", display_name(conf.model), backbone.path, conf.data.name, data.sizes())
 
-    zero_shot: Optional[dict[str, float]] = None
-    if conf.zero_shot and not dry:  # the untouched base, before the method is applied
-        base = PeftLabModule(backbone.model, task, backbone.tokenizer)
-        zero_shot = evaluate(make_trainer(conf, evaluation=True), base, data)
+    def before(model: torch.nn.Module) -> Optional[dict[str, float]]:
+        """The test metrics of the model the run starts from (zero_shot in metrics.json)."""
+        if not conf.zero_shot or dry:
+            return None
+        start = PeftLabModule(model, task, backbone.tokenizer)
+        metrics = evaluate(make_trainer(conf, evaluation=True), start, data)
         if writes:
-            write_jsonl(run_dir / "zero_shot_predictions.jsonl", base.predictions)
-        log.info("zero-shot test: %s", zero_shot)
+            write_jsonl(run_dir / "zero_shot_predictions.jsonl", start.predictions)
+        log.info("zero-shot test%s: %s", " (the starting adapter)" if conf.init_adapter else "", metrics)
+        return metrics
 
-    model = apply_method(backbone.model, conf.method, context)
+    # the untouched base, before the method is applied; or the adapter the run starts from
+    zero_shot = None if conf.init_adapter else before(backbone.model)
+    task.before_wrapping(backbone.model)
+    model = apply_method(backbone.model, conf.method, context, conf.init_adapter)
+    task.before_training(model, data)
+    if conf.init_adapter:
+        zero_shot = before(model)
     params = count_parameters(model)
     log.info("method %s: %s trainable of %s parameters (%.4f%%)", conf.method.name,
              f"{params['trainable']:,}", f"{params['total']:,}", params["trainable_pct"])
@@ -121,6 +130,7 @@ def run_job(conf: TrainSchema, cfg: DictConfig, run_dir: Path, task: Task, objec
         "model": display_name(conf.model), "method": conf.method.name, "task": conf.data.name,
         "task_type": task.name, "primary_metric": task.primary_metric, "greater_is_better": task.greater_is_better,
         "objective": objective, "seed": conf.seed, "status": "running", "params": params, "zero_shot": zero_shot,
+        "init_adapter": conf.init_adapter, **task.settings_record(),
     }
     trainer = make_trainer(conf)
     try:
@@ -145,7 +155,8 @@ def run_job(conf: TrainSchema, cfg: DictConfig, run_dir: Path, task: Task, objec
 
     if conf.save_adapter:
         with atomic_path(run_dir / "adapter") as tmp:
-            model.save_pretrained(tmp, **({"state_dict": state} if state is not None else {}))
+            only = {"selected_adapters": [model.active_adapter]} if len(getattr(model, "peft_config", {})) > 1 else {}
+            model.save_pretrained(tmp, **({"state_dict": state} if state is not None else {}), **only)
             backbone.tokenizer.save_pretrained(tmp)
     write_jsonl(run_dir / "test_predictions.jsonl", module.predictions)
     meter = next((c for c in trainer.callbacks if isinstance(c, TrainingMeter)), None)

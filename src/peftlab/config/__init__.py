@@ -19,6 +19,7 @@ from peftlab.config.schema import (
     OptimSchema,
     PathsSchema,
     PrecisionSchema,
+    PreferenceSchema,
     TrainerSchema,
 )
 from peftlab.config.validate import validate
@@ -33,7 +34,7 @@ def register_schemas() -> None:
     cs = ConfigStore.instance()
     for group, node in (("model", ModelSchema), ("data", DataSchema), ("optim", OptimSchema),
                         ("precision", PrecisionSchema), ("hardware", HardwareSchema),
-                        ("trainer", TrainerSchema), ("paths", PathsSchema)):
+                        ("trainer", TrainerSchema), ("paths", PathsSchema), ("preference", PreferenceSchema)):
         cs.store(group=f"schema/{group}", name="base", node=node)
     for name, node in (("train", TrainSchema), ("eval", EvalSchema), ("params", ParamsSchema),
                        ("merge", MergeSchema), ("report", ReportSchema)):

@@ -22,6 +22,7 @@ from peftlab.config.schema import (
     OptimSchema,
     PathsSchema,
     PrecisionSchema,
+    PreferenceSchema,
     TrainerSchema,
 )
 
@@ -40,8 +41,10 @@ class TrainSchema:
     callbacks: Dict[str, Any] = field(default_factory=dict)
     logger: Dict[str, Any] = field(default_factory=dict)
     paths: PathsSchema = MISSING
+    preference: Optional[PreferenceSchema] = None  # preference training settings (data of task type preference)
     seed: int = 42
     zero_shot: bool = True  # test the untouched base model before training
+    init_adapter: Optional[str] = None  # start from this adapter (<run_dir>/adapter of an SFT run)
     save_adapter: bool = True
     merge_after: bool = True  # mergeable methods (LoRA, IA3): merge and verify right after training
     resume_from: Optional[str] = None  # a local checkpoint file of an earlier run (<run_dir>/checkpoints/last.ckpt)
@@ -49,6 +52,10 @@ class TrainSchema:
     tags: List[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        a = self.init_adapter
+        if a is not None:
+            _check(os.path.isfile(os.path.join(os.path.expanduser(a), "adapter_config.json")), "init_adapter",
+                   "must be an adapter folder (with adapter_config.json), such as <run_dir>/adapter", a)
         r = self.resume_from
         if r is not None:
             _check("://" not in r, "resume_from", "must be a local checkpoint file (peftlab never downloads one)", r)

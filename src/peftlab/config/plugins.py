@@ -26,6 +26,9 @@ class Capabilities:
     meta_device: bool = True  # applies to a model on the meta device (counting with no weights)
     quantized_base: bool = False  # trains on an 8-bit / 4-bit base
     per_step_hook: bool = False  # needs a call after every optimizer step
+    # a fresh adapter leaves the outputs unchanged, so switching it off gives the model the run starts
+    # from (LoRA's zero B, IA3's ones); not so for virtual tokens (prefix, prompt, P-tuning)
+    starts_as_base: bool = True
     task_types: Optional[tuple[str, ...]] = None  # None: every task type
 
 

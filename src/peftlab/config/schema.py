@@ -80,6 +80,8 @@ class DataSchema:
     task_type: str = "causal_lm"  # a registered task type (peftlab.tasks): causal_lm, seq_cls, ...
     prompt_field: str = "prompt"
     response_field: str = "response"
+    chosen_field: str = "chosen"  # preference pairs: the preferred answer
+    rejected_field: str = "rejected"  # preference pairs: the answer to move away from
     labels: Optional[List[str]] = None  # seq_cls: the label names in id order (null: sorted from train)
     system_prompt: Optional[str] = None
     prompt_format: str = "auto"  # auto: the chat template when the tokenizer has one, else plain
@@ -115,6 +117,41 @@ class DataSchema:
             _check(v is None or v > 0, f"data.{key}", "must be > 0 or null", v)
         _check(self.num_workers >= 0, "data.num_workers", "must be >= 0", self.num_workers)
         _check(0.0 <= self.max_unusable <= 1.0, "data.max_unusable", "must be in [0, 1]", self.max_unusable)
+
+
+# ----------------------------------------------------------------------------------- preference
+@dataclass
+class PreferenceSchema:
+    """Preference training (DPO; IPO as an option) on (prompt, chosen, rejected) pairs.
+
+    reference: what the policy is compared with
+      ``adapter_off``    the same weights with the adapter switched off: the base (a fresh adapter);
+      ``frozen_adapter`` a frozen copy of the adapter the run starts from (``init_adapter``: SFT
+                         then DPO), loaded as a second, inactive adapter on the same base;
+      ``precomputed``    the log-probabilities of the model as the run starts (its fresh or starting
+                         adapter on), computed once before training and kept with the data;
+      ``separate``       a second full copy of the model: the way without PEFT (and full fine-tuning).
+    """
+
+    name: str = MISSING
+    loss: str = "sigmoid"  # sigmoid (DPO) | ipo
+    beta: float = 0.1
+    label_smoothing: float = 0.0  # sigmoid only: conservative DPO's assumed share of flipped labels
+    # weight of the chosen answers' own loss (mean NLL per token) added to the DPO loss (RPO, Pang et al.,
+    # 2024): keeps the chosen answers likely while the margin grows; 0 is plain DPO
+    sft_weight: float = 0.0
+    reference: str = "adapter_off"
+
+    def __post_init__(self) -> None:
+        _one_of("preference.loss", self.loss, ("sigmoid", "ipo"))
+        _check(self.beta > 0 and math.isfinite(self.beta), "preference.beta", "must be a finite number > 0", self.beta)
+        _check(0.0 <= self.label_smoothing < 0.5, "preference.label_smoothing", "must be in [0, 0.5)",
+               self.label_smoothing)
+        _check(self.label_smoothing == 0 or self.loss == "sigmoid", "preference.label_smoothing",
+               "applies to preference.loss=sigmoid only", self.label_smoothing)
+        _check(self.sft_weight >= 0 and math.isfinite(self.sft_weight), "preference.sft_weight",
+               "must be a finite number >= 0", self.sft_weight)
+        _one_of("preference.reference", self.reference, ("adapter_off", "frozen_adapter", "precomputed", "separate"))
 
 
 # --------------------------------------------------------------------------------------- optim

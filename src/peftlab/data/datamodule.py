@@ -35,7 +35,7 @@ class TaskDataModule(L.LightningDataModule):
     def setup(self, stage: Optional[str] = None) -> None:
         if self.splits is not None:
             return
-        raw = load_splits(self.cfg)
+        raw = load_splits(self.cfg, self.task.fields())
         encode = self.task.encoder(self.tokenizer)
         self.splits = {}
         for split, rows in raw.items():

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from peftlab.config.schema import DataSchema
 from peftlab.errors import DataError
@@ -131,15 +131,15 @@ def _split_fractions(rows: list, cfg: DataSchema, source: str, need: tuple[str, 
     return out
 
 
-def _load_local(path: Path, cfg: DataSchema) -> tuple[Splits, dict[str, str]]:
+def _load_local(path: Path, cfg: DataSchema, fields: dict[str, str]) -> tuple[Splits, dict[str, str]]:
     if path.is_dir():
         files = _split_files(path)
         if "train" not in files:
             raise DataError(f"data.path: no train file in {path} (expected train.jsonl / .json / .csv / .parquet)")
-        splits = {split: read_file(f, _fields(cfg)) for split, f in files.items()}
+        splits = {split: read_file(f, fields) for split, f in files.items()}
         where = {split: str(f) for split, f in files.items()}
     else:
-        splits = {"train": read_file(path, _fields(cfg))}
+        splits = {"train": read_file(path, fields)}
         where = {"train": str(path)}
     missing = tuple(s for s in ("val", "test") if s not in splits)
     if missing:
@@ -151,7 +151,7 @@ def _load_local(path: Path, cfg: DataSchema) -> tuple[Splits, dict[str, str]]:
     return splits, where
 
 
-def _load_hub(cfg: DataSchema) -> tuple[Splits, dict[str, str]]:
+def _load_hub(cfg: DataSchema, fields: dict[str, str]) -> tuple[Splits, dict[str, str]]:
     import datasets
 
     try:
@@ -167,7 +167,7 @@ def _load_hub(cfg: DataSchema) -> tuple[Splits, dict[str, str]]:
                 break
     for split, rows in splits.items():
         for i, row in enumerate(rows):
-            _require(row, _fields(cfg), f"{where[split]} row {i + 1}")
+            _require(row, fields, f"{where[split]} row {i + 1}")
             row[WHERE] = f"{where[split]} row {i + 1}"
     if "train" not in splits:
         raise DataError(f"data.train_split: {cfg.train_split!r} is not a split of {cfg.path!r} "
@@ -180,7 +180,8 @@ def _load_hub(cfg: DataSchema) -> tuple[Splits, dict[str, str]]:
     return splits, where
 
 
-def _fields(cfg: DataSchema) -> dict[str, str]:
+def answer_fields(cfg: DataSchema) -> dict[str, str]:
+    """The fields of a prompt -> answer (or text -> label) record: data key -> field name."""
     return {"prompt_field": cfg.prompt_field, "response_field": cfg.response_field}
 
 
@@ -190,22 +191,24 @@ def _check_splits(splits: Splits, where: dict[str, str]) -> None:
             raise DataError(f"{where[split]}: the {split} split is empty")
 
 
-def load_splits(cfg: DataSchema) -> Splits:
-    """The task's train, val and test records, checked for the configured fields."""
+def load_splits(cfg: DataSchema, fields: Optional[dict[str, str]] = None) -> Splits:
+    """The task's train, val and test records, each holding ``fields`` (data key -> field name;
+    by default the prompt and the answer)."""
+    fields = fields or answer_fields(cfg)
     if cfg.path.startswith("builtin:"):
         name = cfg.path.split(":", 1)[1]
         folder = BUILTIN_DIR / name
         if not folder.is_dir():
             raise DataError(f"data.path: no builtin task {name!r} (builtin: {', '.join(builtin_tasks())})")
-        splits, where = _load_local(folder, cfg)
+        splits, where = _load_local(folder, cfg, fields)
     else:
         path = Path(cfg.path).expanduser()
         if path.exists():
-            splits, where = _load_local(path, cfg)
+            splits, where = _load_local(path, cfg, fields)
         elif path.suffix.lower() in SUFFIXES or cfg.path.startswith(("/", ".", "~")):
             raise DataError(f"data.path: no such file or folder: {cfg.path}")
         else:
-            splits, where = _load_hub(cfg)
+            splits, where = _load_hub(cfg, fields)
     _check_splits(splits, where)
     if cfg.max_train_examples:
         splits["train"] = splits["train"][: cfg.max_train_examples]

@@ -99,6 +99,7 @@ def merge_run(run_dir: Path, run, out_dir: Path, dtype: Optional[str] = None, ca
     tokenizer, probe_batch = r.backbone.tokenizer, head(batches[0], PROBES)
     checks = {"in_memory": check_model(merged, r.task, tokenizer, batches, probe_batch, ref)}
     tol = tolerance(dtype, r.data.sizes()["test"], min_top1, quantized)
+    compared = r.task.merge_metrics()
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     try:
         with atomic_path(out_dir) as tmp:
@@ -118,15 +119,15 @@ def merge_run(run_dir: Path, run, out_dir: Path, dtype: Optional[str] = None, ca
                 quant["vs_quantized_adapter"] = check_model(reloaded, r.task, tokenizer, batches, probe_batch, ref_q)
             report.update(
                 tolerance=tol.__dict__, checks=checks,
-                metrics={"adapter": ref.metrics,
-                         "merged": test_metrics(reloaded, r.task, tokenizer, r.data.test_dataloader())},
+                metrics={"adapter": _only(ref.metrics, compared), "merged": _only(
+                    test_metrics(reloaded, r.task, tokenizer, r.data.test_dataloader()), compared)},
                 sizes_mb={"adapter": folder_mb(r.adapter), "merged": folder_mb(tmp)},
                 latency=latency | {"merged_over_base": round(latency["merged_ms"] / latency["base_ms"], 3)},
                 peak_rss_mb=round(peak_rss_mb(), 1),
                 chat_template=bool(getattr(tokenizer, "chat_template", None)),
                 **({"quantization": quant} if quant else {}),
             )
-            found = problems(report, tol, r.task.primary_metric)
+            found = problems(report, tol, compared[0])
             if quant and not quant["vs_quantized_adapter"]["top1_agreement"] >= quant["min_top1"]:
                 found.append(f"vs the adapter on the {quant['base']} base: top-1 agreement "
                              f"{quant['vs_quantized_adapter']['top1_agreement']:.4f} < {quant['min_top1']:.4f}")
@@ -137,8 +138,12 @@ def merge_run(run_dir: Path, run, out_dir: Path, dtype: Optional[str] = None, ca
     finally:
         if report_dir is not None and "checks" in report:
             write_json(Path(report_dir) / "merge_report.json", report)
-    log.info("merged and verified\n%s", summary(report, r.task.primary_metric))
+    log.info("merged and verified\n%s", summary(report, compared[0]))
     return report
+
+
+def _only(metrics: dict[str, float], names: tuple[str, ...]) -> dict[str, float]:
+    return {k: metrics[k] for k in names if k in metrics}
 
 
 def summary(r: dict[str, Any], metric: str) -> str:

@@ -71,13 +71,19 @@ def peft_config_for(cfg: MethodSchema, ctx: BuildContext) -> Any:
     return None if spec.build is None else spec.build(cfg, ctx)
 
 
-def apply_method(backbone: nn.Module, cfg: MethodSchema, ctx: BuildContext) -> nn.Module:
+def apply_method(backbone: nn.Module, cfg: MethodSchema, ctx: BuildContext,
+                 init_adapter: Optional[str] = None) -> nn.Module:
     """Wrap ``backbone`` for ``cfg`` (a peft model, or the backbone itself when the method has no
-    wrapper) and set what trains. The backbone is modified in place by peft."""
+    wrapper) and set what trains. The backbone is modified in place by peft. ``init_adapter``: start
+    from that saved adapter (it must be of the same method) instead of a fresh one."""
     spec = method_spec(cfg.name)
     peft_config = peft_config_for(cfg, ctx)
     if peft_config is None:
+        if init_adapter:
+            raise ConfigError(f"init_adapter: method={cfg.name} has no adapter to start from")
         model = backbone
+    elif init_adapter:
+        model = _load_adapter(backbone, peft_config, cfg.name, init_adapter)
     else:
         from peft import get_peft_model
 
@@ -89,6 +95,19 @@ def apply_method(backbone: nn.Module, cfg: MethodSchema, ctx: BuildContext) -> n
             spec.initialise(model, cfg, ctx)
     set_trainable(model, spec)
     return model
+
+
+def _load_adapter(backbone: nn.Module, peft_config: Any, method: str, path: str) -> nn.Module:
+    import json
+    import os
+
+    from peft import PeftModel
+
+    saved = json.loads(open(os.path.join(os.path.expanduser(path), "adapter_config.json")).read())
+    kind = getattr(peft_config.peft_type, "value", peft_config.peft_type)
+    if saved.get("peft_type") != kind:
+        raise ConfigError(f"init_adapter: {path} is a {saved.get('peft_type')} adapter; method={method} trains {kind}")
+    return PeftModel.from_pretrained(backbone, os.path.expanduser(path), is_trainable=True)
 
 
 def set_trainable(model: nn.Module, spec: MethodSpec) -> None:

@@ -102,7 +102,7 @@ def initialise_prefix(model: Any, cfg: PrefixSchema, ctx: BuildContext) -> None:
 register_method(
     "prefix", PrefixSchema, build_prefix, initialise=initialise_prefix,
     trains="key/value prefixes in every layer (with projection: an MLP that makes them)",
-    capabilities=Capabilities(mergeable=False, quantized_base=True),
+    capabilities=Capabilities(mergeable=False, quantized_base=True, starts_as_base=False),
     not_mergeable=NOT_MERGEABLE,
 )
 
@@ -143,7 +143,7 @@ def build_prompt(cfg: PromptSchema, ctx: BuildContext) -> Any:
 register_method(
     "prompt", PromptSchema, build_prompt,
     trains="virtual-token embeddings before the input",
-    capabilities=Capabilities(mergeable=False, quantized_base=True),
+    capabilities=Capabilities(mergeable=False, quantized_base=True, starts_as_base=False),
     not_mergeable=NOT_MERGEABLE,
 )
 
@@ -179,6 +179,6 @@ def build_ptuning(cfg: PtuningSchema, ctx: BuildContext) -> Any:
 register_method(
     "ptuning", PtuningSchema, build_ptuning,
     trains="virtual-token embeddings made by an MLP/LSTM prompt encoder",
-    capabilities=Capabilities(mergeable=False, quantized_base=True),
+    capabilities=Capabilities(mergeable=False, quantized_base=True, starts_as_base=False),
     not_mergeable=NOT_MERGEABLE,
 )

@@ -33,10 +33,35 @@ class Task:
     greater_is_better: ClassVar[bool] = True
     metric_names: ClassVar[tuple[str, ...]]  # what evaluation reports on a test split
     probe_name: ClassVar[str]  # what ``probe`` returns, in words (merge reports)
+    takes_preference: ClassVar[bool] = False  # trains with the run's preference settings
 
-    def __init__(self, data: DataSchema, labels: Optional[list[str]] = None):
+    @classmethod
+    def merge_metrics(cls) -> tuple[str, ...]:
+        """The test metrics a merge compares, adapter against merged model; the first is held to a
+        tolerance. Only what the model alone determines: every metric here, the primary first."""
+        return (cls.primary_metric, *[m for m in cls.metric_names if m != cls.primary_metric])
+
+    def __init__(self, data: DataSchema, labels: Optional[list[str]] = None, run: Any = None):
         self.data = data
         self._labels = labels
+        self.run = run  # the run's whole validated config, for tasks that read more than the data
+
+    def check(self, run: Any) -> list[str]:
+        """Problems with this task in ``run`` (one line each), before any work."""
+        if getattr(run, "preference", None) is not None and not self.takes_preference:
+            return [f"preference={run.preference.name}: data.task_type={self.name} trains on no preference pairs"]
+        return []
+
+    def settings_record(self) -> dict[str, Any]:
+        """What the task trained with beyond the data config, for metrics.json."""
+        return {}
+
+    # ------------------------------------------------------------------------------ the job's hooks
+    def before_wrapping(self, backbone: Any) -> None:
+        """Called with the loaded backbone before the method wraps it."""
+
+    def before_training(self, model: Any, data: Any) -> None:
+        """Called with the wrapped model and the data module before the first step (and on resume)."""
 
     # ------------------------------------------------------------------------------- the model
     @classmethod
@@ -67,6 +92,10 @@ class Task:
 
     def collator(self, tokenizer: Any, evaluation: bool) -> Callable[[list[dict[str, Any]]], dict[str, Any]]:
         raise NotImplementedError
+
+    def fields(self) -> dict[str, str]:
+        """The fields every record must hold: data key -> field name."""
+        return {"prompt_field": self.data.prompt_field, "response_field": self.data.response_field}
 
     def unusable(self, record: dict[str, Any], example: dict[str, Any]) -> Optional[str]:
         """Why an example would train or test nothing (a few words), or None when it is usable."""
@@ -115,6 +144,6 @@ def task_class(name: str) -> type[Task]:
         raise ConfigError(f"data.task_type must be one of {', '.join(TASKS)}, got {name!r}") from None
 
 
-def make_task(data: DataSchema, labels: Optional[list[str]] = None) -> Task:
-    """The task object of a run's data config."""
-    return task_class(data.task_type)(data, labels)
+def make_task(data: DataSchema, labels: Optional[list[str]] = None, run: Any = None) -> Task:
+    """The task object of a run's data config (``run``: the run's whole config, when there is one)."""
+    return task_class(data.task_type)(data, labels, run)

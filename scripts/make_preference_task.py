@@ -1,0 +1,52 @@
+"""Generate the shipped preference task from the date task (deterministic; the output is committed).
+
+Each pair keeps a date prompt of the date task; ``chosen`` is the right ISO date and ``rejected`` a
+plausible mistake: day and month swapped, a two-digit year, the wrong separator, or a day off.
+Train, val and test come from the date task's own splits, so their dates stay disjoint.
+
+    python scripts/make_preference_task.py       # writes src/peftlab/data/files/date_prefs/*.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import random
+from pathlib import Path
+
+FILES = Path(__file__).resolve().parents[1] / "src/peftlab/data/files"
+MISTAKES = ("swapped", "two_digit_year", "separator", "off_by_one")
+
+
+def mistake(iso: str, kind: str, rng: random.Random) -> tuple[str, str]:
+    """(the wrong answer, the kind of mistake it is); a swap that cannot swap becomes a day off."""
+    d = dt.date.fromisoformat(iso)
+    if kind == "swapped" and d.day <= 12 and d.day != d.month:
+        return f"{d.year:04d}-{d.day:02d}-{d.month:02d}", kind
+    if kind == "two_digit_year":
+        return f"{d.year % 100:02d}-{d.month:02d}-{d.day:02d}", kind
+    if kind == "separator":
+        return iso.replace("-", rng.choice(["/", "."])), kind
+    return (d + dt.timedelta(days=rng.choice([-1, 1]))).isoformat(), "off_by_one"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=FILES / "date_prefs")
+    ap.add_argument("--seed", type=int, default=20261129)
+    args = ap.parse_args()
+    rng = random.Random(args.seed)
+    args.out.mkdir(parents=True, exist_ok=True)
+    for split in ("train", "val", "test"):
+        rows = [json.loads(line) for line in (FILES / "dates" / f"{split}.jsonl").read_text().splitlines()]
+        with open(args.out / f"{split}.jsonl", "w") as f:
+            for row in rows:
+                rejected, kind = mistake(row["response"], rng.choice(MISTAKES), rng)
+                pair = {"prompt": row["prompt"], "chosen": row["response"], "rejected": rejected, "mistake": kind}
+                f.write(json.dumps(pair) + "\n")
+        print(f"{split}: {len(rows)} pairs -> {args.out / (split + '.jsonl')}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,282 @@
+"""Preference pairs: (prompt, chosen, rejected) trained with DPO (or IPO) against a reference.
+
+With an adapter the reference needs no second model: it is the same base weights with the adapter
+switched off (a fresh adapter), or a frozen copy of the adapter the run started from (after SFT the
+reference must be the SFT model, not the base), or log-probabilities computed once before
+training. ``separate`` holds a second full copy, the way without PEFT (and for full fine-tuning).
+Chosen and rejected go through one forward; log-probabilities are summed over the answer tokens
+only, with the output head on those positions alone (as for SFT).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Callable, Optional
+
+from peftlab.data.tokenize import IGNORE_INDEX, PromptFormat, encode
+from peftlab.tasks.base import Task, register_task
+
+
+@register_task
+class PreferenceTask(Task):
+    name = "preference"
+    peft_task_type = "CAUSAL_LM"
+    generative = True
+    primary_metric = "reward_accuracy"
+    metric_names = ("reward_accuracy", "reward_margin", "exact_match", "loss", "chosen_reward", "rejected_reward",
+                    "chosen_logp", "rejected_logp")
+    probe_name = "greedy generations"
+    takes_preference = True
+
+    def __init__(self, data, labels=None, run=None):
+        super().__init__(data, labels, run)
+        from peftlab.config.schema import PreferenceSchema
+
+        self.settings = getattr(run, "preference", None) or PreferenceSchema(name="dpo")
+        self.init_adapter = getattr(run, "init_adapter", None)
+        self.reference_model = None  # reference=separate: a frozen copy of the backbone
+        self.reference_bytes = 0  # what the reference holds beyond the policy's own weights
+
+    @classmethod
+    def auto_class(cls) -> Any:
+        from transformers import AutoModelForCausalLM
+
+        return AutoModelForCausalLM
+
+    checkpoint_class = auto_class
+
+    @classmethod
+    def merge_metrics(cls) -> tuple[str, ...]:
+        # rewards and the DPO loss are against a reference, which a merged model no longer holds
+        return ("exact_match", "chosen_logp", "rejected_logp")
+
+    def check(self, run: Any) -> list[str]:
+        problems = super().check(run)
+        mode, can = self.settings.reference, type(run.method).capabilities
+        if mode == "adapter_off" and not can.adapter:
+            problems.append(f"preference.reference=adapter_off: method={run.method.name} has no adapter to switch off; "
+                            "use preference.reference=separate (a second copy of the model) or precomputed")
+        elif mode == "adapter_off" and not can.starts_as_base and not run.init_adapter:
+            problems.append(f"preference.reference=adapter_off: a fresh method={run.method.name} adapter already "
+                            "changes the model, so the base is not the model the run starts from; "
+                            "use preference.reference=precomputed")
+        if mode == "adapter_off" and run.init_adapter:
+            problems.append("preference.reference=adapter_off with init_adapter: the reference would be the base, "
+                            "not the model the policy starts from; use preference.reference=frozen_adapter "
+                            "(or precomputed)")
+        if mode == "frozen_adapter" and not run.init_adapter:
+            problems.append("preference.reference=frozen_adapter needs init_adapter=<run_dir>/adapter: the frozen "
+                            "copy is of the adapter the run starts from")
+        return problems
+
+    def settings_record(self) -> dict[str, Any]:
+        import dataclasses
+
+        # the defaults too, when none was given; and the bytes the reference holds beside the policy
+        return {"preference": {**dataclasses.asdict(self.settings), "reference_bytes": self.reference_bytes}}
+
+    # -------------------------------------------------------------------------------- the data
+    def encoder(self, tokenizer: Any) -> Callable[[dict[str, Any], str], dict[str, Any]]:
+        d = self.data
+        fmt = PromptFormat.for_tokenizer(tokenizer, d.prompt_format, d.system_prompt)
+
+        def encode_pair(row: dict[str, Any], where: str) -> dict[str, Any]:
+            prompt = str(row[d.prompt_field])
+            chosen = encode(tokenizer, fmt, prompt, str(row[d.chosen_field]), d.max_length)
+            rejected = encode(tokenizer, fmt, prompt, str(row[d.rejected_field]), d.max_length)
+            return {"chosen": chosen, "rejected": rejected, "prompt_ids": chosen["prompt_ids"],
+                    "reference": chosen["reference"], "truncated": chosen["truncated"] or rejected["truncated"]}
+
+        return encode_pair
+
+    def fields(self) -> dict[str, str]:
+        d = self.data
+        return {"prompt_field": d.prompt_field, "chosen_field": d.chosen_field, "rejected_field": d.rejected_field}
+
+    def unusable(self, record: dict[str, Any], example: dict[str, Any]) -> Optional[str]:
+        d = self.data
+        if not str(record[d.prompt_field]).strip():
+            return "blank prompt"
+        if not str(record[d.chosen_field]).strip() or not str(record[d.rejected_field]).strip():
+            return "empty answer"
+        if str(record[d.chosen_field]).strip() == str(record[d.rejected_field]).strip():
+            return "chosen equals rejected"
+        if any(all(t == IGNORE_INDEX for t in example[k]["labels"][1:]) for k in ("chosen", "rejected")):
+            return f"answer cut away by data.max_length={d.max_length}"
+        return None
+
+    def collator(self, tokenizer: Any, evaluation: bool) -> Callable:
+        from peftlab.data.collators import CausalLMCollator
+
+        pairs = CausalLMCollator(tokenizer.pad_token_id, generation=False)
+        prompts = CausalLMCollator(tokenizer.pad_token_id, generation=True)
+
+        def collate(examples: list[dict[str, Any]]) -> dict[str, Any]:
+            import torch
+
+            rows = [{**e[k], "pad": e.get("pad", False)} for k in ("chosen", "rejected") for e in examples]
+            batch = pairs(rows)  # chosen rows, then rejected rows: one forward for both
+            if all("ref_logps" in e for e in examples):
+                batch["ref_logps"] = torch.tensor([e["ref_logps"][i] for i in (0, 1) for e in examples],
+                                                  dtype=torch.float64)
+            if evaluation:
+                gen = prompts([{**e["chosen"], "pad": e.get("pad", False)} for e in examples])
+                batch.update({k: gen[k] for k in ("gen_input_ids", "gen_attention_mask", "references", "counted")})
+            return batch
+
+        return collate
+
+    # ------------------------------------------------------------------------------- the reference
+    def before_wrapping(self, backbone: Any) -> None:
+        if self.settings.reference == "separate":
+            import copy
+
+            self.reference_model = copy.deepcopy(backbone).eval().requires_grad_(False)
+            self.reference_bytes = _bytes(self.reference_model.parameters())
+
+    def before_training(self, model: Any, data: Any) -> None:
+        if self.settings.reference == "frozen_adapter" and "reference" not in getattr(model, "peft_config", {}):
+            model.load_adapter(self.init_adapter, adapter_name="reference", is_trainable=False)
+            model.set_adapter("default")  # the policy trains; the reference stays as loaded
+            self.reference_bytes = _bytes(p for n, p in model.named_parameters() if ".reference." in n)
+        if self.settings.reference == "precomputed":
+            self._precompute(model, data)
+            self.reference_bytes = 16 * sum(len(split) for split in data.splits.values())  # two float64 a pair
+
+    def _precompute(self, model: Any, data: Any) -> None:
+        """The reference log-probabilities of every pair, kept with the data: those of the model
+        the run starts from (its starting or fresh adapter on), before the first step."""
+        import torch
+
+        collate = self.collator(data.tokenizer, evaluation=False)
+        with torch.no_grad(), _eval_mode(model):
+            for examples in data.splits.values():
+                for start in range(0, len(examples), data.cfg.eval_batch_size):
+                    chunk = examples[start:start + data.cfg.eval_batch_size]
+                    logps, _ = self._logps(model, collate(chunk))
+                    n = len(chunk)
+                    for i, e in enumerate(chunk):
+                        e["ref_logps"] = (float(logps[i]), float(logps[n + i]))
+
+    def _reference_logps(self, model: Any, batch: dict[str, Any]):
+        import torch
+
+        if "ref_logps" in batch:
+            return batch["ref_logps"].to(batch["input_ids"].device)
+        with torch.no_grad(), _eval_mode(model):  # the reference is frozen: no dropout, no random draws
+            mode = self.settings.reference
+            if mode == "separate" and self.reference_model is not None:
+                return self._logps(self.reference_model.to(batch["input_ids"].device), batch)[0]
+            if mode == "frozen_adapter" and "reference" in getattr(model, "peft_config", {}):
+                active = model.active_adapter
+                model.set_adapter("reference")
+                try:
+                    return self._logps(model, batch)[0]
+                finally:
+                    model.set_adapter(active)  # the policy's parameters train again
+            with _adapter_off(model):  # adapter_off (and the untouched base, where there is no adapter)
+                return self._logps(model, batch)[0]
+
+    # ------------------------------------------------------------------------------- the loss
+    def _logps(self, model: Any, batch: dict[str, Any]):
+        """Summed log-probabilities of each row's answer tokens, and each row's answer length."""
+        import torch
+        import torch.nn.functional as F
+
+        from peftlab.tasks.heads import answer_logits
+
+        logits, targets = answer_logits(model, batch)
+        rows = (batch["labels"][:, 1:] != IGNORE_INDEX).nonzero()[:, 0]
+        token_logps = -F.cross_entropy(logits, targets, reduction="none").double()
+        n = batch["labels"].shape[0]
+        logps = torch.zeros(n, dtype=torch.float64, device=logits.device).index_add_(0, rows, token_logps)
+        lengths = torch.zeros(n, dtype=torch.float64, device=logits.device).index_add_(
+            0, rows, torch.ones_like(token_logps))
+        return logps, lengths
+
+    def _pairs(self, model: Any, batch: dict[str, Any]) -> dict[str, Any]:
+        """Per pair: the loss, the rewards and the policy's log-probabilities."""
+        import torch.nn.functional as F
+
+        s = self.settings
+        policy, lengths = self._logps(model, batch)
+        reference = self._reference_logps(model, batch).to(policy.dtype)
+        b = len(policy) // 2
+        chosen_nll = -policy[:b] / lengths[:b].clamp(min=1)  # per token, for sft_weight
+        if s.loss == "ipo":  # per-token means, as in the IPO paper
+            policy, reference = policy / lengths.clamp(min=1), reference / lengths.clamp(min=1)
+        chosen, rejected = policy[:b] - reference[:b], policy[b:] - reference[b:]
+        h = chosen - rejected
+        if s.loss == "ipo":
+            losses = (h - 1 / (2 * s.beta)) ** 2
+        else:
+            losses = -(1 - s.label_smoothing) * F.logsigmoid(s.beta * h) - s.label_smoothing * F.logsigmoid(-s.beta * h)
+        if s.sft_weight:
+            losses = losses + s.sft_weight * chosen_nll
+        return {"losses": losses, "chosen_reward": (s.beta * chosen).detach(),
+                "rejected_reward": (s.beta * rejected).detach(), "chosen_logp": policy[:b].detach(),
+                "rejected_logp": policy[b:].detach()}
+
+    def loss(self, model, batch):
+        losses = self._pairs(model, batch)["losses"]
+        return losses.sum().float(), batch["input_ids"].new_tensor(len(losses))
+
+    # ------------------------------------------------------------------------------ evaluation
+    def metrics(self, test: bool):
+        from peftlab.tasks.metrics import ExactMatch, SplitMetrics, WeightedMean
+
+        means = {k: WeightedMean() for k in ("reward_accuracy", "reward_margin", "chosen_reward", "rejected_reward",
+                                             "chosen_logp", "rejected_logp")}
+        return SplitMetrics({**means, **({"exact_match": ExactMatch()} if test else {})})
+
+    def evaluate(self, model, tokenizer, batch, metrics) -> list[dict[str, Any]]:
+        import torch
+
+        keep = batch["counted"]
+        with torch.no_grad():
+            pairs = {k: v[keep] for k, v in self._pairs(model, batch).items()}
+        metrics.update_loss(pairs["losses"].sum(), len(pairs["losses"]))
+        m = metrics.task
+        m["reward_accuracy"].update((pairs["chosen_reward"] > pairs["rejected_reward"]).double())
+        m["reward_margin"].update(pairs["chosen_reward"] - pairs["rejected_reward"])
+        for key in ("chosen_reward", "rejected_reward", "chosen_logp", "rejected_logp"):
+            m[key].update(pairs[key])
+        if "exact_match" not in metrics.names:
+            return []
+        keep_list = keep.tolist()
+        out = [(p, r) for p, r, k in zip(self.probe(model, tokenizer, batch), batch["references"], keep_list,
+                                          strict=True) if k]
+        m["exact_match"].update([p for p, _ in out], [r for _, r in out])
+        return [{"prediction": p, "reference": r, "correct": p.strip() == r.strip()} for p, r in out]
+
+    def probe(self, model, tokenizer, batch) -> list[str]:
+        from peftlab.tasks.generation import generate
+
+        return generate(model, tokenizer, batch["gen_input_ids"], batch["gen_attention_mask"], self.data.max_new_tokens)
+
+    def verification_logits(self, model, batch):
+        import torch
+
+        with torch.no_grad():
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+        return {"all": logits[batch["attention_mask"].bool()],
+                "answer": logits[:, :-1][batch["labels"][:, 1:] != IGNORE_INDEX]}
+
+
+@contextlib.contextmanager
+def _eval_mode(model: Any):
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def _adapter_off(model: Any):
+    """The same weights with the adapter switched off; the model itself where it has no adapter."""
+    return model.disable_adapter() if hasattr(model, "disable_adapter") else contextlib.nullcontext()
+
+
+def _bytes(parameters) -> int:
+    return sum(p.numel() * p.element_size() for p in parameters)

@@ -1,0 +1,250 @@
+"""Preference training (DPO, IPO) on the tiny model: the reference in each mode, every method that can
+switch its adapter off, the shipped preference set, a run from the command line, and resuming.
+The refusals and bad preference data are in the bad-input matrix (test_bad_inputs.py)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from conftest import compose, run_cli
+
+PAIRS = ["model=tiny_llama", "data=date_prefs", "data.max_eval_examples=8"]
+
+
+def setup(overrides: list[str], cache_dir, init_adapter=None, perturb=0.0):
+    """(task, policy model, a val batch) as a run sets them up before its first step."""
+    from peftlab.config import validate
+    from peftlab.config.commands import TrainSchema
+    from peftlab.data.datamodule import TaskDataModule
+    from peftlab.methods import BuildContext, apply_method
+    from peftlab.models import load_backbone
+    from peftlab.tasks import make_task
+
+    extra = [f"init_adapter={init_adapter}"] if init_adapter else []
+    conf = validate(compose([*PAIRS, *overrides, *extra]), TrainSchema)
+    task = make_task(conf.data, run=conf)
+    assert task.check(conf) == []
+    backbone = load_backbone(conf.model, cache_dir, task)
+    data = TaskDataModule(task, backbone.tokenizer)
+    data.setup()
+    task.before_wrapping(backbone.model)
+    ctx = BuildContext(task, backbone.model, backbone.tokenizer, backbone.path)
+    model = apply_method(backbone.model, conf.method, ctx, conf.init_adapter)
+    if perturb:
+        _move(model, perturb)
+    task.before_training(model, data)
+    return task, model.eval(), next(iter(data.val_dataloader()))
+
+
+def _move(model, scale: float) -> None:
+    """Change every trainable parameter, as training would."""
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(scale * torch.randn(p.shape, generator=g))
+
+
+@pytest.fixture(scope="module")
+def sft_adapter(tmp_path_factory, cache_dir):
+    """A LoRA adapter whose weights are far from a fresh one's (what SFT leaves)."""
+    from peftlab.config import validate
+    from peftlab.config.commands import TrainSchema
+    from peftlab.methods import BuildContext, apply_method
+    from peftlab.models import load_backbone
+    from peftlab.tasks import make_task
+
+    conf = validate(compose(PAIRS), TrainSchema)
+    task = make_task(conf.data, run=conf)
+    backbone = load_backbone(conf.model, cache_dir, task)
+    model = apply_method(backbone.model, conf.method, BuildContext(task, backbone.model, backbone.tokenizer,
+                                                                   backbone.path))
+    _move(model, 0.5)
+    path = tmp_path_factory.mktemp("sft") / "adapter"
+    model.save_pretrained(path)
+    return path
+
+
+MODES = [("adapter_off", False), ("frozen_adapter", True), ("precomputed", False), ("precomputed", True),
+         ("separate", False)]
+
+
+@pytest.mark.parametrize("loss", ["sigmoid", "ipo"])
+@pytest.mark.parametrize("mode,after_sft", MODES, ids=[f"{m}{'-after-sft' if s else ''}" for m, s in MODES])
+def test_at_step_0_the_policy_is_the_reference(mode, after_sft, loss, sft_adapter, cache_dir):
+    """Before the first step the policy equals its reference in every mode: every reward is 0 and
+    the loss is log 2 (DPO), or (1 / (2 beta))^2 (IPO)."""
+    task, model, batch = setup(["preference=dpo", f"preference.reference={mode}", f"preference.loss={loss}"],
+                               cache_dir, init_adapter=sft_adapter if after_sft else None)
+    assert ("ref_logps" in batch) == (mode == "precomputed")
+    with torch.no_grad():
+        pairs = task._pairs(model, batch)
+    n = len(pairs["losses"])
+    zeros = torch.zeros(n, dtype=torch.float64)
+    torch.testing.assert_close(pairs["chosen_reward"], zeros, atol=1e-5, rtol=0)
+    torch.testing.assert_close(pairs["rejected_reward"], zeros, atol=1e-5, rtol=0)
+    at_start = math.log(2) if loss == "sigmoid" else (1 / (2 * task.settings.beta)) ** 2
+    torch.testing.assert_close(pairs["losses"], torch.full((n,), at_start, dtype=torch.float64), atol=1e-5, rtol=0)
+    assert pairs["chosen_logp"].max() < 0  # real log-probabilities, not zeros
+
+
+def test_after_sft_the_reference_is_the_sft_model_not_the_base(sft_adapter, cache_dir):
+    """The trap: switching a trained adapter off compares the policy with the base. With the SFT
+    adapter frozen as the reference the rewards start at 0; against the base they do not."""
+    task, model, batch = setup(["preference=dpo", "preference.reference=frozen_adapter"], cache_dir,
+                               init_adapter=sft_adapter)
+    with torch.no_grad():
+        frozen = task._reference_logps(model, batch)
+        with model.disable_adapter():
+            base = task._logps(model, batch)[0]
+    assert (frozen - base).abs().max() > 1e-2
+
+
+def _adapter_methods():
+    import peftlab.methods  # noqa: F401  (registers the methods)
+    from peftlab.methods.base import METHODS
+
+    return [n for n, s in METHODS.items() if s.capabilities.adapter and s.capabilities.starts_as_base
+            and "preference" in (s.capabilities.task_types or ("preference",))]
+
+
+@pytest.mark.parametrize("method", _adapter_methods())
+def test_switching_the_adapter_off_gives_the_base(method, cache_dir):
+    """For every method whose fresh adapter leaves the model unchanged: after the adapter's weights
+    moved, the adapter_off reference still gives the untouched base's log-probabilities, and the
+    policy's differ from them."""
+    from peftlab.config import validate
+    from peftlab.config.commands import TrainSchema
+    from peftlab.models import load_backbone
+    from peftlab.tasks import make_task
+
+    conf = validate(compose(PAIRS), TrainSchema)
+    base_task = make_task(conf.data, run=conf)
+    base = load_backbone(conf.model, cache_dir, base_task).model.eval()
+    task, model, batch = setup([f"method={method}"], cache_dir, perturb=0.2)
+    with torch.no_grad():
+        expected = task._logps(base, batch)[0]
+        reference = task._reference_logps(model, batch)
+        policy = task._logps(model, batch)[0]
+    torch.testing.assert_close(reference, expected, atol=1e-6, rtol=1e-6)
+    assert (policy - expected).abs().max() > 1e-3
+
+
+def test_methods_with_virtual_tokens_are_not_their_base(cache_dir):
+    """Why prefix, prompt and P-tuning refuse adapter_off: a fresh adapter already changes the
+    model, so only the precomputed start (or a frozen starting adapter) is its reference."""
+    task, model, batch = setup(["method=prompt", "preference=dpo", "preference.reference=precomputed"], cache_dir)
+    with torch.no_grad():
+        with model.disable_adapter():
+            base = task._logps(model, batch)[0]
+        start = task._logps(model, batch)[0]
+    assert (start - base).abs().max() > 1e-3
+    torch.testing.assert_close(batch["ref_logps"], start, atol=1e-5, rtol=0)
+
+
+def test_the_loss_is_dpo_from_summed_answer_log_probabilities(cache_dir):
+    """The loss by hand: sum the answer tokens' log-probabilities of the full logits, chosen rows
+    first, and apply -log sigmoid(beta * margin) with label smoothing and the SFT term."""
+    import torch.nn.functional as F
+
+    task, model, batch = setup(["preference=dpo", "preference.label_smoothing=0.1", "preference.sft_weight=0.5",
+                                "preference.reference=separate"], cache_dir, perturb=0.1)
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].double()
+        ref_logits = task.reference_model(input_ids=batch["input_ids"],
+                                          attention_mask=batch["attention_mask"]).logits[:, :-1].double()
+        pairs = task._pairs(model, batch)
+    labels = batch["labels"][:, 1:]
+    mask = labels != -100
+
+    def summed(lg):
+        lp = torch.log_softmax(lg, -1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        return (lp * mask).sum(-1)
+
+    pol, ref = summed(logits), summed(ref_logits)
+    b = len(pol) // 2
+    h = (pol[:b] - ref[:b]) - (pol[b:] - ref[b:])
+    beta = 0.1
+    expected = -0.9 * F.logsigmoid(beta * h) - 0.1 * F.logsigmoid(-beta * h) + 0.5 * (-pol[:b] / mask[:b].sum(-1))
+    torch.testing.assert_close(pairs["losses"], expected, atol=1e-4, rtol=1e-5)
+
+
+def test_the_shipped_preference_set():
+    """date_prefs: train/val/test pairs of the date task; chosen is the right ISO date, rejected one
+    of four plausible mistakes, never equal to it."""
+    from peftlab.data.sources import BUILTIN_DIR
+
+    folder = BUILTIN_DIR / "date_prefs"
+    rows = {s: [json.loads(line) for line in (folder / f"{s}.jsonl").read_text().splitlines()]
+            for s in ("train", "val", "test")}
+    assert {s: len(r) for s, r in rows.items()} == {"train": 2000, "val": 64, "test": 128}
+    for split in rows.values():
+        for r in split:
+            assert r["chosen"] != r["rejected"] and len(r["chosen"]) == 10 and r["chosen"][4] == "-"
+    assert {r["mistake"] for r in rows["train"]} == {"swapped", "two_digit_year", "separator", "off_by_one"}
+    prompts = {s: {r["prompt"] for r in split} for s, split in rows.items()}
+    assert not prompts["test"] & prompts["train"]
+
+
+@pytest.fixture(scope="module")
+def sft_then_dpo(tmp_path_factory, cache_dir):
+    root = tmp_path_factory.mktemp("dpo")
+    sft = run_cli("peftlab-train", "debug=tiny", "trainer.max_steps=4", "merge_after=false",
+                  f"hydra.run.dir={root / 'sft'}")
+    assert sft.returncode == 0, sft.stderr[-3000:]
+    dpo = run_cli("peftlab-train", "debug=tiny", "data=date_prefs", "preference=dpo",
+                  "preference.reference=frozen_adapter", "trainer.max_steps=12", "optim.lr=1e-2",
+                  "trainer.limit_test_batches=null", "data.max_eval_examples=32",
+                  f"init_adapter={root / 'sft' / 'adapter'}", f"hydra.run.dir={root / 'dpo'}")
+    assert dpo.returncode == 0, dpo.stderr[-3000:]
+    return root
+
+
+def test_sft_then_dpo_from_the_command_line(sft_then_dpo):
+    root = sft_then_dpo
+    m = json.loads((root / "dpo" / "metrics.json").read_text())
+    assert (m["task_type"], m["primary_metric"], m["objective"]) == ("preference", "reward_accuracy",
+                                                                     "test.reward_accuracy")
+    assert m["init_adapter"] == str(root / "sft" / "adapter")
+    assert m["preference"]["reference"] == "frozen_adapter" and m["preference"]["beta"] == 0.1
+    assert set(m["test"]) == {"loss", "reward_accuracy", "reward_margin", "chosen_reward", "rejected_reward",
+                              "chosen_logp", "rejected_logp", "exact_match"}
+    # zero_shot is the starting (SFT) adapter, which is the reference: log 2 and no reward
+    assert m["zero_shot"]["loss"] == pytest.approx(math.log(2), abs=1e-5)
+    assert m["zero_shot"]["reward_margin"] == pytest.approx(0, abs=1e-5)
+    assert m["test"]["loss"] < m["zero_shot"]["loss"] and m["test"]["reward_margin"] > 0
+    # the adapter saved is the policy alone; the frozen reference stays out of it
+    assert not (root / "dpo" / "adapter" / "reference").exists()
+    report = json.loads((root / "dpo" / "merge_report.json").read_text())
+    assert report["passed"] and set(report["metrics"]["merged"]) == {"exact_match", "chosen_logp", "rejected_logp"}
+    assert report["metrics"]["merged"]["chosen_logp"] == pytest.approx(m["test"]["chosen_logp"], abs=1e-3)
+
+
+def test_the_report_reads_a_preference_run(sft_then_dpo, tmp_path):
+    proc = run_cli("peftlab-report", str(sft_then_dpo / "dpo"), f"out_dir={tmp_path / 'report'}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    table = (tmp_path / "report" / "results.md").read_text()
+    assert "reward_accuracy" in table
+
+
+@pytest.mark.parametrize("mode", ["frozen_adapter", "precomputed"])
+def test_a_resumed_preference_run_ends_bitwise_equal(mode, sft_then_dpo, tmp_path, cache_dir):
+    """Continuing from a mid-run checkpoint gives the uninterrupted run's adapter: the frozen
+    reference is loaded again (it is in no checkpoint), the precomputed one computed again."""
+    common = ["debug=tiny", "data=date_prefs", "preference=dpo", f"preference.reference={mode}",
+              "trainer.max_steps=8", "callbacks.checkpoint.every_n_train_steps=4", "callbacks.checkpoint.save_top_k=-1",
+              "optim.lr=1e-2",
+              "merge_after=false", "zero_shot=false", f"init_adapter={sft_then_dpo / 'sft' / 'adapter'}"]
+    full = run_cli("peftlab-train", *common, f"hydra.run.dir={tmp_path / 'full'}")
+    assert full.returncode == 0, full.stderr[-3000:]
+    (ckpt,) = (tmp_path / "full" / "checkpoints").glob("step-4*.ckpt")
+    again = run_cli("peftlab-train", *common, f"resume_from={ckpt}", f"hydra.run.dir={tmp_path / 'again'}")
+    assert again.returncode == 0, again.stderr[-3000:]
+    weights = [(tmp_path / d / "adapter" / "adapter_model.safetensors").read_bytes() for d in ("full", "again")]
+    assert weights[0] == weights[1]
+    a, b = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("full", "again"))
+    assert a["test"] == b["test"]
