@@ -193,6 +193,12 @@ CASES = [
     ("report over a report", "peftlab-report", ["{finished}", "out_dir={old_report}"],
      "out_dir: {old_report} already holds a report; it is never overwritten (overwrite=true replaces it"),
     ("report of nothing", "peftlab-report", ["{out}/nope"], "inputs: no such folder"),
+    ("generate without a prompt", "peftlab-generate", ["run_dir={finished}"],
+     "prompt: give exactly one of prompt=..., file=... or interactive=true (given: none)"),
+    ("generate from a missing file", "peftlab-generate", ["run_dir={finished}", "file={out}/nope.jsonl"],
+     "file: no such file: {out}/nope.jsonl"),
+    ("generate from an unmerged run", "peftlab-generate", ["run_dir={finished}", "prompt=hi", "merged=true"],
+     "merged: {finished}/merged holds no merged model (peftlab-merge run_dir={finished} makes one)"),
 ]
 
 

@@ -21,10 +21,9 @@ import peftlab.methods  # noqa: F401  (registers the method schemas a run folder
 from peftlab.cli import run_app
 from peftlab.config import CONF_DIR, validate
 from peftlab.config.commands import EvalSchema, TrainSchema
-from peftlab.config.schema import DataSchema, ModelSchema
-from peftlab.errors import ConfigError
+from peftlab.config.schema import DataSchema
 from peftlab.outputs import check_fresh_run_dir, folder_lock, load_run_config, versions, write_json, write_jsonl
-from peftlab.tasks import Task, make_task
+from peftlab.tasks import make_task
 
 log = logging.getLogger("peftlab.eval")
 
@@ -39,25 +38,6 @@ def _run_data(run: TrainSchema, cli_overrides: list[str]) -> DataSchema:
         if key.startswith("data."):
             OmegaConf.update(node, key[len("data."):], override.value(), merge=True)
     return OmegaConf.to_object(node)
-
-
-def load_for_eval(model_cfg: ModelSchema, run_dir: Optional[Path], cache_dir: str, task: Task, dtype: str):
-    """(model, tokenizer): the base model, or a run's adapter on it (its whole model when the run
-    saved a whole model instead of an adapter)."""
-    from peftlab.models import DTYPES, load_backbone
-
-    backbone = load_backbone(model_cfg, cache_dir, task, dtype)
-    if run_dir is None:
-        return backbone.model, backbone.tokenizer
-    adapter = run_dir / "adapter"
-    if (adapter / "adapter_config.json").is_file():
-        from peft import PeftModel
-
-        return PeftModel.from_pretrained(backbone.model, adapter), backbone.tokenizer
-    if not (adapter / "config.json").is_file():
-        raise ConfigError(f"run_dir: {adapter} holds neither a peft adapter (adapter_config.json) nor a whole "
-                          "model (config.json)")
-    return task.auto_class().from_pretrained(adapter, dtype=DTYPES[dtype], local_files_only=True), backbone.tokenizer
 
 
 def evaluate_cfg(cfg: DictConfig) -> dict[str, Any]:
@@ -82,13 +62,13 @@ def _evaluate(conf: EvalSchema, out_dir: Path) -> dict[str, Any]:
 
     from peftlab.cli import quiet_libraries
     from peftlab.data.datamodule import TaskDataModule
-    from peftlab.models import display_name
+    from peftlab.models import display_name, load_run_model
     from peftlab.module import PeftLabModule
     from peftlab.trainer import make_eval_trainer, split_metrics
 
     quiet_libraries()
     L.seed_everything(conf.seed, workers=True, verbose=False)
-    model, tokenizer = load_for_eval(model_cfg, run_dir, conf.paths.cache_dir, task, conf.precision.dtype)
+    model, tokenizer = load_run_model(model_cfg, run_dir, conf.paths.cache_dir, task, conf.precision.dtype)
     data = TaskDataModule(task, tokenizer, seed=conf.seed, test_split=conf.split)
     module = PeftLabModule(model.eval(), task, tokenizer)
     results = make_eval_trainer(conf).test(module, datamodule=data, verbose=False)

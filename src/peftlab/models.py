@@ -278,3 +278,20 @@ def build_on_meta(cfg: ModelSchema, task: Task, cache_dir: str | os.PathLike):
         config.pad_token_id = getattr(config, "eos_token_id", None) or 0
     with torch.device("meta"):
         return task.auto_class().from_config(config)
+
+
+def load_run_model(model_cfg: ModelSchema, run_dir: Optional[Path], cache_dir: str, task: Task, dtype: str):
+    """(model, tokenizer): the base model, or a run's adapter on it (its whole model when the run
+    saved a whole model instead of an adapter)."""
+    backbone = load_backbone(model_cfg, cache_dir, task, dtype)
+    if run_dir is None:
+        return backbone.model, backbone.tokenizer
+    adapter = Path(run_dir) / "adapter"
+    if (adapter / "adapter_config.json").is_file():
+        from peft import PeftModel
+
+        return PeftModel.from_pretrained(backbone.model, adapter), backbone.tokenizer
+    if not (adapter / "config.json").is_file():
+        raise ConfigError(f"run_dir: {adapter} holds neither a peft adapter (adapter_config.json) nor a whole "
+                          "model (config.json)")
+    return task.auto_class().from_pretrained(adapter, dtype=DTYPES[dtype], local_files_only=True), backbone.tokenizer

@@ -6,8 +6,9 @@ random-generator state in each checkpoint, and checkpoints written atomically an
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import lightning as L
 from lightning.fabric.plugins.io import TorchCheckpointIO
@@ -112,3 +113,30 @@ def make_eval_trainer(conf: EvalSchema) -> L.Trainer:
         enable_model_summary=False,
         limit_test_batches=conf.limit_batches,
     )
+
+
+def log_run_config(trainer: L.Trainer, cfg: Any, params: dict[str, Any]) -> None:
+    """The run's resolved config and its parameter counts to every logger, as its hyper-parameters
+    (TensorBoard's hparams, MLflow's params, wandb's config, the CSV logger's hparams.yaml)."""
+    if not trainer.loggers:
+        return
+    from omegaconf import OmegaConf
+
+    config = OmegaConf.to_container(cfg, resolve=True)
+    hparams = {k: v for k, v in config.items() if k not in ("callbacks", "logger", "paths", "hydra")}
+    hparams["params"] = params
+    for logger in trainer.loggers:
+        logger.log_hyperparams(hparams)
+
+
+@contextlib.contextmanager
+def finished_loggers(trainer: L.Trainer) -> Iterator[None]:
+    """End each logger's run when the block ends. Lightning leaves wandb's run open, and a later
+    WandbLogger in the same process (the next run of a notebook) would log into it."""
+    try:
+        yield
+    finally:
+        for logger in trainer.loggers:
+            experiment = getattr(logger, "_experiment", None)  # never create one just to end it
+            if experiment is not None and callable(getattr(experiment, "finish", None)):
+                experiment.finish()

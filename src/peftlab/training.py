@@ -32,7 +32,7 @@ from peftlab.outputs import atomic_path, remove_stale_temps, versions, write_jso
 from peftlab.precision import device_map, quantization_config
 from peftlab.sweeps import threads_per_parallel_job, write_rerun_config
 from peftlab.tasks import Task
-from peftlab.trainer import make_trainer, split_metrics
+from peftlab.trainer import finished_loggers, log_run_config, make_trainer, split_metrics
 
 log = logging.getLogger("peftlab.train")
 
@@ -133,19 +133,22 @@ def run_job(conf: TrainSchema, cfg: DictConfig, run_dir: Path, task: Task, objec
         "init_adapter": conf.init_adapter, **task.settings_record(),
     }
     trainer = make_trainer(conf)
-    try:
-        trainer.fit(module, datamodule=data, ckpt_path=conf.resume_from)
-    except Diverged as err:
-        last = run_dir / "checkpoints" / "last.ckpt"
-        if not writes:
-            raise
-        write_json(run_dir / "metrics.json", {
-            **metrics, "status": "diverged", "diverged": {"step": err.step, "reason": err.what},
-            "last_checkpoint": str(last) if last.exists() else None, "overrides": _overrides(), "versions": versions()})
-        raise Diverged(err.step, f"{err.what}; nothing was exported; metrics.json says status: diverged"
-                       + (f"; the last good checkpoint: {last}" if last.exists() else "")) from None
-    val = split_metrics(trainer.callback_metrics, "val")
-    test = evaluate(trainer, module, data)
+    with finished_loggers(trainer):  # each logger's run ends with the job (a notebook's next run starts its own)
+        log_run_config(trainer, cfg, params)
+        try:
+            trainer.fit(module, datamodule=data, ckpt_path=conf.resume_from)
+        except Diverged as err:
+            last = run_dir / "checkpoints" / "last.ckpt"
+            if not writes:
+                raise
+            write_json(run_dir / "metrics.json", {
+                **metrics, "status": "diverged", "diverged": {"step": err.step, "reason": err.what},
+                "last_checkpoint": str(last) if last.exists() else None, "overrides": _overrides(),
+                "versions": versions()})
+            raise Diverged(err.step, f"{err.what}; nothing was exported; metrics.json says status: diverged"
+                           + (f"; the last good checkpoint: {last}" if last.exists() else "")) from None
+        val = split_metrics(trainer.callback_metrics, "val")
+        test = evaluate(trainer, module, data)
     if dry:
         log.info("fast_dev_run: nothing saved; test on one batch: %s", test)
         return {"test": test}

@@ -11,7 +11,14 @@ from pathlib import Path
 
 from hydra.core.config_store import ConfigStore
 
-from peftlab.config.commands import EvalSchema, MergeSchema, ParamsSchema, ReportSchema, TrainSchema
+from peftlab.config.commands import (
+    EvalSchema,
+    GenerateSchema,
+    MergeSchema,
+    ParamsSchema,
+    ReportSchema,
+    TrainSchema,
+)
 from peftlab.config.schema import (
     DataSchema,
     HardwareSchema,
@@ -37,7 +44,7 @@ def register_schemas() -> None:
                         ("trainer", TrainerSchema), ("paths", PathsSchema), ("preference", PreferenceSchema)):
         cs.store(group=f"schema/{group}", name="base", node=node)
     for name, node in (("train", TrainSchema), ("eval", EvalSchema), ("params", ParamsSchema),
-                       ("merge", MergeSchema), ("report", ReportSchema)):
+                       ("merge", MergeSchema), ("report", ReportSchema), ("generate", GenerateSchema)):
         cs.store(name=f"schema_{name}", node=node)
 
 

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
@@ -25,6 +26,7 @@ from peftlab.config.schema import (
     PreferenceSchema,
     TrainerSchema,
 )
+from peftlab.errors import ConfigError
 
 
 @dataclass
@@ -79,6 +81,40 @@ class EvalSchema:
 
     def __post_init__(self) -> None:
         _one_of("split", self.split, ("val", "test"))
+
+
+@dataclass
+class GenerateSchema:
+    """Everything ``peftlab-generate`` reads: a run folder, and prompts from one of three places."""
+
+    run_dir: str = MISSING  # a finished peftlab-train run folder
+    prompt: Optional[str] = None  # one prompt
+    file: Optional[str] = None  # a .jsonl of prompts (the run's data.prompt_field, or "prompt"), or a line each
+    interactive: bool = False  # read prompts from the terminal; answers stream as they are generated
+    out: Optional[str] = None  # file mode: write the answers here (.jsonl) instead of printing them
+    merged: bool = False  # the run's verified merged model (<run_dir>/merged) instead of its adapter
+    max_new_tokens: Optional[int] = None  # null: the run's data.max_new_tokens
+    do_sample: bool = False  # greedy unless true
+    temperature: float = 1.0
+    top_p: float = 1.0
+    batch_size: int = 8
+    seed: int = 42
+    trust_remote_code: bool = False  # a run folder's own setting is never obeyed: the user decides here
+    paths: PathsSchema = MISSING
+
+    def __post_init__(self) -> None:
+        sources = {"prompt=": self.prompt is not None, "file=": self.file is not None, "interactive=": self.interactive}
+        given = [k.rstrip("=") for k, on in sources.items() if on]
+        if len(given) != 1:
+            raise ConfigError("prompt: give exactly one of prompt=..., file=... or interactive=true (given: "
+                              f"{', '.join(given) or 'none'})")
+        n = self.max_new_tokens
+        _check(n is None or n > 0, "max_new_tokens", "must be > 0 or null", n)
+        _check(self.temperature > 0 and math.isfinite(self.temperature), "temperature", "must be a finite number > 0",
+               self.temperature)
+        _check(0 < self.top_p <= 1, "top_p", "must be in (0, 1]", self.top_p)
+        _check(self.batch_size > 0, "batch_size", "must be > 0", self.batch_size)
+        _check(self.out is None or self.file is not None, "out", "applies to file=... only", self.out)
 
 
 @dataclass

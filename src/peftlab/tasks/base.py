@@ -56,6 +56,12 @@ class Task:
         """What the task trained with beyond the data config, for metrics.json."""
         return {}
 
+    def answer(self, model: Any, tokenizer: Any, prompts: list[str], options: Any,
+               streamer: Any = None) -> list[dict[str, Any]]:
+        """The model's answers to a user's prompts (peftlab-generate), one dict per prompt.
+        ``options``: max_new_tokens, do_sample, temperature, top_p, batch_size."""
+        raise NotImplementedError
+
     # ------------------------------------------------------------------------------ the job's hooks
     def before_wrapping(self, backbone: Any) -> None:
         """Called with the loaded backbone before the method wraps it."""

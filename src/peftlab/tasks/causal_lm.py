@@ -81,6 +81,13 @@ class CausalLMTask(Task):
         return generate(model, tokenizer, batch["gen_input_ids"], batch["gen_attention_mask"],
                         self.data.max_new_tokens)
 
+    def answer(self, model, tokenizer, prompts, options, streamer=None):
+        from peftlab.tasks.generation import answer_prompts
+
+        fmt = PromptFormat.for_tokenizer(tokenizer, self.data.prompt_format, self.data.system_prompt)
+        answers = answer_prompts(model, tokenizer, fmt, prompts, options, streamer)
+        return [{"prompt": p, "answer": a} for p, a in zip(prompts, answers, strict=True)]
+
     def verification_logits(self, model, batch):
         import torch
 

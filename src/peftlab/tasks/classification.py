@@ -88,6 +88,23 @@ class ClassificationTask(Task):
         return [{"prediction": self.labels[p], "reference": self.labels[r], "correct": p == r}
                 for p, r in zip(predicted.tolist(), labels.tolist(), strict=True)]
 
+    def answer(self, model, tokenizer, prompts, options, streamer=None):
+        """The predicted label of each text and its probability."""
+        import torch
+
+        from peftlab.data.collators import ClassificationCollator
+
+        collate, out = ClassificationCollator(tokenizer.pad_token_id), []
+        for start in range(0, len(prompts), options.batch_size):
+            texts = prompts[start:start + options.batch_size]
+            batch = collate([{"input_ids": tokenizer(t, truncation=True, max_length=self.data.max_length).input_ids,
+                              "label": 0} for t in texts])
+            with torch.no_grad():
+                probs = self._logits(model, batch).softmax(-1)
+            for text, (p, i) in zip(texts, zip(*probs.max(-1), strict=True), strict=True):
+                out.append({"prompt": text, "answer": self.labels[int(i)], "probability": round(float(p), 4)})
+        return out
+
     def verification_logits(self, model, batch):
         import torch
 

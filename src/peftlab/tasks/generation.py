@@ -1,4 +1,5 @@
-"""Greedy generation for evaluation: batched, left-padded prompts, the KV cache, every end token."""
+"""Generation: greedy for evaluation (batched, left-padded prompts, the KV cache, every end token),
+and greedy or sampled answers to a user's prompts (peftlab-generate)."""
 
 from __future__ import annotations
 
@@ -31,3 +32,27 @@ def generate(model: torch.nn.Module, tokenizer: Any, input_ids: torch.Tensor, at
     out = model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config,
                          synced_gpus=synced)
     return [t.strip() for t in tokenizer.batch_decode(out[:, input_ids.shape[1]:], skip_special_tokens=True)]
+
+
+@torch.no_grad()
+def answer_prompts(model: torch.nn.Module, tokenizer: Any, fmt: Any, prompts: list[str], options: Any,
+                   streamer: Any = None) -> list[str]:
+    """The model's answers to ``prompts`` formatted as in training (``fmt``: the run's chat template
+    and system prompt); ``options``: max_new_tokens, do_sample, temperature, top_p, batch_size.
+    ``streamer``: transformers' streamer, for one prompt at a time."""
+    config = GenerationConfig(max_new_tokens=options.max_new_tokens, do_sample=options.do_sample,
+                              **({"temperature": options.temperature, "top_p": options.top_p} if options.do_sample
+                                 else {}),
+                              pad_token_id=tokenizer.pad_token_id, eos_token_id=end_tokens(model, tokenizer))
+    device = next(model.parameters()).device
+    answers = []
+    for start in range(0, len(prompts), options.batch_size):
+        ids = [tokenizer(fmt.prompt_text(tokenizer, p), add_special_tokens=not fmt.use_chat).input_ids
+               for p in prompts[start:start + options.batch_size]]
+        width = max(map(len, ids))
+        pad = tokenizer.pad_token_id
+        input_ids = torch.tensor([[pad] * (width - len(i)) + i for i in ids], device=device)
+        mask = torch.tensor([[0] * (width - len(i)) + [1] * len(i) for i in ids], device=device)
+        out = model.generate(input_ids=input_ids, attention_mask=mask, generation_config=config, streamer=streamer)
+        answers += [t.strip() for t in tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)]
+    return answers

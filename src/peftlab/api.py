@@ -1,0 +1,220 @@
+"""peftlab from Python (a notebook, a script): the commands, on Hydra's compose API.
+
+    import peftlab
+    run = peftlab.train(["model=tiny_llama", "trainer.max_steps=20"])   # peftlab-train ...
+    peftlab.evaluate(run["run_dir"])                                     # peftlab-eval run_dir=...
+    peftlab.merge(run["run_dir"])                                        # peftlab-merge run_dir=...
+    peftlab.report([run["run_dir"]])                                     # peftlab-report <folder>
+    peftlab.generate(run["run_dir"], ["3rd of March, 1998"])             # peftlab-generate ...
+
+Each call composes the command's config with the same overrides, validates it as the command does,
+runs the same code, writes the same folder (``.hydra/`` included, so ``peftlab-train resume=``
+works on a folder a notebook started) and returns the dictionary the command writes
+(metrics.json, eval.json, merge_report.json, report.json) with the folder under ``run_dir`` (or
+``out_dir``). Mistakes raise peftlab's own errors (``peftlab.errors.ConfigError``, ``DataError``...)
+with the commands' one-line messages. Calls can follow one another in one process: Hydra's global
+state is set for a call and cleared after it. One run at a time (sweeps: ``peftlab-train -m``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional, Sequence
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from peftlab.errors import ConfigError, PeftlabError
+
+Overrides = Optional[Sequence[str]]
+
+
+def compose(command: str, overrides: Overrides = None) -> DictConfig:
+    """The config ``peftlab-<command>`` would run with these overrides, with its ``hydra`` block
+    (``command``: train, eval, merge, params, report or generate). Raises ConfigError for what the command
+    would refuse while composing (an unknown option, a mistyped key)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    import peftlab.methods  # noqa: F401  (registers the method plug-ins)
+    import peftlab.tasks  # noqa: F401  (registers the task plug-ins)
+    from peftlab.cli import describe
+    from peftlab.config import CONF_DIR
+
+    overrides = list(overrides or [])
+    if any(o in ("-m", "--multirun") for o in overrides):
+        raise ConfigError("overrides: sweeps run from the command line (peftlab-train -m ...), one run per call here")
+    GlobalHydra.instance().clear()  # what an earlier call (or a cell stopped half-way) left
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name=command):
+            return hydra_compose(config_name=command, overrides=overrides, return_hydra_config=True)
+    except PeftlabError:
+        raise
+    except Exception as err:
+        from peftlab.cli import _user_errors
+
+        if isinstance(err, _user_errors()):
+            raise ConfigError(describe(err)) from None
+        raise
+
+
+def train(overrides: Overrides = None) -> dict[str, Any]:
+    """``peftlab-train <overrides>`` (one run; ``resume=<run_dir>`` continues a killed one): the
+    run's metrics.json as a dictionary, with ``run_dir``."""
+    from peftlab.outputs import check_fresh_run_dir, folder_lock
+    from peftlab.train import resume_args
+    from peftlab.train import train as train_job
+
+    def work(cfg: DictConfig, out: Path, save_hydra: Callable[[], None]) -> dict[str, Any]:
+        with folder_lock(out):  # before anything is written into a folder that may hold a run
+            check_fresh_run_dir(out)
+            save_hydra()
+            return train_job(cfg)
+
+    metrics, out = _call("train", resume_args(list(overrides or [])), work)
+    return {**metrics, "run_dir": str(out)}
+
+
+def evaluate(run_dir: Optional[str | Path] = None, overrides: Overrides = None) -> dict[str, Any]:
+    """``peftlab-eval run_dir=<run_dir> <overrides>``: eval.json as a dictionary, with ``out_dir``
+    (the command's own folder, outputs/evals/<stamp> unless ``hydra.run.dir=`` says otherwise)."""
+    from peftlab.eval import evaluate_cfg
+
+    def work(cfg: DictConfig, out: Path, save_hydra: Callable[[], None]) -> dict[str, Any]:
+        save_hydra()
+        return evaluate_cfg(cfg)
+
+    result, out = _call("eval", _with_run_dir(run_dir, overrides), work)
+    return {**result, "out_dir": str(out)}
+
+
+def merge(run_dir: str | Path, overrides: Overrides = None) -> dict[str, Any]:
+    """``peftlab-merge run_dir=<run_dir> <overrides>``: merge_report.json as a dictionary (its
+    ``out_dir`` is the merged model's folder)."""
+    from peftlab.merge import merge_cfg
+
+    def work(cfg: DictConfig, out: Path, save_hydra: Callable[[], None]) -> dict[str, Any]:
+        save_hydra()  # the command's own folder (outputs/merges/<stamp>) keeps a copy of the report
+        return merge_cfg(cfg)
+
+    return _call("merge", _with_run_dir(run_dir, overrides), work)[0]
+
+
+def report(paths: Sequence[str | Path], overrides: Overrides = None) -> dict[str, Any]:
+    """``peftlab-report <paths> <overrides>``: report.json as a dictionary (written to
+    <path>/report for one folder, else ``out_dir=`` or outputs/reports/<stamp>)."""
+    from peftlab.report import positional_to_inputs, report_cfg
+
+    args = positional_to_inputs([*map(str, paths), *(overrides or [])])
+    return _call("report", args, lambda cfg, out, save_hydra: report_cfg(cfg))[0]
+
+
+def generate(run_dir: str | Path, prompts: Sequence[str], overrides: Overrides = None) -> list[dict[str, Any]]:
+    """``peftlab-generate run_dir=<run_dir>`` on ``prompts``: one dict per prompt, its ``answer``
+    (and, for classification, the label's ``probability``). Overrides as the command's
+    (``merged=true``, ``do_sample=true``, ``max_new_tokens=``...)."""
+    from peftlab.generate import generate_cfg
+
+    prompts = list(prompts)
+    if not prompts or not all(isinstance(p, str) for p in prompts):
+        raise ConfigError("prompts: give a non-empty list of strings")
+
+    def work(cfg: DictConfig, out: Path, save_hydra: Callable[[], None]) -> dict[str, Any]:
+        with open_dict(cfg):
+            cfg.prompt = prompts[0]  # what the command would have been given; all of them are answered
+        return {"answers": generate_cfg(cfg, prompts)}
+
+    return _call("generate", _with_run_dir(run_dir, overrides), work)[0]["answers"]
+
+
+# ----------------------------------------------------------------------------------------- the call
+Work = Callable[[DictConfig, Path, Callable[[], None]], dict[str, Any]]
+
+
+def _with_run_dir(run_dir: Optional[str | Path], overrides: Overrides) -> list[str]:
+    return [*([f"run_dir={run_dir}"] if run_dir is not None else []), *(overrides or [])]
+
+
+def _call(command: str, overrides: list[str], work: Work) -> tuple[dict[str, Any], Path]:
+    """Compose, set Hydra's runtime state as a command's job has it, run ``work`` on the job's
+    config and folder, and clear the state again. ``work`` calls its third argument to write
+    ``.hydra/`` (once it knows the folder may be written)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from peftlab.outputs import discard_unstarted_run_dir
+
+    full = compose(command, overrides)
+    out = Path(str(full.hydra.run.dir))  # resolved once: the ${now:...} stamp
+    with open_dict(full):
+        full.hydra.run.dir = str(out)
+        full.hydra.runtime.output_dir = str(out.absolute())
+        full.hydra.job.num = 0
+        full.hydra.mode = RunMode.RUN
+    cfg = OmegaConf.masked_copy(full, [k for k in full if k != "hydra"])
+
+    def save_hydra() -> None:  # what Hydra writes into a command's folder before its job
+        folder = out / ".hydra"
+        folder.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(cfg, folder / "config.yaml")
+        OmegaConf.save(OmegaConf.create({"hydra": full.hydra}), folder / "hydra.yaml")
+        OmegaConf.save(full.hydra.overrides.task, folder / "overrides.yaml")  # hydra.* ones go to hydra.yaml
+
+    HydraConfig.instance().set_config(full)
+    try:
+        with _environment(dict(full.hydra.job.get("env_set") or {})), _log_to(out / f"{command}.log"):
+            return work(cfg, out, save_hydra), out
+    except PeftlabError:
+        discard_unstarted_run_dir(out)  # what was written for a job that never started goes
+        raise
+    finally:
+        HydraConfig.instance().cfg = None
+
+
+@contextlib.contextmanager
+def _environment(values: dict[str, Any]) -> Iterator[None]:
+    """The command's ``hydra.job.env_set``, for the call; what the user has set wins."""
+    added = {k: str(v) for k, v in values.items() if k not in os.environ}
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for k in added:
+            os.environ.pop(k, None)
+
+
+class _FolderLog(logging.FileHandler):
+    """The command's log file in its folder, opened once the folder exists (as Hydra's is)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.stream is not None or Path(self.baseFilename).parent.is_dir():
+            super().emit(record)
+
+
+@contextlib.contextmanager
+def _log_to(path: Path) -> Iterator[None]:
+    """peftlab's log lines to the folder's log file, and to the notebook or terminal where nothing
+    else shows them."""
+    logger = logging.getLogger("peftlab")
+    file = _FolderLog(path, delay=True)
+    file.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+    handlers: list[logging.Handler] = [file]
+    if not logger.handlers and not logging.getLogger().handlers:
+        console = logging.StreamHandler(sys.stdout)
+        console.setFormatter(logging.Formatter("%(message)s"))
+        handlers.append(console)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    for h in handlers:
+        logger.addHandler(h)
+    try:
+        yield
+    finally:
+        for h in handlers:
+            logger.removeHandler(h)
+            h.close()
+        logger.setLevel(level)
