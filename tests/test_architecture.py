@@ -109,3 +109,17 @@ def test_the_added_method_is_everywhere_without_a_test_edit():
     named = [p.name for p in (ROOT / "tests").glob("*.py")
              if p.name != "test_architecture.py" and re.search(r"\bloha\b", p.read_text(), re.I)]
     assert named == []  # no test file had to learn its name
+
+
+def test_the_readmes_method_table_is_the_registrys():
+    """README.md holds what peftlab-methods prints (python scripts/update_readme.py writes it)."""
+    import importlib.util
+
+    from peftlab.methods.table import capability_table
+
+    spec = importlib.util.spec_from_file_location("update_readme", ROOT / "scripts" / "update_readme.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    readme = (ROOT / "README.md").read_text()
+    assert script.with_table(readme, capability_table()) == readme, "run python scripts/update_readme.py"
+    assert len(capability_table().splitlines()) == len(METHODS) + 2

@@ -122,7 +122,9 @@ MERGEABLE = [[f"method={m}"] for m in sorted(METHODS) if METHODS[m].capabilities
 def test_every_mergeable_method_merges_exactly(tmp_path, cache_dir, overrides):
     run = make_run(tmp_path, "run", *overrides)
     report = merge_run(run, load_run_config(run), tmp_path / "merged")
-    assert report["passed"] and report["checks"]["reloaded"]["max_abs_error"] <= 1e-4
+    # the gate: the merge's own error, in a float64 forward (fp32 forwards add rounding of their own:
+    # FourierFT's scaled updates reach 1.6e-4 in fp32 on the tiny model)
+    assert report["passed"] and report["checks"]["reloaded"]["max_abs_error_fp64"] <= 1e-4
 
 
 def test_merge_after_training_records_the_merge(tmp_path, cache_dir):

@@ -108,3 +108,19 @@ def test_bitsandbytes_still_repacks_4bit_weights_for_cpu_inference():
     with torch.no_grad():
         fixed.eval()(x.detach())
     torch.testing.assert_close(fixed.train()(x), x @ expected.T)  # with the workaround it is right
+
+
+def test_peft_ln_tuning_merge_still_leaves_the_head_wrapped(cache_dir):
+    """peft 0.21's LN tuning merge_and_unload keeps the classification head's ModulesToSaveWrapper,
+    so the merged folder would load a random head; export/merge.py's unwrap_saved_modules puts the
+    trained head in place. When this fails, peft merges it itself and the workaround can go."""
+    from peft.utils import ModulesToSaveWrapper
+
+    from peftlab.export.merge import unwrap_saved_modules
+
+    conf, task, bb = build(["model=tiny_bert", "data=reviews", "method=ln_tuning"], cache_dir)
+    merged = wrap(bb, conf.method, task).merge_and_unload()
+    wrapped = [n for n, m in merged.named_modules() if isinstance(m, ModulesToSaveWrapper)]
+    assert wrapped == ["classifier"]
+    head = merged.classifier.modules_to_save["default"]
+    assert unwrap_saved_modules(merged).classifier is head

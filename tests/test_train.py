@@ -40,6 +40,8 @@ def test_metrics_json_contract(tiny_run):
     assert {"exact_match", "loss", "perplexity"} <= set(m["test"]) and set(m["zero_shot"]) == set(m["test"])
     assert m["train"]["steps"] == 8 and m["train"]["wall_s"] > 0 and m["train"]["tokens_per_s"] > 0
     assert m["memory"]["peak_rss_mb"] > 0
+    weights = tiny_run[0] / "adapter" / "adapter_model.safetensors"
+    assert m["adapter_mb"] == round(weights.stat().st_size / 2**20, 3) > 0
     assert {"python", "torch", "transformers", "peft", "lightning", "peftlab", "git_commit"} <= set(m["versions"])
     assert m["overrides"][0] == "debug=tiny"
     assert (m["task_type"], m["primary_metric"], m["objective"]) == ("causal_lm", "exact_match", "test.exact_match")

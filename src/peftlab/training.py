@@ -175,6 +175,9 @@ def run_job(conf: TrainSchema, cfg: DictConfig, run_dir: Path, task: Task, objec
         "total_wall_s": round(time.perf_counter() - started, 2),
         "base_model": backbone.path,
         "adapter": str(run_dir / "adapter") if conf.save_adapter else None,
+        # the trained weights' bytes on disk (the adapter's safetensors; the whole model for full)
+        "adapter_mb": round(sum(f.stat().st_size for f in (run_dir / "adapter").glob("*.safetensors")) / 2**20, 3)
+        if conf.save_adapter else None,
         "data": data.sizes(),
         "threads": torch.get_num_threads(),
         "overrides": _overrides(),

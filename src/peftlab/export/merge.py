@@ -93,7 +93,7 @@ def merge_run(run_dir: Path, run, out_dir: Path, dtype: Optional[str] = None, ca
     ref = measure_reference(r, batches, dtype, adapter_metrics)
     report: dict[str, Any] = {"run_dir": str(run_dir), "out_dir": str(out_dir), "method": run.method.name,
                               "base_model": r.backbone.path, "dtype": dtype, "probe_name": r.task.probe_name}
-    merged = (r.adapter_model("float32") if dtype != "float32" else r.model).merge_and_unload()
+    merged = unwrap_saved_modules((r.adapter_model("float32") if dtype != "float32" else r.model).merge_and_unload())
     merged = merged.to(DTYPES[dtype])  # merged in fp32 (in place: no second copy of the weights), cast once
     latency = {**ref.latency, "merged_ms": forward_ms(merged, head(batches[0], TIMING))}
     tokenizer, probe_batch = r.backbone.tokenizer, head(batches[0], PROBES)
@@ -140,6 +140,20 @@ def merge_run(run_dir: Path, run, out_dir: Path, dtype: Optional[str] = None, ca
             write_json(Path(report_dir) / "merge_report.json", report)
     log.info("merged and verified\n%s", summary(report, compared[0]))
     return report
+
+
+def unwrap_saved_modules(model):
+    """Put each trained copy of a ``modules_to_save`` layer (a classification head) in place of its
+    wrapper. peft 0.21's LN tuning merge leaves the wrappers in the merged model, whose saved folder
+    then loads with a fresh, random head (tests/test_pins.py tells when this can go)."""
+    from peft.utils import ModulesToSaveWrapper
+
+    for name, module in list(model.named_modules()):
+        if isinstance(module, ModulesToSaveWrapper):
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, child,
+                    module.modules_to_save[module.active_adapter])
+    return model
 
 
 def _only(metrics: dict[str, float], names: tuple[str, ...]) -> dict[str, float]:

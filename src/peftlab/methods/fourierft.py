@@ -1,0 +1,41 @@
+"""FourierFT (Gao et al., 2024): each targeted layer's update is the inverse discrete Fourier
+transform of n trained spectral coefficients at fixed random frequencies; far fewer parameters
+than LoRA at a similar update size."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from peftlab.config.checks import check, module_names
+from peftlab.config.plugins import Capabilities, MethodSchema
+from peftlab.methods.base import BuildContext, register_method
+from peftlab.methods.targets import check_target_modules, peft_kwargs
+
+
+@dataclass
+class FourierftSchema(MethodSchema):
+    name: str = "fourierft"
+    n_frequency: int = 1000  # trained coefficients per layer (at most the layer's in x out)
+    scaling: float = 150.0  # the update's scale (the paper: 150 for LLaMA, 300 for RoBERTa)
+    random_loc_seed: int = 777  # the seed of the frequencies' locations
+    target_modules: Any = "all-linear"
+
+    def __post_init__(self) -> None:
+        check(self.n_frequency > 0, "method.n_frequency", "must be > 0", self.n_frequency)
+        check(self.scaling > 0, "method.scaling", "must be > 0", self.scaling)
+        module_names("method.target_modules", self.target_modules)
+
+
+def build(cfg: FourierftSchema, ctx: BuildContext) -> Any:
+    from peft import FourierFTConfig
+
+    check_target_modules(ctx.model, cfg.target_modules)
+    return FourierFTConfig(task_type=ctx.task.peft_task_type, **peft_kwargs(cfg))
+
+
+register_method(
+    "fourierft", FourierftSchema, build,
+    trains="n spectral coefficients per targeted layer (the update is their inverse 2-D DFT)",
+    capabilities=Capabilities(mergeable=True),
+)

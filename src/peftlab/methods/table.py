@@ -1,0 +1,42 @@
+"""``peftlab-methods``: the capability table of every registered method, generated from the
+registry (so it cannot drift from the code). ``python scripts/update_readme.py`` writes the same
+table into the README between its markers; a test compares the two.
+
+    peftlab-methods            # a Markdown table on standard output
+"""
+
+from __future__ import annotations
+
+from peftlab.config.plugins import task_types
+from peftlab.methods.base import METHODS
+
+COLUMNS = ("method", "what trains", "task types", "merges", "8/4-bit base", "counts on meta device",
+           "per-step hook", "DPO `adapter_off`")
+
+
+def _yes(flag: bool) -> str:
+    return "yes" if flag else "no"
+
+
+def capability_table() -> str:
+    """The registry as a Markdown table, one row per method, in name order."""
+    rows = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    for name in sorted(METHODS):
+        spec = METHODS[name]
+        c = spec.capabilities
+        tasks = ", ".join(f"`{t}`" for t in (c.task_types or task_types()))
+        rows.append("| " + " | ".join([
+            f"`{name}`", spec.trains, tasks, _yes(c.mergeable), _yes(c.quantized_base), _yes(c.meta_device),
+            _yes(c.per_step_hook), _yes(c.adapter and c.starts_as_base)]) + " |")
+    return "\n".join(rows)
+
+
+def main() -> None:
+    import peftlab.methods  # noqa: F401  (every method module registers itself)
+    import peftlab.tasks  # noqa: F401  (the task types the table names)
+
+    print(capability_table())
+
+
+if __name__ == "__main__":
+    main()

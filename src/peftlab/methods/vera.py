@@ -1,0 +1,43 @@
+"""VeRA (Kopiczko et al., 2024): one pair of frozen random low-rank matrices shared by every
+targeted layer; each layer trains only two scaling vectors, so r can be large (the paper: 256)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from peftlab.config.checks import check, module_names
+from peftlab.config.plugins import Capabilities, MethodSchema
+from peftlab.methods.base import BuildContext, register_method
+from peftlab.methods.targets import check_target_modules, peft_kwargs
+
+
+@dataclass
+class VeraSchema(MethodSchema):
+    name: str = "vera"
+    r: int = 256
+    vera_dropout: float = 0.0
+    d_initial: float = 0.1  # the initial value of the scaling vector d
+    projection_prng_key: int = 0  # the seed of the shared random matrices
+    target_modules: Any = "all-linear"
+
+    def __post_init__(self) -> None:
+        check(self.r > 0, "method.r", "must be > 0", self.r)
+        check(0.0 <= self.vera_dropout < 1.0, "method.vera_dropout", "must be in [0, 1)", self.vera_dropout)
+        check(self.d_initial > 0, "method.d_initial", "must be > 0", self.d_initial)
+        module_names("method.target_modules", self.target_modules)
+
+
+def build(cfg: VeraSchema, ctx: BuildContext) -> Any:
+    from peft import VeraConfig
+
+    check_target_modules(ctx.model, cfg.target_modules)
+    # the shared matrices are saved with the adapter, so that it loads without the seed's generator
+    return VeraConfig(task_type=ctx.task.peft_task_type, save_projection=True, **peft_kwargs(cfg))
+
+
+register_method(
+    "vera", VeraSchema, build,
+    trains="two scaling vectors per targeted layer around one pair of frozen random matrices",
+    capabilities=Capabilities(mergeable=True),
+)
