@@ -75,3 +75,16 @@ def test_a_classification_run_answers_with_a_label_and_its_probability(tmp_path,
     proc = run_cli("peftlab-generate", f"run_dir={folder}", "prompt=A wonderful film.")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.splitlines()[-1] == f"{answers[0]['answer']} (p={answers[0]['probability']:.4f})"
+
+
+def test_generating_writes_nothing_where_it_is_started(lm_run, tmp_path, monkeypatch):
+    """peftlab-generate has no folder of its own: from Python too, nothing is written where it
+    runs, and a failure removes nothing there (a config.yaml of the user's stays)."""
+    from peftlab.errors import ConfigError
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "config.yaml").write_text("mine: 1\n")
+    peftlab.generate(lm_run, ["12 May 2001"])
+    with pytest.raises(ConfigError, match="is not a finished peftlab-train run folder"):
+        peftlab.generate(tmp_path / "absent", ["x"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml"]

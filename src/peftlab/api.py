@@ -164,12 +164,16 @@ def _call(command: str, overrides: list[str], work: Work) -> tuple[dict[str, Any
         OmegaConf.save(OmegaConf.create({"hydra": full.hydra}), folder / "hydra.yaml")
         OmegaConf.save(full.hydra.overrides.task, folder / "overrides.yaml")  # hydra.* ones go to hydra.yaml
 
+    # a command with a folder of its own (not peftlab-generate, whose "folder" is where it was started)
+    own_folder, fresh = full.hydra.output_subdir is not None, not out.exists()
     HydraConfig.instance().set_config(full)
     try:
-        with _environment(dict(full.hydra.job.get("env_set") or {})), _log_to(out / f"{command}.log"):
+        with _environment(dict(full.hydra.job.get("env_set") or {})), \
+                _log_to(out / f"{command}.log" if own_folder else None):
             return work(cfg, out, save_hydra), out
     except PeftlabError:
-        discard_unstarted_run_dir(out)  # what was written for a job that never started goes
+        if own_folder and fresh:
+            discard_unstarted_run_dir(out)  # what was written for a job that never started goes
         raise
     finally:
         HydraConfig.instance().cfg = None
@@ -196,13 +200,15 @@ class _FolderLog(logging.FileHandler):
 
 
 @contextlib.contextmanager
-def _log_to(path: Path) -> Iterator[None]:
-    """peftlab's log lines to the folder's log file, and to the notebook or terminal where nothing
-    else shows them."""
+def _log_to(path: Optional[Path]) -> Iterator[None]:
+    """peftlab's log lines to the folder's log file (``path``; None: none), and to the notebook or
+    terminal where nothing else shows them."""
     logger = logging.getLogger("peftlab")
-    file = _FolderLog(path, delay=True)
-    file.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
-    handlers: list[logging.Handler] = [file]
+    handlers: list[logging.Handler] = []
+    if path is not None:
+        file = _FolderLog(path, delay=True)
+        file.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+        handlers.append(file)
     if not logger.handlers and not logging.getLogger().handlers:
         console = logging.StreamHandler(sys.stdout)
         console.setFormatter(logging.Formatter("%(message)s"))
