@@ -32,11 +32,10 @@ log = logging.getLogger("peftlab.generate")
 
 
 class Talker:
-    """A run's model, tokenizer and task, loaded once, answering prompts."""
+    """A run's model, tokenizer and task (``run``: its validated config), loaded once, answering prompts."""
 
-    def __init__(self, conf: GenerateSchema):
+    def __init__(self, conf: GenerateSchema, run: Any):
         run_dir = Path(conf.run_dir)
-        run = load_run_config(run_dir, trust_remote_code=conf.trust_remote_code)
         self.task = make_task(run.data)
         self.options = conf
         if conf.max_new_tokens is None:
@@ -110,12 +109,12 @@ def generate_cfg(cfg: DictConfig, prompts: Optional[list[str]] = None) -> list[d
     """Run ``peftlab-generate``; with ``prompts`` (the Python API) answer those, printing nothing."""
     conf = validate(cfg, GenerateSchema)
     quiet = prompts is not None
+    run = load_run_config(Path(conf.run_dir), trust_remote_code=conf.trust_remote_code)
     if prompts is None and conf.file:
-        run = load_run_config(Path(conf.run_dir), trust_remote_code=conf.trust_remote_code)
         prompts = read_prompts(conf.file, run.data.prompt_field)
     elif prompts is None and conf.prompt is not None:
         prompts = [conf.prompt]
-    talker = Talker(conf)
+    talker = Talker(conf, run)
     if prompts is None:
         return _interactive(talker)
     answers = talker.answer(prompts)

@@ -12,13 +12,13 @@ from peftlab.data.tokenize import IGNORE_INDEX, PromptFormat, encode
 from peftlab.tasks.base import Task, register_task
 
 
-@register_task
-class CausalLMTask(Task):
-    name = "causal_lm"
-    peft_task_type = "CAUSAL_LM"
+class GeneratesText:
+    """What every task whose model is a causal LM shares: the model class, greedy generation as the
+    probe, exact match of greedy answers, answers to a user's prompts, and the logits a merge
+    compares (every position, and the answer positions)."""
+
+    data: Any
     generative = True
-    primary_metric = "exact_match"
-    metric_names = ("exact_match", "loss", "perplexity")
     probe_name = "greedy generations"
 
     @classmethod
@@ -28,6 +28,43 @@ class CausalLMTask(Task):
         return AutoModelForCausalLM
 
     checkpoint_class = auto_class  # the LM head is part of the pretrained model
+
+    def probe(self, model, tokenizer, batch) -> list[str]:
+        from peftlab.tasks.generation import generate
+
+        return generate(model, tokenizer, batch["gen_input_ids"], batch["gen_attention_mask"],
+                        self.data.max_new_tokens)
+
+    def score_generations(self, model, tokenizer, batch, exact_match) -> list[dict[str, Any]]:
+        """Greedy answers of the counted rows against their references, into ``exact_match``."""
+        keep = batch["counted"].tolist()
+        pairs = [(p, r) for p, r, k in zip(self.probe(model, tokenizer, batch), batch["references"], keep, strict=True)
+                 if k]
+        exact_match.update([p for p, _ in pairs], [r for _, r in pairs])
+        return [{"prediction": p, "reference": r, "correct": p.strip() == r.strip()} for p, r in pairs]
+
+    def answer(self, model, tokenizer, prompts, options, streamer=None):
+        from peftlab.tasks.generation import answer_prompts
+
+        fmt = PromptFormat.for_tokenizer(tokenizer, self.data.prompt_format, self.data.system_prompt)
+        answers = answer_prompts(model, tokenizer, fmt, prompts, options, streamer)
+        return [{"prompt": p, "answer": a} for p, a in zip(prompts, answers, strict=True)]
+
+    def verification_logits(self, model, batch):
+        import torch
+
+        with torch.no_grad():
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+        return {"all": logits[batch["attention_mask"].bool()],
+                "answer": logits[:, :-1][batch["labels"][:, 1:] != IGNORE_INDEX]}
+
+
+@register_task
+class CausalLMTask(GeneratesText, Task):
+    name = "causal_lm"
+    peft_task_type = "CAUSAL_LM"
+    primary_metric = "exact_match"
+    metric_names = ("exact_match", "loss", "perplexity")
 
     def encoder(self, tokenizer: Any) -> Callable[[dict[str, Any], str], dict[str, Any]]:
         d = self.data
@@ -69,29 +106,4 @@ class CausalLMTask(Task):
         metrics.update_loss(*self.loss(model, batch))
         if "exact_match" not in metrics.names:
             return []
-        keep = batch["counted"].tolist()
-        pairs = [(p, r) for p, r, k in zip(self.probe(model, tokenizer, batch), batch["references"], keep, strict=True)
-                 if k]
-        metrics.task["exact_match"].update([p for p, _ in pairs], [r for _, r in pairs])
-        return [{"prediction": p, "reference": r, "correct": p.strip() == r.strip()} for p, r in pairs]
-
-    def probe(self, model, tokenizer, batch) -> list[str]:
-        from peftlab.tasks.generation import generate
-
-        return generate(model, tokenizer, batch["gen_input_ids"], batch["gen_attention_mask"],
-                        self.data.max_new_tokens)
-
-    def answer(self, model, tokenizer, prompts, options, streamer=None):
-        from peftlab.tasks.generation import answer_prompts
-
-        fmt = PromptFormat.for_tokenizer(tokenizer, self.data.prompt_format, self.data.system_prompt)
-        answers = answer_prompts(model, tokenizer, fmt, prompts, options, streamer)
-        return [{"prompt": p, "answer": a} for p, a in zip(prompts, answers, strict=True)]
-
-    def verification_logits(self, model, batch):
-        import torch
-
-        with torch.no_grad():
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
-        return {"all": logits[batch["attention_mask"].bool()],
-                "answer": logits[:, :-1][batch["labels"][:, 1:] != IGNORE_INDEX]}
+        return self.score_generations(model, tokenizer, batch, metrics.task["exact_match"])

@@ -15,17 +15,16 @@ from typing import Any, Callable, Optional
 
 from peftlab.data.tokenize import IGNORE_INDEX, PromptFormat, encode
 from peftlab.tasks.base import Task, register_task
+from peftlab.tasks.causal_lm import GeneratesText
 
 
 @register_task
-class PreferenceTask(Task):
+class PreferenceTask(GeneratesText, Task):
     name = "preference"
     peft_task_type = "CAUSAL_LM"
-    generative = True
     primary_metric = "reward_accuracy"
     metric_names = ("reward_accuracy", "reward_margin", "exact_match", "loss", "chosen_reward", "rejected_reward",
                     "chosen_logp", "rejected_logp")
-    probe_name = "greedy generations"
     takes_preference = True
 
     def __init__(self, data, labels=None, run=None):
@@ -36,14 +35,6 @@ class PreferenceTask(Task):
         self.init_adapter = getattr(run, "init_adapter", None)
         self.reference_model = None  # reference=separate: a frozen copy of the backbone
         self.reference_bytes = 0  # what the reference holds beyond the policy's own weights
-
-    @classmethod
-    def auto_class(cls) -> Any:
-        from transformers import AutoModelForCausalLM
-
-        return AutoModelForCausalLM
-
-    checkpoint_class = auto_class
 
     @classmethod
     def merge_metrics(cls) -> tuple[str, ...]:
@@ -243,31 +234,7 @@ class PreferenceTask(Task):
             m[key].update(pairs[key])
         if "exact_match" not in metrics.names:
             return []
-        keep_list = keep.tolist()
-        out = [(p, r) for p, r, k in zip(self.probe(model, tokenizer, batch), batch["references"], keep_list,
-                                          strict=True) if k]
-        m["exact_match"].update([p for p, _ in out], [r for _, r in out])
-        return [{"prediction": p, "reference": r, "correct": p.strip() == r.strip()} for p, r in out]
-
-    def probe(self, model, tokenizer, batch) -> list[str]:
-        from peftlab.tasks.generation import generate
-
-        return generate(model, tokenizer, batch["gen_input_ids"], batch["gen_attention_mask"], self.data.max_new_tokens)
-
-    def answer(self, model, tokenizer, prompts, options, streamer=None):
-        from peftlab.tasks.generation import answer_prompts
-
-        fmt = PromptFormat.for_tokenizer(tokenizer, self.data.prompt_format, self.data.system_prompt)
-        answers = answer_prompts(model, tokenizer, fmt, prompts, options, streamer)
-        return [{"prompt": p, "answer": a} for p, a in zip(prompts, answers, strict=True)]
-
-    def verification_logits(self, model, batch):
-        import torch
-
-        with torch.no_grad():
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
-        return {"all": logits[batch["attention_mask"].bool()],
-                "answer": logits[:, :-1][batch["labels"][:, 1:] != IGNORE_INDEX]}
+        return self.score_generations(model, tokenizer, batch, m["exact_match"])
 
 
 @contextlib.contextmanager
