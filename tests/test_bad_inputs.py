@@ -92,6 +92,7 @@ CASES = [
     ("unknown key", "peftlab-train", ["+method.rr=4"], "method.rr: unknown key for method 'lora'"),
     ("unknown method", "peftlab-train", ["method=nope"], "method=nope: no such config (available: "),
     ("zero batch", "peftlab-train", ["data.batch_size=0"], "data.batch_size must be > 0, got 0"),
+    ("zero group window", "peftlab-train", ["data.group_window=0"], "data.group_window must be > 0, got 0"),
     ("bad type", "peftlab-train", ["trainer.max_steps=many"], "trainer.max_steps must be an integer, got 'many'"),
     ("callback code", "peftlab-train", ["+callbacks.evil._target_=os.system"],
      "callbacks.evil._target_: 'os.system' is not a class peftlab instantiates"),

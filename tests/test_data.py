@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from peftlab.config import validate
 from peftlab.data.collators import CausalLMCollator
@@ -147,3 +148,54 @@ def test_collator_pads_right_for_loss_and_left_for_generation():
     assert b["gen_input_ids"].tolist() == [[5, 6], [0, 5]]
     assert b["gen_attention_mask"].tolist() == [[1, 1], [0, 1]]
     assert b["references"] == ["a", "b"]
+
+
+# --- length-grouped training batches ----------------------------------------------------------------
+def _lengths(n: int = 203, seed: int = 0) -> list[int]:
+    generator = torch.Generator().manual_seed(seed)
+    return (torch.randint(20, 120, (n,), generator=generator)).tolist()
+
+
+def _padding(batches: list[list[int]], lengths: list[int]) -> float:
+    slots = sum(max(lengths[i] for i in b) * len(b) for b in batches)
+    return 1 - sum(lengths[i] for b in batches for i in b) / slots
+
+
+def test_grouped_batches_cover_the_epoch_once_with_less_padding_and_depend_on_the_seed_only():
+    from peftlab.data.loaders import ResumableLoader
+
+    lengths = _lengths()
+    data = [{"i": i} for i in range(len(lengths))]
+    collate = lambda rows: [r["i"] for r in rows]  # noqa: E731
+    grouped = ResumableLoader(data, 8, collate, seed=5, lengths=lengths, window=8)
+    plain = ResumableLoader(data, 8, collate, seed=5)
+    g_epochs = [list(grouped) for _ in range(2)]
+    p_epoch = list(plain)
+    for epoch in g_epochs:
+        assert sorted(i for b in epoch for i in b) == list(range(len(lengths)))  # every example once
+        assert [len(b) for b in epoch] == [8] * 25 + [3]  # only the epoch's last batch is short
+    assert g_epochs[0] != g_epochs[1]  # a new order every epoch
+    assert _padding(g_epochs[0], lengths) < 0.25 * _padding(p_epoch, lengths)
+    again = ResumableLoader(data, 8, collate, seed=5, lengths=lengths, window=8)
+    assert [list(again) for _ in range(2)] == g_epochs  # a fixed function of the seed
+    other = ResumableLoader(data, 8, collate, seed=6, lengths=lengths, window=8)
+    assert list(other) != g_epochs[0]
+    # the batches of a window are shuffled: long and short batches are not always in the same place
+    longest = [max(lengths[i] for i in b) for b in g_epochs[0][:8]]
+    assert longest != sorted(longest, reverse=True) and longest != sorted(longest)
+
+
+def test_grouped_batches_resume_mid_epoch():
+    from peftlab.data.loaders import ResumableLoader
+
+    lengths = _lengths(50)
+    data = [{"i": i} for i in range(50)]
+    collate = lambda rows: [r["i"] for r in rows]  # noqa: E731
+    whole = list(ResumableLoader(data, 4, collate, seed=1, lengths=lengths, window=4))
+    first = ResumableLoader(data, 4, collate, seed=1, lengths=lengths, window=4)
+    it = iter(first)
+    seen = [next(it) for _ in range(5)]
+    resumed = ResumableLoader(data, 4, collate, seed=1, lengths=lengths, window=4)
+    resumed.load_state_dict(first.state_dict())
+    assert seen + list(resumed) == whole
+

@@ -39,6 +39,11 @@ def test_metrics_json_contract(tiny_run):
     assert 0 < m["params"]["trainable"] < m["params"]["total"]
     assert {"exact_match", "loss", "perplexity"} <= set(m["test"]) and set(m["zero_shot"]) == set(m["test"])
     assert m["train"]["steps"] == 8 and m["train"]["wall_s"] > 0 and m["train"]["tokens_per_s"] > 0
+    t = m["train"]  # real and padded token slots per batch (batches grouped by length by default)
+    assert t["group_by_length"] and 0 < t["real_tokens_per_batch"] <= t["padded_tokens_per_batch"]
+    assert t["tokens"] == pytest.approx(t["real_tokens_per_batch"] * 8, abs=1)
+    assert t["padding_share"] == pytest.approx(1 - t["real_tokens_per_batch"] / t["padded_tokens_per_batch"], abs=1e-3)
+    assert t["padding_share"] < 0.05
     assert m["memory"]["peak_rss_mb"] > 0
     weights = tiny_run[0] / "adapter" / "adapter_model.safetensors"
     assert m["adapter_mb"] == round(weights.stat().st_size / 2**20, 3) > 0

@@ -12,23 +12,27 @@ from peftlab.memory import peak_rss_mb
 
 
 class TrainingMeter(L.Callback):
-    """Training wall time, tokens per second (non-padding tokens) and peak memory, for metrics.json.
+    """Training wall time, tokens per second (non-padding tokens), the real and padded token slots
+    per batch, and peak memory, for metrics.json.
 
     ``summary`` holds the figures after training; not to be confused with Lightning's own
     ``ThroughputMonitor``, which logs FLOP-based figures per step."""
 
     def __init__(self):
         self.summary: dict[str, float] = {}
-        self._tokens = 0
+        self._tokens = self._slots = self._batches = 0
         self._start = None
 
     def on_train_start(self, trainer, pl_module) -> None:
-        self._tokens, self._start = 0, time.perf_counter()
+        self._tokens = self._slots = self._batches = 0
+        self._start = time.perf_counter()
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self._tokens += int(batch["attention_mask"].sum())
+        self._slots += batch["attention_mask"].numel()
+        self._batches += 1
 
     def on_train_end(self, trainer, pl_module) -> None:
         wall = time.perf_counter() - self._start
@@ -36,6 +40,10 @@ class TrainingMeter(L.Callback):
         self.summary = {"wall_s": round(wall, 3), "tokens": tokens,
                         "tokens_per_s": round(tokens / wall, 2) if wall > 0 else 0.0,
                         "peak_rss_mb": round(peak_rss_mb(), 1)}
+        if self._batches:  # this process's batches: what a step computes, and how much of it is padding
+            self.summary.update(real_tokens_per_batch=round(self._tokens / self._batches, 1),
+                                padded_tokens_per_batch=round(self._slots / self._batches, 1),
+                                padding_share=round(1 - self._tokens / max(self._slots, 1), 4))
         if torch.cuda.is_available():
             self.summary["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
 

@@ -102,6 +102,10 @@ class DataSchema:
     # max_length): up to this share of a split they are left out with a warning; above it the run stops
     max_unusable: float = 0.05
     num_workers: int = 0
+    # training batches of similar lengths (less padding): the seeded order is sorted by length within
+    # windows of group_window batches, and each window's batches shuffled again; false: torch's order
+    group_by_length: bool = True
+    group_window: int = 64
 
     def __post_init__(self) -> None:
         _one_of("data.task_type", self.task_type, task_types())
@@ -116,6 +120,7 @@ class DataSchema:
             v = getattr(self, key)
             _check(v is None or v > 0, f"data.{key}", "must be > 0 or null", v)
         _check(self.num_workers >= 0, "data.num_workers", "must be >= 0", self.num_workers)
+        _check(self.group_window > 0, "data.group_window", "must be > 0", self.group_window)
         _check(0.0 <= self.max_unusable <= 1.0, "data.max_unusable", "must be in [0, 1]", self.max_unusable)
 
 

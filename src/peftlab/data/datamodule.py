@@ -70,9 +70,10 @@ class TaskDataModule(L.LightningDataModule):
     def train_dataloader(self) -> ResumableLoader:
         self.setup()
         if self._train is None:  # one loader for the run: its position is the run's place in the data
-            self._train = ResumableLoader(self.splits["train"], self.cfg.batch_size,
-                                          self.task.collator(self.tokenizer, evaluation=False), self.seed,
-                                          self.cfg.num_workers)
+            rows = self.splits["train"]
+            lengths = [self.task.length(e) for e in rows] if self.cfg.group_by_length else None
+            self._train = ResumableLoader(rows, self.cfg.batch_size, self.task.collator(self.tokenizer, evaluation=False),
+                                          self.seed, self.cfg.num_workers, lengths, self.cfg.group_window)
         return self._train
 
     def _eval_loader(self, split: str) -> DataLoader:

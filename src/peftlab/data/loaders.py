@@ -3,14 +3,17 @@ shards that count every example once under several processes.
 
 Lightning saves a loader's ``state_dict`` in every checkpoint and restores it on resume, so a
 resumed run continues with the very next batch the interrupted run would have seen. The order
-is exactly that of torch's shuffling ``DataLoader`` with a generator seeded with ``seed`` (the
-same batches as before this loader existed); under DDP each rank takes every world-size-th batch.
+is that of torch's shuffling ``DataLoader`` with a generator seeded with ``seed``; with
+``lengths`` (``data.group_by_length``) that order is then sorted by length within windows of
+``window`` batches, cut into batches, and the batches of each window shuffled again (seeded): each
+batch holds examples of similar length, so little of it is padding, and every epoch is still a
+fixed function of the seed. Under DDP each rank takes every world-size-th batch.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 from torch.utils.data import DataLoader
@@ -31,16 +34,37 @@ def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
     return torch.randperm(n, generator=generator).tolist()
 
 
+def grouped_batches(order: list[int], lengths: list[int], batch_size: int, window: int, seed: int,
+                    epoch: int) -> list[list[int]]:
+    """``order`` cut into batches of similar lengths: each window of ``window`` batches sorted by
+    length (longest first; ties keep the shuffled order), cut, and its batches shuffled with a
+    generator seeded by ``seed`` and ``epoch``. Only the last batch of the epoch may be short."""
+    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    span = batch_size * window
+    batches, short = [], []
+    for start in range(0, len(order), span):
+        chunk = sorted(order[start:start + span], key=lambda i: -lengths[i])
+        cut = [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+        if len(cut[-1]) < batch_size:  # the epoch's remainder: last, as in an unsorted epoch
+            short.append(cut.pop())
+        batches += [cut[i] for i in torch.randperm(len(cut), generator=generator).tolist()]
+    return batches + short
+
+
 class ResumableLoader:
     def __init__(self, dataset: list[dict[str, Any]], batch_size: int, collate_fn: Callable, seed: int,
-                 num_workers: int = 0):
+                 num_workers: int = 0, lengths: Optional[list[int]] = None, window: int = 64):
         self.dataset, self.batch_size, self.collate_fn = dataset, batch_size, collate_fn
         self.seed, self.num_workers = seed, num_workers
+        self.lengths, self.window = lengths, window  # lengths: group batches by length (None: torch's order)
         self.epoch, self.position = 0, 0  # batches of this epoch already given out (on this rank)
 
     def _batches(self) -> list[list[int]]:
         order = epoch_order(len(self.dataset), self.seed, self.epoch)
-        batches = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        if self.lengths is not None:
+            batches = grouped_batches(order, self.lengths, self.batch_size, self.window, self.seed, self.epoch)
+        else:
+            batches = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
         rank, world = rank_and_world()
         return batches[: len(batches) // world * world][rank::world] if world > 1 else batches
 

@@ -62,6 +62,10 @@ class Task:
         ``options``: max_new_tokens, do_sample, temperature, top_p, batch_size."""
         raise NotImplementedError
 
+    def length(self, example: dict[str, Any]) -> int:
+        """The length of an encoded example as a batch pads it (``data.group_by_length`` sorts by it)."""
+        return len(example["input_ids"])
+
     # ------------------------------------------------------------------------------ the job's hooks
     def before_wrapping(self, backbone: Any) -> None:
         """Called with the loaded backbone before the method wraps it."""

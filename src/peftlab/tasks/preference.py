@@ -96,6 +96,9 @@ class PreferenceTask(GeneratesText, Task):
             return f"answer cut away by data.max_length={d.max_length}"
         return None
 
+    def length(self, example: dict[str, Any]) -> int:
+        return max(len(example["chosen"]["input_ids"]), len(example["rejected"]["input_ids"]))
+
     def collator(self, tokenizer: Any, evaluation: bool) -> Callable:
         from peftlab.data.collators import CausalLMCollator
 
