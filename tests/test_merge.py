@@ -71,7 +71,9 @@ def test_fp32_merge_is_exact_and_reloads_with_plain_transformers(lora_run, tmp_p
     for stage in ("in_memory", "reloaded"):
         c = report["checks"][stage]
         assert c["max_abs_error"] <= 1e-4 and c["top1_agreement"] == 1.0
-        assert c["probes_identical"] == c["probes"] > 0
+    # the exported model's generation for every test example is the adapter's
+    test_split = len((lora_run / "test_predictions.jsonl").read_text().splitlines())
+    assert report["checks"]["reloaded"]["probes_identical"] == report["checks"]["reloaded"]["probes"] == test_split
     assert report["metrics"]["merged"]["exact_match"] == report["metrics"]["adapter"]["exact_match"]
     assert set(report["latency"]) == {"base_ms", "adapter_unmerged_ms", "merged_ms", "merged_over_base"}
     assert json.loads((out / "merge_report.json").read_text()) == json.loads(json.dumps(report))
@@ -145,6 +147,24 @@ def test_failed_verification_leaves_nothing(lora_run, tmp_path, monkeypatch):
         merge_run(lora_run, load_run_config(lora_run), tmp_path / "merged", report_dir=tmp_path)
     assert not (tmp_path / "merged").exists() and no_leftovers(tmp_path)
     assert json.loads((tmp_path / "merge_report.json").read_text())["passed"] is False
+
+
+def test_a_wrong_merge_fails_in_memory_before_anything_is_written(lora_run, tmp_path, monkeypatch):
+    import peftlab.export.merge as merge
+
+    def broken(model):  # a merge that lost its way: every decoder weight moved
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "layers." in name:
+                    p.add_(torch.randn_like(p))
+        return model
+
+    monkeypatch.setattr(merge, "unwrap_saved_modules", broken)
+    with pytest.raises(VerificationError, match=r"merge verification failed: in_memory: top-1 agreement 0\.\d+ < 1"):
+        merge_run(lora_run, load_run_config(lora_run), tmp_path / "merged", report_dir=tmp_path)
+    report = json.loads((tmp_path / "merge_report.json").read_text())
+    assert report["passed"] is False and set(report["checks"]) == {"in_memory"}
+    assert not (tmp_path / "merged").exists() and no_leftovers(tmp_path)
 
 
 @pytest.fixture(scope="module")

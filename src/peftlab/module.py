@@ -16,7 +16,7 @@ import torch
 
 from peftlab.config.schema import OptimSchema
 from peftlab.config.targets import instantiate
-from peftlab.data.loaders import unshard
+from peftlab.data.loaders import InSplitOrder, unshard
 from peftlab.distributed import all_sum, gather
 from peftlab.errors import ConfigError
 from peftlab.methods import trainable_parameters
@@ -94,7 +94,8 @@ class PeftLabModule(L.LightningModule):
         self.task.evaluate(self.model, self.tokenizer, batch, self.val_metrics)
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self.predictions.extend(self.task.evaluate(self.model, self.tokenizer, batch, self.test_metrics))
+        found = self.task.evaluate(self.model, self.tokenizer, batch, self.test_metrics)
+        self.predictions.extend(zip(batch["position"], found, strict=True))  # (position in the shard, prediction)
 
     def on_validation_epoch_end(self) -> None:
         self._log_split("val", self.val_metrics)
@@ -104,7 +105,8 @@ class PeftLabModule(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._log_split("test", self.test_metrics)
-        self.predictions = unshard(gather(self.predictions))  # every process's share, in the split's order
+        # this process's share in its shard's order, then every process's share in the split's order
+        self.predictions = unshard(gather(InSplitOrder.restore(self.predictions)))
 
     def _log_split(self, split: str, metrics) -> None:
         values = metrics.compute()  # torchmetrics has already reduced across devices

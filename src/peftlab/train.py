@@ -148,9 +148,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 def _merge_after(conf: TrainSchema, run_dir: Path, adapter_test: dict[str, float]) -> dict[str, Any]:
     """The verified merge of peftlab-merge, right after training; its outcome goes to metrics.json."""
     from peftlab.export import VerificationError, merge_run
+    from peftlab.export.verify import Evaluation
 
+    # the test predictions the job has just written: the merged model must reproduce every one
+    predictions = [json.loads(line)["prediction"]
+                   for line in (run_dir / "test_predictions.jsonl").read_text().splitlines() if line.strip()]
     try:
-        report = merge_run(run_dir, conf, run_dir / "merged", report_dir=run_dir, adapter_metrics=adapter_test)
+        report = merge_run(run_dir, conf, run_dir / "merged", report_dir=run_dir,
+                           adapter_test=Evaluation(adapter_test, predictions))
     except VerificationError as err:
         write_json(run_dir / "metrics.json", {**json.loads((run_dir / "metrics.json").read_text()),
                                               "merge": {"passed": False, "error": str(err)}})

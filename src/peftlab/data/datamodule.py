@@ -14,7 +14,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from peftlab.data.loaders import ResumableLoader, eval_shard
+from peftlab.data.loaders import InSplitOrder, ResumableLoader, eval_shard
 from peftlab.data.sources import WHERE, load_splits
 from peftlab.errors import DataError
 
@@ -72,14 +72,19 @@ class TaskDataModule(L.LightningDataModule):
         if self._train is None:  # one loader for the run: its position is the run's place in the data
             rows = self.splits["train"]
             lengths = [self.task.length(e) for e in rows] if self.cfg.group_by_length else None
-            self._train = ResumableLoader(rows, self.cfg.batch_size, self.task.collator(self.tokenizer, evaluation=False),
-                                          self.seed, self.cfg.num_workers, lengths, self.cfg.group_window)
+            collate = self.task.collator(self.tokenizer, evaluation=False)
+            self._train = ResumableLoader(rows, self.cfg.batch_size, collate, self.seed, self.cfg.num_workers,
+                                          lengths, self.cfg.group_window)
         return self._train
 
     def _eval_loader(self, split: str) -> DataLoader:
+        """This process's share of ``split``, longest first: batches of similar lengths (the
+        metrics do not depend on the order; ``batch["position"]`` puts predictions back in it)."""
         self.setup()
-        return DataLoader(eval_shard(self.splits[split]), batch_size=self.cfg.eval_batch_size, shuffle=False,
-                          num_workers=self.cfg.num_workers, collate_fn=self.task.collator(self.tokenizer, True),
+        ordered = InSplitOrder(eval_shard(self.splits[split]), self.task.length,
+                               self.task.collator(self.tokenizer, True))
+        return DataLoader(ordered.rows, batch_size=self.cfg.eval_batch_size, shuffle=False,
+                          num_workers=self.cfg.num_workers, collate_fn=ordered,
                           generator=torch.Generator().manual_seed(self.seed))  # never the global generator
 
     def val_dataloader(self) -> DataLoader:

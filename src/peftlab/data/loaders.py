@@ -100,6 +100,27 @@ def eval_shard(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return shard + [{**rows[0], "pad": True}] * (math.ceil(len(rows) / world) - len(shard))
 
 
+class InSplitOrder:
+    """Evaluation batches sorted by length (little padding: one batch holds prompts of similar
+    length), each carrying the ``position`` in the split (or shard) of its counted examples, so
+    that what evaluation returns per example can be put back in the split's order (``restore``)."""
+
+    def __init__(self, rows: list[dict[str, Any]], length: Callable[[dict[str, Any]], int], collate_fn: Callable):
+        self.rows = [{**row, "position": i} for i, row in enumerate(rows)]
+        self.rows.sort(key=lambda row: -length(row))  # stable: equal lengths keep the split's order
+        self.collate_fn = collate_fn
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+        batch = self.collate_fn(examples)
+        batch["position"] = [e["position"] for e in examples if not e.get("pad", False)]
+        return batch
+
+    @staticmethod
+    def restore(pairs: list[tuple[int, Any]]) -> list[Any]:
+        """(position, item) pairs in any order -> the items in the split's order."""
+        return [item for _, item in sorted(pairs, key=lambda pair: pair[0])]
+
+
 def unshard(per_rank: list[list[Any]]) -> list[Any]:
     """Back to the split's order: the i-th item of rank r was example i * world + r."""
     world = len(per_rank)

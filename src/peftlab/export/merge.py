@@ -16,7 +16,6 @@ from typing import Any, Optional
 
 from peftlab.errors import ConfigError, PeftlabError
 from peftlab.export.references import (
-    PROBES,
     QUANTIZATION_SLACK,
     TIMING,
     RunModels,
@@ -25,7 +24,16 @@ from peftlab.export.references import (
     measure_reference,
     quantization_gap,
 )
-from peftlab.export.verify import check_model, compare, forward_ms, iter_logits, problems, test_metrics, tolerance
+from peftlab.export.verify import (
+    Evaluation,
+    compare,
+    evaluate_split,
+    forward_ms,
+    iter_logits,
+    problems,
+    same_predictions,
+    tolerance,
+)
 from peftlab.memory import peak_rss_mb, reset_peak_rss
 from peftlab.models import DTYPES
 from peftlab.outputs import atomic_path, remove_stale_temps, write_json
@@ -65,11 +73,16 @@ def folder_mb(path: Path) -> float:
 
 def merge_run(run_dir: Path, run, out_dir: Path, dtype: Optional[str] = None, cache_dir: Optional[str] = None,
               verify_batches: int = 2, report_dir: Optional[Path] = None, max_test_examples: Optional[int] = None,
-              min_top1: Optional[float] = None, adapter_metrics: Optional[dict[str, float]] = None) -> dict[str, Any]:
+              min_top1: Optional[float] = None, adapter_test: Optional[Evaluation] = None) -> dict[str, Any]:
     """Merge ``run_dir``'s adapter into its base, verify, and write the merged model to ``out_dir``.
 
-    ``adapter_metrics``: the adapter model's test metrics when the caller has just measured them on
-    the same weights (training does), so the test split is not evaluated twice."""
+    ``adapter_test``: the adapter model's test metrics and predictions when the caller has just
+    measured them on the same weights (training does), so the test split is not evaluated twice.
+
+    What is checked, and where: the merged model in memory against the adapter on one chunk of
+    validation examples (a cheap early failure before a whole model is written); the saved folder,
+    reloaded with plain transformers, against the adapter on every verification batch (logits, in
+    float64 too for fp32 exports), and on the whole test split (every prediction, and the metric)."""
     gc.collect()  # what the caller (a training job) has let go
     reset_peak_rss()
     run_dir, out_dir = Path(run_dir), Path(out_dir)
@@ -82,26 +95,32 @@ def merge_run(run_dir: Path, run, out_dir: Path, dtype: Optional[str] = None, ca
     quantized = bool(run.precision.quantize)
     r = RunModels(run_dir, run, dtype, cache_dir, max_test_examples, quantized=quantized)
     batches = [b for _, b in zip(range(verify_batches), r.data.val_dataloader(), strict=False)]
+    timing = head(batches[0], TIMING)
     quant: dict[str, Any] = {}
     if quantized:  # QLoRA: the adapter as trained, on the quantized base; then the full-precision base it merges into
-        ref_q, base_q = measure_quantized(r, batches, adapter_metrics)
-        adapter_metrics = ref_q.metrics
+        ref_q, base_q = measure_quantized(r, batches, adapter_test)
         r.adapter_model(dtype)
         with r.model.disable_adapter():
             quant = {"base": run.precision.quantize, "min_top1": quantization_gap(base_q, list(
                 iter_logits(r.model, r.task, batches)))}
-    ref = measure_reference(r, batches, dtype, adapter_metrics)
+    ref = measure_reference(r, batches, dtype, None if quantized else adapter_test)
+    if quantized:  # the metric the run tested (reported); the predictions the export must reproduce (fp adapter's)
+        ref.test = Evaluation(ref_q.test.metrics, ref.test.predictions)
     report: dict[str, Any] = {"run_dir": str(run_dir), "out_dir": str(out_dir), "method": run.method.name,
                               "base_model": r.backbone.path, "dtype": dtype, "probe_name": r.task.probe_name}
     merged = unwrap_saved_modules((r.adapter_model("float32") if dtype != "float32" else r.model).merge_and_unload())
     merged = merged.to(DTYPES[dtype])  # merged in fp32 (in place: no second copy of the weights), cast once
-    latency = {**ref.latency, "merged_ms": forward_ms(merged, head(batches[0], TIMING))}
-    tokenizer, probe_batch = r.backbone.tokenizer, head(batches[0], PROBES)
-    checks = {"in_memory": check_model(merged, r.task, tokenizer, batches, probe_batch, ref)}
+    tokenizer = r.backbone.tokenizer
+    checks = {"in_memory": compare(ref.logits[:1], iter_logits(merged, r.task, [timing]))}
+    latency = {**ref.latency, "merged_ms": forward_ms(merged, timing, repeats=2, warm=True)}
     tol = tolerance(dtype, r.data.sizes()["test"], min_top1, quantized)
     compared = r.task.merge_metrics()
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
     try:
+        early = problems({"checks": checks, "metrics": {"adapter": {}, "merged": {}}}, tol, compared[0])
+        if early:  # the merge itself is wrong: stop before a whole model is written
+            report.update(tolerance=tol.__dict__, checks=checks, passed=False)
+            raise VerificationError("merge verification failed: " + "; ".join(early))
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(out_dir) as tmp:
             merged.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
@@ -110,17 +129,19 @@ def merge_run(run_dir: Path, run, out_dir: Path, dtype: Optional[str] = None, ca
             gc.collect()  # peft models hold reference cycles: free the merged weights before the reload
             reloaded = r.task.auto_class().from_pretrained(tmp, dtype=DTYPES[dtype], local_files_only=True,
                                                            **r.task.model_kwargs()).eval()
-            checks["reloaded"] = check_model(reloaded, r.task, tokenizer, batches, probe_batch, ref)
+            checks["reloaded"] = compare(ref.logits, iter_logits(reloaded, r.task, batches))
             if ref.logits64 is not None:
                 checks["reloaded"]["max_abs_error_fp64"] = compare(
-                    ref.logits64, iter_logits(reloaded.double(), r.task, [head(batches[0], TIMING)]))["max_abs_error"]
+                    ref.logits64, iter_logits(reloaded.double(), r.task, [timing]))["max_abs_error"]
                 reloaded.float()
+            merged_test = evaluate_split(reloaded, r.task, tokenizer, r.data.test_dataloader())
+            checks["reloaded"].update(same_predictions(merged_test, ref.test))
             if quantized:  # what the export changes against the adapter model the run tested
-                quant["vs_quantized_adapter"] = check_model(reloaded, r.task, tokenizer, batches, probe_batch, ref_q)
+                quant["vs_quantized_adapter"] = {**compare(ref_q.logits, iter_logits(reloaded, r.task, batches)),
+                                                 **same_predictions(merged_test, ref_q.test)}
             report.update(
                 tolerance=tol.__dict__, checks=checks,
-                metrics={"adapter": _only(ref.metrics, compared), "merged": _only(
-                    test_metrics(reloaded, r.task, tokenizer, r.data.test_dataloader()), compared)},
+                metrics={"adapter": _only(ref.test.metrics, compared), "merged": _only(merged_test.metrics, compared)},
                 sizes_mb={"adapter": folder_mb(r.adapter), "merged": folder_mb(tmp)},
                 latency=latency | {"merged_over_base": round(latency["merged_ms"] / latency["base_ms"], 3)},
                 peak_rss_mb=round(peak_rss_mb(), 1),
@@ -167,7 +188,7 @@ def summary(r: dict[str, Any], metric: str) -> str:
         f"  reloaded merged vs adapter: max logit error {c['max_abs_error']:.3g} (relative {c['rel_error']:.3g})"
         + (f", in a float64 forward {c['max_abs_error_fp64']:.3g}" if "max_abs_error_fp64" in c else "")
         + f"; top-1 agreement at the answer positions {c['top1_agreement']:.4f}, "
-        f"{r['probe_name']} identical {c['probes_identical']}/{c['probes']}",
+        f"test {r['probe_name']} identical {c['probes_identical']}/{c['probes']}",
         f"  test {metric}: adapter {m['adapter'][metric]:.4f}, merged {m['merged'][metric]:.4f}",
         *([f"  vs the adapter on the {q['base']} base it trained on: top-1 agreement "
            f"{q['vs_quantized_adapter']['top1_agreement']:.4f} (at least {q['min_top1']:.4f}: the base's own "

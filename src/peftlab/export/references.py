@@ -8,12 +8,11 @@ import gc
 from pathlib import Path
 from typing import Any, Optional
 
-from peftlab.export.verify import Reference, compare, forward_ms, iter_logits, test_metrics
+from peftlab.export.verify import Evaluation, Reference, compare, evaluate_split, forward_ms, iter_logits
 from peftlab.models import load_backbone
 from peftlab.precision import device_map, quantization_config
 from peftlab.tasks import make_task
 
-PROBES = 16  # examples whose discrete outputs (generations, labels) must match
 TIMING = 8  # examples of the batch whose forward latency is measured, and of the float64 check
 QUANTIZATION_SLACK = 0.02  # see quantization_gap
 
@@ -54,32 +53,29 @@ class RunModels:
         return self.model
 
 
-def measure_reference(r: RunModels, batches, dtype: str, adapter_metrics: Optional[dict[str, float]]) -> Reference:
-    """The adapter model as it would be deployed unmerged, in the export dtype."""
-    model, tokenizer, task = r.model, r.backbone.tokenizer, r.task
+def measure_reference(r: RunModels, batches, dtype: str, adapter_test: Optional[Evaluation]) -> Reference:
+    """The adapter model as it would be deployed unmerged, in the export dtype: its logits on
+    ``batches``, its test predictions and metrics (``adapter_test`` when the caller has them), the
+    same logits in float64 for fp32 exports, and its forward latency with the adapter on and off."""
+    model, task = r.model, r.task
     ref = Reference(logits=list(iter_logits(model, task, batches)),
-                    probes=task.probe(model, tokenizer, head(batches[0], PROBES)),
-                    metrics=adapter_metrics if adapter_metrics is not None else
-                    test_metrics(model, task, tokenizer, r.data.test_dataloader()))
-    if dtype in ("float32", "float64"):  # the same logits in float64: what the merge changes, free of fp32 rounding
-        ref.logits64 = list(iter_logits(model.double(), task, [head(batches[0], TIMING)]))
-        model.float()  # fp32 -> fp64 -> fp32 is lossless
-    ref.latency["adapter_unmerged_ms"] = forward_ms(model, head(batches[0], TIMING))
+                    test=adapter_test or evaluate_split(model, task, r.backbone.tokenizer, r.data.test_dataloader()))
+    timing = head(batches[0], TIMING)  # the first chunk iter_logits ran: the model is warm for this shape
+    ref.latency["adapter_unmerged_ms"] = forward_ms(model, timing, repeats=2, warm=True)
     with model.disable_adapter():
-        ref.latency["base_ms"] = forward_ms(model, head(batches[0], TIMING))
+        ref.latency["base_ms"] = forward_ms(model, timing, repeats=2, warm=True)
+    if dtype in ("float32", "float64"):  # the same logits in float64: what the merge changes, free of fp32 rounding
+        ref.logits64 = list(iter_logits(model.double(), task, [timing]))
+        model.float()  # fp32 -> fp64 -> fp32 is lossless
     return ref
 
 
-
-
-def measure_quantized(r: RunModels, batches, adapter_metrics: Optional[dict[str, float]]):
+def measure_quantized(r: RunModels, batches, adapter_test: Optional[Evaluation]):
     """The adapter on the quantized base it trained on (what the run tested), and that base's own
     logits with the adapter switched off."""
-    model, tokenizer, task = r.model, r.backbone.tokenizer, r.task
+    model, task = r.model, r.task
     ref = Reference(logits=list(iter_logits(model, task, batches)),
-                    probes=task.probe(model, tokenizer, head(batches[0], PROBES)),
-                    metrics=adapter_metrics if adapter_metrics is not None else
-                    test_metrics(model, task, tokenizer, r.data.test_dataloader()))
+                    test=adapter_test or evaluate_split(model, task, r.backbone.tokenizer, r.data.test_dataloader()))
     with model.disable_adapter():
         base = list(iter_logits(model, task, batches))
     return ref, base

@@ -1,7 +1,9 @@
 """Checks that a merged model reproduces the adapter model: logits, top-1 agreement, the task's
-discrete outputs (greedy generations, predicted labels), the task metric, and forward latency.
+discrete outputs on the whole test split (greedy generations, predicted labels), the task metric,
+and forward latency.
 
-The figures are computed against a ``Reference`` measured once on the adapter model."""
+The figures are computed against a ``Reference`` measured once on the adapter model; the adapter's
+test predictions and metrics come from the training job that has just measured them, when it has."""
 
 from __future__ import annotations
 
@@ -43,12 +45,19 @@ def tolerance(dtype: str, n_test: int, min_top1: Optional[float] = None, quantiz
 
 
 @dataclass
+class Evaluation:
+    """A model's test metrics and its prediction for every test example, in the split's order."""
+
+    metrics: dict[str, float]
+    predictions: list[Any]
+
+
+@dataclass
 class Reference:
     """What the adapter model gives, measured once: the merged model is compared with it."""
 
     logits: list[dict[str, torch.Tensor]]
-    probes: list[str]
-    metrics: dict[str, float]
+    test: Evaluation
     logits64: Optional[list[dict[str, torch.Tensor]]] = None  # fp32 exports: the same in float64
     latency: dict[str, float] = field(default_factory=dict)
 
@@ -85,29 +94,33 @@ def compare(reference: list[dict[str, torch.Tensor]], other: Iterable[dict[str, 
             "top1_agreement": top1["answer"], "top1_agreement_all_positions": top1["all"]}
 
 
-def check_model(model, task, tokenizer, batches: list[dict[str, Any]], probe_batch: dict[str, Any],
-                reference: Reference) -> dict[str, Any]:
-    """The logit comparison and the discrete outputs of ``model`` against the reference."""
-    result = compare(reference.logits, iter_logits(model, task, batches))
-    probes = task.probe(model, tokenizer, probe_batch)
-    result["probes_identical"] = sum(a == b for a, b in zip(probes, reference.probes, strict=True))
-    result["probes"] = len(reference.probes)
-    return result
+def same_predictions(ours: Evaluation, reference: Evaluation) -> dict[str, int]:
+    """How many test predictions (greedy generations, labels) equal the reference's, of how many."""
+    if len(ours.predictions) != len(reference.predictions):
+        raise ValueError(f"{len(ours.predictions)} predictions against {len(reference.predictions)}: "
+                         "not the same split")
+    return {"probes_identical": sum(a == b for a, b in zip(ours.predictions, reference.predictions, strict=True)),
+            "probes": len(reference.predictions)}
 
 
-def test_metrics(model, task, tokenizer, loader) -> dict[str, float]:
-    """The task metrics of ``model`` on every batch of ``loader``."""
-    metrics = task.metrics(test=True)
+def evaluate_split(model, task, tokenizer, loader) -> Evaluation:
+    """The task metrics of ``model`` on every batch of ``loader``, and its predictions."""
+    from peftlab.data.loaders import InSplitOrder
+
+    metrics, predictions = task.metrics(test=True), []
     with torch.no_grad():
         for batch in loader:
-            task.evaluate(model, tokenizer, batch, metrics)
-    return {k: round(v, 6) for k, v in metrics.compute().items()}
+            found = task.evaluate(model, tokenizer, batch, metrics)
+            predictions += [(i, p["prediction"]) for i, p in zip(batch["position"], found, strict=True)]
+    return Evaluation({k: round(v, 6) for k, v in metrics.compute().items()}, InSplitOrder.restore(predictions))
 
 
 @torch.no_grad()
-def forward_ms(model, batch: dict[str, Any], repeats: int = 3) -> float:
-    """Median wall time of one forward pass over ``batch``, in milliseconds (after a warm-up)."""
-    model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+def forward_ms(model, batch: dict[str, Any], repeats: int = 3, warm: bool = False) -> float:
+    """Median wall time of one forward pass over ``batch``, in milliseconds (after a warm-up,
+    unless ``warm``: the model has just run a batch of this shape)."""
+    if not warm:
+        model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -125,7 +138,7 @@ def problems(report: dict[str, Any], tol: Tolerance, metric: str) -> list[str]:
             found.append(f"{stage}: max logit error {exact:.3g} (float64 forward) > {tol.max_abs:g}")
         if not c["top1_agreement"] >= tol.min_top1:
             found.append(f"{stage}: top-1 agreement {c['top1_agreement']:.4f} < {tol.min_top1}")
-        if tol.max_abs is not None and c["probes_identical"] != c["probes"]:
+        if tol.max_abs is not None and "probes" in c and c["probes_identical"] != c["probes"]:
             differ = c["probes"] - c["probes_identical"]
             found.append(f"{stage}: {differ} of {c['probes']} {report['probe_name']} differ")
     ref, got = report["metrics"]["adapter"].get(metric), report["metrics"]["merged"].get(metric)

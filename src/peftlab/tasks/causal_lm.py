@@ -35,11 +35,12 @@ class GeneratesText:
         return generate(model, tokenizer, batch["gen_input_ids"], batch["gen_attention_mask"],
                         self.data.max_new_tokens)
 
-    def score_generations(self, model, tokenizer, batch, exact_match) -> list[dict[str, Any]]:
-        """Greedy answers of the counted rows against their references, into ``exact_match``."""
+    def score_generations(self, model, tokenizer, batch, exact_match, generations=None) -> list[dict[str, Any]]:
+        """Greedy answers of the counted rows (``generations``, or the probe's) against their
+        references, into ``exact_match``."""
         keep = batch["counted"].tolist()
-        pairs = [(p, r) for p, r, k in zip(self.probe(model, tokenizer, batch), batch["references"], keep, strict=True)
-                 if k]
+        generations = self.probe(model, tokenizer, batch) if generations is None else generations
+        pairs = [(p, r) for p, r, k in zip(generations, batch["references"], keep, strict=True) if k]
         exact_match.update([p for p, _ in pairs], [r for _, r in pairs])
         return [{"prediction": p, "reference": r, "correct": p.strip() == r.strip()} for p, r in pairs]
 
@@ -103,7 +104,13 @@ class CausalLMTask(GeneratesText, Task):
         return SplitMetrics({"exact_match": ExactMatch()} if test else None, derived=perplexity)
 
     def evaluate(self, model, tokenizer, batch, metrics) -> list[dict[str, Any]]:
-        metrics.update_loss(*self.loss(model, batch))
         if "exact_match" not in metrics.names:
+            metrics.update_loss(*self.loss(model, batch))
             return []
-        return self.score_generations(model, tokenizer, batch, metrics.task["exact_match"])
+        import torch.nn.functional as F
+
+        from peftlab.tasks.generation import score_and_generate
+
+        logits, targets, generations = score_and_generate(model, tokenizer, batch, self.data.max_new_tokens)
+        metrics.update_loss(F.cross_entropy(logits, targets, reduction="sum"), len(targets))
+        return self.score_generations(model, tokenizer, batch, metrics.task["exact_match"], generations)

@@ -21,8 +21,9 @@ def end_tokens(model: torch.nn.Module, tokenizer: Any) -> list[int]:
 
 @torch.no_grad()
 def generate(model: torch.nn.Module, tokenizer: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-             max_new_tokens: int) -> list[str]:
-    """Batched greedy decoding of left-padded prompts with the KV cache; the continuations, stripped."""
+             max_new_tokens: int, cache: Any = None) -> list[str]:
+    """Batched greedy decoding of left-padded prompts with the KV cache (``cache``: one that already
+    holds the prompts but their last token); the continuations, stripped."""
     from peftlab.distributed import rank_and_world
 
     config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id,
@@ -30,8 +31,55 @@ def generate(model: torch.nn.Module, tokenizer: Any, input_ids: torch.Tensor, at
     # with several processes every one decodes until all have ended: a sharded model's forward is collective
     synced = rank_and_world()[1] > 1
     out = model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config,
-                         synced_gpus=synced)
+                         synced_gpus=synced, **({"past_key_values": cache} if cache is not None else {}))
     return [t.strip() for t in tokenizer.batch_decode(out[:, input_ids.shape[1]:], skip_special_tokens=True)]
+
+
+def _pad_right(rows: list[torch.Tensor], value: int) -> torch.Tensor:
+    width = max(len(r) for r in rows)
+    return torch.stack([torch.cat([r, r.new_full((width - len(r),), value)]) for r in rows])
+
+
+def _full_attention_cache(cache: Any) -> bool:
+    """A cache every layer of which keeps every position (what cropping back to the prompt needs):
+    not sliding-window, linear-attention or quantized layers."""
+    from transformers.cache_utils import DynamicCache, DynamicLayer
+
+    return type(cache) is DynamicCache and all(type(layer) is DynamicLayer for layer in cache.layers)
+
+
+@torch.no_grad()
+def score_and_generate(model: torch.nn.Module, tokenizer: Any, batch: dict[str, Any],
+                       max_new_tokens: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """The answer logits of a teacher-forced forward (for the loss) and greedy generations, with the
+    prompts run once: one forward over each left-padded prompt followed by its reference answer
+    (positions counted from each example's first real token, as in the right-padded layout) gives
+    the logits and the prompts' KV cache, and decoding continues from that cache cut back to the
+    prompts. Models whose cache cannot be cut (sliding-window layers) or that put virtual tokens
+    before the input (prompt learning) run the prompts again. Returns (logits, targets, texts)."""
+    from peftlab.data.tokenize import IGNORE_INDEX
+    from peftlab.tasks.heads import answer_logits
+
+    prompts, prompt_mask = batch["gen_input_ids"], batch["gen_attention_mask"]
+    config = getattr(model, "active_peft_config", None)
+    if getattr(config, "is_prompt_learning", False):
+        logits, targets = answer_logits(model, batch)
+        return logits, targets, generate(model, tokenizer, prompts, prompt_mask, max_new_tokens)
+    width = prompts.shape[1]
+    starts, ends = prompt_mask.sum(1).tolist(), batch["attention_mask"].sum(1).tolist()
+    answers = [batch["input_ids"][i, s:e] for i, (s, e) in enumerate(zip(starts, ends, strict=True))]
+    answer_labels = [batch["labels"][i, s:e] for i, (s, e) in enumerate(zip(starts, ends, strict=True))]
+    pad = tokenizer.pad_token_id
+    input_ids = torch.cat([prompts, _pad_right(answers, pad)], 1)
+    mask = torch.cat([prompt_mask, _pad_right([torch.ones_like(a) for a in answers], 0)], 1)
+    labels = torch.cat([torch.full_like(prompts, IGNORE_INDEX), _pad_right(answer_labels, IGNORE_INDEX)], 1)
+    joint = {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
+    logits, targets, cache = answer_logits(model, joint, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+                                           keep_cache=True)
+    if not _full_attention_cache(cache):
+        return logits, targets, generate(model, tokenizer, prompts, prompt_mask, max_new_tokens)
+    cache.crop(-(input_ids.shape[1] - (width - 1)))  # the prompts but their last token, which decoding feeds
+    return logits, targets, generate(model, tokenizer, prompts, prompt_mask, max_new_tokens, cache=cache)
 
 
 @torch.no_grad()

@@ -11,15 +11,17 @@ cut to the same positions afterwards.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 import torch
 
 from peftlab.data.tokenize import IGNORE_INDEX
 
 
-def answer_logits(model: torch.nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-    """fp32 logits at the positions that predict a labelled token, (N, vocab), and those tokens (N,).
+def answer_logits(model: torch.nn.Module, batch: dict[str, Any], position_ids: Optional[torch.Tensor] = None,
+                  keep_cache: bool = False) -> tuple[torch.Tensor, ...]:
+    """fp32 logits at the positions that predict a labelled token, (N, vocab), and those tokens (N,);
+    with ``keep_cache``, the forward's KV cache as well (evaluation decodes on from it).
 
     Prompt-learning methods put virtual tokens before the input: they are skipped by offset."""
     labels = batch["labels"]
@@ -36,10 +38,14 @@ def answer_logits(model: torch.nn.Module, batch: dict[str, Any]) -> tuple[torch.
     head = model.get_output_embeddings()
     handle = head.register_forward_pre_hook(pre_hook, with_kwargs=True) if head is not None else None
     try:
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=keep_cache,
+                    **({"position_ids": position_ids} if position_ids is not None else {}))
     finally:
         if handle is not None:
             handle.remove()
+    logits = out.logits
     if logits.dim() == 3:  # the head module was not called: cut the model's full logits instead
         logits = select(logits)
+    if keep_cache:
+        return logits.float(), targets[mask], out.past_key_values
     return logits.float(), targets[mask]

@@ -1,0 +1,330 @@
+"""How fast and how lean peftlab's training step is, against its peers, measured in one invocation.
+
+On the same model, task (the shipped date task with its system prompt and chat template), batch
+size and adapter (LoRA r=8 on q_proj and v_proj, dropout 0, AdamW, lr 1e-3), each route trains for
+``--steps`` steps in its own process, one after the other:
+
+  peftlab       peftlab-train's own path: its LightningModule under its Trainer (batches grouped
+                by length, the output head on the labelled positions only), no validation
+  lean          a plain PyTorch loop over torch's shuffled, padded batches, the output head on the
+                labelled positions only: the least a hand-written loop does
+  trl           TRL's SFTTrainer with a peft LoraConfig at its fastest CPU setting (gradient
+                checkpointing off, no packing, no evaluation); only with the `bench` extra
+  peftlab_full  peftlab-train with method=full: the memory peer of the adapter routes
+
+A matmul peak (fp32, the same threads) is measured first in the same invocation. For each route it
+prints real (non-padding) tokens per second over the whole training loop, the FLOP rate as a
+share of that peak (4 x parameters per real token with a frozen base, 6 x for full fine-tuning),
+the padded and real tokens per batch, peak RSS, and the ratios between routes.
+
+    python scripts/benchmark.py                      # SmolLM2-135M, 63 steps of 16: ~20 min here
+    python scripts/benchmark.py --steps 20 --routes peftlab,lean,trl
+    python scripts/benchmark.py --smoke              # tiny_llama, 3 steps: what make test runs
+
+Time it alone: two cores shared with another job slow it several times and blur the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROUTES = ("peftlab", "lean", "trl", "peftlab_full")
+TARGETS = ["q_proj", "v_proj"]
+
+
+# ------------------------------------------------------------------------------------ the shared setup
+def overrides(args: argparse.Namespace, method: str) -> list[str]:
+    """peftlab-train's settings for a route (the data and batch every route uses)."""
+    common = [f"model={args.model}", f"data.batch_size={args.batch}", f"optim.lr={args.lr}", f"seed={args.seed}",
+              f"trainer.max_steps={args.steps}", "trainer.limit_val_batches=0", "trainer.limit_test_batches=1",
+              "data.max_eval_examples=8", "zero_shot=false", "merge_after=false", "save_adapter=false",
+              "logger=none", "callbacks.checkpoint=null", "callbacks.lr_monitor=null",
+              "trainer.enable_progress_bar=false", "optim.warmup_ratio=0"]
+    if method == "lora":
+        return [*common, "method=lora", "method.r=8", "method.lora_alpha=16", "method.lora_dropout=0",
+                f"method.target_modules=[{','.join(TARGETS)}]"]
+    return [*common, "method=full"]
+
+
+def setup(args: argparse.Namespace):
+    """The validated config, backbone and encoded training examples every route starts from."""
+    from omegaconf import OmegaConf
+
+    from peftlab.api import compose
+    from peftlab.config import validate
+    from peftlab.data.datamodule import TaskDataModule
+    from peftlab.models import load_backbone
+    from peftlab.tasks import make_task
+
+    full = compose("train", [*overrides(args, "lora"), "paths.run_dir=unused"])  # these routes write no run folder
+    conf = validate(OmegaConf.masked_copy(full, [k for k in full if k != "hydra"]))
+    task = make_task(conf.data)
+    backbone = load_backbone(conf.model, conf.paths.cache_dir, task)
+    data = TaskDataModule(task, backbone.tokenizer, seed=conf.seed)
+    data.setup()
+    return conf, task, backbone, data.splits["train"]
+
+
+def padded_batches(examples: list[dict[str, Any]], args: argparse.Namespace) -> list[list[dict[str, Any]]]:
+    """torch's shuffled order (a DataLoader with a seeded generator), cut into batches: no grouping."""
+    from peftlab.data.loaders import epoch_order
+
+    order = [i for epoch in range(100) for i in epoch_order(len(examples), args.seed, epoch)]
+    return [[examples[i] for i in order[s * args.batch:(s + 1) * args.batch]] for s in range(args.steps)]
+
+
+def lora_config(task):
+    from peft import LoraConfig
+
+    return LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=TARGETS, task_type=task.peft_task_type)
+
+
+# ---------------------------------------------------------------------------------------------- routes
+def current_rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+def route_peftlab(args: argparse.Namespace, method: str) -> dict[str, Any]:
+    import peftlab
+
+    with tempfile.TemporaryDirectory() as tmp:
+        m = peftlab.train([*overrides(args, method), f"hydra.run.dir={tmp}/run"])
+    t = m["train"]
+    return {"tokens": t["tokens"], "wall_s": t["wall_s"], "steps": t["steps"],
+            "real_tokens_per_batch": t["real_tokens_per_batch"],
+            "padded_tokens_per_batch": t["padded_tokens_per_batch"],
+            "params_total": m["params"]["total"], "trainable": m["params"]["trainable"],
+            "flops_per_token": (6 if method == "full" else 4) * m["params"]["total"]}
+
+
+def route_lean(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+    import torch.nn.functional as F
+    from peft import get_peft_model
+
+    from peftlab.data.tokenize import IGNORE_INDEX
+    from peftlab.memory import peak_rss_mb
+
+    memory = {"imports_mb": round(current_rss_mb(), 1)}
+    conf, task, backbone, examples = setup(args)
+    memory["model_loaded_mb"] = round(current_rss_mb(), 1)
+    memory["weights_mb"] = round(sum(p.numel() * p.element_size() for p in backbone.model.parameters()) / 2**20, 1)
+    torch.manual_seed(args.seed)
+    model = get_peft_model(backbone.model, lora_config(task)).train()
+    body, head = model.get_base_model().model, model.get_base_model().lm_head
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.lr, weight_decay=0.0)
+    collate = task.collator(backbone.tokenizer, evaluation=False)
+    batches = [collate(b) for b in padded_batches(examples, args)]
+    tokens = slots = 0
+    saved: dict[int, int] = {}  # the tensors autograd keeps for the backward pass of the first step, by storage
+
+    def keep(t: torch.Tensor) -> torch.Tensor:
+        if not isinstance(t, torch.nn.Parameter) and t.untyped_storage().nbytes() > 0:
+            saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    start = time.perf_counter()
+    for step, batch in enumerate(batches):
+        with torch.autograd.graph.saved_tensors_hooks(keep if step == 0 else (lambda t: t), lambda t: t):
+            hidden = body(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+            targets = batch["labels"][:, 1:]
+            mask = targets != IGNORE_INDEX
+            loss = F.cross_entropy(head(hidden[:, :-1][mask]).float(), targets[mask])
+        if step == 0:
+            memory["activations_first_step_mb"] = round(sum(saved.values()) / 2**20, 1)
+            memory["first_step_tokens"] = batch["attention_mask"].numel()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(optimizer.param_groups[0]["params"], 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        tokens += int(batch["attention_mask"].sum())
+        slots += batch["attention_mask"].numel()
+    wall = time.perf_counter() - start
+    total = sum(p.numel() for p in model.parameters())
+    return {"tokens": tokens, "wall_s": round(wall, 3), "steps": len(batches),
+            "real_tokens_per_batch": round(tokens / len(batches), 1),
+            "padded_tokens_per_batch": round(slots / len(batches), 1),
+            "params_total": total, "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
+            "flops_per_token": 4 * total, "final_loss": round(float(loss), 4),
+            "memory": {**memory, "peak_mb": round(peak_rss_mb(), 1)}}
+
+
+def route_trl(args: argparse.Namespace) -> dict[str, Any]:
+    try:
+        from trl import SFTConfig, SFTTrainer
+    except ImportError:
+        return {"skipped": "TRL is not installed (pip install -e '.[bench]')"}
+    import datasets
+    import torch
+    from transformers import TrainerCallback
+
+    conf, task, backbone, examples = setup(args)
+    rows = [e for b in padded_batches(examples, args) for e in b]  # the lean loop's examples, TRL shuffles them
+    dataset = datasets.Dataset.from_list([{"input_ids": e["input_ids"], "labels": e["labels"]} for e in rows])
+
+    class Count(TrainerCallback):  # the real and padded tokens TRL's batches hold, and the loop's wall time
+        tokens = slots = 0
+        start = end = 0.0
+
+        def on_train_begin(self, *a, **k):
+            Count.start = time.perf_counter()
+
+        def on_train_end(self, *a, **k):
+            Count.end = time.perf_counter()
+
+    class Counting(SFTTrainer):
+        def training_step(self, model, inputs, *rest, **kwargs):
+            Count.tokens += int(inputs["attention_mask"].sum())
+            Count.slots += inputs["input_ids"].numel()
+            return super().training_step(model, inputs, *rest, **kwargs)
+
+    torch.manual_seed(args.seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        config = SFTConfig(output_dir=tmp, per_device_train_batch_size=args.batch, max_steps=args.steps,
+                           learning_rate=args.lr, lr_scheduler_type="constant", weight_decay=0.0, max_grad_norm=1.0,
+                           gradient_checkpointing=False, packing=False, padding_free=False, use_cpu=True,
+                           bf16=False, fp16=False, report_to="none", save_strategy="no", eval_strategy="no",
+                           logging_steps=max(args.steps, 1), seed=args.seed, dataloader_num_workers=0,
+                           max_length=conf.data.max_length, dataset_num_proc=None)
+        trainer = Counting(model=backbone.model, args=config, train_dataset=dataset,
+                           processing_class=backbone.tokenizer, peft_config=lora_config(task), callbacks=[Count()])
+        trainer.train()
+        total = sum(p.numel() for p in trainer.model.parameters())
+        trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+    n = max(args.steps, 1)
+    return {"tokens": Count.tokens, "wall_s": round(Count.end - Count.start, 3), "steps": args.steps,
+            "real_tokens_per_batch": round(Count.tokens / n, 1), "padded_tokens_per_batch": round(Count.slots / n, 1),
+            "params_total": total, "trainable": trainable, "flops_per_token": 4 * total}
+
+
+def run_route(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    from peftlab.cli import quiet_libraries
+    from peftlab.memory import peak_rss_mb
+
+    quiet_libraries()
+    if name == "peftlab":
+        result = route_peftlab(args, "lora")
+    elif name == "peftlab_full":
+        result = route_peftlab(args, "full")
+    elif name == "lean":
+        result = route_lean(args)
+    else:
+        result = route_trl(args)
+    result["peak_rss_mb"] = round(peak_rss_mb(), 1)
+    return result
+
+
+# -------------------------------------------------------------------------------------------- the report
+def matmul_peak(seconds: float = 3.0, n: int = 1024) -> float:
+    """The best fp32 GFLOP/s of a square matmul on this process's threads (torch's default)."""
+    import torch
+
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    for _ in range(3):
+        a @ b
+    best, deadline = 0.0, time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        start = time.perf_counter()
+        for _ in range(5):
+            a @ b
+        best = max(best, 5 * 2 * n**3 / (time.perf_counter() - start) / 1e9)
+    return best
+
+
+def summarise(results: dict[str, dict[str, Any]], peak: float) -> dict[str, dict[str, Any]]:
+    """Throughput, FLOP share of the matmul peak and padding for every route that ran."""
+    for r in results.values():
+        if "tokens" not in r:
+            continue
+        r["tokens_per_s"] = round(r["tokens"] / r["wall_s"], 2)
+        r["gflops"] = round(r["tokens_per_s"] * r["flops_per_token"] / 1e9, 2)
+        r["peak_share"] = round(r["gflops"] / peak, 3)
+        r["padding_share"] = round(1 - r["real_tokens_per_batch"] / r["padded_tokens_per_batch"], 4)
+    return results
+
+
+def ratios(results: dict[str, dict[str, Any]]) -> dict[str, float]:
+    out = {}
+    speed = {k: r["tokens_per_s"] for k, r in results.items() if "tokens_per_s" in r}
+    for peer in ("trl", "lean"):
+        if "peftlab" in speed and peer in speed:
+            out[f"peftlab_over_{peer}"] = round(speed["peftlab"] / speed[peer], 3)
+    rss = {k: r["peak_rss_mb"] for k, r in results.items() if "tokens" in r}
+    if "peftlab" in rss and "peftlab_full" in rss:
+        out["lora_peak_rss_over_full"] = round(rss["peftlab"] / rss["peftlab_full"], 3)
+    return out
+
+
+def table(results: dict[str, dict[str, Any]], found: dict[str, float]) -> str:
+    ref = results.get("trl", {}).get("tokens_per_s")
+    lines = ["| route | real tokens/s | vs TRL | FLOP share of matmul peak | real / padded tokens per batch "
+             "| peak RSS MiB |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for name, r in results.items():
+        if "tokens_per_s" not in r:
+            lines.append(f"| {name} | {r.get('skipped', 'not run')} | | | | |")
+            continue
+        vs = f"{r['tokens_per_s'] / ref:.2f}x" if ref else "-"
+        lines.append(f"| {name} | {r['tokens_per_s']:.1f} | {vs} | {r['peak_share']:.2f} | "
+                     f"{r['real_tokens_per_batch']:.0f} / {r['padded_tokens_per_batch']:.0f} | "
+                     f"{r['peak_rss_mb']:.0f} |")
+    lines += [f"{k}: {v}" for k, v in found.items()]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="smollm2_135m")
+    ap.add_argument("--steps", type=int, default=63)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--routes", default=",".join(ROUTES))
+    ap.add_argument("--smoke", action="store_true", help="tiny_llama, 3 steps of 4: checks every route runs")
+    ap.add_argument("--json", type=Path, help="write the figures here too")
+    ap.add_argument("--route", choices=ROUTES, help=argparse.SUPPRESS)  # one route, in this process
+    args = ap.parse_args()
+    if args.smoke:
+        args.model, args.steps, args.batch = "tiny_llama", 3, 4
+    if args.route:
+        print(json.dumps(run_route(args.route, args)))
+        return
+    routes = [r.strip() for r in args.routes.split(",") if r.strip()]
+    unknown = sorted(set(routes) - set(ROUTES))
+    if unknown:
+        sys.exit(f"--routes: unknown {', '.join(unknown)} (choose from {', '.join(ROUTES)})")
+    import torch
+
+    peak = matmul_peak()
+    print(f"matmul peak: {peak:.1f} GFLOP/s (fp32, {torch.get_num_threads()} threads)", flush=True)
+    results = {}
+    for name in routes:
+        cmd = [sys.executable, __file__, "--route", name, "--model", args.model, "--steps", str(args.steps),
+               "--batch", str(args.batch), "--lr", str(args.lr), "--seed", str(args.seed)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+        if proc.returncode != 0:
+            sys.exit(f"route {name} failed:\n{proc.stderr[-3000:]}")
+        results[name] = json.loads(proc.stdout.strip().splitlines()[-1])
+        print(f"{name}: {results[name]}", flush=True)
+    summarise(results, peak)
+    found = ratios(results)
+    print(table(results, found))
+    if args.json:
+        args.json.write_text(json.dumps({
+            "machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+                        "cores": os.cpu_count()},
+            "settings": {k: getattr(args, k) for k in ("model", "steps", "batch", "lr", "seed")},
+            "matmul_peak_gflops": round(peak, 1), "routes": results, "ratios": found}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

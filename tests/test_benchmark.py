@@ -1,0 +1,52 @@
+"""scripts/benchmark.py runs every route end to end (on the tiny model: the figures themselves come
+from a quiet run on SmolLM2, BENCHMARKS.md) and its arithmetic is what it says."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "bench.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "benchmark.py"), "--smoke", "--json", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(out.read_text()), proc.stdout
+
+
+def test_every_route_trains_the_same_examples_and_reports_its_figures(smoke):
+    result, stdout = smoke
+    routes = result["routes"]
+    assert list(routes) == ["peftlab", "lean", "trl", "peftlab_full"]
+    for name, r in routes.items():
+        assert r["steps"] == 3 and r["tokens"] > 0 and r["wall_s"] > 0 and r["peak_rss_mb"] > 100, name
+        assert r["tokens_per_s"] == pytest.approx(r["tokens"] / r["wall_s"], rel=1e-3)
+        assert r["peak_share"] == pytest.approx(r["tokens_per_s"] * r["flops_per_token"] / 1e9
+                                                / result["matmul_peak_gflops"], abs=2e-3)
+    lora = {k: routes[k] for k in ("peftlab", "lean", "trl")}
+    assert len({r["trainable"] for r in lora.values()}) == 1  # the same adapter on every route
+    assert len({r["params_total"] for r in lora.values()}) == 1
+    assert routes["peftlab_full"]["trainable"] == routes["peftlab_full"]["params_total"]
+    assert routes["peftlab_full"]["flops_per_token"] == 6 * routes["peftlab_full"]["params_total"]
+    assert routes["lean"]["flops_per_token"] == 4 * routes["lean"]["params_total"]
+    ratios = result["ratios"]
+    speed = {k: r["tokens_per_s"] for k, r in routes.items()}
+    assert ratios["peftlab_over_trl"] == pytest.approx(speed["peftlab"] / speed["trl"], rel=2e-3)
+    assert ratios["lora_peak_rss_over_full"] == pytest.approx(
+        routes["peftlab"]["peak_rss_mb"] / routes["peftlab_full"]["peak_rss_mb"], rel=2e-3)
+    assert "| peftlab |" in stdout and "peftlab_over_lean:" in stdout
+
+
+def test_an_unknown_route_is_refused_in_one_line():
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "benchmark.py"), "--routes", "peftlab,fast"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert proc.stderr.strip() == "--routes: unknown fast (choose from peftlab, lean, trl, peftlab_full)"

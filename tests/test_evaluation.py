@@ -1,0 +1,49 @@
+"""Evaluation runs each prompt once: one forward over prompt + reference answer gives the loss and
+the prompts' KV cache, and greedy decoding continues from that cache. It must give the loss of the
+right-padded forward and the generations of a plain ``generate`` from the prompts."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import build, wrap
+
+CASES = [("tiny_llama", "lora", True), ("tiny_qwen2", "lora", True), ("tiny_gpt2", "lora", True),
+         ("tiny_llama", "ia3", True), ("tiny_llama", "full", True),
+         ("tiny_gemma2", "lora", False),  # sliding-window cache layers: the prompts run again
+         ("tiny_llama", "prefix", False), ("tiny_llama", "prompt", False)]  # virtual tokens: run again
+
+
+@pytest.mark.parametrize("model_name,method,shares", CASES, ids=lambda c: str(c))
+def test_one_pass_evaluation_equals_the_loss_and_the_generations_of_two(cache_dir, model_name, method, shares):
+    from peftlab.data.datamodule import TaskDataModule
+    from peftlab.tasks.generation import generate, score_and_generate
+    from peftlab.tasks.heads import answer_logits
+
+    conf, task, bb = build([f"model={model_name}", f"method={method}", "data.max_eval_examples=8",
+                            "data.max_new_tokens=6"], cache_dir)
+    model = wrap(bb, conf.method, task)
+    torch.manual_seed(0)
+    with torch.no_grad():  # move the trainable weights so the method changes the outputs
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.05)
+    model.eval()
+    data = TaskDataModule(task, bb.tokenizer, seed=0)
+    batch = next(iter(data.val_dataloader()))
+    width = batch["gen_input_ids"].shape[1]
+    lengths = []
+    embed = model.get_input_embeddings()
+    handle = embed.register_forward_pre_hook(lambda module, args: lengths.append(args[0].shape[1]))
+    try:
+        logits, targets, texts = score_and_generate(model, bb.tokenizer, batch, conf.data.max_new_tokens)
+    finally:
+        handle.remove()
+    with torch.no_grad():
+        expected_logits, expected_targets = answer_logits(model, batch)  # the right-padded forward
+    assert torch.equal(targets, expected_targets)
+    assert torch.allclose(logits, expected_logits, atol=1e-4, rtol=1e-4), (logits - expected_logits).abs().max()
+    assert texts == generate(model, bb.tokenizer, batch["gen_input_ids"], batch["gen_attention_mask"],
+                             conf.data.max_new_tokens)
+    assert (width not in lengths) == shares  # shared: the prompts never run on their own
