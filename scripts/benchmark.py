@@ -8,9 +8,13 @@ size and adapter (LoRA r=8 on q_proj and v_proj, dropout 0, AdamW, lr 1e-3), eac
                 by length, the output head on the labelled positions only), no validation
   lean          a plain PyTorch loop over torch's shuffled, padded batches, the output head on the
                 labelled positions only: the least a hand-written loop does
+  lean_packed   the same loop and examples, each batch packed into one padding-free row (positions
+                restarting per example): packing measured against length grouping
   trl           TRL's SFTTrainer with a peft LoraConfig at its fastest CPU setting (gradient
                 checkpointing off, no packing, no evaluation); only with the `bench` extra
   peftlab_full  peftlab-train with method=full: the memory peer of the adapter routes
+  peftlab_ckpt  peftlab-train, LoRA with gradient checkpointing: what recomputing the activations
+                saves in memory and costs in time
 
 A matmul peak (fp32, the same threads) is measured first in the same invocation. For each route it
 prints real (non-padding) tokens per second over the whole training loop, the FLOP rate as a
@@ -37,18 +41,19 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROUTES = ("peftlab", "lean", "trl", "peftlab_full")
+ROUTES = ("peftlab", "lean", "lean_packed", "trl", "peftlab_full", "peftlab_ckpt")
 TARGETS = ["q_proj", "v_proj"]
 
 
 # ------------------------------------------------------------------------------------ the shared setup
-def overrides(args: argparse.Namespace, method: str) -> list[str]:
+def overrides(args: argparse.Namespace, method: str, checkpointing: bool = False) -> list[str]:
     """peftlab-train's settings for a route (the data and batch every route uses)."""
     common = [f"model={args.model}", f"data.batch_size={args.batch}", f"optim.lr={args.lr}", f"seed={args.seed}",
               f"trainer.max_steps={args.steps}", "trainer.limit_val_batches=0", "trainer.limit_test_batches=1",
               "data.max_eval_examples=8", "zero_shot=false", "merge_after=false", "save_adapter=false",
               "logger=none", "callbacks.checkpoint=null", "callbacks.lr_monitor=null",
-              "trainer.enable_progress_bar=false", "optim.warmup_ratio=0"]
+              "trainer.enable_progress_bar=false", "optim.warmup_ratio=0",
+              f"model.gradient_checkpointing={str(checkpointing).lower()}"]
     if method == "lora":
         return [*common, "method=lora", "method.r=8", "method.lora_alpha=16", "method.lora_dropout=0",
                 f"method.target_modules=[{','.join(TARGETS)}]"]
@@ -93,11 +98,11 @@ def current_rss_mb() -> float:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
-def route_peftlab(args: argparse.Namespace, method: str) -> dict[str, Any]:
+def route_peftlab(args: argparse.Namespace, method: str, checkpointing: bool = False) -> dict[str, Any]:
     import peftlab
 
     with tempfile.TemporaryDirectory() as tmp:
-        m = peftlab.train([*overrides(args, method), f"hydra.run.dir={tmp}/run"])
+        m = peftlab.train([*overrides(args, method, checkpointing), f"hydra.run.dir={tmp}/run"])
     t = m["train"]
     return {"tokens": t["tokens"], "wall_s": t["wall_s"], "steps": t["steps"],
             "real_tokens_per_batch": t["real_tokens_per_batch"],
@@ -106,12 +111,40 @@ def route_peftlab(args: argparse.Namespace, method: str) -> dict[str, Any]:
             "flops_per_token": (6 if method == "full" else 4) * m["params"]["total"]}
 
 
-def route_lean(args: argparse.Namespace) -> dict[str, Any]:
+def packed(examples: list[dict[str, Any]]) -> dict[str, Any]:
+    """A padding-free batch: the examples end to end in one row, positions restarting at each
+    example (transformers then keeps attention within each example; no attention mask, no KV
+    cache). Each example's first label is IGNORE_INDEX (a prompt token), so no loss crosses a seam."""
     import torch
-    import torch.nn.functional as F
-    from peft import get_peft_model
 
     from peftlab.data.tokenize import IGNORE_INDEX
+
+    assert all(e["labels"][0] == IGNORE_INDEX for e in examples)
+    cat = lambda key: torch.tensor([[t for e in examples for t in e[key]]])  # noqa: E731
+    positions = torch.tensor([[i for e in examples for i in range(len(e["input_ids"]))]])
+    return {"input_ids": cat("input_ids"), "labels": cat("labels"), "position_ids": positions,
+            "attention_mask": torch.ones_like(positions)}
+
+
+def lean_loss(body, head, batch: dict[str, Any]):
+    """Mean cross-entropy over the answer tokens, the output head on those positions only."""
+    import torch.nn.functional as F
+
+    from peftlab.data.tokenize import IGNORE_INDEX
+
+    if "position_ids" in batch:  # packed: attention stays within each example by its positions
+        hidden = body(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False)
+    else:
+        hidden = body(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
+    targets = batch["labels"][:, 1:]
+    mask = targets != IGNORE_INDEX
+    return F.cross_entropy(head(hidden.last_hidden_state[:, :-1][mask]).float(), targets[mask])
+
+
+def route_lean(args: argparse.Namespace, pack: bool = False) -> dict[str, Any]:
+    import torch
+    from peft import get_peft_model
+
     from peftlab.memory import peak_rss_mb
 
     memory = {"imports_mb": round(current_rss_mb(), 1)}
@@ -123,7 +156,7 @@ def route_lean(args: argparse.Namespace) -> dict[str, Any]:
     body, head = model.get_base_model().model, model.get_base_model().lm_head
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.lr, weight_decay=0.0)
     collate = task.collator(backbone.tokenizer, evaluation=False)
-    batches = [collate(b) for b in padded_batches(examples, args)]
+    batches = [packed(b) if pack else collate(b) for b in padded_batches(examples, args)]
     tokens = slots = 0
     saved: dict[int, int] = {}  # the tensors autograd keeps for the backward pass of the first step, by storage
 
@@ -135,10 +168,7 @@ def route_lean(args: argparse.Namespace) -> dict[str, Any]:
     start = time.perf_counter()
     for step, batch in enumerate(batches):
         with torch.autograd.graph.saved_tensors_hooks(keep if step == 0 else (lambda t: t), lambda t: t):
-            hidden = body(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
-            targets = batch["labels"][:, 1:]
-            mask = targets != IGNORE_INDEX
-            loss = F.cross_entropy(head(hidden[:, :-1][mask]).float(), targets[mask])
+            loss = lean_loss(body, head, batch)
         if step == 0:
             memory["activations_first_step_mb"] = round(sum(saved.values()) / 2**20, 1)
             memory["first_step_tokens"] = batch["attention_mask"].numel()
@@ -215,8 +245,10 @@ def run_route(name: str, args: argparse.Namespace) -> dict[str, Any]:
         result = route_peftlab(args, "lora")
     elif name == "peftlab_full":
         result = route_peftlab(args, "full")
-    elif name == "lean":
-        result = route_lean(args)
+    elif name == "peftlab_ckpt":
+        result = route_peftlab(args, "lora", checkpointing=True)
+    elif name in ("lean", "lean_packed"):
+        result = route_lean(args, pack=name == "lean_packed")
     else:
         result = route_trl(args)
     result["peak_rss_mb"] = round(peak_rss_mb(), 1)
@@ -255,12 +287,15 @@ def summarise(results: dict[str, dict[str, Any]], peak: float) -> dict[str, dict
 def ratios(results: dict[str, dict[str, Any]]) -> dict[str, float]:
     out = {}
     speed = {k: r["tokens_per_s"] for k, r in results.items() if "tokens_per_s" in r}
-    for peer in ("trl", "lean"):
+    for peer in ("trl", "lean", "lean_packed"):
         if "peftlab" in speed and peer in speed:
             out[f"peftlab_over_{peer}"] = round(speed["peftlab"] / speed[peer], 3)
     rss = {k: r["peak_rss_mb"] for k, r in results.items() if "tokens" in r}
-    if "peftlab" in rss and "peftlab_full" in rss:
-        out["lora_peak_rss_over_full"] = round(rss["peftlab"] / rss["peftlab_full"], 3)
+    for lora, key in (("peftlab", "lora_peak_rss_over_full"), ("peftlab_ckpt", "lora_checkpointed_peak_rss_over_full")):
+        if lora in rss and "peftlab_full" in rss:
+            out[key] = round(rss[lora] / rss["peftlab_full"], 3)
+    if "peftlab_ckpt" in speed and "peftlab" in speed:
+        out["checkpointing_speed"] = round(speed["peftlab_ckpt"] / speed["peftlab"], 3)
     return out
 
 

@@ -25,13 +25,13 @@ def smoke(tmp_path_factory):
 def test_every_route_trains_the_same_examples_and_reports_its_figures(smoke):
     result, stdout = smoke
     routes = result["routes"]
-    assert list(routes) == ["peftlab", "lean", "trl", "peftlab_full"]
+    assert list(routes) == ["peftlab", "lean", "lean_packed", "trl", "peftlab_full", "peftlab_ckpt"]
     for name, r in routes.items():
         assert r["steps"] == 3 and r["tokens"] > 0 and r["wall_s"] > 0 and r["peak_rss_mb"] > 100, name
         assert r["tokens_per_s"] == pytest.approx(r["tokens"] / r["wall_s"], rel=1e-3)
         assert r["peak_share"] == pytest.approx(r["tokens_per_s"] * r["flops_per_token"] / 1e9
                                                 / result["matmul_peak_gflops"], abs=2e-3)
-    lora = {k: routes[k] for k in ("peftlab", "lean", "trl")}
+    lora = {k: routes[k] for k in ("peftlab", "lean", "lean_packed", "trl", "peftlab_ckpt")}
     assert len({r["trainable"] for r in lora.values()}) == 1  # the same adapter on every route
     assert len({r["params_total"] for r in lora.values()}) == 1
     assert routes["peftlab_full"]["trainable"] == routes["peftlab_full"]["params_total"]
@@ -49,4 +49,41 @@ def test_an_unknown_route_is_refused_in_one_line():
     proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "benchmark.py"), "--routes", "peftlab,fast"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0
-    assert proc.stderr.strip() == "--routes: unknown fast (choose from peftlab, lean, trl, peftlab_full)"
+    routes = "peftlab, lean, lean_packed, trl, peftlab_full, peftlab_ckpt"
+    assert proc.stderr.strip() == f"--routes: unknown fast (choose from {routes})"
+
+
+def test_a_packed_batch_has_the_loss_of_the_padded_batch(cache_dir):
+    """Packing (one padding-free row, positions restarting per example) keeps attention within each
+    example: its loss and its gradients are those of the padded batch."""
+    import importlib.util
+
+    import torch
+
+    from peftlab.data.datamodule import TaskDataModule
+
+    from conftest import build, wrap
+
+    spec = importlib.util.spec_from_file_location("benchmark", ROOT / "scripts" / "benchmark.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    conf, task, bb = build(["model=tiny_llama", "data.max_length=384"], cache_dir)
+    model = wrap(bb, conf.method, task).train()
+    data = TaskDataModule(task, bb.tokenizer, seed=0)
+    data.setup()
+    examples = data.splits["train"][:6]
+    assert len({len(e["input_ids"]) for e in examples}) > 1  # the padded batch does hold padding
+    body, head = model.get_base_model().model, model.get_base_model().lm_head
+    losses, grads = [], []
+    for batch in (task.collator(bb.tokenizer, evaluation=False)(examples), bench.packed(examples)):
+        model.zero_grad()
+        loss = bench.lean_loss(body, head, batch)
+        loss.backward()
+        losses.append(loss.detach())
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.requires_grad]))
+    assert torch.allclose(losses[0], losses[1], atol=1e-5), losses
+    assert torch.allclose(grads[0], grads[1], atol=1e-5, rtol=1e-4)
+    # without the restarting positions, the examples would attend to one another: a different loss
+    joined = {**bench.packed(examples)}
+    joined.pop("position_ids")
+    assert not torch.allclose(bench.lean_loss(body, head, joined), losses[0], atol=1e-3)

@@ -18,7 +18,7 @@ class LoraSchema(MethodSchema):
     name: str = "lora"
     r: int = 8
     lora_alpha: float = 16.0
-    lora_dropout: float = 0.05
+    lora_dropout: float = 0.0
     target_modules: Any = "all-linear"  # "all-linear", or a list of module names
     bias: str = "none"
     use_rslora: bool = False
