@@ -49,13 +49,15 @@ def test_smollm2_lora_learns_and_reloads_exactly(tmp_path):
 
 
 def test_default_job_reaches_the_target(tmp_path):
-    """`make run`: SmolLM2-135M + LoRA on the date task, exact match >= 0.9 (about 5 min on 2 cores)."""
+    """`make run`: SmolLM2-135M + LoRA on the date task learns it (about 4 min on 2 cores): exact match
+    >= 0.85 from 0.05. Seeds 1-3 and 42 give 0.898-0.906 with length-grouped batches (the default)
+    and 0.906-0.945 in torch's order: BENCHMARKS.md, "Does grouping change what a run learns?"."""
     run_dir = tmp_path / "run"
     proc = run_cli("peftlab-train", "trainer.enable_progress_bar=false", f"hydra.run.dir={run_dir}",
                    env={"PEFTLAB_CACHE_DIR": str(USER_CACHE)})
     assert proc.returncode == 0, proc.stderr[-3000:]
     m = json.loads((run_dir / "metrics.json").read_text())
-    assert m["test"]["exact_match"] >= 0.9
+    assert m["test"]["exact_match"] >= 0.85
     assert m["zero_shot"]["exact_match"] < 0.5
     # the verified fp32 merge ran right after training
     # (the gate is the float64 forward; fp32 forward-pass rounding alone moves SmolLM2's logits ~1e-4)
