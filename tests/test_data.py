@@ -199,3 +199,34 @@ def test_grouped_batches_resume_mid_epoch():
     resumed.load_state_dict(first.state_dict())
     assert seen + list(resumed) == whole
 
+
+
+def test_several_processes_share_each_grouped_step_as_one_process_of_their_total_batch(monkeypatch):
+    """2 processes of batch 4 see, step by step, the examples 1 process of batch 8 sees."""
+    import peftlab.data.loaders as loaders
+
+    lengths = _lengths(70)
+    data = [{"i": i} for i in range(70)]
+    collate = lambda rows: [r["i"] for r in rows]  # noqa: E731
+    one = list(loaders.ResumableLoader(data, 8, collate, seed=3, lengths=lengths, window=4))
+    shares = []
+    for rank in (0, 1):
+        monkeypatch.setattr(loaders, "rank_and_world", lambda rank=rank: (rank, 2))
+        shares.append(list(loaders.ResumableLoader(data, 4, collate, seed=3, lengths=lengths, window=4)))
+    assert len(shares[0]) == len(shares[1]) == len(one) == 9  # the last step: 4 + 2 of the 70
+    assert [a + b for a, b in zip(*shares, strict=True)] == one
+
+
+def test_evaluation_batches_go_longest_first_unless_only_some_are_evaluated(causal_task, tiny_backbone_factory):
+    from peftlab.data.datamodule import TaskDataModule
+
+    bb = tiny_backbone_factory()
+    task = causal_task
+    whole = TaskDataModule(task, bb.tokenizer)
+    first = next(iter(whole.test_dataloader()))
+    lengths = [len(r["input_ids"]) for r in whole.splits["test"]]
+    n = len(first["position"])
+    assert sorted(first["position"]) != list(range(n))  # not the split's first examples...
+    assert min(lengths[i] for i in first["position"]) >= sorted(lengths, reverse=True)[n - 1]  # its longest
+    part = TaskDataModule(task, bb.tokenizer, limits={"test": 1})  # one batch: the split's own first examples
+    assert next(iter(part.test_dataloader()))["position"] == list(range(n))

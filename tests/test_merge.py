@@ -136,6 +136,15 @@ def test_merge_after_training_records_the_merge(tmp_path, cache_dir):
     assert (run / "merged" / "model.safetensors").exists() and (run / "merge_report.json").exists()
 
 
+def test_merge_after_a_test_of_some_batches_checks_the_whole_split(tmp_path, cache_dir):
+    """trainer.limit_test_batches tests part of the split: the merge then evaluates the adapter on
+    the whole split itself, and the export is checked on every test example."""
+    run = make_run(tmp_path, "run", "data.eval_batch_size=4", "trainer.limit_test_batches=1", merge_after=True)
+    assert len((run / "test_predictions.jsonl").read_text().splitlines()) == 4
+    report = json.loads((run / "merge_report.json").read_text())
+    assert report["passed"] and report["checks"]["reloaded"]["probes"] == 8
+
+
 def test_failed_verification_leaves_nothing(lora_run, tmp_path, monkeypatch):
     import peftlab.export.merge as merge
     from peftlab.export import Tolerance

@@ -69,7 +69,7 @@ def _evaluate(conf: EvalSchema, out_dir: Path) -> dict[str, Any]:
     quiet_libraries()
     L.seed_everything(conf.seed, workers=True, verbose=False)
     model, tokenizer = load_run_model(model_cfg, run_dir, conf.paths.cache_dir, task, conf.precision.dtype)
-    data = TaskDataModule(task, tokenizer, seed=conf.seed, test_split=conf.split)
+    data = TaskDataModule(task, tokenizer, seed=conf.seed, test_split=conf.split, limits={"test": conf.limit_batches})
     module = PeftLabModule(model.eval(), task, tokenizer)
     results = make_eval_trainer(conf).test(module, datamodule=data, verbose=False)
     metrics = split_metrics(results[0], "test")

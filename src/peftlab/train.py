@@ -140,22 +140,25 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         # after the job has returned, so that the training model, optimizer and trainer are freed: the
         # merge loads the saved adapter afresh
         if conf.merge_after and metrics.get("adapter") and type(conf.method).capabilities.mergeable:
-            metrics["merge"] = _merge_after(conf, run_dir, metrics["test"])
+            metrics["merge"] = _merge_after(conf, run_dir, metrics["test"], metrics["data"]["test"])
             write_json(run_dir / "metrics.json", metrics)
     return metrics
 
 
-def _merge_after(conf: TrainSchema, run_dir: Path, adapter_test: dict[str, float]) -> dict[str, Any]:
+def _merge_after(conf: TrainSchema, run_dir: Path, adapter_test: dict[str, float], test_size: int) -> dict[str, Any]:
     """The verified merge of peftlab-merge, right after training; its outcome goes to metrics.json."""
     from peftlab.export import VerificationError, merge_run
     from peftlab.export.verify import Evaluation
 
-    # the test predictions the job has just written: the merged model must reproduce every one
+    # the test predictions the job has just written: the merged model must reproduce every one. A
+    # test limited to some batches (trainer.limit_test_batches) covers less: the merge then
+    # evaluates the adapter on the whole split itself
     predictions = [json.loads(line)["prediction"]
                    for line in (run_dir / "test_predictions.jsonl").read_text().splitlines() if line.strip()]
+    whole = len(predictions) == test_size
     try:
         report = merge_run(run_dir, conf, run_dir / "merged", report_dir=run_dir,
-                           adapter_test=Evaluation(adapter_test, predictions))
+                           adapter_test=Evaluation(adapter_test, predictions) if whole else None)
     except VerificationError as err:
         write_json(run_dir / "metrics.json", {**json.loads((run_dir / "metrics.json").read_text()),
                                               "merge": {"passed": False, "error": str(err)}})

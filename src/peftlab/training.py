@@ -82,7 +82,9 @@ def run_job(conf: TrainSchema, cfg: DictConfig, run_dir: Path, task: Task, objec
 
     backbone = load_backbone(conf.model, conf.paths.cache_dir, task, conf.precision.dtype,
                              quantization_config(conf.precision), device_map(conf.hardware))
-    data = TaskDataModule(task, backbone.tokenizer, seed=conf.seed)
+    t = conf.trainer
+    data = TaskDataModule(task, backbone.tokenizer, seed=conf.seed, limits={
+        "val": 1 if t.fast_dev_run else t.limit_val_batches, "test": 1 if t.fast_dev_run else t.limit_test_batches})
     data.setup()
     if conf.precision.quantize:  # norms in fp32, inputs that carry gradients to the adapters (peft's k-bit preparation)
         from peft import prepare_model_for_kbit_training

@@ -22,8 +22,12 @@ log = logging.getLogger(__name__)
 
 
 class TaskDataModule(L.LightningDataModule):
-    def __init__(self, task: Any, tokenizer: Any, seed: int = 0, test_split: str = "test"):
+    def __init__(self, task: Any, tokenizer: Any, seed: int = 0, test_split: str = "test",
+                 limits: Optional[dict[str, Any]] = None):
         super().__init__()
+        # Lightning's limit_val_batches / limit_test_batches ("val", "test"): a split evaluated in
+        # part keeps its own order (sorted by length, its first batches would be its longest examples)
+        self.limits = limits or {}
         self.task = task  # a peftlab.tasks.Task
         self.cfg = task.data
         self.test_split = test_split  # what trainer.test() evaluates: "test", or "val"
@@ -77,18 +81,24 @@ class TaskDataModule(L.LightningDataModule):
                                           lengths, self.cfg.group_window)
         return self._train
 
-    def _eval_loader(self, split: str) -> DataLoader:
+    def _eval_loader(self, split: str, role: str) -> DataLoader:
         """This process's share of ``split``, longest first: batches of similar lengths (the
-        metrics do not depend on the order; ``batch["position"]`` puts predictions back in it)."""
+        metrics do not depend on the order; ``batch["position"]`` puts predictions back in it),
+        unless only some of its batches are evaluated (``limits[role]``)."""
         self.setup()
-        ordered = InSplitOrder(eval_shard(self.splits[split]), self.task.length,
-                               self.task.collator(self.tokenizer, True))
+        rows = eval_shard(self.splits[split])
+        limit = self.limits.get(role)
+        if isinstance(limit, float):  # a share of the batches
+            whole = limit >= 1.0
+        else:  # a number of batches
+            whole = limit is None or limit * self.cfg.eval_batch_size >= len(rows)
+        ordered = InSplitOrder(rows, self.task.length, self.task.collator(self.tokenizer, True), sort=whole)
         return DataLoader(ordered.rows, batch_size=self.cfg.eval_batch_size, shuffle=False,
                           num_workers=self.cfg.num_workers, collate_fn=ordered,
                           generator=torch.Generator().manual_seed(self.seed))  # never the global generator
 
     def val_dataloader(self) -> DataLoader:
-        return self._eval_loader("val")
+        return self._eval_loader("val", "val")
 
     def test_dataloader(self) -> DataLoader:
-        return self._eval_loader(self.test_split)
+        return self._eval_loader(self.test_split, "test")

@@ -7,7 +7,8 @@ is that of torch's shuffling ``DataLoader`` with a generator seeded with ``seed`
 ``lengths`` (``data.group_by_length``) that order is then sorted by length within windows of
 ``window`` batches, cut into batches, and the batches of each window shuffled again (seeded): each
 batch holds examples of similar length, so little of it is padding, and every epoch is still a
-fixed function of the seed. Under DDP each rank takes every world-size-th batch.
+fixed function of the seed. Under DDP each step's examples (world x batch size, grouped as one
+batch) are shared out among the ranks, which take one consecutive share each.
 """
 
 from __future__ import annotations
@@ -60,13 +61,17 @@ class ResumableLoader:
         self.epoch, self.position = 0, 0  # batches of this epoch already given out (on this rank)
 
     def _batches(self) -> list[list[int]]:
+        """This rank's batches: each step's examples over every process (world x batch_size,
+        grouped by length as one batch) are cut into consecutive per-rank shares, so that W
+        processes of batch B see the very examples one process of batch W x B sees."""
         order = epoch_order(len(self.dataset), self.seed, self.epoch)
-        if self.lengths is not None:
-            batches = grouped_batches(order, self.lengths, self.batch_size, self.window, self.seed, self.epoch)
-        else:
-            batches = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
         rank, world = rank_and_world()
-        return batches[: len(batches) // world * world][rank::world] if world > 1 else batches
+        size = self.batch_size * world
+        if self.lengths is not None:
+            steps = grouped_batches(order, self.lengths, size, self.window, self.seed, self.epoch)
+        else:
+            steps = [order[i:i + size] for i in range(0, len(order), size)]
+        return [step[rank * self.batch_size:(rank + 1) * self.batch_size] for step in steps][: len(self)]
 
     def __len__(self) -> int:
         _, world = rank_and_world()
@@ -105,9 +110,11 @@ class InSplitOrder:
     length), each carrying the ``position`` in the split (or shard) of its counted examples, so
     that what evaluation returns per example can be put back in the split's order (``restore``)."""
 
-    def __init__(self, rows: list[dict[str, Any]], length: Callable[[dict[str, Any]], int], collate_fn: Callable):
+    def __init__(self, rows: list[dict[str, Any]], length: Callable[[dict[str, Any]], int], collate_fn: Callable,
+                 sort: bool = True):
         self.rows = [{**row, "position": i} for i, row in enumerate(rows)]
-        self.rows.sort(key=lambda row: -length(row))  # stable: equal lengths keep the split's order
+        if sort:  # stable: equal lengths keep the split's order
+            self.rows.sort(key=lambda row: -length(row))
         self.collate_fn = collate_fn
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:

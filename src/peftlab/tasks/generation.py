@@ -3,6 +3,7 @@ and greedy or sampled answers to a user's prompts (peftlab-generate)."""
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
@@ -55,14 +56,17 @@ def score_and_generate(model: torch.nn.Module, tokenizer: Any, batch: dict[str, 
     prompts run once: one forward over each left-padded prompt followed by its reference answer
     (positions counted from each example's first real token, as in the right-padded layout) gives
     the logits and the prompts' KV cache, and decoding continues from that cache cut back to the
-    prompts. Models whose cache cannot be cut (sliding-window layers) or that put virtual tokens
-    before the input (prompt learning) run the prompts again. Returns (logits, targets, texts)."""
+    prompts. Models whose cache cannot be cut (sliding-window layers), whose forward takes no
+    ``position_ids`` or that put virtual tokens before the input (prompt learning) run the prompts
+    again. Returns (logits, targets, texts)."""
     from peftlab.data.tokenize import IGNORE_INDEX
     from peftlab.tasks.heads import answer_logits
 
     prompts, prompt_mask = batch["gen_input_ids"], batch["gen_attention_mask"]
     config = getattr(model, "active_peft_config", None)
-    if getattr(config, "is_prompt_learning", False):
+    backbone = model.get_base_model() if hasattr(model, "get_base_model") else model
+    takes_positions = "position_ids" in inspect.signature(backbone.forward).parameters
+    if getattr(config, "is_prompt_learning", False) or not takes_positions:
         logits, targets = answer_logits(model, batch)
         return logits, targets, generate(model, tokenizer, prompts, prompt_mask, max_new_tokens)
     width = prompts.shape[1]
