@@ -116,7 +116,10 @@ def merge_run(run_dir: Path, run, out_dir: Path, dtype: Optional[str] = None, ca
     tol = tolerance(dtype, r.data.sizes()["test"], min_top1, quantized)
     compared = r.task.merge_metrics()
     try:
-        early = problems({"checks": checks, "metrics": {"adapter": {}, "merged": {}}}, tol, compared[0])
+        # exact exports (fp32) must agree everywhere, so one chunk can fail them; a lossy dtype's
+        # agreement share is judged over every batch, after the reload
+        early = [] if tol.max_abs is None else problems(
+            {"checks": checks, "metrics": {"adapter": {}, "merged": {}}}, tol, compared[0])
         if early:  # the merge itself is wrong: stop before a whole model is written
             report.update(tolerance=tol.__dict__, checks=checks, passed=False)
             raise VerificationError("merge verification failed: " + "; ".join(early))
