@@ -217,15 +217,17 @@ def test_several_processes_share_each_grouped_step_as_one_process_of_their_total
     assert [a + b for a, b in zip(*shares, strict=True)] == one
 
 
-def test_evaluation_batches_go_longest_first_unless_only_some_are_evaluated(causal_task, tiny_backbone_factory):
+def test_evaluation_batches_go_longest_first_unless_only_some_are_evaluated(cache_dir):
     from peftlab.data.datamodule import TaskDataModule
 
-    bb = tiny_backbone_factory()
-    task = causal_task
+    from conftest import build
+
+    _, task, bb = build(["model=tiny_llama", "data.max_length=384"], cache_dir)  # nothing truncated: lengths vary
     whole = TaskDataModule(task, bb.tokenizer)
     first = next(iter(whole.test_dataloader()))
     lengths = [len(r["input_ids"]) for r in whole.splits["test"]]
     n = len(first["position"])
+    assert len(set(lengths)) > 1 and len(lengths) > n
     assert sorted(first["position"]) != list(range(n))  # not the split's first examples...
     assert min(lengths[i] for i in first["position"]) >= sorted(lengths, reverse=True)[n - 1]  # its longest
     part = TaskDataModule(task, bb.tokenizer, limits={"test": 1})  # one batch: the split's own first examples
