@@ -87,6 +87,18 @@ def tiny_backbone_factory(cache_dir):
     return make
 
 
+def moved(model):
+    """``model`` in eval mode with its trainable weights moved (seeded), so the method changes the outputs."""
+    import torch
+
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.05)
+    return model.eval()
+
+
 @pytest.fixture(scope="session")
 def causal_task():
     from peftlab.config import validate

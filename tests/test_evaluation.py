@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import build, wrap
+from conftest import build, moved, wrap
 
 CASES = [("tiny_llama", "lora", True), ("tiny_qwen2", "lora", True), ("tiny_gpt2", "lora", True),
          ("tiny_llama", "ia3", True), ("tiny_llama", "full", True),
@@ -23,13 +23,7 @@ def test_one_pass_evaluation_equals_the_loss_and_the_generations_of_two(cache_di
 
     conf, task, bb = build([f"model={model_name}", f"method={method}", "data.max_eval_examples=8",
                             "data.max_new_tokens=6"], cache_dir)
-    model = wrap(bb, conf.method, task)
-    torch.manual_seed(0)
-    with torch.no_grad():  # move the trainable weights so the method changes the outputs
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(torch.randn_like(p) * 0.05)
-    model.eval()
+    model = moved(wrap(bb, conf.method, task))
     data = TaskDataModule(task, bb.tokenizer, seed=0)
     batch = next(iter(data.val_dataloader()))
     width = batch["gen_input_ids"].shape[1]

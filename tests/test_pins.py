@@ -14,7 +14,7 @@ from packaging.version import Version
 
 from peftlab.methods import METHODS
 
-from conftest import build, wrap
+from conftest import build, moved, wrap
 
 
 def test_transformers_is_below_the_broken_release():
@@ -26,13 +26,7 @@ def test_transformers_is_below_the_broken_release():
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_cached_generation_matches_a_full_forward(cache_dir, method):
     conf, task, bb = build(["model=tiny_llama", f"method={method}"], cache_dir)
-    model = wrap(bb, conf.method, task)
-    torch.manual_seed(0)
-    with torch.no_grad():  # move the trainable weights so the method changes the outputs
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(torch.randn_like(p) * 0.05)
-    model.eval()
+    model = moved(wrap(bb, conf.method, task))
     ids = bb.tokenizer("Convert the date 3 March 1998:", return_tensors="pt").input_ids
     out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=6, do_sample=False,
                          min_new_tokens=6, output_logits=True, return_dict_in_generate=True,
