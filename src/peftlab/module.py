@@ -19,12 +19,21 @@ from peftlab.config.targets import instantiate
 from peftlab.data.loaders import InSplitOrder, unshard
 from peftlab.distributed import all_sum, gather
 from peftlab.errors import ConfigError
-from peftlab.methods import trainable_parameters
+from peftlab.methods import method_spec, trainable_parameters
 
 
-def build_optimizer(model: torch.nn.Module, optim: OptimSchema) -> torch.optim.Optimizer:
-    """The configured optimizer over the trainable parameters only."""
-    return instantiate(optim.optimizer, "optim.optimizer", params=trainable_parameters(model), lr=optim.lr,
+def build_optimizer(model: torch.nn.Module, optim: OptimSchema, method: Any = None) -> torch.optim.Optimizer:
+    """The configured optimizer over the trainable parameters only; in the parameter groups the
+    method (a method schema) asks for, when they differ in learning rate (LoRA+)."""
+    spec = method_spec(method.name) if method is not None else None
+    params: Any = trainable_parameters(model)
+    if spec is not None and spec.hooks.param_groups is not None:
+        params = spec.hooks.param_groups(model, method, optim.lr)
+        grouped = [p for group in params for p in group["params"]]
+        if len(grouped) != len(trainable_parameters(model)) or {id(p) for p in grouped} != {
+                id(p) for p in trainable_parameters(model)}:
+            raise RuntimeError(f"method {method.name}: its parameter groups must hold every trainable parameter once")
+    return instantiate(optim.optimizer, "optim.optimizer", params=params, lr=optim.lr,
                        weight_decay=optim.weight_decay)
 
 
@@ -43,8 +52,12 @@ def build_scheduler(optimizer: torch.optim.Optimizer, optim: OptimSchema, total_
 
 class PeftLabModule(L.LightningModule):
     def __init__(self, model: torch.nn.Module, task: Any, tokenizer: Any, optim: Optional[OptimSchema] = None,
-                 shard: bool = False):
+                 shard: bool = False, method: Any = None):
         super().__init__()
+        # the method's schema: its hooks (peftlab.methods.MethodHooks) are called, its name never asked
+        self.method = method
+        self.hooks = method_spec(method.name).hooks if method is not None else None
+        self._hooked_step = -1
         self.shard = shard  # FSDP (hardware=fsdp): configure_model shards the model across the processes
         self.model = model
         self.task = task  # a peftlab.tasks.Task
@@ -88,7 +101,22 @@ class PeftLabModule(L.LightningModule):
         loss = total * world / count_all
         self.last_loss = (all_sum(total.detach()) / count_all).detach()  # for the log and the divergence guard
         self.log("train/loss", self.last_loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
+        if self.hooks is not None and self.hooks.loss_term is not None:
+            # the same on every process, so DDP's average of the gradients keeps it as it is
+            term = self.hooks.loss_term(self.model)
+            self.log("train/regulariser", term.detach(), batch_size=batch["input_ids"].shape[0])
+            loss = loss + term
         return loss
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        """The method's ``after_step`` hook, once per optimizer step (not per accumulated batch),
+        while the step's gradients are still in place (Lightning clears them before the next backward)."""
+        if self.hooks is None or self.hooks.after_step is None:
+            return
+        step = self.trainer.global_step
+        if step != self._hooked_step:
+            self._hooked_step = step
+            self.hooks.after_step(self.model, step - 1)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self.task.evaluate(self.model, self.tokenizer, batch, self.val_metrics)
@@ -118,7 +146,7 @@ class PeftLabModule(L.LightningModule):
     def configure_optimizers(self):
         if self.optim is None:
             raise RuntimeError("PeftLabModule was built without an optimizer config; it can only evaluate")
-        optimizer = build_optimizer(self.model, self.optim)
+        optimizer = build_optimizer(self.model, self.optim, self.method)
         schedule = build_scheduler(optimizer, self.optim, max(1, int(self.trainer.estimated_stepping_batches)))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 

@@ -24,8 +24,9 @@ from peftlab.config.commands import TrainSchema
 from peftlab.data.datamodule import TaskDataModule
 from peftlab.distributed import SECONDARY
 from peftlab.errors import ConfigError
+from peftlab.forgetting import Forgetting
 from peftlab.memory import peak_rss_mb, reset_peak_rss
-from peftlab.methods import BuildContext, apply_method, count_parameters, peft_config_for
+from peftlab.methods import BuildContext, apply_method, count_parameters, peft_config_for, save_adapter
 from peftlab.models import display_name, enable_gradient_checkpointing, load_backbone
 from peftlab.module import PeftLabModule, read_checkpoint
 from peftlab.outputs import atomic_path, remove_stale_temps, versions, write_json, write_jsonl
@@ -93,7 +94,7 @@ def run_job(conf: TrainSchema, cfg: DictConfig, run_dir: Path, task: Task, objec
     if conf.model.gradient_checkpointing:
         enable_gradient_checkpointing(backbone.model)
     # the method's own checks against this backbone (target modules, init text...) before any work
-    context = BuildContext(task, backbone.model, backbone.tokenizer, backbone.path)
+    context = BuildContext(task, backbone.model, backbone.tokenizer, backbone.path, batches=data.sample_batches)
     peft_config_for(conf.method, context)
     checkpoint = read_checkpoint(conf.resume_from) if conf.resume_from else None
     if writes:
@@ -115,6 +116,8 @@ def run_job(conf: TrainSchema, cfg: DictConfig, run_dir: Path, task: Task, objec
 
     # the untouched base, before the method is applied; or the adapter the run starts from
     zero_shot = None if conf.init_adapter else before(backbone.model)
+    forgetting = Forgetting(conf.forgetting, backbone.tokenizer, backbone.model) \
+        if conf.forgetting is not None and task.generative and not dry else None
     task.before_wrapping(backbone.model)
     model = apply_method(backbone.model, conf.method, context, conf.init_adapter)
     task.before_training(model, data)
@@ -123,7 +126,8 @@ def run_job(conf: TrainSchema, cfg: DictConfig, run_dir: Path, task: Task, objec
     params = count_parameters(model)
     log.info("method %s: %s trainable of %s parameters (%.4f%%)", conf.method.name,
              f"{params['trainable']:,}", f"{params['total']:,}", params["trainable_pct"])
-    module = PeftLabModule(model, task, backbone.tokenizer, conf.optim, shard=conf.hardware.strategy == "fsdp")
+    module = PeftLabModule(model, task, backbone.tokenizer, conf.optim, shard=conf.hardware.strategy == "fsdp",
+                           method=conf.method)
     if checkpoint is not None:
         module.on_load_checkpoint(checkpoint)  # the run's trainable parameters, before any training
         log.info("resuming from %s (step %d)", conf.resume_from, checkpoint["global_step"])
@@ -151,6 +155,7 @@ def run_job(conf: TrainSchema, cfg: DictConfig, run_dir: Path, task: Task, objec
                            + (f"; the last good checkpoint: {last}" if last.exists() else "")) from None
         val = split_metrics(trainer.callback_metrics, "val")
         test = evaluate(trainer, module, data)
+    forgotten = forgetting.record(model) if forgetting is not None else None  # every process (a sharded model)
     if dry:
         log.info("fast_dev_run: nothing saved; test on one batch: %s", test)
         return {"test": test}
@@ -161,7 +166,7 @@ def run_job(conf: TrainSchema, cfg: DictConfig, run_dir: Path, task: Task, objec
     if conf.save_adapter:
         with atomic_path(run_dir / "adapter") as tmp:
             only = {"selected_adapters": [model.active_adapter]} if len(getattr(model, "peft_config", {})) > 1 else {}
-            model.save_pretrained(tmp, **({"state_dict": state} if state is not None else {}), **only)
+            save_adapter(model, conf.method, tmp, **({"state_dict": state} if state is not None else {}), **only)
             backbone.tokenizer.save_pretrained(tmp)
     write_jsonl(run_dir / "test_predictions.jsonl", module.predictions)
     meter = next((c for c in trainer.callbacks if isinstance(c, TrainingMeter)), None)
@@ -170,6 +175,7 @@ def run_job(conf: TrainSchema, cfg: DictConfig, run_dir: Path, task: Task, objec
         "status": "finished",
         "test": test,
         "val": val,
+        "forgetting": forgotten,
         "train": {"steps": int(trainer.global_step), "wall_s": speed.get("wall_s"),
                   "tokens_per_s": speed.get("tokens_per_s"), "tokens": speed.get("tokens"),
                   **{k: speed.get(k) for k in ("real_tokens_per_batch", "padded_tokens_per_batch", "padding_share")},
@@ -217,6 +223,10 @@ def summary(m: dict[str, Any], task: Task, run_dir: Path) -> str:
             lines.append(f"  test {key}: {before}fine-tuned {m['test'][key]:.4f}")
     lines.append(f"  training: {m['train']['steps']} steps in {m['train']['wall_s']} s "
                  f"({m['train']['tokens_per_s']} tokens/s), peak RSS {m['memory']['peak_rss_mb']} MiB")
+    if m.get("forgetting"):
+        f = m["forgetting"]
+        lines.append(f"  forgetting: loss on {f['text']} {f['loss_before']:.4f} -> {f['loss_after']:.4f} "
+                     f"({f['delta']:+.4f})")
     if m["adapter"]:
         lines.append(f"  adapter: {m['adapter']}")
     lines.append(f"  metrics: {run_dir / 'metrics.json'}")

@@ -18,6 +18,7 @@ from peftlab.config.checks import one_of as _one_of
 from peftlab.config.plugins import task_types
 from peftlab.config.schema import (
     DataSchema,
+    ForgettingSchema,
     HardwareSchema,
     ModelSchema,
     OptimSchema,
@@ -46,6 +47,7 @@ class TrainSchema:
     preference: Optional[PreferenceSchema] = None  # preference training settings (data of task type preference)
     seed: int = 42
     zero_shot: bool = True  # test the untouched base model before training
+    forgetting: Optional[ForgettingSchema] = None  # the loss on general text before and after (null: not measured)
     init_adapter: Optional[str] = None  # start from this adapter (<run_dir>/adapter of an SFT run)
     save_adapter: bool = True
     merge_after: bool = True  # mergeable methods (LoRA, IA3): merge and verify right after training

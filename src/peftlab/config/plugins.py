@@ -41,6 +41,13 @@ class MethodSchema:
     capabilities: ClassVar[Capabilities]  # set by peftlab.methods.register_method
     not_mergeable: ClassVar[str] = ""  # why, in a few words, for methods that cannot merge
 
+    def adapter_off_differs(self) -> str:
+        """Why switching this adapter off does not give the model the run starts from ("" when it
+        does: preference training may then use the base as its reference)."""
+        if self.capabilities.starts_as_base:
+            return ""
+        return f"a fresh method={self.name} adapter already changes the model"
+
     def check(self, run: Any) -> list[str]:
         """Problems with this method in ``run`` (a validated top-level config), one line each."""
         problems = []

@@ -81,6 +81,18 @@ class TaskDataModule(L.LightningDataModule):
                                           lengths, self.cfg.group_window)
         return self._train
 
+    def sample_batches(self, n: int) -> list[dict[str, Any]]:
+        """``n`` training batches drawn with a generator of their own (seeded by the run's seed), so the
+        training order is untouched and every process draws the same: what initialisations that look
+        at data see (LoRA's init=eva)."""
+        self.setup()
+        rows = self.splits["train"]
+        order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(self.seed)).tolist()
+        collate = self.task.collator(self.tokenizer, evaluation=False)
+        size = self.cfg.batch_size
+        return [collate([rows[i] for i in order[start:start + size]])
+                for start in range(0, min(n * size, len(rows)), size)]
+
     def _eval_loader(self, split: str, role: str) -> DataLoader:
         """This process's share of ``split``, longest first: batches of similar lengths (the
         metrics do not depend on the order; ``batch["position"]`` puts predictions back in it),

@@ -12,12 +12,14 @@ import pkgutil
 from peftlab.methods.base import (
     METHODS,
     BuildContext,
+    MethodHooks,
     MethodSpec,
     apply_method,
     count_parameters,
     method_spec,
     peft_config_for,
     register_method,
+    save_adapter,
     set_trainable,
     trainable_parameters,
 )
@@ -25,5 +27,5 @@ from peftlab.methods.base import (
 for _module in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_module.name}")
 
-__all__ = ["METHODS", "BuildContext", "MethodSpec", "apply_method", "count_parameters", "method_spec",
-           "peft_config_for", "register_method", "set_trainable", "trainable_parameters"]
+__all__ = ["METHODS", "BuildContext", "MethodHooks", "MethodSpec", "apply_method", "count_parameters", "method_spec",
+           "peft_config_for", "register_method", "save_adapter", "set_trainable", "trainable_parameters"]

@@ -9,7 +9,7 @@ package imports every module it holds, so adding a method is one module and one
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Dict, Optional
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, Optional
 
 from peftlab.config.plugins import Capabilities, MethodSchema, method_schema, register_method_schema
 from peftlab.errors import ConfigError
@@ -29,6 +29,9 @@ class BuildContext:
     tokenizer: Any = None
     path: Optional[str] = None
     meta: bool = False
+    # n -> n training batches (model inputs), the same on every process and apart from the training
+    # order: for initialisations that look at data (LoRA's init=eva); None where there is no data
+    batches: Optional[Callable[[int], Iterable[dict[str, Any]]]] = None
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,25 @@ class MethodSpec:
     capabilities: Capabilities
     # (peft model, schema, context) -> None: sets the initial values of what trains, after wrapping
     initialise: Optional[Callable[[Any, Any, BuildContext], None]] = None
+    hooks: MethodHooks = None  # type: ignore[assignment]  (register_method sets it)
+
+
+@dataclass(frozen=True)
+class MethodHooks:
+    """What a method asks of the training loop beyond its forward pass. The LightningModule and the
+    job call these without asking which method it is; each is optional.
+
+    ``after_step(model, step)``: after every optimizer step, with the step's gradients still in place
+    (AdaLoRA's rank allocator; ``step`` counts from 0). ``loss_term(model)``: a regulariser added
+    to the training loss (AdaLoRA's orthogonality penalty). ``param_groups(model, schema, lr)``:
+    the optimizer's parameter groups when they differ in learning rate (LoRA+). ``save(model,
+    folder)``: writes the adapter when peft's plain ``save_pretrained`` is not the whole story
+    (PiSSA's conversion back to an adapter of the original base)."""
+
+    after_step: Optional[Callable[[Any, int], None]] = None
+    loss_term: Optional[Callable[[Any], torch.Tensor]] = None
+    param_groups: Optional[Callable[[Any, Any, float], list[dict[str, Any]]]] = None
+    save: Optional[Callable[[Any, str], None]] = None
 
 
 METHODS: Dict[str, MethodSpec] = {}
@@ -47,15 +69,18 @@ METHODS: Dict[str, MethodSpec] = {}
 
 def register_method(name: str, schema: type[MethodSchema], build: Optional[Callable], trains: str,
                     capabilities: Capabilities, initialise: Optional[Callable] = None,
-                    not_mergeable: str = "") -> MethodSpec:
+                    not_mergeable: str = "", hooks: Optional[MethodHooks] = None) -> MethodSpec:
     """Add a method: ``method=<name>`` then validates against ``schema`` (also stored in Hydra's
     ConfigStore as ``schema/method/<name>``) and ``build`` turns it into a peft config."""
     if name in METHODS:
         raise ValueError(f"method {name!r} is registered twice")
+    hooks = hooks or MethodHooks()
+    if capabilities.per_step_hook != (hooks.after_step is not None):
+        raise ValueError(f"method {name!r}: capabilities.per_step_hook must say whether it has hooks.after_step")
     schema.capabilities = capabilities
     schema.not_mergeable = not_mergeable
     register_method_schema(name, schema)
-    METHODS[name] = MethodSpec(name, schema, build, trains, capabilities, initialise)
+    METHODS[name] = MethodSpec(name, schema, build, trains, capabilities, initialise, hooks)
     return METHODS[name]
 
 
@@ -119,6 +144,16 @@ def set_trainable(model: nn.Module, spec: MethodSpec) -> None:
             p.requires_grad_(True)
     if not any(p.requires_grad for p in model.parameters()):
         raise ConfigError(f"method ({spec.name}): no parameter is trainable")
+
+
+def save_adapter(model: nn.Module, cfg: MethodSchema, folder: Any, **kwargs: Any) -> None:
+    """Write the trained adapter (the whole model for full fine-tuning) to ``folder``: peft's
+    ``save_pretrained``, or the method's own ``save`` hook around it."""
+    hook = method_spec(cfg.name).hooks.save
+    if hook is not None:
+        hook(model, str(folder), **kwargs)
+    else:
+        model.save_pretrained(folder, **kwargs)
 
 
 def trainable_parameters(model: nn.Module) -> list[torch.nn.Parameter]:

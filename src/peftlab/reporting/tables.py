@@ -20,7 +20,7 @@ def _fmt(s: dict[str, Any], digits: int = 4) -> str:
 def table_rows(groups: list[Group], metric: str) -> list[dict[str, Any]]:
     rows = []
     for g in groups:
-        m, zs = g.stat(f"test.{metric}"), g.stat(f"zero_shot.{metric}")
+        m, zs, forgot = g.stat(f"test.{metric}"), g.stat(f"zero_shot.{metric}"), g.stat("forgetting.delta")
         rows.append({
             "setting": g.setting, "method": g.label, "status": g.status, "n": m["n"],
             "trainable": g.stat("params.trainable")["mean"], "trainable_pct": g.stat("params.trainable_pct")["mean"],
@@ -29,21 +29,27 @@ def table_rows(groups: list[Group], metric: str) -> list[dict[str, Any]]:
             "train_wall_s_mean": g.stat("train.wall_s")["mean"],
             "tokens_per_s_mean": g.stat("train.tokens_per_s")["mean"],
             "peak_rss_mb_mean": g.stat("memory.peak_rss_mb")["mean"],
-            "_metric": m, "_zero_shot": zs,
+            "adapter_mb_mean": g.stat("adapter_mb")["mean"],
+            # the change in loss on general text (metrics.json forgetting.delta; language models)
+            "forgetting_mean": forgot["mean"], "forgetting_ci95": forgot["ci95"],
+            "_metric": m, "_zero_shot": zs, "_forgetting": forgot,
         })
     return rows
 
 
 def to_markdown(rows: list[dict[str, Any]], metric: str) -> str:
-    head = (f"| setting | trainable params | trainable % | zero-shot {metric} | test {metric} (mean ± std) | 95% CI "
-            "| n | train s | tokens/s | peak RSS MiB | status |")
-    lines = [head, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    head = (f"| setting | trainable params | trainable % | adapter MiB | zero-shot {metric} "
+            f"| test {metric} (mean ± std) | 95% CI | n | forgetting (Δ loss, mean ± std) | train s | tokens/s "
+            "| peak RSS MiB | status |")
+    lines = [head, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         ci = f"± {r[f'{metric}_ci95']:.4f}" if r[f"{metric}_ci95"] is not None else "—"
         lines.append(
-            f"| {r['setting']} | {_num(r['trainable'], 0)} | {_num(r['trainable_pct'], 3)} | {_fmt(r['_zero_shot'])} "
-            f"| {_fmt(r['_metric'])} | {ci} | {r['n']} | {_num(r['train_wall_s_mean'], 1)} "
-            f"| {_num(r['tokens_per_s_mean'], 0)} | {_num(r['peak_rss_mb_mean'], 0)} | {r['status']} |")
+            f"| {r['setting']} | {_num(r['trainable'], 0)} | {_num(r['trainable_pct'], 3)} "
+            f"| {_num(r['adapter_mb_mean'], 2)} | {_fmt(r['_zero_shot'])} "
+            f"| {_fmt(r['_metric'])} | {ci} | {r['n']} | {_fmt(r['_forgetting'], 3)} "
+            f"| {_num(r['train_wall_s_mean'], 1)} | {_num(r['tokens_per_s_mean'], 0)} "
+            f"| {_num(r['peak_rss_mb_mean'], 0)} | {r['status']} |")
     return "\n".join(lines) + "\n"
 
 

@@ -47,10 +47,9 @@ class PreferenceTask(GeneratesText, Task):
         if mode == "adapter_off" and not can.adapter:
             problems.append(f"preference.reference=adapter_off: method={run.method.name} has no adapter to switch off; "
                             "use preference.reference=separate (a second copy of the model) or precomputed")
-        elif mode == "adapter_off" and not can.starts_as_base and not run.init_adapter:
-            problems.append(f"preference.reference=adapter_off: a fresh method={run.method.name} adapter already "
-                            "changes the model, so the base is not the model the run starts from; "
-                            "use preference.reference=precomputed")
+        elif mode == "adapter_off" and run.method.adapter_off_differs() and not run.init_adapter:
+            problems.append(f"preference.reference=adapter_off: {run.method.adapter_off_differs()}, so the base is "
+                            "not the model the run starts from; use preference.reference=precomputed")
         if mode == "adapter_off" and run.init_adapter:
             problems.append("preference.reference=adapter_off with init_adapter: the reference would be the base, "
                             "not the model the policy starts from; use preference.reference=frozen_adapter "

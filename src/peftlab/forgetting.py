@@ -1,0 +1,96 @@
+"""Forgetting: how much a language model's loss on general text rises with fine-tuning.
+
+The mean token loss of the base model on the opening ``forgetting.tokens`` tokens of a prose text
+(cut into windows of ``forgetting.window`` tokens, each read from its own start), then of the
+trained model on the same windows; ``delta`` = after - before (> 0: the model got worse at general
+text). peft's method comparison reports the same kind of figure. The default text ships with
+peftlab: ``builtin:botchan`` (public-domain English prose; data/files/prose/SOURCE.md).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from peftlab.errors import ConfigError
+
+if TYPE_CHECKING:  # torch loads with the first model, not with the config checks
+    import torch
+
+PROSE = Path(__file__).parent / "data" / "files" / "prose"
+
+
+def text_path(spec: str) -> Path:
+    """``builtin:<name>`` (a file shipped in data/files/prose/) or a local UTF-8 text file."""
+    if spec.startswith("builtin:"):
+        name = spec.split(":", 1)[1]
+        known = sorted(p.stem for p in PROSE.glob("*.txt"))
+        if name not in known:
+            raise ConfigError(f"forgetting.text: no builtin text {name!r} (builtin: {', '.join(known)})")
+        return PROSE / f"{name}.txt"
+    path = Path(spec).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"forgetting.text: {spec} is not a file (a local UTF-8 text file, or builtin:botchan)")
+    return path
+
+
+def read_text(spec: str) -> str:
+    path = text_path(spec)
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"forgetting.text: {spec} is not UTF-8 text ({err.reason} at byte {err.start})") from None
+
+
+def windows(text: str, tokenizer: Any, tokens: int, window: int) -> torch.Tensor:
+    """The text's opening tokens as rows of ``window`` tokens (fewer rows if the text is short; the
+    tail that does not fill a row is left out)."""
+    import torch
+
+    ids = tokenizer(text, add_special_tokens=False).input_ids[:tokens]
+    rows = len(ids) // window
+    if rows == 0:
+        raise ConfigError(f"forgetting.text: {len(ids)} tokens, fewer than one forgetting.window of {window}")
+    return torch.tensor(ids[: rows * window]).view(rows, window)
+
+
+def mean_token_loss(model: torch.nn.Module, rows: torch.Tensor, batch_size: int = 8) -> float:
+    """The mean next-token cross-entropy over every predicted token of ``rows`` (full windows, no
+    padding), in evaluation mode; the model's own mode is restored."""
+    import torch
+
+    was_training = model.training
+    model.eval()
+    device = next(p.device for p in model.parameters())
+    total, count = 0.0, 0
+    try:
+        for start in range(0, rows.shape[0], batch_size):
+            batch = rows[start:start + batch_size].to(device)
+            with torch.no_grad():
+                out = model(input_ids=batch, attention_mask=torch.ones_like(batch))
+            logits = out.logits[:, -batch.shape[1]:-1].float()  # prompt-learning models put virtual tokens first
+            targets = batch[:, 1:]
+            total += torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                                                       reduction="sum").item()
+            count += targets.numel()
+    finally:
+        model.train(was_training)
+    return total / count
+
+
+class Forgetting:
+    """Measures the base before the method is applied and the trained model after; ``record`` is
+    what metrics.json holds under ``forgetting``."""
+
+    def __init__(self, cfg: Any, tokenizer: Any, model: torch.nn.Module):
+        limit = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
+        window = min(cfg.window, limit) if limit else cfg.window
+        self.cfg = cfg
+        self.rows = windows(read_text(cfg.text), tokenizer, cfg.tokens, window)
+        self.before = mean_token_loss(model, self.rows)
+
+    def record(self, trained: torch.nn.Module) -> dict[str, Any]:
+        after = mean_token_loss(trained, self.rows)
+        return {"text": self.cfg.text, "tokens": int(self.rows.numel()), "window": int(self.rows.shape[1]),
+                "loss_before": round(self.before, 6), "loss_after": round(after, 6),
+                "delta": round(after - self.before, 6)}
