@@ -157,6 +157,16 @@ CASES = [
     ("prompt with adapter_off", "peftlab-train", ["data=date_prefs", "method=prompt"],
      "a fresh method=prompt adapter already changes the model, so the base is not the model the run starts "
      "from; use preference.reference=precomputed"),
+    ("pissa with adapter_off", "peftlab-train", ["data=date_prefs", "method.init=pissa"],
+     "preference.reference=adapter_off: method.init=pissa moves part of every targeted weight into the adapter"),
+    ("adalora without a step count", "peftlab-train", ["method=adalora", "trainer.max_steps=-1",
+                                                      "trainer.max_epochs=1"],
+     "method.total_step must be the run's number of optimizer steps (> 0; set it when trainer.max_steps is -1), "
+     "got -1"),
+    ("unknown lora init", "peftlab-train", ["method.init=kaiming"],
+     "method.init must be one of default, gaussian, pissa, olora, eva, got 'kaiming'"),
+    ("missing forgetting text", "peftlab-train", ["forgetting.text={out}/nope.txt"],
+     "forgetting.text: {out}/nope.txt is not a file (a local UTF-8 text file, or builtin:botchan)"),
     ("adapter_off after sft", "peftlab-train", ["data=date_prefs", "init_adapter={finished}/adapter"],
      "preference.reference=adapter_off with init_adapter: the reference would be the base"),
     ("frozen_adapter without one", "peftlab-train", ["data=date_prefs", "preference=dpo",

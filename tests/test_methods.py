@@ -31,7 +31,10 @@ FAMILIES = {  # family -> (model, data, extra overrides)
 }
 # GPT-2 has fused Conv1D layers, which some peft tuners refuse (with a clear message)
 MAY_REFUSE = {"gpt2"}
-CELLS = [(m, f) for m in sorted(METHODS) for f in FAMILIES]
+TASK_TYPES = {"dates": "causal_lm", "reviews": "seq_cls"}
+# the cells where the method serves the family's task (trainable tokens: language models only)
+CELLS = [(m, f) for m in sorted(METHODS) for f in FAMILIES
+         if TASK_TYPES[FAMILIES[f][1]] in (METHODS[m].capabilities.task_types or TASK_TYPES.values())]
 
 
 def setup_cell(method: str, family: str, cache_dir, extra=()):

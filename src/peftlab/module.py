@@ -90,6 +90,7 @@ class PeftLabModule(L.LightningModule):
 
     def on_fit_start(self) -> None:
         self.model.train()  # from_pretrained returns eval mode; dropout must be on while training
+        self._hooked_step = self.trainer.global_step  # the step the run starts at (a resumed run: its own)
 
     # ---------------------------------------------------------------------------------- steps
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
@@ -114,7 +115,7 @@ class PeftLabModule(L.LightningModule):
         if self.hooks is None or self.hooks.after_step is None:
             return
         step = self.trainer.global_step
-        if step != self._hooked_step:
+        if step != self._hooked_step:  # an optimizer step was taken (not an accumulated batch)
             self._hooked_step = step
             self.hooks.after_step(self.model, step - 1)
 

@@ -275,24 +275,6 @@ class TrainerSchema:
         _check(ok, "trainer.val_check_interval", "must be a positive integer, a fraction in (0, 1] or null", v)
 
 
-# ----------------------------------------------------------------------------------- forgetting
-@dataclass
-class ForgettingSchema:
-    """The change in mean token loss on general text with training (peftlab/forgetting.py); language
-    model tasks only."""
-
-    text: str = "builtin:botchan"  # builtin:<name> (data/files/prose/) or a local UTF-8 text file
-    tokens: int = 4096  # the text's opening tokens that are read
-    window: int = 256  # tokens per row (at most the model's context)
-
-    def __post_init__(self) -> None:
-        from peftlab.forgetting import text_path
-
-        _check(self.tokens > 1, "forgetting.tokens", "must be > 1", self.tokens)
-        _check(self.window > 1, "forgetting.window", "must be > 1", self.window)
-        text_path(self.text)
-
-
 # ---------------------------------------------------------------------------------------- paths
 @dataclass
 class PathsSchema:

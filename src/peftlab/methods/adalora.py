@@ -20,14 +20,16 @@ from peftlab.methods.targets import check_target_modules, peft_kwargs
 
 @dataclass
 class AdaLoraSchema(MethodSchema):
-    """Ranks start at ``init_r`` per layer; between steps ``tinit`` and ``total_step - tfinal`` the
-    budget falls to ``target_r`` per layer on average, reallocated every ``deltaT`` steps."""
+    """Ranks start at ``init_r`` per layer; after the first ``tinit_share`` of the steps and until
+    the last ``tfinal_share`` the budget falls to ``target_r`` per layer on average, reallocated
+    every ``deltaT`` steps. The schedule is given as shares of the run (peft takes steps: the paper's
+    step counts belong to its run lengths), so that it holds when trainer.max_steps changes."""
 
     name: str = "adalora"
     init_r: int = 12
     target_r: int = 8
-    tinit: int = 10  # steps before any pruning
-    tfinal: int = 20  # steps at the final budget, at the end
+    tinit_share: float = 1 / 6  # of the steps, before any pruning
+    tfinal_share: float = 1 / 3  # of the steps, at the final budget, at the end
     deltaT: int = 5  # steps between two allocations
     beta1: float = 0.85  # smoothing of the importance
     beta2: float = 0.85  # smoothing of its uncertainty
@@ -41,19 +43,24 @@ class AdaLoraSchema(MethodSchema):
         check(self.init_r > 0, "method.init_r", "must be > 0", self.init_r)
         check(0 < self.target_r <= self.init_r, "method.target_r", f"must be in [1, method.init_r={self.init_r}]",
               self.target_r)
-        check(self.tinit >= 0, "method.tinit", "must be >= 0", self.tinit)
-        check(self.tfinal >= 0, "method.tfinal", "must be >= 0", self.tfinal)
+        check(0 <= self.tinit_share < 1, "method.tinit_share", "must be in [0, 1)", self.tinit_share)
+        check(0 <= self.tfinal_share < 1, "method.tfinal_share", "must be in [0, 1)", self.tfinal_share)
         check(self.deltaT > 0, "method.deltaT", "must be > 0", self.deltaT)
         for key in ("beta1", "beta2"):
             check(0.0 <= getattr(self, key) < 1.0, f"method.{key}", "must be in [0, 1)", getattr(self, key))
         check(self.orth_reg_weight >= 0, "method.orth_reg_weight", "must be >= 0", self.orth_reg_weight)
         check(self.total_step is not None and self.total_step > 0, "method.total_step",
               "must be the run's number of optimizer steps (> 0; set it when trainer.max_steps is -1)", self.total_step)
-        check(self.tinit + self.tfinal < self.total_step, "method.tinit",
-              f"plus method.tfinal must be below method.total_step={self.total_step} (no step would prune)",
-              self.tinit)
+        tinit, tfinal = self.steps()
+        check(tinit + tfinal < self.total_step, "method.tinit_share",
+              f"plus method.tfinal_share must leave steps to prune in (of total_step={self.total_step}: "
+              f"{tinit} + {tfinal} steps)", self.tinit_share)
         check(0.0 <= self.lora_dropout < 1.0, "method.lora_dropout", "must be in [0, 1)", self.lora_dropout)
         module_names("method.target_modules", self.target_modules)
+
+    def steps(self) -> tuple[int, int]:
+        """peft's tinit and tfinal, in steps."""
+        return round(self.tinit_share * self.total_step), round(self.tfinal_share * self.total_step)
 
     def check(self, run: Any) -> list[str]:
         problems = super().check(run)
@@ -67,7 +74,17 @@ def build(cfg: AdaLoraSchema, ctx: BuildContext) -> Any:
     from peft import AdaLoraConfig
 
     check_target_modules(ctx.model, cfg.target_modules)
-    return AdaLoraConfig(task_type=ctx.task.peft_task_type, **peft_kwargs(cfg))
+    tinit, tfinal = cfg.steps()
+    return AdaLoraConfig(task_type=ctx.task.peft_task_type, tinit=tinit, tfinal=tfinal,
+                         **peft_kwargs(cfg, drop=("tinit_share", "tfinal_share")))
+
+
+def freeze_rank_counts(model: Any, cfg: AdaLoraSchema, ctx: BuildContext) -> None:
+    """peft keeps each layer's rank count as a parameter it freezes; built on the meta device
+    (accelerate's empty weights) it comes out trainable, and parameter counts would differ."""
+    for name, p in model.named_parameters():
+        if ".ranknum." in name:
+            p.requires_grad_(False)
 
 
 def allocate(model: Any, step: int) -> None:
@@ -94,5 +111,6 @@ register_method(
     "adalora", AdaLoraSchema, build,
     trains="SVD-form low-rank updates P·Λ·Q whose ranks are pruned to a budget during training",
     capabilities=Capabilities(mergeable=True, per_step_hook=True),
+    initialise=freeze_rank_counts,
     hooks=MethodHooks(after_step=allocate, loss_term=orthogonality_penalty),
 )

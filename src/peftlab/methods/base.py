@@ -41,7 +41,8 @@ class MethodSpec:
     build: Optional[Callable[[Any, BuildContext], Any]]  # (schema, context) -> peft config; None: no wrapper
     trains: str  # what trains, in a few words (the capability table)
     capabilities: Capabilities
-    # (peft model, schema, context) -> None: sets the initial values of what trains, after wrapping
+    # (peft model, schema, context) -> None: sets the initial values of what trains, after wrapping (also on
+    # the meta device, ``context.meta``, where nothing may read weights)
     initialise: Optional[Callable[[Any, Any, BuildContext], None]] = None
     hooks: MethodHooks = None  # type: ignore[assignment]  (register_method sets it)
 
@@ -116,7 +117,7 @@ def apply_method(backbone: nn.Module, cfg: MethodSchema, ctx: BuildContext,
             model = get_peft_model(backbone, peft_config)
         except (ValueError, TypeError) as err:  # peft's own checks, e.g. an unsupported module type
             raise ConfigError(f"method ({cfg.name}): {str(err).splitlines()[0]}") from err
-        if spec.initialise is not None and not ctx.meta:
+        if spec.initialise is not None:  # on the meta device too: an initialise that reads weights skips it
             spec.initialise(model, cfg, ctx)
     set_trainable(model, spec)
     return model

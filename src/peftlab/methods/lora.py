@@ -105,6 +105,8 @@ def build(cfg: LoraSchema, ctx: BuildContext) -> Any:
 def initialise(model: Any, cfg: LoraSchema, ctx: BuildContext) -> None:
     """eva: A from the training batches' activations. pissa / olora: keep the starting adapter (in a
     temporary folder, with peft's plain initialisation recorded) for the conversion at saving."""
+    if ctx.meta:  # counting parameters: nothing to initialise
+        return
     if cfg.init == "eva":
         from peft import initialize_lora_eva_weights
 

@@ -91,7 +91,7 @@ def initialise_prefix(model: Any, cfg: PrefixSchema, ctx: BuildContext) -> None:
     ``init_text`` (as a system turn when the tokenizer has a chat template), so that training
     starts from the model's behaviour with real words before the input, not from random vectors in
     every layer (Li & Liang, 2021, section 7.2: initialisation with real words)."""
-    if cfg.init != "text":
+    if cfg.init != "text" or ctx.meta:
         return
     from peft import initialize_kv_prefix_from_text
 

@@ -59,5 +59,7 @@ def build(cfg: TrainableTokensSchema, ctx: BuildContext) -> Any:
 register_method(
     "trainable_tokens", TrainableTokensSchema, build,
     trains="the embedding rows of chosen tokens (default: the special tokens)",
-    capabilities=Capabilities(mergeable=True, meta_device=False),
+    # peft trains no classification head beside trainable tokens (it has no modules_to_save): language
+    # models only
+    capabilities=Capabilities(mergeable=True, meta_device=False, task_types=("causal_lm", "preference")),
 )
