@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from peftlab.config import validate
+from peftlab.config.plugins import served_task_types
 from peftlab.errors import ConfigError
 from peftlab.methods import METHODS
 from peftlab.module import PeftLabModule, build_optimizer
@@ -34,7 +35,7 @@ MAY_REFUSE = {"gpt2"}
 TASK_TYPES = {"dates": "causal_lm", "reviews": "seq_cls"}
 # the cells where the method serves the family's task (trainable tokens: language models only)
 CELLS = [(m, f) for m in sorted(METHODS) for f in FAMILIES
-         if TASK_TYPES[FAMILIES[f][1]] in (METHODS[m].capabilities.task_types or TASK_TYPES.values())]
+         if TASK_TYPES[FAMILIES[f][1]] in served_task_types(METHODS[m].capabilities)]
 
 
 def setup_cell(method: str, family: str, cache_dir, extra=()):

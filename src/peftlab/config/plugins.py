@@ -30,6 +30,7 @@ class Capabilities:
     # from (LoRA's zero B, IA3's ones); not so for virtual tokens (prefix, prompt, P-tuning)
     starts_as_base: bool = True
     task_types: Optional[tuple[str, ...]] = None  # None: every task type
+    language_models_only: bool = False  # only the task types whose model generates text (a causal LM head)
 
 
 @dataclass
@@ -52,8 +53,8 @@ class MethodSchema:
         """Problems with this method in ``run`` (a validated top-level config), one line each."""
         problems = []
         data, precision = getattr(run, "data", None), getattr(run, "precision", None)
-        supported = self.capabilities.task_types
-        if data is not None and supported is not None and data.task_type not in supported:
+        supported = served_task_types(self.capabilities)
+        if data is not None and data.task_type not in supported:
             problems.append(f"method={self.name} does not serve data.task_type={data.task_type} "
                             f"(it serves {', '.join(supported)})")
         if precision is not None and precision.quantize and not self.capabilities.quantized_base:
@@ -64,6 +65,7 @@ class MethodSchema:
 
 METHOD_SCHEMAS: dict[str, type[MethodSchema]] = {}
 TASK_TYPES: list[str] = []
+GENERATIVE_TASK_TYPES: set[str] = set()
 
 
 def register_method_schema(name: str, schema: type[MethodSchema]) -> None:
@@ -83,10 +85,18 @@ def method_schema(name: Optional[str]) -> type[MethodSchema]:
         raise ConfigError(f"method.name: unknown method {name!r} (known: {known})") from None
 
 
-def register_task_type(name: str) -> None:
+def register_task_type(name: str, generative: bool = False) -> None:
     if name not in TASK_TYPES:
         TASK_TYPES.append(name)
+    if generative:
+        GENERATIVE_TASK_TYPES.add(name)
 
 
 def task_types() -> tuple[str, ...]:
     return tuple(TASK_TYPES)
+
+
+def served_task_types(capabilities: Capabilities) -> tuple[str, ...]:
+    """The task types a method with these capabilities serves."""
+    return tuple(t for t in (capabilities.task_types or TASK_TYPES)
+                 if not capabilities.language_models_only or t in GENERATIVE_TASK_TYPES)

@@ -7,7 +7,7 @@ table into the README between its markers; a test compares the two.
 
 from __future__ import annotations
 
-from peftlab.config.plugins import task_types
+from peftlab.config.plugins import served_task_types
 from peftlab.methods.base import METHODS
 
 COLUMNS = ("method", "what trains", "task types", "merges", "8/4-bit base", "counts on meta device",
@@ -24,7 +24,7 @@ def capability_table() -> str:
     for name in sorted(METHODS):
         spec = METHODS[name]
         c = spec.capabilities
-        tasks = ", ".join(f"`{t}`" for t in (c.task_types or task_types()))
+        tasks = ", ".join(f"`{t}`" for t in served_task_types(c))
         rows.append("| " + " | ".join([
             f"`{name}`", spec.trains, tasks, _yes(c.mergeable), _yes(c.quantized_base), _yes(c.meta_device),
             _yes(c.per_step_hook), _yes(c.adapter and c.starts_as_base)]) + " |")

@@ -61,5 +61,5 @@ register_method(
     trains="the embedding rows of chosen tokens (default: the special tokens)",
     # peft trains no classification head beside trainable tokens (it has no modules_to_save): language
     # models only
-    capabilities=Capabilities(mergeable=True, meta_device=False, task_types=("causal_lm", "preference")),
+    capabilities=Capabilities(mergeable=True, meta_device=False, language_models_only=True),
 )

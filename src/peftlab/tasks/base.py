@@ -143,7 +143,7 @@ def register_task(cls: type[Task]) -> type[Task]:
     if cls.name in TASKS:
         raise ValueError(f"task type {cls.name!r} is registered twice")
     TASKS[cls.name] = cls
-    register_task_type(cls.name)
+    register_task_type(cls.name, generative=cls.generative)
     return cls
 
 
