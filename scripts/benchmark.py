@@ -145,7 +145,7 @@ def route_lean(args: argparse.Namespace, pack: bool = False) -> dict[str, Any]:
     import torch
     from peft import get_peft_model
 
-    from peftlab.memory import peak_rss_mb
+    from peftlab.runs.memory import peak_rss_mb
 
     memory = {"imports_mb": round(current_rss_mb(), 1)}
     conf, task, backbone, examples = setup(args)
@@ -238,10 +238,12 @@ def route_trl(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_route(name: str, args: argparse.Namespace) -> dict[str, Any]:
-    from peftlab.cli import quiet_libraries
-    from peftlab.memory import peak_rss_mb
+    from peftlab.engine.trainer import quiet_lightning
+    from peftlab.models.quiet import quiet_libraries
+    from peftlab.runs.memory import peak_rss_mb
 
     quiet_libraries()
+    quiet_lightning()
     if name == "peftlab":
         result = route_peftlab(args, "lora")
     elif name == "peftlab_full":

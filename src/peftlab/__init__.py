@@ -5,17 +5,27 @@ From Python (a notebook, a script), the commands are functions (peftlab/api.py):
     import peftlab
     run = peftlab.train(["method=lora", "method.r=4"])
     peftlab.evaluate(run["run_dir"]); peftlab.merge(run["run_dir"]); peftlab.report([run["run_dir"]])
+
+Importing peftlab loads nothing else: the functions load with their first use.
 """
+
+from __future__ import annotations
+
+from typing import Any
 
 __version__ = "0.1.0"
 
-# The command modules first: importing a submodule binds its name on the package, so the modules
-# peftlab.train, peftlab.merge, peftlab.report and peftlab.generate are loaded before the functions take those names
-# (the console scripts and `from peftlab.train import ...` still reach the modules).
-from peftlab import generate as _generate_command  # noqa: E402,F401
-from peftlab import merge as _merge_command  # noqa: E402,F401
-from peftlab import report as _report_command  # noqa: E402,F401
-from peftlab import train as _train_command  # noqa: E402,F401
-from peftlab.api import compose, evaluate, generate, merge, report, train  # noqa: E402
+API = ("compose", "evaluate", "generate", "merge", "report", "train")
+__all__ = ["__version__", *API]
 
-__all__ = ["__version__", "compose", "evaluate", "generate", "merge", "report", "train"]
+
+def __getattr__(name: str) -> Any:
+    if name in API:
+        from peftlab import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'peftlab' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *API])

@@ -42,8 +42,8 @@ def compose(command: str, overrides: Overrides = None) -> DictConfig:
 
     import peftlab.methods  # noqa: F401  (registers the method plug-ins)
     import peftlab.tasks  # noqa: F401  (registers the task plug-ins)
-    from peftlab.cli import describe
     from peftlab.config import CONF_DIR
+    from peftlab.config.messages import describe, user_errors
 
     overrides = list(overrides or [])
     if any(o in ("-m", "--multirun") for o in overrides):
@@ -55,9 +55,7 @@ def compose(command: str, overrides: Overrides = None) -> DictConfig:
     except PeftlabError:
         raise
     except Exception as err:
-        from peftlab.cli import _user_errors
-
-        if isinstance(err, _user_errors()):
+        if isinstance(err, user_errors()):
             raise ConfigError(describe(err)) from None
         raise
 
@@ -65,15 +63,16 @@ def compose(command: str, overrides: Overrides = None) -> DictConfig:
 def train(overrides: Overrides = None) -> dict[str, Any]:
     """``peftlab-train <overrides>`` (one run; ``resume=<run_dir>`` continues a killed one): the
     run's metrics.json as a dictionary, with ``run_dir``."""
-    from peftlab.outputs import check_fresh_run_dir, folder_lock
-    from peftlab.train import resume_args
-    from peftlab.train import train as train_job
+    from peftlab.engine.train import train_from_config
+    from peftlab.runs.folders import check_fresh_run_dir
+    from peftlab.runs.locks import folder_lock
+    from peftlab.runs.resume import resume_args
 
     def work(cfg: DictConfig, out: Path, save_hydra: Callable[[], None]) -> dict[str, Any]:
         with folder_lock(out):  # before anything is written into a folder that may hold a run
             check_fresh_run_dir(out)
             save_hydra()
-            return train_job(cfg)
+            return train_from_config(cfg, out)
 
     metrics, out = _call("train", resume_args(list(overrides or [])), work)
     return {**metrics, "run_dir": str(out)}
@@ -82,11 +81,11 @@ def train(overrides: Overrides = None) -> dict[str, Any]:
 def evaluate(run_dir: Optional[str | Path] = None, overrides: Overrides = None) -> dict[str, Any]:
     """``peftlab-eval run_dir=<run_dir> <overrides>``: eval.json as a dictionary, with ``out_dir``
     (the command's own folder, outputs/evals/<stamp> unless ``hydra.run.dir=`` says otherwise)."""
-    from peftlab.eval import evaluate_cfg
+    from peftlab.engine.evaluate import evaluate_from_config
 
     def work(cfg: DictConfig, out: Path, save_hydra: Callable[[], None]) -> dict[str, Any]:
         save_hydra()
-        return evaluate_cfg(cfg)
+        return evaluate_from_config(cfg, out)
 
     result, out = _call("eval", _with_run_dir(run_dir, overrides), work)
     return {**result, "out_dir": str(out)}
@@ -95,11 +94,11 @@ def evaluate(run_dir: Optional[str | Path] = None, overrides: Overrides = None) 
 def merge(run_dir: str | Path, overrides: Overrides = None) -> dict[str, Any]:
     """``peftlab-merge run_dir=<run_dir> <overrides>``: merge_report.json as a dictionary (its
     ``out_dir`` is the merged model's folder)."""
-    from peftlab.merge import merge_cfg
+    from peftlab.export import merge_from_config
 
     def work(cfg: DictConfig, out: Path, save_hydra: Callable[[], None]) -> dict[str, Any]:
         save_hydra()  # the command's own folder (outputs/merges/<stamp>) keeps a copy of the report
-        return merge_cfg(cfg)
+        return merge_from_config(cfg, out)
 
     return _call("merge", _with_run_dir(run_dir, overrides), work)[0]
 
@@ -107,17 +106,17 @@ def merge(run_dir: str | Path, overrides: Overrides = None) -> dict[str, Any]:
 def report(paths: Sequence[str | Path], overrides: Overrides = None) -> dict[str, Any]:
     """``peftlab-report <paths> <overrides>``: report.json as a dictionary (written to
     <path>/report for one folder, else ``out_dir=`` or outputs/reports/<stamp>)."""
-    from peftlab.report import positional_to_inputs, report_cfg
+    from peftlab.reporting import inputs_override, report_from_config
 
-    args = positional_to_inputs([*map(str, paths), *(overrides or [])])
-    return _call("report", args, lambda cfg, out, save_hydra: report_cfg(cfg))[0]
+    args = [inputs_override([str(p) for p in paths]), *(overrides or [])] if paths else list(overrides or [])
+    return _call("report", args, lambda cfg, out, save_hydra: report_from_config(cfg, out))[0]
 
 
 def generate(run_dir: str | Path, prompts: Sequence[str], overrides: Overrides = None) -> list[dict[str, Any]]:
     """``peftlab-generate run_dir=<run_dir>`` on ``prompts``: one dict per prompt, its ``answer``
     (and, for classification, the label's ``probability``). Overrides as the command's
     (``merged=true``, ``do_sample=true``, ``max_new_tokens=``...)."""
-    from peftlab.generate import generate_cfg
+    from peftlab.engine.generate import generate_from_config
 
     prompts = list(prompts)
     if not prompts or not all(isinstance(p, str) for p in prompts):
@@ -126,7 +125,7 @@ def generate(run_dir: str | Path, prompts: Sequence[str], overrides: Overrides =
     def work(cfg: DictConfig, out: Path, save_hydra: Callable[[], None]) -> dict[str, Any]:
         with open_dict(cfg):
             cfg.prompt = prompts[0]  # what the command would have been given; all of them are answered
-        return {"answers": generate_cfg(cfg, prompts)}
+        return {"answers": generate_from_config(cfg, prompts)}
 
     return _call("generate", _with_run_dir(run_dir, overrides), work)[0]["answers"]
 
@@ -146,7 +145,7 @@ def _call(command: str, overrides: list[str], work: Work) -> tuple[dict[str, Any
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from peftlab.outputs import discard_unstarted_run_dir
+    from peftlab.runs.folders import discard_unstarted_run_dir
 
     full = compose(command, overrides)
     out = Path(str(full.hydra.run.dir))  # resolved once: the ${now:...} stamp

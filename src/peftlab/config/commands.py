@@ -31,19 +31,16 @@ from peftlab.errors import ConfigError
 
 @dataclass
 class ForgettingSchema:
-    """The change in mean token loss on general text with training (peftlab/forgetting.py); language
-    model tasks only."""
+    """The change in mean token loss on general text with training (peftlab/engine/forgetting.py);
+    language model tasks only. The text is looked for when the run starts, before any work."""
 
     text: str = "builtin:botchan"  # builtin:<name> (data/files/prose/) or a local UTF-8 text file
     tokens: int = 4096  # the text's opening tokens that are read
     window: int = 256  # tokens per row (at most the model's context)
 
     def __post_init__(self) -> None:
-        from peftlab.forgetting import text_path
-
         _check(self.tokens > 1, "forgetting.tokens", "must be > 1", self.tokens)
         _check(self.window > 1, "forgetting.window", "must be > 1", self.window)
-        text_path(self.text)
 
 
 @dataclass

@@ -9,6 +9,7 @@ Three steps, every problem reported with its full key and bad value:
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import re
 from typing import Any, Type, TypeVar
 
@@ -16,8 +17,8 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
 
 from peftlab.config.commands import TrainSchema
+from peftlab.config.instantiate import disallowed_targets
 from peftlab.config.plugins import method_schema
-from peftlab.config.targets import disallowed_targets
 from peftlab.errors import ConfigError
 
 T = TypeVar("T")
@@ -72,34 +73,11 @@ def _strict_merge(group: str, schema: Any, node: Any) -> DictConfig:
 
 def validate(cfg: DictConfig, schema: Type[T] = TrainSchema) -> T:
     """Check ``cfg`` against ``schema`` and return the typed config object."""
-    errors: list[str] = []
     known = _field_names(schema)
-    hints = _resolved_hints(schema)
-    for key in cfg.keys():
-        if key not in known:
-            errors.append(f"{key}: unknown key (known top-level keys: {', '.join(known)})")
-    groups: dict[str, Any] = {}  # typed group objects, or plain dicts for Dict fields
-    scalars: dict[str, Any] = {}
-    for name in known:
-        if name not in cfg:
-            continue
-        node = cfg._get_node(name)
-        if not isinstance(node, DictConfig):
-            scalars[name] = node
-            continue
-        try:
-            sub = _schema_of(name, node, hints.get(name))
-            groups[name] = OmegaConf.to_object(_strict_merge(name, sub, node) if sub else node)
-        except ConfigError as err:
-            errors.append(str(err))
-        except OmegaConfBaseException as err:
-            errors.append(omegaconf_message(err, name))
-    try:  # type-check the top-level scalars against the schema
-        top = OmegaConf.merge(OmegaConf.structured(schema), scalars)
-        values = {k: _value(top, k) for k in scalars}
-    except OmegaConfBaseException as err:
-        errors.append(omegaconf_message(err))
-        values = {}
+    errors = [f"{key}: unknown key (known top-level keys: {', '.join(known)})" for key in cfg.keys()
+              if key not in known]
+    groups = _typed_groups(cfg, schema, errors)
+    values = _typed_scalars(cfg, schema, set(groups), errors)
     if errors:
         raise ConfigError("; ".join(errors))
     missing = [f.name for f in dataclasses.fields(schema)
@@ -112,6 +90,36 @@ def validate(cfg: DictConfig, schema: Type[T] = TrainSchema) -> T:
         raise ConfigError(omegaconf_message(err)) from None
     _cross_checks(obj)
     return obj
+
+
+def _typed_groups(cfg: DictConfig, schema: Any, errors: list[str]) -> dict[str, Any]:
+    """Each config group as its typed object (or a plain dict for a Dict field); problems go to ``errors``."""
+    hints = _resolved_hints(schema)
+    groups: dict[str, Any] = {}
+    for name in _field_names(schema):
+        node = cfg._get_node(name) if name in cfg else None
+        if not isinstance(node, DictConfig):
+            continue
+        try:
+            sub = _schema_of(name, node, hints.get(name))
+            groups[name] = OmegaConf.to_object(_strict_merge(name, sub, node) if sub else node)
+        except ConfigError as err:
+            errors.append(str(err))
+        except OmegaConfBaseException as err:
+            errors.append(omegaconf_message(err, name))
+    return groups
+
+
+def _typed_scalars(cfg: DictConfig, schema: Any, groups: set[str], errors: list[str]) -> dict[str, Any]:
+    """The top-level values that are not groups, type-checked against the schema."""
+    scalars = {name: cfg._get_node(name) for name in _field_names(schema)
+               if name in cfg and name not in groups and not isinstance(cfg._get_node(name), DictConfig)}
+    try:
+        top = OmegaConf.merge(OmegaConf.structured(schema), scalars)
+        return {k: _value(top, k) for k in scalars}
+    except OmegaConfBaseException as err:
+        errors.append(omegaconf_message(err))
+        return {}
 
 
 def _value(cfg: DictConfig, name: str) -> Any:
@@ -136,9 +144,14 @@ def _has_cuda() -> bool:
 
 def _cross_checks(obj: Any) -> None:
     """Checks that involve more than one field; every problem is collected, then raised once."""
+    errors = [*_precision_checks(obj), *_fit_checks(obj), *_target_checks(obj)]
+    if errors:
+        raise ConfigError("; ".join(errors))
+
+
+def _precision_checks(obj: Any) -> list[str]:
+    precision, hardware = getattr(obj, "precision", None), getattr(obj, "hardware", None)
     errors: list[str] = []
-    precision = getattr(obj, "precision", None)
-    hardware = getattr(obj, "hardware", None)
     if precision is not None and hardware is not None:
         if precision.trainer.startswith("16") and hardware.accelerator == "cpu":
             errors.append(f"precision.trainer={precision.trainer} needs a GPU (hardware.accelerator=cpu); "
@@ -146,18 +159,30 @@ def _cross_checks(obj: Any) -> None:
         if precision.quantize and hardware.strategy == "fsdp":
             errors.append(f"precision={precision.name} does not combine with hardware.strategy=fsdp: a quantized "
                           "base is already small; use hardware=ddp")
-    if precision is not None and precision.quantize:
-        from peftlab.precision import check_bitsandbytes
+    if precision is not None and precision.quantize and importlib.util.find_spec("bitsandbytes") is None:
+        errors.append(f"precision={precision.name} needs the bitsandbytes package (pip install -e '.[quant]'; make "
+                      "installs it)")
+    if hardware is not None and hardware.accelerator in ("gpu", "cuda") and not _has_cuda():
+        errors.append(f"hardware.accelerator={hardware.accelerator}: this machine has no CUDA device "
+                      "(torch.cuda.is_available() is False); use hardware=cpu")
+    return errors
 
-        problem = check_bitsandbytes(precision)
-        if problem:
-            errors.append(problem)
+
+def _fit_checks(obj: Any) -> list[str]:
+    """The model serves the data's task type, and the method accepts the rest (its own refusals)."""
     model, data, method = getattr(obj, "model", None), getattr(obj, "data", None), getattr(obj, "method", None)
+    errors: list[str] = []
     if model is not None and data is not None and data.task_type not in model.tasks:
         errors.append(f"data.task_type={data.task_type} (data={data.name}) does not fit model={model.name}, "
                       f"which serves {', '.join(model.tasks)}")
     if method is not None:
         errors += method.check(obj)  # the method's own refusals (peftlab.methods)
+    return errors
+
+
+def _target_checks(obj: Any) -> list[str]:
+    """Callbacks, loggers and the optimizer name only targets peftlab allows (config/instantiate.py)."""
+    errors: list[str] = []
     for group in ("callbacks", "logger"):
         for name, node in (getattr(obj, group, None) or {}).items():
             if node is not None and (not isinstance(node, dict) or "_target_" not in node):
@@ -166,8 +191,4 @@ def _cross_checks(obj: Any) -> None:
     optim = getattr(obj, "optim", None)
     if optim is not None:
         errors += disallowed_targets(optim.optimizer, "optim.optimizer")
-    if hardware is not None and hardware.accelerator in ("gpu", "cuda") and not _has_cuda():
-        errors.append(f"hardware.accelerator={hardware.accelerator}: this machine has no CUDA device "
-                      "(torch.cuda.is_available() is False); use hardware=cpu")
-    if errors:
-        raise ConfigError("; ".join(errors))
+    return errors

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from torch.nn.utils.rnn import pad_sequence
 
 from peftlab.data.tokenize import IGNORE_INDEX
 
@@ -14,10 +15,10 @@ def counted(examples: list[dict[str, Any]]) -> torch.Tensor:
     return torch.tensor([not e.get("pad", False) for e in examples], dtype=torch.bool)
 
 
-def pad(seqs: list[list[int]], value: int, left: bool = False) -> torch.Tensor:
-    width = max(len(s) for s in seqs)
-    rows = [([value] * (width - len(s)) + s) if left else (s + [value] * (width - len(s))) for s in seqs]
-    return torch.tensor(rows, dtype=torch.long)
+def pad(seqs: list[list[int]] | list[torch.Tensor], value: int, left: bool = False) -> torch.Tensor:
+    """One tensor of rows padded with ``value`` to the longest (on the left for generation)."""
+    rows = [s if isinstance(s, torch.Tensor) else torch.tensor(s, dtype=torch.long) for s in seqs]
+    return pad_sequence(rows, batch_first=True, padding_value=value, padding_side="left" if left else "right")
 
 
 class CausalLMCollator:

@@ -19,7 +19,14 @@ from typing import Any, Callable, Iterator, Optional
 import torch
 from torch.utils.data import DataLoader
 
-from peftlab.distributed import rank_and_world
+
+def rank_and_world() -> tuple[int, int]:
+    """This process's rank and the number of processes (0, 1 outside a distributed run)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> list[int]:

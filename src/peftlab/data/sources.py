@@ -16,6 +16,7 @@ from peftlab.config.schema import DataSchema
 from peftlab.errors import DataError
 
 BUILTIN_DIR = Path(__file__).resolve().parent / "files"
+PROSE_DIR = BUILTIN_DIR / "prose"  # general text for the forgetting measurement, not a task
 WHERE = "__where__"  # each record remembers its file and line, for errors about it later
 SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 SPLIT_NAMES = {"train": ("train",), "val": ("val", "validation", "valid", "dev"), "test": ("test",)}
@@ -24,7 +25,7 @@ Splits = dict[str, list[dict[str, Any]]]
 
 
 def builtin_tasks() -> list[str]:
-    return sorted(p.name for p in BUILTIN_DIR.iterdir() if p.is_dir())
+    return sorted(p.name for p in BUILTIN_DIR.iterdir() if p.is_dir() and p != PROSE_DIR)
 
 
 def _require(row: dict[str, Any], fields: dict[str, str], where: str) -> None:

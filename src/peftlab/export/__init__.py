@@ -1,7 +1,32 @@
-"""Merge verification and export, as a library that ``peftlab-merge`` and ``merge_after`` call."""
+"""Merge verification and export: the library behind ``peftlab-merge`` and training's
+``merge_after`` (``merge.py``: the merge as named steps; ``verify.py``: the checks;
+``references.py``: what the merge is checked against, measured once)."""
 
-from peftlab.export.merge import VerificationError, check_mergeable, folder_mb, merge_run, summary
-from peftlab.export.verify import Tolerance, compare, tolerance
+from __future__ import annotations
 
-__all__ = ["VerificationError", "check_mergeable", "folder_mb", "merge_run", "summary", "Tolerance", "compare",
-           "tolerance"]
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import DictConfig
+
+import peftlab.methods  # noqa: F401  (registers the method schemas a run folder's config names)
+from peftlab.config import validate
+from peftlab.config.commands import MergeSchema
+from peftlab.runs.config import read_run_config
+from peftlab.runs.locks import folder_lock
+
+
+def merge_from_config(cfg: DictConfig, log_dir: Optional[Path] = None) -> dict[str, Any]:
+    """The work of ``peftlab-merge`` and ``peftlab.merge()``: the run folder's adapter merged into
+    ``out_dir`` (default ``<run_dir>/merged``), with a copy of the report in ``log_dir``."""
+    conf = validate(cfg, MergeSchema)
+    run_dir = Path(conf.run_dir)
+    # the run folder says which model and task; never whether to run remote code
+    run = read_run_config(run_dir, trust_remote_code=conf.trust_remote_code)
+    from peftlab.export.merge import MergeOptions, merge_run  # the heavy libraries, once the config is valid
+
+    options = MergeOptions(dtype=conf.dtype, cache_dir=conf.paths.cache_dir, verify_batches=conf.verify_batches,
+                           max_test_examples=conf.max_test_examples, min_top1=conf.min_top1)
+
+    with folder_lock(run_dir, key="run_dir"):  # no training or other merge of this run meanwhile
+        return merge_run(run_dir, run, Path(conf.out_dir) if conf.out_dir else run_dir / "merged", options, log_dir)

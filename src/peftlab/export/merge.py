@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gc
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -27,16 +28,16 @@ from peftlab.export.references import (
 from peftlab.export.verify import (
     Evaluation,
     compare,
-    evaluate_split,
     forward_ms,
     iter_logits,
     problems,
     same_predictions,
+    score_split,
     tolerance,
 )
-from peftlab.memory import peak_rss_mb, reset_peak_rss
 from peftlab.models import DTYPES
-from peftlab.outputs import atomic_path, remove_stale_temps, write_json
+from peftlab.runs.files import atomic_path, remove_stale_temps, write_json
+from peftlab.runs.memory import peak_rss_mb, reset_peak_rss
 
 log = logging.getLogger("peftlab.merge")
 
@@ -71,99 +72,156 @@ def folder_mb(path: Path) -> float:
     return round(sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file()) / 2**20, 2)
 
 
-def merge_run(run_dir: Path, run, out_dir: Path, dtype: Optional[str] = None, cache_dir: Optional[str] = None,
-              verify_batches: int = 2, report_dir: Optional[Path] = None, max_test_examples: Optional[int] = None,
-              min_top1: Optional[float] = None, adapter_test: Optional[Evaluation] = None) -> dict[str, Any]:
-    """Merge ``run_dir``'s adapter into its base, verify, and write the merged model to ``out_dir``.
+@dataclass(frozen=True)
+class MergeOptions:
+    """How a merge is made and checked (peftlab-merge's options; training's merge takes the defaults)."""
+
+    dtype: Optional[str] = None  # the merged model's dtype; None: the dtype the run trained in
+    cache_dir: Optional[str] = None  # where the base model is cached; None: the run's paths.cache_dir
+    verify_batches: int = 2  # validation batches whose logits are compared
+    max_test_examples: Optional[int] = None  # None: the whole test split for the prediction check
+    min_top1: Optional[float] = None  # top-1 agreement required; None: 1.0 for fp32, 0.99 for bf16/fp16
+
+
+def merge_run(run_dir: Path, run, out_dir: Path, options: MergeOptions = MergeOptions(),
+              report_dir: Optional[Path] = None, adapter_test: Optional[Evaluation] = None) -> dict[str, Any]:
+    """Merge ``run_dir``'s adapter into its base, verify, and write the merged model to ``out_dir``;
+    returns merge_report.json (also written to ``report_dir`` when given, passed or not).
 
     ``adapter_test``: the adapter model's test metrics and predictions when the caller has just
-    measured them on the same weights (training does), so the test split is not evaluated twice.
-
-    What is checked, and where: the merged model in memory against the adapter on one chunk of
-    validation examples (a cheap early failure before a whole model is written); the saved folder,
-    reloaded with plain transformers, against the adapter on every verification batch (logits, in
-    float64 too for fp32 exports), and on the whole test split (every prediction, and the metric)."""
-    gc.collect()  # what the caller (a training job) has let go
-    reset_peak_rss()
-    run_dir, out_dir = Path(run_dir), Path(out_dir)
-    check_mergeable(run_dir, run)
-    if out_dir.exists():
-        raise ConfigError(f"out_dir: {out_dir} already exists; it is never overwritten")
-    remove_stale_temps(out_dir.parent, out_dir.name)  # what a killed merge left (a whole model)
-    check_adapter_file(run_dir / "adapter")
-    dtype = dtype or run.precision.dtype
-    quantized = bool(run.precision.quantize)
-    r = RunModels(run_dir, run, dtype, cache_dir, max_test_examples, quantized=quantized)
-    batches = [b for _, b in zip(range(verify_batches), r.data.val_dataloader(), strict=False)]
-    timing = head(batches[0], TIMING)
-    quant: dict[str, Any] = {}
-    if quantized:  # QLoRA: the adapter as trained, on the quantized base; then the full-precision base it merges into
-        ref_q, base_q = measure_quantized(r, batches, adapter_test)
-        r.adapter_model(dtype)
-        with r.model.disable_adapter():
-            quant = {"base": run.precision.quantize, "min_top1": quantization_gap(base_q, list(
-                iter_logits(r.model, r.task, batches)))}
-    ref = measure_reference(r, batches, dtype, None if quantized else adapter_test)
-    if quantized:  # the metric the run tested (reported); the predictions the export must reproduce (fp adapter's)
-        ref.test = Evaluation(ref_q.test.metrics, ref.test.predictions)
-    report: dict[str, Any] = {"run_dir": str(run_dir), "out_dir": str(out_dir), "method": run.method.name,
-                              "base_model": r.backbone.path, "dtype": dtype, "probe_name": r.task.probe_name}
-    merged = unwrap_saved_modules((r.adapter_model("float32") if dtype != "float32" else r.model).merge_and_unload())
-    merged = merged.to(DTYPES[dtype])  # merged in fp32 (in place: no second copy of the weights), cast once
-    tokenizer = r.backbone.tokenizer
-    checks = {"in_memory": compare(ref.logits[:1], iter_logits(merged, r.task, [timing]))}
-    latency = {**ref.latency, "merged_ms": forward_ms(merged, timing, repeats=2, warm=True)}
-    tol = tolerance(dtype, r.data.sizes()["test"], min_top1, quantized)
-    compared = r.task.merge_metrics()
+    measured them on the same weights (training does), so the test split is not evaluated twice."""
+    job = MergeJob(Path(run_dir), run, Path(out_dir), options, adapter_test)
     try:
-        # exact exports (fp32) must agree everywhere, so one chunk can fail them; a lossy dtype's
-        # agreement share is judged over every batch, after the reload
-        early = [] if tol.max_abs is None else problems(
-            {"checks": checks, "metrics": {"adapter": {}, "merged": {}}}, tol, compared[0])
-        if early:  # the merge itself is wrong: stop before a whole model is written
-            report.update(tolerance=tol.__dict__, checks=checks, passed=False)
+        return job.run()
+    finally:
+        if report_dir is not None and "checks" in job.report:
+            write_json(Path(report_dir) / "merge_report.json", job.report)
+
+
+class MergeJob:
+    """A merge as named steps: check what can be checked first, load the adapter model, measure it
+    once, merge in fp32 and check the merge in memory on one chunk (a cheap early failure before a
+    whole model is written), then export, reload with plain transformers and check again on every
+    verification batch (logits, in float64 too for fp32 exports) and on the whole test split (every
+    prediction, and the metric), and only then rename the export into place."""
+
+    def __init__(self, run_dir: Path, run, out_dir: Path, options: MergeOptions, adapter_test: Optional[Evaluation]):
+        self.run_dir, self.conf, self.out_dir = run_dir, run, out_dir
+        self.options, self.adapter_test = options, adapter_test
+        self.dtype = options.dtype or run.precision.dtype
+        self.quantized = bool(run.precision.quantize)
+        self.report: dict[str, Any] = {}
+        self.quant: dict[str, Any] = {}
+
+    def run(self) -> dict[str, Any]:
+        gc.collect()  # what the caller (a training job) has let go
+        reset_peak_rss()
+        self.check()
+        self.load()
+        self.measure_adapter()
+        merged = self.merge_in_memory()
+        self.export(merged)
+        log.info("merged and verified\n%s", summary(self.report, self.compared[0]))
+        return self.report
+
+    def check(self) -> None:
+        check_mergeable(self.run_dir, self.conf)
+        if self.out_dir.exists():
+            raise ConfigError(f"out_dir: {self.out_dir} already exists; it is never overwritten")
+        remove_stale_temps(self.out_dir.parent, self.out_dir.name)  # what a killed merge left (a whole model)
+        check_adapter_file(self.run_dir / "adapter")
+
+    def load(self) -> None:
+        o = self.options
+        self.r = RunModels(self.run_dir, self.conf, self.dtype, o.cache_dir, o.max_test_examples,
+                           quantized=self.quantized)
+        self.batches = [b for _, b in zip(range(o.verify_batches), self.r.data.val_dataloader(), strict=False)]
+        self.timing = head(self.batches[0], TIMING)
+        self.tol = tolerance(self.dtype, self.r.data.sizes()["test"], o.min_top1, self.quantized)
+        self.compared = self.r.task.merge_metrics()
+        self.report = {"run_dir": str(self.run_dir), "out_dir": str(self.out_dir), "method": self.conf.method.name,
+                       "base_model": self.r.backbone.path, "dtype": self.dtype, "probe_name": self.r.task.probe_name}
+
+    def measure_adapter(self) -> None:
+        """The reference, measured once. QLoRA: the adapter as trained, on the quantized base, then
+        on the full-precision base it merges into (the predictions the export must reproduce)."""
+        r = self.r
+        if self.quantized:
+            self.ref_q, base_q = measure_quantized(r, self.batches, self.adapter_test)
+            r.adapter_model(self.dtype)
+            with r.model.disable_adapter():
+                self.quant = {"base": self.conf.precision.quantize, "min_top1": quantization_gap(base_q, list(
+                    iter_logits(r.model, r.task, self.batches)))}
+        self.ref = measure_reference(r, self.batches, self.dtype, None if self.quantized else self.adapter_test)
+        if self.quantized:  # the metric the run tested (reported); the predictions the fp adapter makes
+            self.ref.test = Evaluation(self.ref_q.test.metrics, self.ref.test.predictions)
+
+    def merge_in_memory(self):
+        """merge_and_unload in fp32 (in place: no second copy of the weights), cast once, checked on
+        one chunk; an exact export (fp32) that fails here stops before a whole model is written."""
+        r = self.r
+        model = r.adapter_model("float32") if self.dtype != "float32" else r.model
+        merged = unwrap_saved_modules(model.merge_and_unload()).to(DTYPES[self.dtype])
+        self.checks = {"in_memory": compare(self.ref.logits[:1], iter_logits(merged, r.task, [self.timing]))}
+        self.latency = {**self.ref.latency, "merged_ms": forward_ms(merged, self.timing, repeats=2, warm=True)}
+        # a lossy dtype's agreement share is judged over every batch, after the reload
+        early = [] if self.tol.max_abs is None else problems(
+            {"checks": self.checks, "metrics": {"adapter": {}, "merged": {}}}, self.tol, self.compared[0])
+        if early:
+            self.report.update(tolerance=self.tol.__dict__, checks=self.checks, passed=False)
             raise VerificationError("merge verification failed: " + "; ".join(early))
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(out_dir) as tmp:
+        return merged
+
+    def export(self, merged) -> None:
+        """Save into a temporary folder, reload it with plain transformers, verify, rename into place."""
+        r, tokenizer = self.r, self.r.backbone.tokenizer
+        self.out_dir.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(self.out_dir) as tmp:
             merged.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
             del merged
             r.model = r.backbone.model = None
             gc.collect()  # peft models hold reference cycles: free the merged weights before the reload
-            reloaded = r.task.auto_class().from_pretrained(tmp, dtype=DTYPES[dtype], local_files_only=True,
+            reloaded = r.task.auto_class().from_pretrained(tmp, dtype=DTYPES[self.dtype], local_files_only=True,
                                                            **r.task.model_kwargs()).eval()
-            checks["reloaded"] = compare(ref.logits, iter_logits(reloaded, r.task, batches))
-            if ref.logits64 is not None:
-                checks["reloaded"]["max_abs_error_fp64"] = compare(
-                    ref.logits64, iter_logits(reloaded.double(), r.task, [timing]))["max_abs_error"]
-                reloaded.float()
-            merged_test = evaluate_split(reloaded, r.task, tokenizer, r.data.test_dataloader())
-            checks["reloaded"].update(same_predictions(merged_test, ref.test))
-            if quantized:  # what the export changes against the adapter model the run tested
-                quant["vs_quantized_adapter"] = {**compare(ref_q.logits, iter_logits(reloaded, r.task, batches)),
-                                                 **same_predictions(merged_test, ref_q.test)}
-            report.update(
-                tolerance=tol.__dict__, checks=checks,
-                metrics={"adapter": _only(ref.test.metrics, compared), "merged": _only(merged_test.metrics, compared)},
+            merged_test = self.verify_reloaded(reloaded)
+            self.report.update(
+                tolerance=self.tol.__dict__, checks=self.checks,
+                metrics={"adapter": _only(self.ref.test.metrics, self.compared),
+                         "merged": _only(merged_test.metrics, self.compared)},
                 sizes_mb={"adapter": folder_mb(r.adapter), "merged": folder_mb(tmp)},
-                latency=latency | {"merged_over_base": round(latency["merged_ms"] / latency["base_ms"], 3)},
+                latency=self.latency | {"merged_over_base": round(self.latency["merged_ms"] / self.latency["base_ms"],
+                                                                  3)},
                 peak_rss_mb=round(peak_rss_mb(), 1),
                 chat_template=bool(getattr(tokenizer, "chat_template", None)),
-                **({"quantization": quant} if quant else {}),
+                **({"quantization": self.quant} if self.quant else {}),
             )
-            found = problems(report, tol, compared[0])
-            if quant and not quant["vs_quantized_adapter"]["top1_agreement"] >= quant["min_top1"]:
-                found.append(f"vs the adapter on the {quant['base']} base: top-1 agreement "
-                             f"{quant['vs_quantized_adapter']['top1_agreement']:.4f} < {quant['min_top1']:.4f}")
-            report["passed"] = not found
+            found = problems(self.report, self.tol, self.compared[0])
+            q = self.quant
+            if q and not q["vs_quantized_adapter"]["top1_agreement"] >= q["min_top1"]:
+                found.append(f"vs the adapter on the {q['base']} base: top-1 agreement "
+                             f"{q['vs_quantized_adapter']['top1_agreement']:.4f} < {q['min_top1']:.4f}")
+            self.report["passed"] = not found
             if found:
                 raise VerificationError("merge verification failed: " + "; ".join(found))
-            write_json(tmp / "merge_report.json", report)
-    finally:
-        if report_dir is not None and "checks" in report:
-            write_json(Path(report_dir) / "merge_report.json", report)
-    log.info("merged and verified\n%s", summary(report, compared[0]))
-    return report
+            write_json(tmp / "merge_report.json", self.report)
+
+    def verify_reloaded(self, reloaded) -> Evaluation:
+        """The reloaded export against the reference: logits on every verification batch (float64 too
+        for fp32 exports), and every test prediction; returns its test evaluation."""
+        r, ref = self.r, self.ref
+        checks = self.checks["reloaded"] = compare(ref.logits, iter_logits(reloaded, r.task, self.batches))
+        if ref.logits64 is not None:
+            checks["max_abs_error_fp64"] = compare(
+                ref.logits64, iter_logits(reloaded.double(), r.task, [self.timing]))["max_abs_error"]
+            reloaded.float()
+        merged_test = score_split(reloaded, r.task, r.backbone.tokenizer, r.data.test_dataloader())
+        checks.update(same_predictions(merged_test, ref.test))
+        if self.quantized:  # what the export changes against the adapter model the run tested
+            self.quant["vs_quantized_adapter"] = {**compare(self.ref_q.logits, iter_logits(reloaded, r.task,
+                                                                                         self.batches)),
+                                                  **same_predictions(merged_test, self.ref_q.test)}
+        return merged_test
 
 
 def unwrap_saved_modules(model):

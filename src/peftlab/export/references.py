@@ -8,9 +8,9 @@ import gc
 from pathlib import Path
 from typing import Any, Optional
 
-from peftlab.export.verify import Evaluation, Reference, compare, evaluate_split, forward_ms, iter_logits
+from peftlab.export.verify import Evaluation, Reference, compare, forward_ms, iter_logits, score_split
 from peftlab.models import load_backbone
-from peftlab.precision import device_map, quantization_config
+from peftlab.models.quantized import device_map, quantization_config
 from peftlab.tasks import make_task
 
 TIMING = 8  # examples of the batch whose forward latency is measured, and of the float64 check
@@ -59,7 +59,7 @@ def measure_reference(r: RunModels, batches, dtype: str, adapter_test: Optional[
     same logits in float64 for fp32 exports, and its forward latency with the adapter on and off."""
     model, task = r.model, r.task
     ref = Reference(logits=list(iter_logits(model, task, batches)),
-                    test=adapter_test or evaluate_split(model, task, r.backbone.tokenizer, r.data.test_dataloader()))
+                    test=adapter_test or score_split(model, task, r.backbone.tokenizer, r.data.test_dataloader()))
     timing = head(batches[0], TIMING)  # the first chunk iter_logits ran: the model is warm for this shape
     ref.latency["adapter_unmerged_ms"] = forward_ms(model, timing, repeats=2, warm=True)
     with model.disable_adapter():
@@ -75,7 +75,7 @@ def measure_quantized(r: RunModels, batches, adapter_test: Optional[Evaluation])
     logits with the adapter switched off."""
     model, task = r.model, r.task
     ref = Reference(logits=list(iter_logits(model, task, batches)),
-                    test=adapter_test or evaluate_split(model, task, r.backbone.tokenizer, r.data.test_dataloader()))
+                    test=adapter_test or score_split(model, task, r.backbone.tokenizer, r.data.test_dataloader()))
     with model.disable_adapter():
         base = list(iter_logits(model, task, batches))
     return ref, base

@@ -101,14 +101,14 @@ def same_predictions(ours: Evaluation, reference: Evaluation) -> dict[str, int]:
             "probes": max(len(reference.predictions), len(ours.predictions))}
 
 
-def evaluate_split(model, task, tokenizer, loader) -> Evaluation:
+def score_split(model, task, tokenizer, loader) -> Evaluation:
     """The task metrics of ``model`` on every batch of ``loader``, and its predictions."""
     from peftlab.data.loaders import InSplitOrder
 
     metrics, predictions = task.metrics(test=True), []
     with torch.no_grad():
         for batch in loader:
-            found = task.evaluate(model, tokenizer, batch, metrics)
+            found = task.evaluate_batch(model, tokenizer, batch, metrics)
             predictions += [(i, p["prediction"]) for i, p in zip(batch["position"], found, strict=True)]
     return Evaluation({k: round(v, 6) for k, v in metrics.compute().items()}, InSplitOrder.restore(predictions))
 

@@ -12,14 +12,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from peftlab.config.checks import check, module_names
-from peftlab.config.plugins import Capabilities, MethodSchema
+from peftlab.config.checks import check
+from peftlab.config.plugins import Capabilities
 from peftlab.methods.base import BuildContext, MethodHooks, register_method
-from peftlab.methods.targets import check_target_modules, peft_kwargs
+from peftlab.methods.shared import TargetedSchema, peft_kwargs
 
 
 @dataclass
-class AdaLoraSchema(MethodSchema):
+class AdaLoraSchema(TargetedSchema):
     """Ranks start at ``init_r`` per layer; after the first ``tinit_share`` of the steps and until
     the last ``tfinal_share`` the budget falls to ``target_r`` per layer on average, reallocated
     every ``deltaT`` steps. The schedule is given as shares of the run (peft takes steps: the paper's
@@ -37,9 +37,9 @@ class AdaLoraSchema(MethodSchema):
     total_step: Optional[int] = None  # the run's optimizer steps (the YAML: ${trainer.max_steps})
     lora_alpha: float = 32.0
     lora_dropout: float = 0.0
-    target_modules: Any = "all-linear"
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         check(self.init_r > 0, "method.init_r", "must be > 0", self.init_r)
         check(0 < self.target_r <= self.init_r, "method.target_r", f"must be in [1, method.init_r={self.init_r}]",
               self.target_r)
@@ -56,7 +56,6 @@ class AdaLoraSchema(MethodSchema):
               f"plus method.tfinal_share must leave steps to prune in (of total_step={self.total_step}: "
               f"{tinit} + {tfinal} steps)", self.tinit_share)
         check(0.0 <= self.lora_dropout < 1.0, "method.lora_dropout", "must be in [0, 1)", self.lora_dropout)
-        module_names("method.target_modules", self.target_modules)
 
     def steps(self) -> tuple[int, int]:
         """peft's tinit and tfinal, in steps."""
@@ -73,7 +72,7 @@ class AdaLoraSchema(MethodSchema):
 def build(cfg: AdaLoraSchema, ctx: BuildContext) -> Any:
     from peft import AdaLoraConfig
 
-    check_target_modules(ctx.model, cfg.target_modules)
+    cfg.check_targets(ctx.model)
     tinit, tfinal = cfg.steps()
     return AdaLoraConfig(task_type=ctx.task.peft_task_type, tinit=tinit, tfinal=tfinal,
                          **peft_kwargs(cfg, drop=("tinit_share", "tfinal_share")))

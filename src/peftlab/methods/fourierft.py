@@ -7,30 +7,29 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from peftlab.config.checks import check, module_names
-from peftlab.config.plugins import Capabilities, MethodSchema
+from peftlab.config.checks import check
+from peftlab.config.plugins import Capabilities
 from peftlab.methods.base import BuildContext, register_method
-from peftlab.methods.targets import check_target_modules, peft_kwargs
+from peftlab.methods.shared import TargetedSchema, peft_kwargs
 
 
 @dataclass
-class FourierftSchema(MethodSchema):
+class FourierftSchema(TargetedSchema):
     name: str = "fourierft"
     n_frequency: int = 1000  # trained coefficients per layer (at most the layer's in x out)
     scaling: float = 150.0  # the update's scale (the paper: 150 for LLaMA, 300 for RoBERTa)
     random_loc_seed: int = 777  # the seed of the frequencies' locations
-    target_modules: Any = "all-linear"
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         check(self.n_frequency > 0, "method.n_frequency", "must be > 0", self.n_frequency)
         check(self.scaling > 0, "method.scaling", "must be > 0", self.scaling)
-        module_names("method.target_modules", self.target_modules)
 
 
 def build(cfg: FourierftSchema, ctx: BuildContext) -> Any:
     from peft import FourierFTConfig
 
-    check_target_modules(ctx.model, cfg.target_modules)
+    cfg.check_targets(ctx.model)
     return FourierFTConfig(task_type=ctx.task.peft_task_type, **peft_kwargs(cfg))
 
 

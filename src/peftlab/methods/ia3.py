@@ -3,25 +3,26 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from peftlab.config.checks import check, module_names
-from peftlab.config.plugins import Capabilities, MethodSchema
+from peftlab.config.plugins import Capabilities
 from peftlab.errors import ConfigError
 from peftlab.methods.base import BuildContext, register_method
-from peftlab.methods.targets import check_target_modules, peft_kwargs
+from peftlab.methods.shared import TargetedSchema, check_target_modules, peft_kwargs
 
 
 @dataclass
-class IA3Schema(MethodSchema):
+class IA3Schema(TargetedSchema):
     """null target/feed-forward modules take peft's defaults for the architecture."""
 
     name: str = "ia3"
     target_modules: Any = None
-    feedforward_modules: Any = None
+    feedforward_modules: Any = None  # the targets that are feed-forward layers (rescaled on their input)
+    targets_may_be_null: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
-        module_names("method.target_modules", self.target_modules, nullable=True)
+        super().__post_init__()
         module_names("method.feedforward_modules", self.feedforward_modules, nullable=True)
         check((self.target_modules is None) == (self.feedforward_modules is None), "method.feedforward_modules",
               "must be set together with method.target_modules (or both null)", self.feedforward_modules)
@@ -30,8 +31,8 @@ class IA3Schema(MethodSchema):
 def build(cfg: IA3Schema, ctx: BuildContext) -> Any:
     from peft import IA3Config
 
-    if cfg.target_modules is not None:
-        check_target_modules(ctx.model, cfg.target_modules)
+    cfg.check_targets(ctx.model)
+    if cfg.feedforward_modules is not None:
         check_target_modules(ctx.model, cfg.feedforward_modules, key="method.feedforward_modules")
     try:
         return IA3Config(task_type=ctx.task.peft_task_type, **peft_kwargs(cfg))

@@ -4,22 +4,19 @@ few thousand parameters; the trained copies replace the originals when merged.""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, List, Optional
+from typing import Any, ClassVar, List, Optional
 
-from peftlab.config.checks import module_names
-from peftlab.config.plugins import Capabilities, MethodSchema
+from peftlab.config.plugins import Capabilities
 from peftlab.errors import ConfigError
 from peftlab.methods.base import BuildContext, register_method
-from peftlab.methods.targets import check_target_modules, peft_kwargs
+from peftlab.methods.shared import TargetedSchema, peft_kwargs
 
 
 @dataclass
-class LnTuningSchema(MethodSchema):
+class LnTuningSchema(TargetedSchema):
     name: str = "ln_tuning"
     target_modules: Optional[List[str]] = None  # null: every normalisation layer of the model
-
-    def __post_init__(self) -> None:
-        module_names("method.target_modules", self.target_modules, nullable=True)
+    targets_may_be_null: ClassVar[bool] = True
 
 
 def norm_layer_names(model: Any) -> list[str]:
@@ -34,8 +31,7 @@ def norm_layer_names(model: Any) -> list[str]:
 def build(cfg: LnTuningSchema, ctx: BuildContext) -> Any:
     from peft import LNTuningConfig
 
-    if cfg.target_modules is not None:
-        check_target_modules(ctx.model, cfg.target_modules)
+    cfg.check_targets(ctx.model)
     targets = cfg.target_modules or norm_layer_names(ctx.model)
     if not targets:
         raise ConfigError("method.target_modules: the model has no normalisation layer LN tuning could train; "

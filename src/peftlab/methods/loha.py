@@ -7,33 +7,32 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from peftlab.config.checks import check, module_names
-from peftlab.config.plugins import Capabilities, MethodSchema
+from peftlab.config.checks import check
+from peftlab.config.plugins import Capabilities
 from peftlab.methods.base import BuildContext, register_method
-from peftlab.methods.targets import check_target_modules, peft_kwargs
+from peftlab.methods.shared import TargetedSchema, peft_kwargs
 
 
 @dataclass
-class LohaSchema(MethodSchema):
+class LohaSchema(TargetedSchema):
     name: str = "loha"
     r: int = 8
     alpha: float = 8.0
     rank_dropout: float = 0.0
     module_dropout: float = 0.0
-    target_modules: Any = "all-linear"
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         check(self.r > 0, "method.r", "must be > 0", self.r)
         check(self.alpha > 0, "method.alpha", "must be > 0", self.alpha)
         for key in ("rank_dropout", "module_dropout"):
             check(0.0 <= getattr(self, key) < 1.0, f"method.{key}", "must be in [0, 1)", getattr(self, key))
-        module_names("method.target_modules", self.target_modules)
 
 
 def build(cfg: LohaSchema, ctx: BuildContext) -> Any:
     from peft import LoHaConfig
 
-    check_target_modules(ctx.model, cfg.target_modules)
+    cfg.check_targets(ctx.model)
     return LoHaConfig(task_type=ctx.task.peft_task_type, **peft_kwargs(cfg))
 
 

@@ -10,7 +10,7 @@ from peftlab.config.checks import check
 from peftlab.config.plugins import Capabilities
 from peftlab.methods.base import BuildContext, register_method
 from peftlab.methods.loha import LohaSchema
-from peftlab.methods.targets import check_target_modules, peft_kwargs
+from peftlab.methods.shared import peft_kwargs
 
 
 @dataclass
@@ -28,7 +28,7 @@ class LokrSchema(LohaSchema):
 def build(cfg: LokrSchema, ctx: BuildContext) -> Any:
     from peft import LoKrConfig
 
-    check_target_modules(ctx.model, cfg.target_modules)
+    cfg.check_targets(ctx.model)
     return LoKrConfig(task_type=ctx.task.peft_task_type, **peft_kwargs(cfg))
 
 

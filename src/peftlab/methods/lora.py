@@ -22,25 +22,24 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, List, Optional
 
-from peftlab.config.checks import check, module_names, one_of
-from peftlab.config.plugins import Capabilities, MethodSchema
+from peftlab.config.checks import check, one_of
+from peftlab.config.plugins import Capabilities
 from peftlab.errors import ConfigError
 from peftlab.methods.base import BuildContext, MethodHooks, register_method
-from peftlab.methods.targets import check_target_modules, peft_kwargs
+from peftlab.methods.shared import TargetedSchema, peft_kwargs
 
 INITS = ("default", "gaussian", "pissa", "olora", "eva")
 MOVES_THE_BASE = ("pissa", "olora")  # initialisations that take part of W into the adapter
 
 
 @dataclass
-class LoraSchema(MethodSchema):
+class LoraSchema(TargetedSchema):
     """Low-rank adapters: W + (lora_alpha / r) B·A on the targeted layers; DoRA and rsLoRA as switches."""
 
     name: str = "lora"
     r: int = 8
     lora_alpha: float = 16.0
     lora_dropout: float = 0.0
-    target_modules: Any = "all-linear"  # "all-linear", or a list of module names
     bias: str = "none"
     use_rslora: bool = False
     use_dora: bool = False
@@ -52,6 +51,7 @@ class LoraSchema(MethodSchema):
     loraplus_lr_ratio: Optional[float] = None  # LoRA+: B's learning rate over A's (the paper: 16); null: equal
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         check(self.r > 0, "method.r", "must be > 0", self.r)
         one_of("method.init", self.init, INITS)
         check(self.init_svd_niter is None or self.init_svd_niter > 0, "method.init_svd_niter", "must be null or > 0",
@@ -63,8 +63,6 @@ class LoraSchema(MethodSchema):
         check(self.lora_alpha > 0, "method.lora_alpha", "must be > 0", self.lora_alpha)
         check(0.0 <= self.lora_dropout < 1.0, "method.lora_dropout", "must be in [0, 1)", self.lora_dropout)
         one_of("method.bias", self.bias, ("none", "all", "lora_only"))
-        module_names("method.target_modules", self.target_modules)
-
 
     def adapter_off_differs(self) -> str:
         if self.init in MOVES_THE_BASE:
@@ -89,7 +87,7 @@ EXTRA_FIELDS = ("init", "init_svd_niter", "eva_rho", "init_batches", "loraplus_l
 def build(cfg: LoraSchema, ctx: BuildContext) -> Any:
     from peft import EvaConfig, LoraConfig
 
-    check_target_modules(ctx.model, cfg.target_modules)
+    cfg.check_targets(ctx.model)
     init: Any = PEFT_INIT[cfg.init]
     if cfg.init == "pissa" and cfg.init_svd_niter:
         init = f"pissa_niter_{cfg.init_svd_niter}"

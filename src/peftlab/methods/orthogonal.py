@@ -12,64 +12,61 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from peftlab.config.checks import check, module_names
-from peftlab.config.plugins import Capabilities, MethodSchema
+from peftlab.config.checks import check
+from peftlab.config.plugins import Capabilities
 from peftlab.methods.base import BuildContext, register_method
-from peftlab.methods.targets import check_target_modules, peft_kwargs
+from peftlab.methods.shared import TargetedSchema, peft_kwargs
 
 
 @dataclass
-class OftSchema(MethodSchema):
+class OftSchema(TargetedSchema):
     name: str = "oft"
     oft_block_size: int = 32  # the size of each orthogonal block (the number of blocks follows)
     module_dropout: float = 0.0  # drops whole blocks (multiplicative dropout)
     coft: bool = False  # constrained OFT: keep the rotation within eps of the identity
     eps: float = 6e-5
     block_share: bool = False  # one block shared by the whole layer
-    target_modules: Any = "all-linear"
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         check(self.oft_block_size > 0, "method.oft_block_size", "must be > 0", self.oft_block_size)
         check(0.0 <= self.module_dropout < 1.0, "method.module_dropout", "must be in [0, 1)", self.module_dropout)
         check(self.eps > 0, "method.eps", "must be > 0", self.eps)
-        module_names("method.target_modules", self.target_modules)
 
 
 @dataclass
-class BoftSchema(MethodSchema):
+class BoftSchema(TargetedSchema):
     name: str = "boft"
     boft_block_size: int = 4  # the size of each block of a butterfly factor (the number of blocks follows)
     # factors in the product: 1 is OFT with small blocks; m factors reach 2^(m-1) blocks further at m times the
     # parameters. More than 1 needs peft's CUDA extension (without it peft 0.21 trains one factor in silence)
     boft_n_butterfly_factor: int = 1
     boft_dropout: float = 0.0  # drops whole blocks (multiplicative dropout)
-    target_modules: Any = "all-linear"
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         check(self.boft_block_size > 0 and self.boft_block_size % 2 == 0, "method.boft_block_size",
               "must be an even number > 0", self.boft_block_size)
         check(self.boft_n_butterfly_factor > 0, "method.boft_n_butterfly_factor", "must be > 0",
               self.boft_n_butterfly_factor)
         check(0.0 <= self.boft_dropout < 1.0, "method.boft_dropout", "must be in [0, 1)", self.boft_dropout)
-        module_names("method.target_modules", self.target_modules)
 
 
 @dataclass
-class HraSchema(MethodSchema):
+class HraSchema(TargetedSchema):
     name: str = "hra"
     r: int = 8  # the number of Householder reflections (even when apply_GS is false)
     apply_GS: bool = False  # orthogonalise the reflection vectors (Gram-Schmidt)
-    target_modules: Any = "all-linear"
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         check(self.r > 0, "method.r", "must be > 0", self.r)
-        module_names("method.target_modules", self.target_modules)
 
 
 def build_oft(cfg: OftSchema, ctx: BuildContext) -> Any:
     from peft import OFTConfig
 
-    check_target_modules(ctx.model, cfg.target_modules)
+    cfg.check_targets(ctx.model)
     return OFTConfig(task_type=ctx.task.peft_task_type, r=0, **peft_kwargs(cfg))
 
 
@@ -77,7 +74,7 @@ def build_boft(cfg: BoftSchema, ctx: BuildContext) -> Any:
     import torch
     from peft import BOFTConfig
 
-    check_target_modules(ctx.model, cfg.target_modules)
+    cfg.check_targets(ctx.model)
     if not torch.cuda.is_available():
         # peft 0.21 tries to compile its CUDA extension for every layer it wraps, warns twice each time,
         # then builds one butterfly factor whatever the config says (and saves the config's number, so
@@ -100,7 +97,7 @@ def no_cuda_extension() -> None:
 def build_hra(cfg: HraSchema, ctx: BuildContext) -> Any:
     from peft import HRAConfig
 
-    check_target_modules(ctx.model, cfg.target_modules)
+    cfg.check_targets(ctx.model)
     return HRAConfig(task_type=ctx.task.peft_task_type, **peft_kwargs(cfg))
 
 

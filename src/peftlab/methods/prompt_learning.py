@@ -11,7 +11,7 @@ from peftlab.config.checks import check, one_of
 from peftlab.config.plugins import Capabilities, MethodSchema
 from peftlab.errors import ConfigError
 from peftlab.methods.base import BuildContext, register_method
-from peftlab.methods.targets import peft_kwargs
+from peftlab.methods.shared import peft_kwargs
 
 NOT_MERGEABLE = "its virtual tokens are extra inputs, not weight updates"
 

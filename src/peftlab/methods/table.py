@@ -1,9 +1,6 @@
-"""``peftlab-methods``: the capability table of every registered method, generated from the
-registry (so it cannot drift from the code). ``python scripts/update_readme.py`` writes the same
-table into the README between its markers; a test compares the two.
-
-    peftlab-methods            # a Markdown table on standard output
-"""
+"""The capability table of every registered method, generated from the registry (so it cannot drift
+from the code): ``peftlab-methods`` prints it, and ``python scripts/update_readme.py`` writes it into
+the README and the docs between their markers; a test compares them."""
 
 from __future__ import annotations
 
@@ -29,14 +26,3 @@ def capability_table() -> str:
             f"`{name}`", spec.trains, tasks, _yes(c.mergeable), _yes(c.quantized_base), _yes(c.meta_device),
             _yes(c.per_step_hook), _yes(c.adapter and c.starts_as_base)]) + " |")
     return "\n".join(rows)
-
-
-def main() -> None:
-    import peftlab.methods  # noqa: F401  (every method module registers itself)
-    import peftlab.tasks  # noqa: F401  (the task types the table names)
-
-    print(capability_table())
-
-
-if __name__ == "__main__":
-    main()

@@ -9,13 +9,39 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from omegaconf import DictConfig
+
+from peftlab.config import validate
+from peftlab.config.commands import ReportSchema
 from peftlab.errors import ConfigError
-from peftlab.outputs import atomic_path, write_json
 from peftlab.reporting.plots import plot
 from peftlab.reporting.runs import find_runs, group_runs, primary_metric
 from peftlab.reporting.tables import table_rows, to_csv, to_latex, to_markdown
+from peftlab.runs.files import atomic_path, write_json
 
 log = logging.getLogger("peftlab.report")
+
+
+def inputs_override(paths: list[str]) -> str:
+    """The ``inputs=[...]`` override naming ``paths``, each quoted for Hydra's grammar."""
+    quoted = ",".join("'" + p.replace("'", "\\'") + "'" for p in paths)
+    return f"inputs=[{quoted}]"
+
+
+def report_from_config(cfg: DictConfig, log_dir: Path) -> dict[str, Any]:
+    """The work of ``peftlab-report`` and ``peftlab.report()``: the report goes to ``out_dir``, else
+    to ``<input>/report`` for one input, else to the command's own folder ``log_dir``."""
+    conf = validate(cfg, ReportSchema)
+    if not conf.inputs:
+        raise ConfigError("inputs: name at least one sweep or run folder (peftlab-report outputs/multiruns/<stamp>)")
+    inputs = [Path(p) for p in conf.inputs]
+    if conf.out_dir:
+        out = Path(conf.out_dir)
+    elif len(inputs) == 1:
+        out = inputs[0] / "report"
+    else:
+        out = Path(log_dir)
+    return write_report(inputs, out, conf.plots, conf.overwrite)
 
 
 def write_report(inputs: list[Path], out_dir: Path, plots: bool = True, overwrite: bool = False) -> dict[str, Any]:

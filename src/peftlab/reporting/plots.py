@@ -8,8 +8,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from peftlab.outputs import atomic_path
 from peftlab.reporting.runs import Group, Run
+from peftlab.runs.files import atomic_path
 
 
 def _save(fig, path: Path) -> None:
@@ -42,14 +42,26 @@ def val_curves(run: Run) -> dict[int, float]:
 
 def plot(groups: list[Group], rows: list[dict[str, Any]], metric: str, out: Path,
          greater_is_better: bool = True) -> list[str]:
+    """The report's figures, written into ``out``; returns their file names."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    written = []
+    figures = {"params_vs_metric.png": lambda: _params_vs_metric(plt, groups, rows, metric, greater_is_better),
+               "val_loss.png": lambda: _val_loss(plt, groups),
+               "throughput_memory.png": lambda: _throughput_memory(plt, rows)}
+    for name, draw in figures.items():
+        fig = draw()
+        fig.tight_layout()
+        _save(fig, out / name)
+        plt.close(fig)
+    return list(figures)
+
+
+def _params_vs_metric(plt, groups, rows, metric: str, greater_is_better: bool):
+    """Trainable parameters (log) against the test metric, the Pareto front marked."""
     ok = [(g, r) for g, r in zip(groups, rows, strict=True) if r[f"{metric}_mean"] is not None and r["trainable"]]
-    # 1. trainable parameters (log) against the test metric, Pareto front marked
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     pts = [(r["trainable"], r[f"{metric}_mean"]) for _, r in ok]
     for (g, r), (x, y) in zip(ok, pts, strict=True):
@@ -62,11 +74,11 @@ def plot(groups: list[Group], rows: list[dict[str, Any]], metric: str, out: Path
     ax.set_xscale("log")
     ax.set(xlabel="trainable parameters (log scale)", ylabel=f"test {metric}",
            title=f"{metric} vs. trainable parameters")
-    fig.tight_layout()
-    _save(fig, out / "params_vs_metric.png")
-    written.append("params_vs_metric.png")
-    plt.close(fig)
-    # 2. validation loss curves, mean over seeds
+    return fig
+
+
+def _val_loss(plt, groups):
+    """Validation loss curves, the mean over seeds."""
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     for g in groups:
         curves = [c for c in (val_curves(r) for r in g.finished) if c]
@@ -77,11 +89,11 @@ def plot(groups: list[Group], rows: list[dict[str, Any]], metric: str, out: Path
     ax.set(xlabel="step", ylabel="validation loss", title="validation loss (mean over seeds)")
     if ax.lines:
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    _save(fig, out / "val_loss.png")
-    written.append("val_loss.png")
-    plt.close(fig)
-    # 3. throughput and peak memory per group
+    return fig
+
+
+def _throughput_memory(plt, rows):
+    """Throughput and peak memory per group."""
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4.5))
     names = [r["setting"] for r in rows]
     a1.barh(names, [r["tokens_per_s_mean"] or 0 for r in rows])
@@ -90,8 +102,4 @@ def plot(groups: list[Group], rows: list[dict[str, Any]], metric: str, out: Path
     a2.set(xlabel="peak RSS (MiB)", title="peak memory")
     for a in (a1, a2):
         a.tick_params(axis="y", labelsize=7)
-    fig.tight_layout()
-    _save(fig, out / "throughput_memory.png")
-    written.append("throughput_memory.png")
-    plt.close(fig)
-    return written
+    return fig

@@ -13,7 +13,7 @@ from typing import Any, Optional
 import yaml
 
 from peftlab.errors import ConfigError
-from peftlab.outputs import metric_at
+from peftlab.runs.metrics import metric_at
 
 # overrides that say where or how a run ran, not what it is
 _NOT_A_SETTING = ("seed=", "hydra.", "trainer.enable_progress_bar=", "paths.", "zero_shot=", "merge_after=",

@@ -119,7 +119,7 @@ class Task:
     def metrics(self, test: bool) -> SplitMetrics:
         raise NotImplementedError
 
-    def evaluate(self, model: torch.nn.Module, tokenizer: Any, batch: dict[str, Any],
+    def evaluate_batch(self, model: torch.nn.Module, tokenizer: Any, batch: dict[str, Any],
                  metrics: SplitMetrics) -> list[dict[str, Any]]:
         """Update ``metrics`` with one batch; returns its predictions (prediction, reference, correct)."""
         raise NotImplementedError

@@ -103,7 +103,7 @@ class CausalLMTask(GeneratesText, Task):
 
         return SplitMetrics({"exact_match": ExactMatch()} if test else None, derived=perplexity)
 
-    def evaluate(self, model, tokenizer, batch, metrics) -> list[dict[str, Any]]:
+    def evaluate_batch(self, model, tokenizer, batch, metrics) -> list[dict[str, Any]]:
         if "exact_match" not in metrics.names:
             metrics.update_loss(*self.loss(model, batch))
             return []

@@ -77,7 +77,7 @@ class ClassificationTask(Task):
         return SplitMetrics({"accuracy": MulticlassAccuracy(num_classes=n, average="micro"),
                              "macro_f1": MulticlassF1Score(num_classes=n, average="macro")})
 
-    def evaluate(self, model, tokenizer, batch, metrics) -> list[dict[str, Any]]:
+    def evaluate_batch(self, model, tokenizer, batch, metrics) -> list[dict[str, Any]]:
         import torch.nn.functional as F
 
         keep = batch["counted"]

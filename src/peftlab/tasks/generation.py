@@ -9,6 +9,8 @@ from typing import Any
 import torch
 from transformers import GenerationConfig
 
+from peftlab.data.collators import pad
+
 
 def end_tokens(model: torch.nn.Module, tokenizer: Any) -> list[int]:
     """Every token that ends a generation: the tokenizer's end token and the model's generation
@@ -25,7 +27,7 @@ def generate(model: torch.nn.Module, tokenizer: Any, input_ids: torch.Tensor, at
              max_new_tokens: int, cache: Any = None) -> list[str]:
     """Batched greedy decoding of left-padded prompts with the KV cache (``cache``: one that already
     holds the prompts but their last token); the continuations, stripped."""
-    from peftlab.distributed import rank_and_world
+    from peftlab.data.loaders import rank_and_world
 
     config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id,
                               eos_token_id=end_tokens(model, tokenizer))
@@ -34,11 +36,6 @@ def generate(model: torch.nn.Module, tokenizer: Any, input_ids: torch.Tensor, at
     out = model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config,
                          synced_gpus=synced, **({"past_key_values": cache} if cache is not None else {}))
     return [t.strip() for t in tokenizer.batch_decode(out[:, input_ids.shape[1]:], skip_special_tokens=True)]
-
-
-def _pad_right(rows: list[torch.Tensor], value: int) -> torch.Tensor:
-    width = max(len(r) for r in rows)
-    return torch.stack([torch.cat([r, r.new_full((width - len(r),), value)]) for r in rows])
 
 
 def _full_attention_cache(cache: Any) -> bool:
@@ -73,10 +70,9 @@ def score_and_generate(model: torch.nn.Module, tokenizer: Any, batch: dict[str, 
     starts, ends = prompt_mask.sum(1).tolist(), batch["attention_mask"].sum(1).tolist()
     answers = [batch["input_ids"][i, s:e] for i, (s, e) in enumerate(zip(starts, ends, strict=True))]
     answer_labels = [batch["labels"][i, s:e] for i, (s, e) in enumerate(zip(starts, ends, strict=True))]
-    pad = tokenizer.pad_token_id
-    input_ids = torch.cat([prompts, _pad_right(answers, pad)], 1)
-    mask = torch.cat([prompt_mask, _pad_right([torch.ones_like(a) for a in answers], 0)], 1)
-    labels = torch.cat([torch.full_like(prompts, IGNORE_INDEX), _pad_right(answer_labels, IGNORE_INDEX)], 1)
+    input_ids = torch.cat([prompts, pad(answers, tokenizer.pad_token_id)], 1)
+    mask = torch.cat([prompt_mask, pad([torch.ones_like(a) for a in answers], 0)], 1)
+    labels = torch.cat([torch.full_like(prompts, IGNORE_INDEX), pad(answer_labels, IGNORE_INDEX)], 1)
     joint = {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
     logits, targets, cache = answer_logits(model, joint, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
                                            keep_cache=True)
@@ -101,10 +97,9 @@ def answer_prompts(model: torch.nn.Module, tokenizer: Any, fmt: Any, prompts: li
     for start in range(0, len(prompts), options.batch_size):
         ids = [tokenizer(fmt.prompt_text(tokenizer, p), add_special_tokens=not fmt.use_chat).input_ids
                for p in prompts[start:start + options.batch_size]]
-        width = max(map(len, ids))
-        pad = tokenizer.pad_token_id
-        input_ids = torch.tensor([[pad] * (width - len(i)) + i for i in ids], device=device)
-        mask = torch.tensor([[0] * (width - len(i)) + [1] * len(i) for i in ids], device=device)
+        input_ids = pad(ids, tokenizer.pad_token_id, left=True).to(device)
+        mask = pad([[1] * len(i) for i in ids], 0, left=True).to(device)
+        width = input_ids.shape[1]
         out = model.generate(input_ids=input_ids, attention_mask=mask, generation_config=config, streamer=streamer)
         answers += [t.strip() for t in tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)]
     return answers

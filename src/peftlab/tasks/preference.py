@@ -216,13 +216,16 @@ class PreferenceTask(GeneratesText, Task):
 
     # ------------------------------------------------------------------------------ evaluation
     def metrics(self, test: bool):
-        from peftlab.tasks.metrics import ExactMatch, SplitMetrics, WeightedMean
+        from torchmetrics import MeanMetric
 
-        means = {k: WeightedMean() for k in ("reward_accuracy", "reward_margin", "chosen_reward", "rejected_reward",
-                                             "chosen_logp", "rejected_logp")}
+        from peftlab.tasks.metrics import ExactMatch, SplitMetrics
+
+        # per-pair means over every pair; "disable" keeps a NaN visible instead of dropping it
+        names = ("reward_accuracy", "reward_margin", "chosen_reward", "rejected_reward", "chosen_logp", "rejected_logp")
+        means = {k: MeanMetric(nan_strategy="disable") for k in names}
         return SplitMetrics({**means, **({"exact_match": ExactMatch()} if test else {})})
 
-    def evaluate(self, model, tokenizer, batch, metrics) -> list[dict[str, Any]]:
+    def evaluate_batch(self, model, tokenizer, batch, metrics) -> list[dict[str, Any]]:
         import torch
 
         keep = batch["counted"]

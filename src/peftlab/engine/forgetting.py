@@ -12,22 +12,22 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from peftlab.data.sources import PROSE_DIR
 from peftlab.errors import ConfigError
 
 if TYPE_CHECKING:  # torch loads with the first model, not with the config checks
     import torch
 
-PROSE = Path(__file__).parent / "data" / "files" / "prose"
 
 
 def text_path(spec: str) -> Path:
     """``builtin:<name>`` (a file shipped in data/files/prose/) or a local UTF-8 text file."""
     if spec.startswith("builtin:"):
         name = spec.split(":", 1)[1]
-        known = sorted(p.stem for p in PROSE.glob("*.txt"))
+        known = sorted(p.stem for p in PROSE_DIR.glob("*.txt"))
         if name not in known:
             raise ConfigError(f"forgetting.text: no builtin text {name!r} (builtin: {', '.join(known)})")
-        return PROSE / f"{name}.txt"
+        return PROSE_DIR / f"{name}.txt"
     path = Path(spec).expanduser()
     if not path.is_file():
         raise ConfigError(f"forgetting.text: {spec} is not a file (a local UTF-8 text file, or builtin:botchan)")

@@ -7,31 +7,34 @@ random-generator state in each checkpoint, and checkpoints written atomically an
 from __future__ import annotations
 
 import contextlib
-from pathlib import Path
-from typing import Any, Iterator, Optional
+import logging
+from typing import Any, Iterator
 
 import lightning as L
-from lightning.fabric.plugins.io import TorchCheckpointIO
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar
 
-from peftlab.callbacks import DivergenceGuard, ResumeState
 from peftlab.config.commands import EvalSchema, TrainSchema
-from peftlab.config.targets import instantiate
-from peftlab.outputs import atomic_path
+from peftlab.config.instantiate import instantiate
+from peftlab.engine.callbacks import DivergenceGuard, ResumeState
+from peftlab.engine.checkpoints import SafeCheckpointIO
+from peftlab.models.quiet import drop_warnings, filter_loggers
 
 
-class SafeCheckpointIO(TorchCheckpointIO):
-    """Checkpoints written under a temporary name and renamed (a kill mid-write leaves the previous
-    file whole), and read with ``weights_only=True``: a checkpoint holds tensors and plain values,
-    and nothing in one is unpickled as code."""
-
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Optional[Any] = None) -> None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(Path(path), overwrite=True) as tmp:
-            super().save_checkpoint(checkpoint, tmp, storage_options)
-
-    def load_checkpoint(self, path: Any, map_location: Optional[Any] = None, weights_only: Optional[bool] = None):
-        return super().load_checkpoint(path, map_location=lambda storage, loc: storage, weights_only=True)
+def quiet_lightning() -> None:
+    """Lightning's notes that say nothing about the run: its loaders' worker count, modules in eval
+    mode (a frozen base is), metrics that peftlab's torchmetrics reduce across processes before they
+    are logged, and its advertisements."""
+    drop_warnings(r".*isinstance\(treespec, LeafSpec\).*", r".*does not have many workers.*",
+                  r".*Found \d+ module\(s\) in eval mode.*",
+                  r".*It is recommended to use `self.log\(.*sync_dist=True.*")
+    filter_loggers("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero")
+    # Lightning prints its messages itself when it loads before logging is set up; under Hydra they
+    # go to the run's log like every other message, once
+    if logging.getLogger().handlers:
+        lightning_logger = logging.getLogger("lightning")
+        for handler in list(lightning_logger.handlers):
+            if type(handler) is logging.StreamHandler:
+                lightning_logger.removeHandler(handler)
 
 
 def split_metrics(logged: dict[str, Any], split: str) -> dict[str, float]:
@@ -56,7 +59,7 @@ def _strategy(hardware) -> Any:
 
 def _placement(conf: TrainSchema | EvalSchema) -> dict[str, Any]:
     """Where and in what precision the Trainer runs: the hardware and precision groups."""
-    from peftlab.precision import trainer_precision
+    from peftlab.engine.precision import trainer_precision
 
     return dict(accelerator=conf.hardware.accelerator, devices=conf.hardware.devices,
                 strategy=_strategy(conf.hardware), num_nodes=conf.hardware.num_nodes,
@@ -66,6 +69,7 @@ def _placement(conf: TrainSchema | EvalSchema) -> dict[str, Any]:
 
 def make_trainer(conf: TrainSchema, evaluation: bool = False) -> L.Trainer:
     """The Trainer of a run; ``evaluation=True`` gives one that only tests (no logger, no checkpoints)."""
+    quiet_lightning()
     t = conf.trainer
     callbacks = _instantiate_all(conf.callbacks, "callbacks")
     if not t.enable_progress_bar:
@@ -106,6 +110,7 @@ def make_trainer(conf: TrainSchema, evaluation: bool = False) -> L.Trainer:
 
 def make_eval_trainer(conf: EvalSchema) -> L.Trainer:
     """A Trainer for ``peftlab-eval``: test only, no logger, no checkpoints."""
+    quiet_lightning()
     return L.Trainer(
         **_placement(conf),
         logger=False,

@@ -1,11 +1,13 @@
-"""Helpers the method modules share: target-module checks and plain peft arguments."""
+"""What the method modules share: the schema of a method that adapts chosen layers
+(``target_modules``), the check that those layers exist, and plain peft arguments."""
 
 from __future__ import annotations
 
 import re
-from dataclasses import asdict
-from typing import TYPE_CHECKING, Any
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
 
+from peftlab.config.checks import module_names
 from peftlab.config.plugins import MethodSchema
 from peftlab.errors import ConfigError
 
@@ -56,3 +58,22 @@ def check_target_modules(model: nn.Module, target_modules: Any, key: str = "meth
             f"{key}: no module named {', '.join(map(repr, missing))} in the model "
             f"(its targetable modules: {', '.join(linear_module_names(model))})"
         )
+
+
+@dataclass
+class TargetedSchema(MethodSchema):
+    """A method that adapts chosen layers of the model. ``target_modules``: ``all-linear`` (every
+    linear layer but the output head), a regular expression over full module names, or a list of
+    module names (``[q_proj, v_proj]``); where ``targets_may_be_null``, null leaves the choice to
+    the method (peft's defaults for the architecture)."""
+
+    target_modules: Any = "all-linear"
+    targets_may_be_null: ClassVar[bool] = False
+
+    def __post_init__(self) -> None:
+        module_names("method.target_modules", self.target_modules, nullable=self.targets_may_be_null)
+
+    def check_targets(self, model: nn.Module) -> None:
+        """Stop with the model's targetable module names when a target matches nothing."""
+        if self.target_modules is not None:
+            check_target_modules(model, self.target_modules)

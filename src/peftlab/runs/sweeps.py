@@ -10,49 +10,22 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from peftlab.outputs import write_json
+from peftlab.runs.files import write_json
 
 log = logging.getLogger("peftlab.sweeps")
 
 
 def in_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode.name == "MULTIRUN"
-
-
-def threads_per_parallel_job() -> Optional[int]:
-    """Under a launcher that runs jobs side by side (joblib), each job's share of the cores, so that
-    the jobs do not oversubscribe them; None otherwise (torch's default)."""
-    if not in_multirun():
-        return None
-    n_jobs = HydraConfig.get().launcher.get("n_jobs")
-    if not n_jobs or n_jobs == 1:
-        return None
-    cores = os.cpu_count() or 1
-    parallel = cores if n_jobs < 0 else min(n_jobs, cores)
-    return max(1, cores // parallel)
-
-
-RERUN = "rerun.yaml"
-
-
-def write_rerun_config(cfg: DictConfig, run_dir: Path) -> None:
-    """``<run_dir>/rerun.yaml``: the composed config with its interpolations, as a primary config.
-    ``peftlab-train --config-dir <run_dir> --config-name rerun`` runs it again into a new folder."""
-    body = OmegaConf.to_yaml(cfg)
-    header = ("# Re-run this run into a new folder:\n"
-              f"#   peftlab-train --config-dir {run_dir} --config-name rerun\n"
-              "defaults:\n  - schema_train\n  - hydra: default\n  - _self_\n\n")
-    (run_dir / RERUN).write_text(header + body)
 
 
 def record_failure(run_dir: Path, err: BaseException) -> None:

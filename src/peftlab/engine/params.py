@@ -1,33 +1,24 @@
-"""``peftlab-params``: trainable and total parameters of any model x method, with no weights.
-
-The model is built on the meta device from its config and wrapped by the same ``apply_method``
-that training uses, so the counts are the ones a run would report.
-
-    peftlab-params model=roberta_base "method.target_modules=[query,value]"
-    peftlab-params -m model=gpt2_medium method=lora,prefix,prompt,ptuning,ia3,full
-"""
+"""The work of ``peftlab-params``: trainable and total parameters of any model x method, with no
+weights. The model is built on the meta device from its config and wrapped by the same
+``apply_method`` that training uses, so the counts are the ones a run would report."""
 
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 from typing import Any, Optional
 
-import hydra
-from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from peftlab.cli import run_app
-from peftlab.config import CONF_DIR, validate
+import peftlab.methods  # noqa: F401  (registers the method plug-ins)
+from peftlab.config import validate
 from peftlab.config.commands import ParamsSchema
 from peftlab.errors import ConfigError
 from peftlab.methods import BuildContext, apply_method, count_parameters
-from peftlab.outputs import write_json
+from peftlab.runs.files import atomic_path, write_json
+from peftlab.runs.sweeps import in_multirun
 from peftlab.tasks import task_class
-
-log = logging.getLogger("peftlab.params")
 
 COLUMNS = ("model", "method", "task_type", "trainable", "adapter_only", "total", "trainable_pct")
 
@@ -82,29 +73,18 @@ class ParamsTable(Callback):
         rows = [json.loads(p.read_text()) for p in files]
         if rows:
             table = format_table(rows)
-            (sweep / "params.md").write_text(table + "\n")
+            with atomic_path(sweep / "params.md", overwrite=True) as tmp:
+                tmp.write_text(table + "\n")
             print(table)
 
 
-def params_cfg(cfg: DictConfig) -> dict[str, Any]:
+def params_from_config(cfg: DictConfig, out: Optional[Path] = None) -> dict[str, Any]:
+    """Count ``cfg``'s model x method into ``out``/params.json (and print the row as a table when
+    it is not one job of a sweep); returns the row."""
     conf = validate(cfg, ParamsSchema)
     row = count(conf)
-    out = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else None
     if out is not None:
         write_json(out / "params.json", row)
-    if not (HydraConfig.initialized() and HydraConfig.get().mode.name == "MULTIRUN"):
+    if not in_multirun():
         print(format_table([row]))
     return row
-
-
-@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="params")
-def _hydra_main(cfg: DictConfig) -> Optional[int]:
-    return params_cfg(cfg)["trainable"]
-
-
-def main() -> None:
-    run_app(_hydra_main, "peftlab-params")
-
-
-if __name__ == "__main__":
-    main()

@@ -1,5 +1,6 @@
 """Which process is which when several train one model (Lightning's DDP/FSDP children, torchrun,
-SLURM), and the few collective steps peftlab itself needs. peftlab builds no launcher of its own.
+SLURM), the few collective steps peftlab itself needs, and how many threads a job of a parallel
+sweep takes. peftlab builds no launcher of its own.
 
 Only the first process (global rank 0) writes: the run folder, its lock, the adapter,
 metrics.json and the merge. The others compute and write nothing.
@@ -8,7 +9,7 @@ metrics.json and the merge. The others compute and write nothing.
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Optional
 
 _LAUNCH_KEYS = ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID")
 
@@ -30,21 +31,11 @@ def launched_world_size() -> int:
     return 1
 
 
-def rank_and_world() -> tuple[int, int]:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def is_first() -> bool:
-    return not SECONDARY and rank_and_world()[0] == 0
-
-
 def all_sum(value: Any) -> Any:
     """The sum of a tensor over every process (itself with one process)."""
     import torch.distributed as dist
+
+    from peftlab.data.loaders import rank_and_world
 
     if rank_and_world()[1] > 1:
         value = value.clone()
@@ -56,9 +47,28 @@ def gather(obj: Any) -> list[Any]:
     """Every process's ``obj``, in rank order (``[obj]`` with one process)."""
     import torch.distributed as dist
 
+    from peftlab.data.loaders import rank_and_world
+
     rank, world = rank_and_world()
     if world == 1:
         return [obj]
     out: list[Any] = [None] * world
     dist.all_gather_object(out, obj)
     return out
+
+
+def threads_per_parallel_job() -> Optional[int]:
+    """Under a launcher that runs jobs side by side (joblib), each job's share of the cores, so that
+    the jobs do not oversubscribe them; None otherwise (torch's default)."""
+    from peftlab.runs.sweeps import in_multirun
+
+    if not in_multirun():
+        return None
+    from hydra.core.hydra_config import HydraConfig
+
+    n_jobs = HydraConfig.get().launcher.get("n_jobs")
+    if not n_jobs or n_jobs == 1:
+        return None
+    cores = os.cpu_count() or 1
+    parallel = cores if n_jobs < 0 else min(n_jobs, cores)
+    return max(1, cores // parallel)

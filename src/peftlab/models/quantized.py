@@ -1,32 +1,11 @@
-"""Precision: Lightning's precision flag (``precision=auto`` resolved for the device), and 8-bit /
-4-bit bases loaded by bitsandbytes through ``from_pretrained`` (QLoRA: a frozen nf4 base with
-double quantization, trainable adapters in full precision). bitsandbytes has CPU kernels too."""
+"""8-bit / 4-bit bases loaded by bitsandbytes through ``from_pretrained`` (QLoRA: a frozen nf4
+base with double quantization, trainable adapters in full precision). bitsandbytes has CPU
+kernels too."""
 
 from __future__ import annotations
 
-import importlib.util
-from typing import Any, Optional
-
-
-def trainer_precision(precision: Any, hardware: Any) -> str:
-    """``precision.trainer``; ``auto``: bf16-mixed on a CUDA device with bf16, fp32 elsewhere
-    (bf16 autocast is slower than fp32 on CPUs without bf16 units)."""
-    if precision.trainer != "auto":
-        return precision.trainer
-    if hardware.accelerator in ("gpu", "cuda", "auto"):
-        import torch
-
-        if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-            return "bf16-mixed"
-    return "32-true"
-
-
-def check_bitsandbytes(precision: Any) -> Optional[str]:
-    """A problem with loading a quantized base here, or None."""
-    if precision.quantize and importlib.util.find_spec("bitsandbytes") is None:
-        return (f"precision={precision.name} needs the bitsandbytes package "
-                "(pip install -e '.[quant]'; make installs it)")
-    return None
+import os
+from typing import Any
 
 
 def quantization_config(precision: Any) -> Any:
@@ -46,14 +25,11 @@ def quantization_config(precision: Any) -> Any:
 def device_map(hardware: Any) -> Any:
     """Where a quantized base loads (bitsandbytes quantizes while loading onto the device): this
     process's GPU under CUDA, else the CPU."""
-    import os
-
     import torch
 
     if hardware.accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available():
         return {"": int(os.environ.get("LOCAL_RANK") or 0)}
     return {"": "cpu"}
-
 
 
 def keep_4bit_weights_trainable(model: Any) -> None:

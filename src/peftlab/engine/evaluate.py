@@ -1,28 +1,24 @@
-"""``peftlab-eval``: evaluate a run folder's adapter, or a base model alone, on a task split.
-
-    peftlab-eval run_dir=outputs/runs/<stamp>            # the run's adapter on the run's task
-    peftlab-eval run_dir=outputs/runs/<stamp> split=val
-    peftlab-eval model=smollm2_135m data=dates           # the untouched base model
-
-Writes ``eval.json`` and ``predictions.jsonl`` into its own folder (outputs/evals/<stamp>/).
-"""
+"""The work of ``peftlab-eval`` and ``peftlab.evaluate()``: a run folder's adapter, or a base model
+alone, on a task's split, written into the command's own folder (eval.json, predictions.jsonl)."""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
-import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 import peftlab.methods  # noqa: F401  (registers the method schemas a run folder's config names)
-from peftlab.cli import run_app
-from peftlab.config import CONF_DIR, validate
+from peftlab.config import validate
 from peftlab.config.commands import EvalSchema, TrainSchema
 from peftlab.config.schema import DataSchema
-from peftlab.outputs import check_fresh_run_dir, folder_lock, load_run_config, versions, write_json, write_jsonl
+from peftlab.runs.config import read_run_config
+from peftlab.runs.files import write_json, write_jsonl
+from peftlab.runs.folders import check_fresh_run_dir
+from peftlab.runs.locks import folder_lock
+from peftlab.runs.metrics import versions
 from peftlab.tasks import make_task
 
 log = logging.getLogger("peftlab.eval")
@@ -40,9 +36,10 @@ def _run_data(run: TrainSchema, cli_overrides: list[str]) -> DataSchema:
     return OmegaConf.to_object(node)
 
 
-def evaluate_cfg(cfg: DictConfig) -> dict[str, Any]:
+def evaluate_from_config(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
+    """Evaluate into ``out_dir`` (eval.json, predictions.jsonl); returns what eval.json holds."""
     conf = validate(cfg, EvalSchema)
-    out_dir = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else Path(conf.paths.run_dir)
+    out_dir = Path(out_dir)
     with folder_lock(out_dir):
         check_fresh_run_dir(out_dir)
         return _evaluate(conf, out_dir)
@@ -52,7 +49,7 @@ def _evaluate(conf: EvalSchema, out_dir: Path) -> dict[str, Any]:
     run_dir = Path(conf.run_dir) if conf.run_dir else None
     model_cfg, data_cfg, method = conf.model, conf.data, None
     if run_dir is not None:  # the run folder says which model and task; never whether to run remote code
-        run = load_run_config(run_dir, trust_remote_code=conf.trust_remote_code)
+        run = read_run_config(run_dir, trust_remote_code=conf.trust_remote_code)
         model_cfg, method = run.model, run.method.name
         overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
         if not any(o.startswith("data=") for o in overrides):
@@ -60,13 +57,11 @@ def _evaluate(conf: EvalSchema, out_dir: Path) -> dict[str, Any]:
     task = make_task(data_cfg)
     import lightning as L  # the heavy libraries, once the config is valid
 
-    from peftlab.cli import quiet_libraries
     from peftlab.data.datamodule import TaskDataModule
+    from peftlab.engine.module import PeftLabModule
+    from peftlab.engine.trainer import make_eval_trainer, split_metrics
     from peftlab.models import display_name, load_run_model
-    from peftlab.module import PeftLabModule
-    from peftlab.trainer import make_eval_trainer, split_metrics
 
-    quiet_libraries()
     L.seed_everything(conf.seed, workers=True, verbose=False)
     model, tokenizer = load_run_model(model_cfg, run_dir, conf.paths.cache_dir, task, conf.precision.dtype)
     data = TaskDataModule(task, tokenizer, seed=conf.seed, test_split=conf.split, limits={"test": conf.limit_batches})
@@ -82,17 +77,3 @@ def _evaluate(conf: EvalSchema, out_dir: Path) -> dict[str, Any]:
              data_cfg.name, conf.split, metrics)
     log.info("written: %s", out_dir / "eval.json")
     return report
-
-
-@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="eval")
-def _hydra_main(cfg: DictConfig) -> Optional[float]:
-    report = evaluate_cfg(cfg)
-    return report["metrics"].get(report["primary_metric"])
-
-
-def main() -> None:
-    run_app(_hydra_main, "peftlab-eval")
-
-
-if __name__ == "__main__":
-    main()

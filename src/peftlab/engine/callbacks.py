@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import time
+from typing import Any, Optional
 
 import lightning as L
 import torch
 
 from peftlab.errors import PeftlabError
-from peftlab.memory import peak_rss_mb
+from peftlab.runs.memory import peak_rss_mb
 
 
 class TrainingMeter(L.Callback):
@@ -49,11 +50,14 @@ class TrainingMeter(L.Callback):
 
 
 class Diverged(PeftlabError):
-    """Training met a non-finite loss or gradient."""
+    """Training met a non-finite loss or gradient. The job adds what metrics.json then says
+    (``record``) and what the user is told beyond the cause (``note``)."""
 
     def __init__(self, step: int, what: str):
         super().__init__(f"training diverged at step {step}: {what}")
         self.step, self.what = step, what
+        self.record: Optional[dict[str, Any]] = None
+        self.note = ""
 
 
 class DivergenceGuard(L.Callback):

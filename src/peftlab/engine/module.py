@@ -14,10 +14,10 @@ from typing import Any, Optional
 import lightning as L
 import torch
 
+from peftlab.config.instantiate import instantiate
 from peftlab.config.schema import OptimSchema
-from peftlab.config.targets import instantiate
 from peftlab.data.loaders import InSplitOrder, unshard
-from peftlab.distributed import all_sum, gather
+from peftlab.engine.distributed import all_sum, gather
 from peftlab.errors import ConfigError
 from peftlab.methods import method_spec, trainable_parameters
 
@@ -120,10 +120,10 @@ class PeftLabModule(L.LightningModule):
             self.hooks.after_step(self.model, step - 1)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self.task.evaluate(self.model, self.tokenizer, batch, self.val_metrics)
+        self.task.evaluate_batch(self.model, self.tokenizer, batch, self.val_metrics)
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        found = self.task.evaluate(self.model, self.tokenizer, batch, self.test_metrics)
+        found = self.task.evaluate_batch(self.model, self.tokenizer, batch, self.test_metrics)
         self.predictions.extend(zip(batch["position"], found, strict=True))  # (position in the shard, prediction)
 
     def on_validation_epoch_end(self) -> None:
@@ -179,18 +179,6 @@ class PeftLabModule(L.LightningModule):
         if problem:
             raise ConfigError(f"resume_from: the checkpoint does not fit this run's trainable parameters ({problem}): "
                               "resume with the method settings it was trained with")
-
-
-def read_checkpoint(path: str) -> dict[str, Any]:
-    """A checkpoint file read as data (``weights_only=True``: tensors and plain values only)."""
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as err:  # torch raises many types for files that are not checkpoints
-        first = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
-        raise ConfigError(f"resume_from: {path} is not a checkpoint peftlab can read ({first[:200]})") from None
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "global_step" not in checkpoint:
-        raise ConfigError(f"resume_from: {path} is not a Lightning checkpoint of a peftlab run (no state_dict)")
-    return checkpoint
 
 
 def _some(names: set[str], n: int = 3) -> str:

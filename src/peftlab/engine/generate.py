@@ -1,31 +1,23 @@
-"""``peftlab-generate``: answers from a trained run, its adapter on its base or its merged model.
-
-    peftlab-generate run_dir=outputs/runs/<stamp> prompt="3rd of March, 1998"
-    peftlab-generate run_dir=outputs/runs/<stamp> file=prompts.jsonl out=answers.jsonl
-    peftlab-generate run_dir=outputs/runs/<stamp> interactive=true       # answers stream as they come
-
-Prompts are formatted as the run trained (its chat template and system prompt); generation is
-greedy unless ``do_sample=true``. Classification runs answer with the label and its probability.
-Answers go to standard output (one JSON line each for file=, or ``out=`` writes them).
-"""
+"""The work of ``peftlab-generate`` and ``peftlab.generate()``: answers from a trained run, its
+adapter on its base or its merged model. Prompts are formatted as the run trained (its chat template
+and system prompt); generation is greedy unless ``do_sample=true``. Classification runs answer with
+the label and its probability. Writes nothing unless ``out=`` names a file."""
 
 from __future__ import annotations
 
 import json
 import logging
-import sys
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-import hydra
 from omegaconf import DictConfig
 
 import peftlab.methods  # noqa: F401  (registers the method schemas a run folder's config names)
-from peftlab.cli import run_app
-from peftlab.config import CONF_DIR, validate
+from peftlab.config import validate
 from peftlab.config.commands import GenerateSchema
 from peftlab.errors import ConfigError, DataError
-from peftlab.outputs import load_run_config, write_jsonl
+from peftlab.runs.config import read_run_config
+from peftlab.runs.files import write_jsonl
 from peftlab.tasks import make_task
 
 log = logging.getLogger("peftlab.generate")
@@ -42,10 +34,9 @@ class Talker:
             conf.max_new_tokens = run.data.max_new_tokens
         import lightning as L  # the heavy libraries, once the config is valid
 
-        from peftlab.cli import quiet_libraries
-        from peftlab.models import DTYPES, load_run_model
+        from peftlab.models import DTYPES, load_run_model, quiet_libraries
 
-        quiet_libraries()
+        quiet_libraries()  # the merged model loads without load_backbone
         L.seed_everything(conf.seed, workers=True, verbose=False)
         dtype = run.precision.dtype
         if conf.merged:
@@ -105,17 +96,17 @@ def _terminal_prompts() -> Iterator[str]:
             yield line
 
 
-def generate_cfg(cfg: DictConfig, prompts: Optional[list[str]] = None) -> list[dict[str, Any]]:
+def generate_from_config(cfg: DictConfig, prompts: Optional[list[str]] = None) -> list[dict[str, Any]]:
     """Run ``peftlab-generate``; with ``prompts`` (the Python API) answer those, printing nothing."""
     conf = validate(cfg, GenerateSchema)
     quiet = prompts is not None
-    run = load_run_config(Path(conf.run_dir), trust_remote_code=conf.trust_remote_code)
+    run = read_run_config(Path(conf.run_dir), trust_remote_code=conf.trust_remote_code)
     if prompts is None and conf.file:
         prompts = read_prompts(conf.file, run.data.prompt_field)
     elif prompts is None and conf.prompt is not None:
         prompts = [conf.prompt]
     talker = Talker(conf, run)
-    if prompts is None:
+    if prompts is None and conf.interactive:
         return _interactive(talker)
     answers = talker.answer(prompts)
     if conf.out:
@@ -143,31 +134,3 @@ def _interactive(talker: Talker) -> list[dict[str, Any]]:
 
 def _line(answer: dict[str, Any]) -> str:
     return answer["answer"] + (f" (p={answer['probability']:.4f})" if "probability" in answer else "")
-
-
-def quote_prompt(argv: list[str]) -> list[str]:
-    """``prompt=3rd of March, 1998`` as the user typed it (the shell has taken the quotes): a
-    quoted string for Hydra, whose override grammar would read commas, brackets and quotes."""
-    out = []
-    for arg in argv:
-        value = arg[len("prompt="):]
-        if arg.startswith("prompt=") and not (len(value) > 1 and value[0] == value[-1] and value[0] in "'\""):
-            escaped = value.replace("'", "\\'")
-            if escaped.endswith("\\"):  # a backslash before the closing quote would escape it
-                escaped += "\\"
-            arg = f"prompt='{escaped}'"
-        out.append(arg)
-    return out
-
-
-@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="generate")
-def _hydra_main(cfg: DictConfig) -> None:
-    generate_cfg(cfg)
-
-
-def main() -> None:
-    run_app(_hydra_main, "peftlab-generate", prepare_argv=quote_prompt)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,95 @@
+"""The shell every console script runs in: user mistakes become one line on stderr and exit
+status 2; anything else is a bug and keeps its traceback.
+
+Before Hydra starts (and writes anything), the command line is checked: an explicit
+``hydra.run.dir`` must not hold a finished run and is locked for this process, and a rerun file
+given with ``--config-dir <run folder> --config-name rerun`` is read as data first: Hydra would
+otherwise instantiate what it names (its own callbacks, logging handlers) before peftlab sees it.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+# the plug-ins register before any config is composed or read: Hydra composes the method schemas
+# from its ConfigStore, and a run's config validates against the registered task types
+import peftlab.methods  # noqa: F401
+import peftlab.tasks  # noqa: F401
+from peftlab.config import CONF_DIR
+from peftlab.config.messages import describe, user_errors
+from peftlab.engine.distributed import SECONDARY, launched_world_size
+from peftlab.errors import ConfigError
+from peftlab.runs.folders import claim_run_dir, discard_unstarted_run_dir
+from peftlab.runs.rerun import check_rerun_file
+
+__all__ = ["CONF_DIR", "run_app", "output_dir"]
+
+
+def output_dir() -> Path:
+    """The folder Hydra gave this job (its run or sweep-job folder)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return Path(HydraConfig.get().runtime.output_dir)
+
+
+def _explicit_run_dir(argv: list[str]) -> Optional[Path]:
+    """``hydra.run.dir=<folder>``: claimed (checked and locked) before Hydra writes into it."""
+    folder = None
+    for arg in argv:
+        if arg.startswith("hydra.run.dir="):
+            folder = Path(arg.split("=", 1)[1])
+    if folder is None:
+        if launched_world_size() > 1 and not any(a in ("-m", "--multirun") for a in argv):
+            raise ConfigError("hydra.run.dir: give the run folder when torchrun or srun starts the processes "
+                              "(each would pick its own timestamped folder otherwise)")
+        return None
+    claim_run_dir(folder)
+    return folder
+
+
+class _QuietJobFailure:
+    """stderr without Hydra's "Error executing job with overrides" line, which repeats the
+    command line of a single run before peftlab's own one-line message."""
+
+    def __init__(self, stream: Any):
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        if text.startswith("Error executing job with overrides"):
+            return len(text)
+        return self.stream.write(text)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stream, name)
+
+
+def run_app(hydra_main: Callable[[], object], prog: str,
+            prepare_argv: Optional[Callable[[list[str]], list[str]]] = None) -> None:
+    """Run a ``@hydra.main`` function as the console script ``prog``."""
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    multirun = any(a in ("-m", "--multirun") for a in sys.argv[1:])
+    stderr = sys.stderr
+    if not multirun:
+        sys.stderr = _QuietJobFailure(stderr)
+    held = None
+    try:
+        if SECONDARY:  # a second process of a distributed run: the first holds the folder and writes it
+            sys.argv[1:] = [*sys.argv[1:], "hydra/job_logging=stdout", "hydra.output_subdir=null"]
+        else:
+            if prepare_argv is not None:
+                sys.argv[1:] = prepare_argv(sys.argv[1:])
+            check_rerun_file(sys.argv[1:])
+            held = _explicit_run_dir(sys.argv[1:])
+        hydra_main()
+    except user_errors() as err:
+        if held is not None:  # this process's folder: what Hydra wrote for a run that never started goes
+            discard_unstarted_run_dir(held)
+        print(f"{prog}: error: {describe(err)}", file=stderr)
+        sys.exit(2)
+    finally:
+        sys.stderr = stderr

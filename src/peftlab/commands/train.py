@@ -1,0 +1,47 @@
+"""``peftlab-train``: train one run, or a sweep of them (engine/train.py does the work).
+
+    peftlab-train                         # SmolLM2-135M + LoRA on the date task
+    peftlab-train method=lora method.r=4 trainer.max_steps=200
+    peftlab-train -m method=lora,full seed=1,2,3
+    peftlab-train resume=outputs/runs/<stamp>     # continue a killed run, exactly, in its own folder
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Optional
+
+import hydra
+from omegaconf import DictConfig
+
+from peftlab.commands.cli import CONF_DIR, output_dir, run_app
+from peftlab.runs.metrics import metric_at
+from peftlab.runs.resume import resume_args
+from peftlab.runs.sweeps import in_multirun, record_failure
+
+log = logging.getLogger("peftlab.train")
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
+def _hydra_main(cfg: DictConfig) -> Optional[float]:
+    """Returns the metric a sweeper optimises (``objective``). In a multirun a failing job is
+    recorded (failed.json) and the sweep goes on; a single run fails as usual."""
+    from peftlab.engine.train import train_from_config
+
+    try:
+        metrics = train_from_config(cfg, output_dir())
+    except Exception as err:
+        if not in_multirun():
+            raise
+        log.exception("job failed: %s", err)
+        record_failure(output_dir(), err)
+        return float("nan")  # optuna records a NaN as a failed trial and goes on
+    return metric_at(metrics, metrics.get("objective") or "")
+
+
+def main() -> None:
+    run_app(_hydra_main, "peftlab-train", prepare_argv=resume_args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,44 @@
+"""One line for every user-facing error from Hydra, OmegaConf or peftlab.
+
+Hydra prints composition errors over several lines with a hint about HYDRA_FULL_ERROR; the
+commands let them propagate (``HYDRA_FULL_ERROR=1``) and turn each into one line that names the
+key and the bad value. Any other exception is a bug and keeps its full traceback.
+"""
+
+from __future__ import annotations
+
+import re
+
+from omegaconf.errors import OmegaConfBaseException
+
+from peftlab.config.validate import omegaconf_message
+from peftlab.errors import PeftlabError
+
+_NOT_FOUND = re.compile(r"Could not find '(?P<group>[\w/]+)/(?P<choice>[^']+)'")
+_OPTIONS = re.compile(r"Available options in '[\w/]+':\n((?:\t.*\n?)*)")
+
+
+def describe(err: BaseException) -> str:
+    """One line for a user-facing error from Hydra, OmegaConf or peftlab."""
+    if isinstance(err, PeftlabError):
+        return str(err)
+    text = str(err)
+    m = _NOT_FOUND.search(text)
+    if m:
+        options = _OPTIONS.search(text)
+        listed = ", ".join(o.strip() for o in options.group(1).splitlines() if o.strip()) if options else ""
+        group = m.group("group")
+        return f"{group}={m.group('choice')}: no such config" + (f" (available: {listed})" if listed else "")
+    cause = err.__cause__
+    if isinstance(cause, OmegaConfBaseException):
+        return omegaconf_message(cause)
+    if isinstance(err, OmegaConfBaseException):
+        return omegaconf_message(err)
+    lines = [line.strip() for line in text.splitlines() if line.strip() and "HYDRA_FULL_ERROR" not in line]
+    return " ".join(lines[:3]) if lines else type(err).__name__
+
+
+def user_errors() -> tuple[type, ...]:
+    from hydra.errors import HydraException
+
+    return (PeftlabError, HydraException, OmegaConfBaseException)

@@ -1,0 +1,164 @@
+"""The work of ``peftlab-train`` and ``peftlab.train()``: validate the config, check everything that
+can be checked before any work, hold the run folder, run the job (engine/job.py), record it in
+metrics.json, and merge and verify right after training.
+
+The libraries that train (torch, Lightning, transformers, peft) load once the config is valid, so
+a bad override fails within a second.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+import peftlab.methods  # noqa: F401  (registers the method plug-ins)
+from peftlab.config import validate
+from peftlab.config.commands import TrainSchema
+from peftlab.engine.distributed import SECONDARY
+from peftlab.engine.forgetting import text_path
+from peftlab.errors import ConfigError, PeftlabError
+from peftlab.runs.folders import check_fresh_run_dir, discard_unstarted_run_dir
+from peftlab.runs.locks import folder_lock
+from peftlab.runs.metrics import write_metrics
+from peftlab.runs.sweeps import in_multirun
+from peftlab.tasks import Task, make_task
+
+log = logging.getLogger("peftlab.train")
+
+# numbers every run reports, whatever its task (dotted metrics.json keys)
+RUN_NUMBERS = ("train.steps", "train.wall_s", "train.tokens_per_s", "memory.peak_rss_mb", "params.trainable",
+               "params.total", "params.trainable_pct")
+
+
+def train_from_config(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    """Run one training job from a composed config into ``run_dir``; returns its metrics.json."""
+    run_dir = Path(run_dir)
+    if SECONDARY:  # a second process of a distributed run: it computes with the first, which writes
+        conf, task, objective = checked(cfg)
+        return _job(conf, cfg, run_dir, task, objective)
+    with folder_lock(run_dir):  # outside the clean-up below: a folder another command holds is never touched
+        try:
+            conf, task, objective = checked(cfg)
+            check_fresh_run_dir(run_dir)
+            metrics = _job(conf, cfg, run_dir, task, objective)
+        except PeftlabError:
+            discard_unstarted_run_dir(run_dir)
+            raise
+        if "status" not in metrics:  # a smoke test (fast_dev_run), or a process that does not write
+            return metrics
+        write_metrics(run_dir, metrics)
+        log.info("done\n%s", summary(metrics, task, run_dir))
+        # after the job has returned, so that the training model, optimizer and trainer are freed: the
+        # merge loads the saved adapter afresh
+        if conf.merge_after and metrics.get("adapter") and type(conf.method).capabilities.mergeable:
+            metrics["merge"] = merge_after(conf, run_dir, metrics)
+            write_metrics(run_dir, metrics)
+    return metrics
+
+
+def checked(cfg: DictConfig) -> tuple[TrainSchema, Task, str]:
+    """The validated config, its task and the objective key, once everything about the run that can
+    be checked before any work has been: every problem found is in the one error."""
+    conf = validate(cfg, TrainSchema)
+    task = make_task(conf.data, run=conf)
+    problems = [*one_process_per_job(conf), *task.check(conf)]
+    if conf.forgetting is not None:
+        try:
+            text_path(conf.forgetting.text)
+        except ConfigError as err:
+            problems.append(str(err))
+    if problems:
+        raise ConfigError("; ".join(problems))
+    return conf, task, objective_key(conf, task)
+
+
+def _job(conf: TrainSchema, cfg: DictConfig, run_dir: Path, task: Task, objective: str) -> dict[str, Any]:
+    from peftlab.engine.callbacks import Diverged
+    from peftlab.engine.job import TrainingJob  # the heavy libraries, once the config is valid
+
+    try:
+        return TrainingJob(conf, cfg, run_dir, task, objective).run()
+    except Diverged as err:
+        if err.record is not None:
+            write_metrics(run_dir, err.record)
+        raise Diverged(err.step, f"{err.what}; {err.note}") from None
+
+
+def objective_key(conf: TrainSchema, task: Task) -> str:
+    """The metrics.json key a sweeper optimises: ``objective``, or the task's primary test metric."""
+    if conf.objective is None:
+        return f"test.{task.primary_metric}"
+    splits = ("test", "zero_shot") if conf.zero_shot else ("test",)
+    known = [f"{s}.{m}" for s in splits for m in task.metric_names] + ["val.loss", *RUN_NUMBERS]
+    if conf.objective not in known:
+        raise ConfigError(f"objective: {conf.objective!r} is not a number this run reports "
+                          f"(known: {', '.join(known)})")
+    return conf.objective
+
+
+def one_process_per_job(conf: TrainSchema) -> list[str]:
+    """A distributed job starts its own processes (Lightning re-runs the command); a sweep whose
+    launcher runs its jobs in the sweep's own process cannot host that. SLURM's launcher can: each
+    job's processes are SLURM tasks."""
+    if not in_multirun():
+        return []
+    from hydra.core.hydra_config import HydraConfig
+
+    hw = conf.hardware
+    several = hw.strategy in ("ddp", "fsdp") or hw.num_nodes > 1 or (isinstance(hw.devices, int) and hw.devices > 1)
+    launcher = str(HydraConfig.get().launcher.get("_target_", ""))
+    if several and "SlurmLauncher" not in launcher:
+        return [f"hardware={hw.name} under -m: this launcher runs every job in the sweep's own process, and a "
+                "distributed job starts processes of its own; use hydra/launcher=submitit_slurm (one SLURM task "
+                "per process), or run the jobs one by one without -m"]
+    return []
+
+
+def merge_after(conf: TrainSchema, run_dir: Path, metrics: dict[str, Any]) -> dict[str, Any]:
+    """The verified merge of peftlab-merge, right after training; its outcome goes to metrics.json
+    (a failed verification too, before the error goes on)."""
+    from peftlab.export.merge import MergeOptions, VerificationError, merge_run
+    from peftlab.export.verify import Evaluation
+
+    # the test predictions the job has just written: the merged model must reproduce every one. A
+    # test limited to some batches (trainer.limit_test_batches) covers less: the merge then
+    # evaluates the adapter on the whole split itself
+    predictions = [json.loads(line)["prediction"]
+                   for line in (run_dir / "test_predictions.jsonl").read_text().splitlines() if line.strip()]
+    whole = len(predictions) == metrics["data"]["test"]
+    try:
+        report = merge_run(run_dir, conf, run_dir / "merged", MergeOptions(), report_dir=run_dir,
+                           adapter_test=Evaluation(metrics["test"], predictions) if whole else None)
+    except VerificationError as err:
+        write_metrics(run_dir, {**metrics, "merge": {"passed": False, "error": str(err)}})
+        raise
+    checks = report["checks"]["reloaded"]
+    return {"passed": report["passed"], "out_dir": report["out_dir"], "max_abs_error": checks["max_abs_error"],
+            "max_abs_error_fp64": checks.get("max_abs_error_fp64"),
+            "top1_agreement": checks["top1_agreement"], "merged_test": report["metrics"]["merged"],
+            "latency_merged_over_base": report["latency"]["merged_over_base"]}
+
+
+def summary(m: dict[str, Any], task: Task, run_dir: Path) -> str:
+    """The finished run in a few lines, for the log and the terminal."""
+    p = m["params"]
+    lines = [f"{m['model']} + {m['method']} on {m['task']} (seed {m['seed']})",
+             f"  trainable parameters: {p['trainable']:,} of {p['total']:,} ({p['trainable_pct']:.3f}%)"]
+    for key in task.metric_names:
+        if key in m["test"]:
+            before = f"zero-shot {m['zero_shot'][key]:.4f} -> " if m["zero_shot"] else ""
+            lines.append(f"  test {key}: {before}fine-tuned {m['test'][key]:.4f}")
+    lines.append(f"  training: {m['train']['steps']} steps in {m['train']['wall_s']} s "
+                 f"({m['train']['tokens_per_s']} tokens/s), peak RSS {m['memory']['peak_rss_mb']} MiB")
+    if m.get("forgetting"):
+        f = m["forgetting"]
+        lines.append(f"  forgetting: loss on {f['text']} {f['loss_before']:.4f} -> {f['loss_after']:.4f} "
+                     f"({f['delta']:+.4f})")
+    if m["adapter"]:
+        lines.append(f"  adapter: {m['adapter']}")
+    lines.append(f"  metrics: {run_dir / 'metrics.json'}")
+    return "\n".join(lines)

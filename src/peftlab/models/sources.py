@@ -1,0 +1,167 @@
+"""Where backbones come from: GGUF files and HF folders inside pip packages, and random-init models
+built from a config, each written once into ``paths.cache_dir`` as a folder plain transformers loads."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+
+from peftlab.config.schema import ModelSchema
+from peftlab.errors import ConfigError
+from peftlab.runs.files import atomic_path, remove_stale_temps
+from peftlab.runs.locks import waiting_lock
+from peftlab.tasks import task_class
+
+log = logging.getLogger(__name__)
+
+# bump when the conversion itself changes, so stale cache folders are not reused
+_CACHE_FORMAT = 2
+
+CHAT_TEMPLATES = {
+    "chatml": (
+        "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content']"
+        " + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}"
+        "{% endif %}"
+    ),
+}
+
+
+def package_dir(package: str, key: str = "model.package") -> Path:
+    spec = importlib.util.find_spec(package)  # locate without importing the package's code
+    if spec is None or spec.origin is None:
+        raise ConfigError(f"{key}: the pip package {package!r} is not installed "
+                          f"(pip install --no-deps {package.replace('_', '-')})")
+    return Path(spec.origin).parent
+
+
+def _fingerprint(*parts: Any) -> str:
+    import transformers
+
+    text = json.dumps([_CACHE_FORMAT, transformers.__version__, *parts], sort_keys=True, default=str)
+    return hashlib.sha1(text.encode()).hexdigest()[:12]
+
+
+def _build_atomically(final: Path, build: Callable[[Path], None]) -> Path:
+    """Run ``build(tmp_dir)`` and rename the folder into place, under a lock on the entry: a second
+    run waits for the first and reuses its folder, and what a killed build left is removed."""
+    if (final / "config.json").exists():
+        return final
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        (final.parent / f".{final.name}.lock").touch()
+    except OSError as err:
+        raise ConfigError(f"paths.cache_dir: cannot write {final.parent} ({err.strerror}); point paths.cache_dir "
+                          "or PEFTLAB_CACHE_DIR at a writable folder") from None
+    try:
+        with waiting_lock(final.parent / f".{final.name}.lock"):
+            if (final / "config.json").exists():
+                return final
+            remove_stale_temps(final.parent, final.name)
+            if final.exists():  # a folder without config.json: not one peftlab finished
+                shutil.rmtree(final)
+            with atomic_path(final) as tmp:
+                build(tmp)
+    except PermissionError as err:
+        raise ConfigError(f"paths.cache_dir: cannot write {final.parent} ({err.strerror}); point paths.cache_dir "
+                          "or PEFTLAB_CACHE_DIR at a writable folder") from None
+    return final
+
+
+def convert_gguf(cfg: ModelSchema, cache_dir: Path) -> Path:
+    folder = package_dir(cfg.package)
+    gguf = folder / cfg.file
+    if not gguf.is_file():
+        raise ConfigError(f"model.file: {cfg.file!r} is not in the package {cfg.package!r} ({folder})")
+    final = cache_dir / "models" / f"{cfg.name}-{_fingerprint(cfg.file, gguf.stat().st_size)}"
+
+    def build(tmp: Path) -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        log.info("converting %s once into %s (about half a minute)", gguf.name, final)
+        tok = AutoTokenizer.from_pretrained(folder, gguf_file=cfg.file)
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=cfg.file, dtype=torch.float32)
+        # the GGUF loader marks the model quantized; the weights are already dequantized fp32
+        model.hf_quantizer = None
+        model.is_quantized = False
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.config.name_or_path = str(final)
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+
+    return _build_atomically(final, build)
+
+
+def byte_tokenizer(chat_template: Optional[str] = None):
+    """A byte-level tokenizer built offline: 5 special tokens + the 256 bytes, no merges."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<s>", "</s>", "<|im_start|>", "<|im_end|>"]
+    vocab = {t: i for i, t in enumerate(specials)}
+    for ch in sorted(pre_tokenizers.ByteLevel.alphabet()):  # the 256 characters that stand for the bytes
+        vocab[ch] = len(vocab)
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens(specials)
+    eos = "<|im_end|>" if chat_template else "</s>"
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token=eos, pad_token="<pad>",
+                                   additional_special_tokens=["<|im_start|>", "<|im_end|>"])
+    if chat_template:
+        fast.chat_template = CHAT_TEMPLATES.get(chat_template, chat_template)
+    return fast
+
+
+def build_random(cfg: ModelSchema, cache_dir: Path) -> Path:
+    """Save a random-init model once, as its first task's checkpoint class: with the LM head for a
+    causal LM; the bare backbone when task heads are added at load time (sized to the labels)."""
+    arch = dict(cfg.arch)
+    key = _fingerprint(arch, cfg.init_seed, cfg.tokenizer, cfg.chat_template, cfg.tasks)
+    final = cache_dir / "models" / f"{cfg.name}-{key}"
+
+    def build(tmp: Path) -> None:
+        tokenizer = random_tokenizer(cfg)
+        config = arch_config(cfg, tokenizer)
+        with torch.random.fork_rng(devices=[]):  # a fixed init that leaves the caller's generator alone
+            torch.manual_seed(cfg.init_seed)
+            model = task_class(cfg.tasks[0]).checkpoint_class().from_config(config)
+        model.config.name_or_path = str(final)
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+
+    return _build_atomically(final, build)
+
+
+def random_tokenizer(cfg: ModelSchema):
+    if cfg.tokenizer in (None, "bytes"):
+        return byte_tokenizer(cfg.chat_template)
+    if cfg.tokenizer:
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(cfg.tokenizer, local_files_only=os.path.isdir(cfg.tokenizer))
+    raise ConfigError(f"model.tokenizer: unknown tokenizer {cfg.tokenizer!r}")
+
+
+def arch_config(cfg: ModelSchema, tokenizer=None):
+    from transformers import AutoConfig
+
+    arch = dict(cfg.arch)
+    model_type = arch.pop("model_type")
+    try:
+        config = AutoConfig.for_model(model_type, **arch)
+    except ValueError as err:
+        raise ConfigError(f"model.arch.model_type: {err}") from None
+    if tokenizer is not None:
+        config.vocab_size = len(tokenizer)
+        for name in ("pad", "bos", "eos"):
+            setattr(config, f"{name}_token_id", getattr(tokenizer, f"{name}_token_id"))
+    return config

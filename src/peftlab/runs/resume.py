@@ -1,0 +1,52 @@
+"""``peftlab-train resume=<folder>``: the command line that continues a killed run in its own
+folder. The folder's ``.hydra/overrides.yaml`` is read as data: a list of plain overrides, none of
+which may configure Hydra."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from peftlab.errors import ConfigError
+from peftlab.runs.folders import run_status
+
+# what a resumed run may set besides resume=: how it shows progress and how many threads it uses
+RESUME_MAY_SET = ("trainer.enable_progress_bar=", "hardware.threads=")
+
+
+def resume_args(argv: list[str]) -> list[str]:
+    """``resume=<run_dir>``: the command line that continues a killed run in its own folder, with
+    the overrides it started with (read from the folder as data) and its last checkpoint."""
+    given = [a for a in argv if a.startswith("resume=")]
+    if not given:
+        return argv
+    folder = Path(given[-1].split("=", 1)[1]).expanduser()
+    rest = [a for a in argv if not a.startswith("resume=")]
+    extra = [a for a in rest if not a.startswith(RESUME_MAY_SET)]
+    if extra:
+        raise ConfigError(f"resume: {extra[0]}: a resumed run keeps the settings it started with; to train on "
+                          f"with other settings, start a new run with resume_from={folder}/checkpoints/last.ckpt")
+    overrides_file = folder / ".hydra" / "overrides.yaml"
+    # the newest checkpoint (checkpoints are written whole, then renamed: a kill between a step's
+    # checkpoint and last.ckpt leaves the step's the newest)
+    last = max((folder / "checkpoints").glob("*.ckpt"), key=lambda p: p.stat().st_mtime_ns, default=None)
+    if run_status(folder):
+        raise ConfigError(f"resume: {folder} has ended ({run_status(folder)}, see its metrics.json); "
+                          "nothing to resume")
+    if not overrides_file.is_file():
+        raise ConfigError(f"resume: {folder} is not a peftlab-train run folder (no .hydra/overrides.yaml)")
+    if last is None:
+        raise ConfigError(f"resume: {folder} has no checkpoint yet ({folder / 'checkpoints'}); start it again "
+                          "instead")
+    try:
+        original = yaml.safe_load(overrides_file.read_text()) or []
+    except yaml.YAMLError as err:
+        raise ConfigError(f"resume: {overrides_file} is not readable ({str(err).splitlines()[0]})") from None
+    if not isinstance(original, list) or not all(isinstance(o, str) for o in original):
+        raise ConfigError(f"resume: {overrides_file} is not a list of overrides")
+    for o in original:  # data, not code: nothing that configures Hydra itself
+        if o.lstrip("+~").startswith("hydra") or o.startswith("-"):
+            raise ConfigError(f"resume: {overrides_file}: {o!r} is not an override a run folder may hold")
+    kept = [o for o in original if not o.startswith(("resume_from=", *RESUME_MAY_SET))]
+    return [*kept, *rest, f"hydra.run.dir={folder}", f"resume_from={last}"]
