@@ -41,3 +41,17 @@ def test_one_pass_evaluation_equals_the_loss_and_the_generations_of_two(cache_di
     assert texts == generate(model, bb.tokenizer, batch["gen_input_ids"], batch["gen_attention_mask"],
                              conf.data.max_new_tokens)
     assert (width not in lengths) == shares  # shared: the prompts never run on their own
+
+
+def test_split_loss_is_weighted_by_what_it_averages_over_and_keeps_nan():
+    """The loss mean weighs each batch by its token (or example) count, and a NaN loss stays NaN."""
+    from peftlab.tasks.metrics import SplitMetrics
+
+    metrics = SplitMetrics()
+    metrics.update_loss(torch.tensor(3.0), 3)  # three tokens with loss 1
+    metrics.update_loss(torch.tensor(3.0), 1)  # one token with loss 3
+    assert metrics.compute()["loss"] == 1.5
+    metrics.reset()
+    metrics.update_loss(torch.tensor(float("nan")), 2)
+    metrics.update_loss(torch.tensor(1.0), 1)
+    assert torch.isnan(torch.tensor(metrics.compute()["loss"]))

@@ -41,12 +41,12 @@ def test_cached_generation_matches_a_full_forward(cache_dir, method):
 
 def test_lightning_cloud_advert_is_filtered(caplog):
     """Lightning 2.6 logs a cloud-logger advert from every Trainer; ``quiet_libraries`` filters it.
-    When the advert disappears upstream, the filter (peftlab.cli) can go."""
+    When the advert disappears upstream, the filter (peftlab.models.quiet) can go."""
     import logging
 
     import lightning as L
 
-    from peftlab.cli import quiet_libraries
+    from peftlab.models.quiet import quiet_libraries
 
     quiet_libraries()
     with caplog.at_level(logging.INFO):
@@ -55,27 +55,8 @@ def test_lightning_cloud_advert_is_filtered(caplog):
     assert not [r for r in caplog.records if str(r.msg).startswith("💡")]
 
 
-def test_torchmetrics_mean_still_drops_weights_without_a_nan_strategy():
-    """peftlab.tasks.metrics.WeightedMean works around torchmetrics 1.9, whose MeanMetric ignores the
-    weights when nan_strategy="disable". When this fails, torchmetrics weighs again: use MeanMetric."""
-    from torchmetrics import MeanMetric
-
-    from peftlab.tasks.metrics import WeightedMean
-
-    def mean(metric):
-        metric.update(torch.tensor(1.0), weight=3)
-        metric.update(torch.tensor(3.0), weight=1)
-        return float(metric.compute())
-
-    assert mean(MeanMetric(nan_strategy="disable")) == 2.0  # the unweighted mean: the bug
-    assert mean(WeightedMean()) == 1.5
-    nan = WeightedMean()
-    nan.update(torch.tensor(float("nan")), weight=2)
-    assert torch.isnan(nan.compute())  # and a NaN loss is not dropped
-
-
 def test_bitsandbytes_still_repacks_4bit_weights_for_cpu_inference():
-    """peftlab.precision.keep_4bit_weights_trainable switches off a repacking that bitsandbytes 0.50
+    """peftlab.models.quantized.keep_4bit_weights_trainable switches off a repacking that bitsandbytes 0.50
     does on CPUs with AVX512-BF16: after one eval-mode forward, a training forward of the same layer
     computes with the wrong weights. When this test fails, the workaround can go."""
     bnb = pytest.importorskip("bitsandbytes")
@@ -94,7 +75,7 @@ def test_bitsandbytes_still_repacks_4bit_weights_for_cpu_inference():
     y = layer.train()(x.requires_grad_())
     assert not torch.allclose(y, x @ expected.T, atol=1e-3)  # the training forward is wrong: the bug
 
-    from peftlab.precision import keep_4bit_weights_trainable
+    from peftlab.models.quantized import keep_4bit_weights_trainable
 
     fixed = bnb.nn.Linear4bit(64, 32, bias=False, compute_dtype=torch.float32, quant_type="nf4")
     fixed.weight = bnb.nn.Params4bit(dense.weight.data.clone(), requires_grad=False, quant_type="nf4").to("cpu")

@@ -7,7 +7,7 @@ from typing import Callable, Optional
 
 import torch
 from torch import nn
-from torchmetrics import MeanMetric, Metric, MetricCollection
+from torchmetrics import Metric, MetricCollection, SumMetric
 
 
 class ExactMatch(Metric):
@@ -28,24 +28,6 @@ class ExactMatch(Metric):
         return self.correct.float() / self.total.clamp(min=1)
 
 
-class WeightedMean(MeanMetric):
-    """torchmetrics' weighted mean that keeps NaN visible. torchmetrics 1.9's MeanMetric replaces the
-    weights with ones when ``nan_strategy="disable"`` (``_cast_and_nan_check_input``), so a
-    token-weighted loss silently became a mean of batch means; the other strategies drop NaN values.
-    tests/test_pins.py fails when torchmetrics keeps the weights itself and this class can go."""
-
-    def __init__(self) -> None:
-        super().__init__(nan_strategy="disable")
-
-    def _cast_and_nan_check_input(self, x, weight=None):
-        x = x if isinstance(x, torch.Tensor) else torch.as_tensor(x, dtype=self.dtype, device=self.device)
-        if weight is None:
-            weight = torch.ones_like(x)
-        elif not isinstance(weight, torch.Tensor):
-            weight = torch.as_tensor(weight, dtype=self.dtype, device=self.device)
-        return x.to(self.dtype), weight.to(self.dtype)
-
-
 def perplexity(values: dict[str, float]) -> dict[str, float]:
     return {"perplexity": math.exp(min(values["loss"], 50.0))}
 
@@ -57,8 +39,10 @@ class SplitMetrics(nn.Module):
     def __init__(self, metrics: Optional[dict[str, Metric]] = None,
                  derived: Optional[Callable[[dict[str, float]], dict[str, float]]] = None):
         super().__init__()
-        # float64 sums; a NaN loss stays NaN
-        self.loss = WeightedMean().set_dtype(torch.float64)
+        # the loss as two float64 sums (total, count), so that it is weighted by what it averages
+        # over and reduces across devices; nan_strategy="disable" keeps a NaN loss visible
+        self.loss_total = SumMetric(nan_strategy="disable").set_dtype(torch.float64)
+        self.loss_count = SumMetric().set_dtype(torch.float64)
         self.task = MetricCollection(metrics) if metrics else None
         self.derived = derived
 
@@ -69,10 +53,11 @@ class SplitMetrics(nn.Module):
     def update_loss(self, total: torch.Tensor, count: torch.Tensor | int) -> None:
         count = int(count)
         if count > 0:
-            self.loss.update(total.detach().double() / count, weight=count)
+            self.loss_total.update(total.detach().double())
+            self.loss_count.update(count)
 
     def compute(self) -> dict[str, float]:
-        values = {"loss": float(self.loss.compute())}
+        values = {"loss": float(self.loss_total.compute() / self.loss_count.compute().clamp(min=1))}
         if self.task is not None:
             values.update({k: float(v) for k, v in self.task.compute().items()})
         if self.derived is not None:
@@ -80,6 +65,7 @@ class SplitMetrics(nn.Module):
         return values
 
     def reset(self) -> None:
-        self.loss.reset()
+        self.loss_total.reset()
+        self.loss_count.reset()
         if self.task is not None:
             self.task.reset()
