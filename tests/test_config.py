@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import concurrent.futures as futures
+import dataclasses
+import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,7 +15,7 @@ from peftlab.config.commands import EvalSchema, TrainSchema
 from peftlab.errors import ConfigError
 from peftlab.methods import METHODS
 
-from conftest import CONF, compose, run_cli
+from conftest import CONF, ROOT, compose, run_cli
 
 # options that need a value the user must give
 REQUIRED = {"model/hf": ["model.name_or_path=/some/folder"], "data/custom": ["data.path=/some/file.jsonl"]}
@@ -158,6 +161,7 @@ def launch_commands(experiment: str) -> list[list[str]]:
     raise AssertionError(f"experiment/{experiment}.yaml has no launch command comment")
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("experiment", _options("experiment"))
 def test_every_experiment_runs_its_launch_command(experiment, tmp_path, cache_dir):
     """Training experiments run on the tiny model for one step; the others as they are. Folders
@@ -179,3 +183,64 @@ def test_every_experiment_runs_its_launch_command(experiment, tmp_path, cache_di
     else:
         run_dir = next(c.split("=", 1)[1] for c in command if c.startswith("hydra.run.dir="))
         assert (Path(run_dir) / result).exists()
+
+
+# --- one source of defaults, and no field that nothing reads -------------------------------------
+def test_method_yamls_set_no_value_the_schema_already_defaults():
+    """A method's defaults live in its schema; its YAML only picks the schema (and may derive a
+    value from the rest of the config, as AdaLoRA's total_step from trainer.max_steps). A copied
+    default could drift from the schema's and leave two answers to "what is the default"."""
+    import yaml
+
+    stated = {}
+    for path in sorted((CONF / "method").glob("*.yaml")):
+        keys = {k: v for k, v in yaml.safe_load(path.read_text()).items() if k != "defaults"}
+        assert set(keys) <= {f.name for f in dataclasses.fields(METHODS[path.stem].schema)}, path.name
+        stated[path.stem] = {k: v for k, v in keys.items() if not (isinstance(v, str) and v.startswith("${"))}
+    assert {m: v for m, v in stated.items() if v} == {}
+
+
+def _unread_fields(classes, src_texts: dict) -> list[str]:
+    """Fields no source file reads (outside their own class body): ``.name``, ``"name"``, or passed
+    whole to peft through ``peft_kwargs(cfg, drop=...)`` in the schema's module."""
+    import inspect
+
+    unread = []
+    for cls in classes:
+        own = Path(inspect.getsourcefile(cls)).resolve()
+        body = inspect.getsource(cls)
+        texts = {p: t.replace(body, "") if p == own else t for p, t in src_texts.items()}
+        module = sys.modules[cls.__module__]
+        passed = set()
+        for m in re.finditer(r"peft_kwargs\(cfg(?:, drop=([^)]*\)?))?\)", texts.get(own, "")):
+            drop = m.group(1) or "()"
+            drop = getattr(module, drop) if drop.isidentifier() else re.findall(r"[\"'](\w+)[\"']", drop)
+            passed |= {f.name for f in dataclasses.fields(cls)} - set(drop)
+        for f in dataclasses.fields(cls):
+            read = re.compile(rf"\.{f.name}\b|[\"']{f.name}[\"']")
+            if f.name not in passed and not any(read.search(t) for t in texts.values()):
+                unread.append(f"{cls.__name__}.{f.name}")
+    return unread
+
+
+def _schema_classes():
+    from peftlab.config import commands, schema
+
+    found = {c for mod in (schema, commands) for c in vars(mod).values()
+             if isinstance(c, type) and dataclasses.is_dataclass(c) and c.__module__ == mod.__name__}
+    return sorted(found | {spec.schema for spec in METHODS.values()}, key=lambda c: c.__name__)
+
+
+def test_every_schema_field_is_read_somewhere():
+    src = {p.resolve(): p.read_text() for p in (ROOT / "src" / "peftlab").rglob("*.py")}
+    classes = _schema_classes()
+    assert len(classes) > 25
+    assert _unread_fields(classes, src) == []
+
+
+def test_the_unread_field_check_can_fail():
+    from peftlab.config.schema import OptimSchema
+
+    src = {p.resolve(): p.read_text() for p in (ROOT / "src" / "peftlab").rglob("*.py")}
+    src = {p: re.sub(r"\.weight_decay\b|[\"']weight_decay[\"']", "", t) for p, t in src.items()}
+    assert _unread_fields([OptimSchema], src) == ["OptimSchema.weight_decay"]
