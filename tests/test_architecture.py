@@ -1,11 +1,14 @@
-"""The code's shape, held by tests: methods and tasks are plug-ins that nothing else branches on,
-adding a method takes one module and one YAML (and no test edit), entry points stay thin and
-independent, and the config system does not depend on the plug-ins."""
+"""The code's shape, held by tests: the packages form layers that import only downwards, each
+command loads only what it needs, methods and tasks are plug-ins that nothing else branches on,
+adding a method takes one module and one YAML (and no test edit), and metrics.json has one writer."""
 
 from __future__ import annotations
 
 import ast
+import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -55,25 +58,106 @@ def test_no_source_file_is_over_300_lines():
 
 
 def _imports(path: Path) -> set[str]:
-    tree = ast.parse(path.read_text())
+    """Every module a file imports, at the top or inside a function (relative imports resolved)."""
+    package = ".".join(("peftlab", *path.relative_to(SRC).parts[:-1]))
     found = set()
-    for node in ast.walk(tree):
+    for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             found |= {a.name for a in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            found.add(node.module)
-            found |= {f"{node.module}.{a.name}" for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            module = node.module or ""
+            if node.level:
+                base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                module = f"{base}.{module}" if module else base
+            found.add(module)
+            found |= {f"{module}.{a.name}" for a in node.names}
     return found
 
 
-def test_no_entry_point_imports_another():
+# Each package imports only from packages below it; the two at the same height do not import each
+# other. The package root holds the version and the lazy Python API only.
+LAYERS = [
+    {"api", "commands"},         # the Python API and the console scripts: thin, over the engine
+    {"engine"},                  # the training job, LightningModule, trainer, callbacks, precision
+    {"export", "reporting"},     # merge and verify; tables and plots over finished runs
+    {"methods", "models"},       # the method plug-ins; loading backbones
+    {"tasks"},                   # the task plug-ins: loss, metrics, evaluation
+    {"data"},                    # sources, tokenization, collators, loaders
+    {"runs"},                    # run folders, locks, metrics.json, a run's config
+    {"config"},                  # schemas, validation, messages
+    {"errors"},
+]
+RANK = {unit: len(LAYERS) - i for i, layer in enumerate(LAYERS) for unit in layer}
+
+
+def _unit(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[1] if parts[0] == "peftlab" and len(parts) > 1 and parts[1] in RANK else None
+
+
+def _layer_violations() -> list[str]:
+    found = []
+    for path in sources():
+        here = _unit(".".join(("peftlab", *path.relative_to(SRC).with_suffix("").parts)))
+        if here is None:  # the package root
+            continue
+        for module in sorted(_imports(path)):
+            there = _unit(module)
+            if there is not None and there != here and RANK[there] >= RANK[here]:
+                found.append(f"{path.relative_to(ROOT)} ({here}) imports {module} ({there})")
+    return found
+
+
+def test_every_package_is_in_a_layer():
+    packages = {p.stem if p.is_file() else p.name for p in SRC.iterdir()
+                if (p.suffix == ".py" and p.stem != "__init__") or (p / "__init__.py").exists()}
+    assert packages == set(RANK)
+
+
+def test_packages_import_only_from_the_layers_below():
+    assert _layer_violations() == []
+
+
+def test_the_layer_check_sees_a_lazy_upward_import(monkeypatch):
+    real = _imports
+    planted = SRC / "runs" / "folders.py"
+    monkeypatch.setitem(globals(), "_imports", lambda p: real(p) | ({"peftlab.engine.job"} if p == planted else set()))
+    assert _layer_violations() == ["src/peftlab/runs/folders.py (runs) imports peftlab.engine.job (engine)"]
+
+
+def _entry_modules() -> set[str]:
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
-    entry_modules = {target.split(":")[0] for target in scripts.values()}
-    assert len(entry_modules) == len(scripts)
-    for module in entry_modules:
+    modules = {target.split(":")[0] for target in scripts.values()}
+    assert len(modules) == len(scripts) and all(m.startswith("peftlab.commands.") for m in modules)
+    return modules
+
+
+def test_no_command_imports_another():
+    entry = _entry_modules()
+    for module in entry:
         path = SRC / (module.split(".", 1)[1].replace(".", "/") + ".py")
-        others = entry_modules - {module}
-        assert not _imports(path) & others, (module, _imports(path) & others)
+        assert not _imports(path) & (entry - {module}), module
+
+
+@pytest.mark.parametrize("module", sorted(_entry_modules()))
+def test_a_command_loads_no_other_command_and_nothing_heavy(module):
+    """Imported in a fresh interpreter (as its console script starts), a command loads no other
+    command, not the Python API, and none of the heavy libraries: those load when the job runs."""
+    code = ("import json, sys; import " + module + "; "
+            "print(json.dumps(sorted(k for k in sys.modules if k.startswith('peftlab') "
+            "or k.split('.')[0] in ('torch', 'transformers', 'peft', 'lightning', 'datasets', 'matplotlib'))))")
+    loaded = json.loads(subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
+                                       text=True).stdout)
+    others = _entry_modules() - {module}
+    assert [m for m in loaded if m in others or m == "peftlab.api" or not m.startswith("peftlab")] == []
+    assert module in loaded
+
+
+def test_import_peftlab_loads_no_command():
+    code = "import json, sys, peftlab; print(json.dumps(sorted(k for k in sys.modules if k.startswith('peftlab'))))"
+    loaded = json.loads(subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
+                                       text=True).stdout)
+    assert loaded == ["peftlab"]
 
 
 def test_the_config_system_does_not_import_the_plug_ins():
@@ -82,44 +166,32 @@ def test_the_config_system_does_not_import_the_plug_ins():
         assert not bad, (path.name, bad)
 
 
-# --- adding a method: docs/adding-a-method.md shows the whole change -----------------------------
-DOC = ROOT / "docs" / "adding-a-method.md"
+WRITE = re.compile(r"write_json|write_text|atomic_path|json\.dump\(|open\([^)]*[\"'][wa]")
 
 
-def _block_after(heading: str) -> str:
-    text = DOC.read_text()
-    start = text.index(heading)
-    body = text[text.index("```", start):]
-    body = body[body.index("\n") + 1:]
-    return body[: body.index("```")]
+def _metrics_writers(files: list[Path]) -> list[str]:
+    return [f"{p.name}:{i}" for p in files for i, line in enumerate(p.read_text().splitlines(), 1)
+            if "metrics.json" in line and WRITE.search(line)]
 
 
-@pytest.mark.parametrize("path", ["src/peftlab/methods/loha.py", "conf/method/loha.yaml"])
-def test_the_adding_a_method_page_shows_the_real_files(path):
-    assert _block_after(f"## `{path}`") == (ROOT / path).read_text()
-    stat = DOC.read_text()
-    lines = len((ROOT / path).read_text().splitlines())
-    assert re.search(rf"{re.escape(path)}\s+\|\s+{lines} \+", stat), f"the diff stat line of {path}"
+def test_metrics_json_has_one_writer():
+    """No line outside runs/metrics.py writes metrics.json: the others call runs.metrics.write_metrics."""
+    assert _metrics_writers([p for p in sources() if p != SRC / "runs" / "metrics.py"]) == []
+    assert "def write_metrics(" in (SRC / "runs" / "metrics.py").read_text()
 
 
+def test_the_writer_check_sees_a_second_writer(tmp_path):
+    planted = tmp_path / "x.py"
+    planted.write_text('values = {}\nwrite_json(run_dir / "metrics.json", values)\n')
+    assert _metrics_writers([planted]) == ["x.py:2"]
+
+
+# --- adding a method: docs/guides/adding-a-method.md shows it (tests/test_docs.py keeps the page current)
 def test_the_added_method_is_everywhere_without_a_test_edit():
     from test_methods import CELLS
 
+    assert {m for m, _ in CELLS} == set(METHODS)  # every method is in the matrix
     assert "loha" in METHODS and {f for m, f in CELLS if m == "loha"} == {f for m, f in CELLS if m == "lora"}
     named = [p.name for p in (ROOT / "tests").glob("*.py")
              if p.name != "test_architecture.py" and re.search(r"\bloha\b", p.read_text(), re.I)]
     assert named == []  # no test file had to learn its name
-
-
-def test_the_readmes_method_table_is_the_registrys():
-    """README.md holds what peftlab-methods prints (python scripts/update_readme.py writes it)."""
-    import importlib.util
-
-    from peftlab.methods.table import capability_table
-
-    spec = importlib.util.spec_from_file_location("update_readme", ROOT / "scripts" / "update_readme.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    readme = (ROOT / "README.md").read_text()
-    assert script.with_table(readme, capability_table()) == readme, "run python scripts/update_readme.py"
-    assert len(capability_table().splitlines()) == len(METHODS) + 2

@@ -1,5 +1,5 @@
 """The capability table of every registered method, generated from the registry (so it cannot drift
-from the code): ``peftlab-methods`` prints it, and ``python scripts/update_readme.py`` writes it into
+from the code): ``peftlab-methods`` prints it, and ``python scripts/update_docs.py`` writes it into
 the README and the docs between their markers; a test compares them."""
 
 from __future__ import annotations

@@ -1,0 +1,129 @@
+"""The documentation stays true to the code: every command line in README.md and docs/ composes
+with Hydra as the command would compose it, and the README stays short."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+COMMANDS = {"peftlab-train": "train", "peftlab-eval": "eval", "peftlab-merge": "merge",
+            "peftlab-params": "params", "peftlab-report": "report", "peftlab-generate": "generate"}
+# arguments read before Hydra composes: a killed run's folder (runs/resume.py), a rerun file
+BEFORE_COMPOSE = ("resume=",)
+
+
+def _blocks(text: str) -> list[str]:
+    return re.findall(r"```(?:bash|sh|console)?\n(.*?)```", text, flags=re.S)
+
+
+def command_lines(page: Path) -> list[tuple[str, list[str]]]:
+    """(command, arguments) for every peftlab command in the page's shell blocks, and for
+    ``make run ARGS="..."``; placeholders (``<stamp>``, ``$SLURM_JOB_ID``) become plain words."""
+    found = []
+    text = page.read_text()
+    shell = [*_blocks(text), *re.findall(r"`((?:peftlab-\w+|make run ARGS=)[^`]*)`", text)]
+    for block in shell:
+        for line in block.replace("\\\n", " ").splitlines():
+            if not re.match(r"\s*(peftlab-\w+|make run|torchrun|srun)\b", line):
+                continue
+            line = re.sub(r"<[^<>]*>", "X", line.split(" # ")[0].split("  #")[0]).replace("$", "")
+            words = shlex.split(line, comments=True)
+            if words[:2] == ["make", "run"]:
+                args = [w.split("=", 1)[1] for w in words if w.startswith("ARGS=")]
+                found.append(("train", shlex.split(args[0]) if args else []))
+                continue
+            starts = [i for i, w in enumerate(words) if w in COMMANDS]
+            if starts:
+                found.append((COMMANDS[words[starts[0]]], words[starts[0] + 1:]))
+    return found
+
+
+def _first_of_each_sweep(args: list[str]) -> list[str]:
+    """One job of a sweep (``-m method=lora,ia3`` -> ``method=lora``), as Hydra's parser reads it."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    out = []
+    for arg in args:
+        override = parser.parse_override(arg)
+        if override.is_sweep_override():
+            value = next(iter(override.sweep_string_iterator()))
+            out.append(f"{override.get_key_element()}={value}")
+        else:
+            out.append(arg)
+    return out
+
+
+def _composable(command: str, args: list[str]) -> list[str] | None:
+    if any(a.startswith(("--config-dir", "--config-name", "--help")) for a in args):
+        return None  # a rerun file or help: not an override list
+    args = [a for a in args if a not in ("-m", "--multirun") and not a.startswith(BEFORE_COMPOSE)]
+    args = [a for i, a in enumerate(args) if a != "--cfg" and (i == 0 or args[i - 1] != "--cfg")]
+    if command == "report":
+        from peftlab.commands.report import positional_to_inputs
+
+        args = positional_to_inputs(args)
+    return _first_of_each_sweep(args)
+
+
+EXAMPLES = [(page, command, args) for page in PAGES for command, args in command_lines(page)]
+
+
+def test_the_docs_hold_many_command_lines():
+    assert len(EXAMPLES) > 80
+    assert {c for _, c, _ in EXAMPLES} == set(COMMANDS.values())
+
+
+@pytest.mark.parametrize("page", PAGES, ids=[str(p.relative_to(ROOT)) for p in PAGES])
+def test_every_command_line_in_the_docs_composes(page):
+    from hydra.errors import HydraException
+
+    from peftlab.api import compose
+    from peftlab.errors import ConfigError
+
+    failed = []
+    for command, args in command_lines(page):
+        try:
+            overrides = _composable(command, args)
+            if overrides is not None:
+                compose(command, overrides)
+        except (ConfigError, HydraException) as err:
+            failed.append(f"peftlab-{command} {' '.join(args)}: {err}")
+    assert failed == []
+
+
+def test_the_check_sees_a_mistyped_example(tmp_path):
+    from peftlab.api import compose
+    from peftlab.errors import ConfigError
+
+    page = tmp_path / "page.md"
+    page.write_text("```bash\npeftlab-train method=lora method.rank=4   # a typo\n```\n")
+    [(command, args)] = command_lines(page)
+    with pytest.raises(ConfigError, match="method.rank"):
+        compose(command, _composable(command, args))
+
+
+def test_the_readme_is_short_and_generated_parts_are_current():
+    import importlib.util
+
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) <= 200
+    spec = importlib.util.spec_from_file_location("update_docs", ROOT / "scripts" / "update_docs.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    stale = [str(p.relative_to(ROOT)) for p, text in script.generated().items() if p.read_text() != text]
+    assert stale == [], "run python scripts/update_docs.py"
+    from peftlab.methods import METHODS
+    from peftlab.methods.table import capability_table
+
+    assert f"{script.START}\n{capability_table()}\n{script.END}" in readme
+    assert len(capability_table().splitlines()) == len(METHODS) + 2
+    guide = (ROOT / "docs" / "guides" / "adding-a-method.md").read_text()
+    for path in script.SHOWN:  # the guide shows the real files, byte for byte
+        assert f"## `{path}`\n\n```" in guide and (ROOT / path).read_text() in guide
