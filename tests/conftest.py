@@ -17,6 +17,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+# Under pytest-xdist (`make test` runs one worker per core) each worker, and each process it
+# starts, computes on one thread: two workers with a thread per core each would oversubscribe.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    os.environ["MKL_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
+
 
 # the user's cache (real models converted once, shared with `make run`), read before any fixture
 USER_CACHE = Path(os.environ.get("PEFTLAB_CACHE_DIR")
@@ -105,3 +114,32 @@ def causal_task():
     from peftlab.tasks import make_task
 
     return make_task(validate(compose(["model=tiny_llama"])).data)
+
+
+def train(cfg):
+    """Train a composed config into its ``paths.run_dir``, in this process (peftlab-train's work)."""
+    from peftlab.engine.train import train_from_config
+
+    return train_from_config(cfg, Path(cfg.paths.run_dir))
+
+
+def evaluate_cfg(cfg):
+    """Evaluate a composed eval config into its ``paths.run_dir``, in this process (peftlab-eval's work)."""
+    from peftlab.engine.evaluate import evaluate_from_config
+
+    return evaluate_from_config(cfg, Path(cfg.paths.run_dir))
+
+
+# a finished tiny LoRA run that many tests read and none changes (merges go to their own folders)
+FINISHED_RUN = ["debug=tiny", "trainer.max_steps=6", "optim.lr=1e-2", "zero_shot=false", "logger=none",
+                "merge_after=false", "callbacks.checkpoint.every_n_train_steps=2"]
+
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory, cache_dir) -> Path:
+    """A finished tiny LoRA run (6 steps, checkpoints every 2, not merged), shared by the session:
+    read it, copy it, merge it elsewhere; never write into it."""
+    run_dir = tmp_path_factory.mktemp("shared") / "lora"
+    run_dir.mkdir()
+    train(compose(FINISHED_RUN, run_dir=run_dir))
+    return run_dir

@@ -108,11 +108,13 @@ def test_a_run_started_from_python_resumes_from_the_command_line(tmp_path, cache
 
 
 def test_the_functions_keep_their_names_after_the_modules_load():
-    """peftlab.train is the function even once the command module peftlab/train.py is imported."""
+    """peftlab.train is the function even once the command modules (peftlab.commands.*) and the
+    engine's train module are imported."""
     import importlib
     import types
 
-    for name in ("train", "merge", "report", "generate", "eval"):
-        importlib.import_module(f"peftlab.{name}")
+    for name in ("train", "merge", "report", "generate", "eval", "params"):
+        importlib.import_module(f"peftlab.commands.{name}")
+    importlib.import_module("peftlab.engine.train")
     for name in ("train", "evaluate", "merge", "report", "generate", "compose"):
         assert isinstance(getattr(peftlab, name), types.FunctionType), name

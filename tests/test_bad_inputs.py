@@ -1,19 +1,21 @@
-"""The bad-input matrix: every user mistake or unlucky input is one line on stderr naming the key,
-file or line, exit status 2, and nothing left behind: no run folder, no temporary folder.
+"""The bad-input matrix: every user mistake or unlucky input is one message naming the key, file or
+line, and nothing left behind: no run folder, no temporary folder.
 
-Each case runs the real command in a subprocess (two at a time). Config mistakes fail before the
-heavy libraries load; data, model, adapter and checkpoint mistakes after loading the tiny model."""
+Every case runs in this process through the Python API (which composes and validates as the
+commands do) and must raise a user error whose message holds the fragment. One case of each kind
+of error (config value, composition, disallowed target, checkpoint, run folder, resume, data,
+model, each command's own inputs) also runs the real console script in a subprocess: one line on
+stderr, ``<command>: error: <the same message>``, exit status 2, no traceback."""
 
 from __future__ import annotations
 
-import concurrent.futures as futures
 import json
 import shutil
 from pathlib import Path
 
 import pytest
 
-from conftest import compose, run_cli
+from conftest import run_cli
 
 TINY = ["debug=tiny", "merge_after=false", "logger=none"]
 ROWS = [{"prompt": f"What is {i}?", "response": f"{i}"} for i in range(20)]
@@ -24,16 +26,13 @@ def jsonl(path: Path, rows) -> Path:
     return path
 
 
-def _inputs(root: Path) -> dict[str, Path]:
-    """Files and run folders the cases point at."""
-    from peftlab.train import train
+def _inputs(root: Path, finished: Path) -> dict[str, Path]:
+    """Files and run folders the cases point at (``finished``: the session's finished tiny run)."""
+    return {**_data_files(root), **_run_folders(root, finished)}
 
+
+def _data_files(root: Path) -> dict[str, Path]:
     p: dict[str, Path] = {}
-    p["finished"] = root / "finished"
-    p["finished"].mkdir()
-    train(compose([*TINY, "trainer.max_steps=2", "callbacks.checkpoint.every_n_train_steps=2"],
-                  run_dir=p["finished"]))
-    p["ckpt"] = p["finished"] / "checkpoints" / "last.ckpt"
     p["empty_answers"] = jsonl(root / "empty_answers.jsonl", [{**r, "response": " "} for r in ROWS])
     p["blank_prompts"] = jsonl(root / "blank_prompts.jsonl", [{**r, "prompt": ""} if i % 2 else r
                                                               for i, r in enumerate(ROWS)])
@@ -60,6 +59,12 @@ def _inputs(root: Path) -> dict[str, Path]:
     p["empty_chosen"] = jsonl(root / "empty_chosen.jsonl", [{**r, "chosen": ""} for r in pairs])
     p["random_ckpt"] = root / "random.ckpt"
     p["random_ckpt"].write_bytes(bytes(range(256)) * 40)
+    return p
+
+
+def _run_folders(root: Path, finished: Path) -> dict[str, Path]:
+    p: dict[str, Path] = {"finished": finished}
+    p["ckpt"] = p["finished"] / "checkpoints" / "last.ckpt"
     p["corrupt_config"] = root / "corrupt_config"
     shutil.copytree(p["finished"], p["corrupt_config"], ignore=shutil.ignore_patterns(".lock"))
     (p["corrupt_config"] / "config.yaml").write_text("model: [unclosed\n  : :\n")
@@ -213,42 +218,89 @@ CASES = [
 ]
 
 
+# one case of each kind of error, also run as the real console script
+AS_COMMANDS = {
+    "negative rank", "unknown method", "callback code", "random bytes checkpoint", "finished folder",
+    "resume with other settings", "malformed json", "adapter_off after sft", "missing model folder",
+    "eval corrupt config", "merge broken adapter", "report over a report", "generate without a prompt",
+    "generate from a missing file",
+}
+# what only the command line has (the API takes its prompts as a list)
+COMMAND_LINE_ONLY = {"generate without a prompt", "generate from a missing file"}
+
+
 @pytest.fixture(scope="module")
-def outcomes(tmp_path_factory, cache_dir):
+def inputs(tmp_path_factory, finished_run):
     root = tmp_path_factory.mktemp("bad")
-    inputs = _inputs(root)
+    return root, _inputs(root, finished_run)
 
-    def one(case):
-        name, prog, args, _ = case
-        out = root / "cases" / name.replace(" ", "_")
-        out.parent.mkdir(exist_ok=True)
-        fill = {**{k: str(v) for k, v in inputs.items()}, "out": str(out)}
-        argv = [a.format(**fill) for a in args]
-        if prog == "peftlab-train" and not any(a.startswith(("hydra.run.dir=", "resume=")) for a in argv):
-            argv = [*TINY, *argv, f"hydra.run.dir={out}"]
-        elif prog != "peftlab-train" and not any(a.startswith("hydra.run.dir=") for a in argv):
-            argv = [*argv, f"hydra.run.dir={out}"]
-        return name, (run_cli(prog, *argv), out, fill)
 
-    with futures.ThreadPoolExecutor(max_workers=2) as pool:
-        results = dict(pool.map(one, CASES))
-    return root, inputs, results
+def _argv(case, inputs: dict[str, Path], out: Path) -> tuple[list[str], dict[str, str]]:
+    """The case's command line, run in its own folder ``out``."""
+    _, prog, args, _ = case
+    fill = {**{k: str(v) for k, v in inputs.items()}, "out": str(out)}
+    argv = [a.format(**fill) for a in args]
+    if prog == "peftlab-train" and not any(a.startswith(("hydra.run.dir=", "resume=")) for a in argv):
+        argv = [*TINY, *argv, f"hydra.run.dir={out}"]
+    elif prog != "peftlab-train" and not any(a.startswith("hydra.run.dir=") for a in argv):
+        argv = [*argv, f"hydra.run.dir={out}"]
+    return argv, fill
+
+
+def _through_the_api(prog: str, argv: list[str]) -> None:
+    from peftlab import api
+
+    if prog == "peftlab-train":
+        api.train(argv)
+    elif prog == "peftlab-eval":
+        api.evaluate(None, argv)
+    elif prog == "peftlab-merge":
+        api.merge(None, argv)
+    elif prog == "peftlab-report":
+        api.report([a for a in argv if "=" not in a], [a for a in argv if "=" in a])
+    elif prog == "peftlab-generate":
+        api.generate(None, [a.split("=", 1)[1] for a in argv if a.startswith("prompt=")],
+                     [a for a in argv if not a.startswith("prompt=")])
+    else:
+        raise AssertionError(prog)
+
+
+def _left_nothing(root: Path, out: Path) -> None:
+    assert not out.exists() or not any(out.iterdir()), sorted(p.name for p in out.iterdir())
+    assert [str(p.relative_to(root)) for p in root.rglob(".*.tmp-*")] == []
 
 
 def test_the_matrix_is_large():
     assert len(CASES) >= 40 and len({c[0] for c in CASES}) == len(CASES)
+    assert AS_COMMANDS <= {c[0] for c in CASES} and {c[1] for c in CASES} <= {c[1] for c in CASES
+                                                                              if c[0] in AS_COMMANDS}
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
-def test_bad_input_is_one_line_exit_2_and_leaves_nothing(outcomes, case):
-    root, inputs, results = outcomes
-    name, prog, _, fragment = case
-    proc, out, fill = results[name]
+@pytest.mark.parametrize("case", [c for c in CASES if c[0] not in COMMAND_LINE_ONLY],
+                         ids=[c[0] for c in CASES if c[0] not in COMMAND_LINE_ONLY])
+def test_bad_input_is_a_user_error_that_leaves_nothing(inputs, case):
+    from peftlab.config.messages import describe, user_errors
+
+    root, files = inputs
+    out = root / "api" / case[0].replace(" ", "_")
+    argv, fill = _argv(case, files, out)
+    with pytest.raises(user_errors()) as err:
+        _through_the_api(case[1], argv)
+    message = describe(err.value)
+    assert "\n" not in message and case[3].format(**fill) in message, message
+    _left_nothing(root, out)
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c[0] in AS_COMMANDS],
+                         ids=[c[0] for c in CASES if c[0] in AS_COMMANDS])
+def test_the_command_prints_one_line_and_exits_2(inputs, case):
+    root, files = inputs
+    out = root / "cli" / case[0].replace(" ", "_")
+    argv, fill = _argv(case, files, out)
+    proc = run_cli(case[1], *argv)
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
     last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith(f"{prog}: error: "), last
-    assert fragment.format(**fill) in last, last
-    assert not out.exists() or not any(out.iterdir()), sorted(p.name for p in out.iterdir())
-    leftovers = [str(p.relative_to(root)) for p in root.rglob(".*.tmp-*")]
-    assert leftovers == []
+    assert last.startswith(f"{case[1]}: error: "), last
+    assert case[3].format(**fill) in last, last
+    _left_nothing(root, out)

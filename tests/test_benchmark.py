@@ -22,6 +22,7 @@ def smoke(tmp_path_factory):
     return json.loads(out.read_text()), proc.stdout
 
 
+@pytest.mark.integration
 def test_every_route_trains_the_same_examples_and_reports_its_figures(smoke):
     result, stdout = smoke
     routes = result["routes"]

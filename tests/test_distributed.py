@@ -43,6 +43,7 @@ def one_process(tmp_path_factory, cache_dir):
 
 @pytest.mark.parametrize("hardware", [["hardware=ddp_cpu"], ["hardware=fsdp", "hardware.accelerator=cpu"]],
                          ids=["ddp", "fsdp"])
+@pytest.mark.integration
 def test_two_processes_of_batch_b_equal_one_process_of_batch_2b(hardware, one_process, tmp_path, cache_dir):
     """Per step, both see the same 8 examples and average the loss over the same answer tokens;
     evaluation counts each of the 7 test examples once, though 7 does not divide by 2."""
@@ -61,6 +62,7 @@ def test_two_processes_of_batch_b_equal_one_process_of_batch_2b(hardware, one_pr
     assert sorted(p.name for p in run_dir.glob("*.log")) == ["train.log"]
 
 
+@pytest.mark.integration
 def test_the_fsdp_adapter_loads_with_plain_peft(tmp_path, cache_dir):
     run_dir = tmp_path / "fsdp"
     proc = run_cli("peftlab-train", *SAME, "hardware=fsdp", "hardware.accelerator=cpu", f"hydra.run.dir={run_dir}")
@@ -79,6 +81,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.integration
 def test_two_nodes_of_one_process_under_torchrun(tmp_path, cache_dir):
     """torchrun on localhost, two nodes: Lightning reads the ranks from torchrun's environment; the
     first node's process writes the run folder."""
@@ -107,7 +110,7 @@ def test_a_distributed_job_under_the_basic_sweep_launcher_is_refused(tmp_path, c
 def test_lora_trains_on_a_quantized_base_and_merges_into_the_full_precision_one(precision, tmp_path, cache_dir):
     import bitsandbytes as bnb
 
-    from peftlab.train import train
+    from conftest import train
 
     run_dir = tmp_path / "run"
     run_dir.mkdir()
@@ -134,7 +137,7 @@ def test_weights_load_quantized_through_from_pretrained(cache_dir):
 
     from peftlab.config import validate
     from peftlab.models import load_backbone
-    from peftlab.precision import device_map, quantization_config
+    from peftlab.models.quantized import device_map, quantization_config
     from peftlab.tasks import make_task
 
     conf = validate(compose(["model=tiny_llama", "precision=nf4"]))
@@ -159,7 +162,7 @@ def test_what_a_quantized_base_cannot_do_is_refused(overrides, message):
 
 def test_precision_auto_is_fp32_on_cpus_and_bf16_mixed_where_the_gpu_has_bf16():
     from peftlab.config import validate
-    from peftlab.precision import trainer_precision
+    from peftlab.engine.precision import trainer_precision
 
     conf = validate(compose(["precision=auto"]))
     expected = "bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "32-true"

@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from peftlab.config import validate
+from peftlab.data.sources import PROSE_DIR
+from peftlab.engine.forgetting import Forgetting, mean_token_loss, read_text, windows
 from peftlab.errors import ConfigError
-from peftlab.forgetting import PROSE, Forgetting, mean_token_loss, read_text, windows
 
 from conftest import build, compose, wrap
 
@@ -19,7 +20,7 @@ def test_the_shipped_text_is_named_and_small():
     assert text.startswith("CHAPTER I\nBecause of an hereditary recklessness")
     assert "Gutenberg" not in text  # the licence header and footer are removed
     assert len(text.encode()) < 300_000
-    assert "EBook #8868" in (PROSE / "SOURCE.md").read_text()
+    assert "EBook #8868" in (PROSE_DIR / "SOURCE.md").read_text()
 
 
 def test_mean_token_loss_is_the_models_own_loss(tiny_backbone_factory):
@@ -47,10 +48,13 @@ def test_a_fresh_adapter_forgets_nothing_and_training_moves_it(cache_dir):
 
 
 def test_bad_forgetting_settings_are_refused(tmp_path):
+    """Before any work: the text is checked with the run's other preflight checks (engine/train.py)."""
+    from peftlab.engine.train import checked
+
     with pytest.raises(ConfigError, match=r"^forgetting.text: no builtin text 'nope' \(builtin: botchan\)$"):
-        validate(compose(["forgetting.text=builtin:nope"]))
+        checked(compose(["forgetting.text=builtin:nope"]))
     with pytest.raises(ConfigError, match=r"^forgetting.text: .*missing.txt is not a file"):
-        validate(compose([f"forgetting.text={tmp_path / 'missing.txt'}"]))
+        checked(compose([f"forgetting.text={tmp_path / 'missing.txt'}"]))
     with pytest.raises(ConfigError, match=r"^forgetting.window must be > 1, got 1$"):
         validate(compose(["forgetting.window=1"]))
     (tmp_path / "short.txt").write_text("Too short.")
@@ -68,7 +72,8 @@ def _bytes_tokenizer():
 
 def test_a_training_run_records_forgetting_and_the_report_shows_it(tmp_path):
     from peftlab.reporting import write_report
-    from peftlab.train import train
+
+    from conftest import train
 
     run_dir = tmp_path / "run"
     cfg = compose(["model=tiny_llama", "data=dates", "data.max_eval_examples=8", "trainer.max_steps=4",
@@ -88,7 +93,7 @@ def test_a_training_run_records_forgetting_and_the_report_shows_it(tmp_path):
 
 
 def test_classification_runs_record_no_forgetting(tmp_path):
-    from peftlab.train import train
+    from conftest import train
 
     run_dir = tmp_path / "run"
     cfg = compose(["model=tiny_bert", "data=reviews", "data.max_eval_examples=8", "trainer.max_steps=2",

@@ -16,7 +16,7 @@ TINY = ["debug=tiny", "hardware=gpu", "trainer.max_steps=12", "optim.lr=1e-2", "
 
 
 def train_tiny(tmp_path, *overrides):
-    from peftlab.train import train
+    from conftest import train
 
     run_dir = tmp_path / "run"
     run_dir.mkdir()

@@ -1,20 +1,70 @@
-"""peftlab installs anywhere: a non-editable wheel, in a fresh environment, runs from any folder
-with the configs it carries (``peftlab.conf``)."""
+"""peftlab installs as a user installs it: every import belongs to a declared dependency or extra,
+and the wheel, in an isolated environment that holds only the declared dependencies and the
+``plots`` extra, trains a 2-seed sweep from any folder and reports it."""
 
 from __future__ import annotations
 
+import ast
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
-import sysconfig
+
+import pytest
+import tomllib
 
 from conftest import ROOT
 
 
-def test_the_wheel_trains_from_any_folder(tmp_path, cache_dir):
-    # build from a copy of the sources, so that the build leaves nothing in the checkout
+def _imported(folder) -> set[str]:
+    """The top-level modules the files under ``folder`` import (absolute imports, at any depth)."""
+    found = set()
+    for path in folder.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                found |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                found.add(node.module.split(".")[0])
+    return found - set(sys.stdlib_module_names) - {"peftlab", "conftest"}
+
+
+def _name(requirement: str) -> str:
+    return re.sub(r"[-_.]+", "-", re.match(r"[A-Za-z0-9_.-]+", requirement).group(0)).lower()
+
+
+def _declared() -> tuple[set[str], dict[str, set[str]]]:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    return ({_name(r) for r in project["dependencies"]},
+            {extra: {_name(r) for r in reqs} for extra, reqs in project["optional-dependencies"].items()})
+
+
+def _undeclared(modules: set[str], allowed: set[str]) -> dict[str, list[str]]:
+    from importlib.metadata import packages_distributions
+
+    owners = packages_distributions()
+    return {m: owners.get(m, ["(no installed distribution)"]) for m in sorted(modules)
+            if not {_name(d) for d in owners.get(m, [])} & allowed}
+
+
+def test_every_import_belongs_to_a_declared_dependency():
+    """src/ imports only the dependencies and extras; scripts/ may use the extras too (the
+    benchmark's TRL route: ``bench``). A module two packages bring along is declared itself."""
+    core, extras = _declared()
+    everything = core | set().union(*extras.values())
+    assert _undeclared(_imported(ROOT / "src"), everything) == {}
+    assert _undeclared(_imported(ROOT / "scripts"), everything) == {}
+    assert {"scipy", "matplotlib", "filelock", "pyyaml"} <= everything  # what once went undeclared
+
+
+def test_the_import_check_sees_an_undeclared_module(tmp_path):
+    (tmp_path / "x.py").write_text("import scipy.stats\nfrom yaml import safe_load\n")
+    assert set(_undeclared(_imported(tmp_path), {"pyyaml"})) == {"scipy"}
+
+
+def _build_wheel(tmp_path) -> str:
+    """The wheel, built from a copy of the sources (the build leaves nothing in the checkout)."""
     src = tmp_path / "src"
     src.mkdir()
     for name in ("pyproject.toml", "README.md"):
@@ -27,26 +77,40 @@ def test_the_wheel_trains_from_any_folder(tmp_path, cache_dir):
                             "-w", str(tmp_path / "dist"), str(src)], capture_output=True, text=True)
     assert build.returncode == 0, build.stderr[-2000:]
     (wheel,) = (tmp_path / "dist").glob("peftlab-*.whl")
+    return str(wheel)
 
-    # a fresh environment that sees this environment's dependencies, but not its editable peftlab
+
+@pytest.mark.integration
+def test_the_wheel_with_its_declared_dependencies_sweeps_and_reports(tmp_path, cache_dir):
+    wheel = _build_wheel(tmp_path)
+    # an isolated environment (no system or development site-packages): torch's CPU build first,
+    # as the Makefile does, then the wheel with the plots extra and what it declares, nothing else
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
-    site = next((venv / "lib").glob("python*/site-packages"))
-    (site / "dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    install = subprocess.run([sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install",
-                              "--no-deps", "-q", str(wheel)], capture_output=True, text=True)
-    assert install.returncode == 0, install.stderr[-2000:]
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    py = str(venv / "bin" / "python")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")}
+    for args in (["torch==2.13.0"], [f"{wheel}[plots]"]):
+        install = subprocess.run([py, "-m", "pip", "install", "-q", *args], capture_output=True, text=True,
+                                 env=env, timeout=1200)
+        assert install.returncode == 0, install.stderr[-3000:]
+    site = subprocess.run([py, "-c", "import peftlab.config as c, sys; print(c.CONF_DIR); print(sys.path)"],
+                          capture_output=True, text=True, env=env, cwd=tmp_path, check=True).stdout
+    assert str(venv) in site.splitlines()[0] and str(ROOT) not in site  # the wheel's configs, not the checkout's
+    assert subprocess.run([py, "-c", "import pytest"], capture_output=True, env=env).returncode != 0  # isolated
 
     work = tmp_path / "elsewhere"
     work.mkdir()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PEFTLAB_CACHE_DIR": str(cache_dir)}
-    where = subprocess.run([str(venv / "bin" / "python"), "-c",
-                            "import peftlab.config as c; print(c.__file__); print(c.CONF_DIR)"],
-                           cwd=work, capture_output=True, text=True, env=env)
-    module, conf_dir = where.stdout.split()
-    assert module.startswith(str(site)) and conf_dir == str(site / "peftlab" / "conf"), where.stdout
-    assert not (site / "peftlab" / "conf" / "local").exists()
-    run = subprocess.run([str(venv / "bin" / "peftlab-train"), "debug=tiny", "merge_after=false", "logger=none",
-                          "hydra.run.dir=run"], cwd=work, capture_output=True, text=True, env=env, timeout=600)
-    assert run.returncode == 0, run.stderr[-3000:]
-    assert json.loads((work / "run" / "metrics.json").read_text())["train"]["steps"] == 4
+    env = {**env, "HF_HUB_OFFLINE": "1", "PEFTLAB_CACHE_DIR": str(cache_dir)}
+    sweep = subprocess.run([str(venv / "bin" / "peftlab-train"), "-m", "debug=tiny", "seed=1,2", "merge_after=false",
+                            "logger=none", "hydra.sweep.dir=sweep"], cwd=work, capture_output=True, text=True,
+                           env=env, timeout=900)
+    assert sweep.returncode == 0, sweep.stderr[-3000:]
+    report = subprocess.run([str(venv / "bin" / "peftlab-report"), "sweep"], cwd=work, capture_output=True,
+                            text=True, env=env, timeout=600)
+    assert report.returncode == 0, report.stderr[-3000:]
+    summary = json.loads((work / "sweep" / "report" / "report.json").read_text())
+    assert summary["finished"] == 2 and len(summary["groups"]) == 1
+    (group,) = summary["groups"]
+    assert group["n"] == 2 and group[f"{summary['metric']}_ci95"] is not None  # scipy's t quantile
+    assert {"params_vs_metric.png", "val_loss.png", "throughput_memory.png"} <= set(summary["files"])
+    assert not list((venv / "lib").glob("python*/site-packages/peftlab/conf/local"))  # a machine's own settings

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from peftlab.export import VerificationError, merge_run
+from peftlab.export.merge import MergeOptions, VerificationError, merge_run
 from peftlab.methods import METHODS
-from peftlab.outputs import load_run_config
+from peftlab.runs.config import read_run_config
 
 from conftest import USER_CACHE, compose, run_cli
 
@@ -20,7 +20,7 @@ TINY = ["debug=tiny", "trainer.max_steps=6", "optim.lr=1e-2", "zero_shot=false",
 
 
 def make_run(tmp_path: Path, name: str, *overrides: str, merge_after: bool = False) -> Path:
-    from peftlab.train import train
+    from conftest import train
 
     run_dir = tmp_path / name
     run_dir.mkdir(parents=True)
@@ -29,8 +29,8 @@ def make_run(tmp_path: Path, name: str, *overrides: str, merge_after: bool = Fal
 
 
 @pytest.fixture(scope="module")
-def lora_run(tmp_path_factory, cache_dir):
-    return make_run(tmp_path_factory.mktemp("merge"), "lora")
+def lora_run(finished_run):
+    return finished_run
 
 
 def no_leftovers(folder: Path) -> bool:
@@ -40,7 +40,7 @@ def no_leftovers(folder: Path) -> bool:
 def test_compare_batch_by_batch_equals_over_all_positions():
     """The comparison streams the merged model's logits one batch at a time; its figures must be
     those of the same comparison over all positions at once."""
-    from peftlab.export import compare
+    from peftlab.export.verify import compare
 
     torch.manual_seed(0)
     ref = [{"all": torch.randn(n, 50) * 10, "answer": torch.randn(k, 50)} for n, k in ((30, 4), (17, 3))]
@@ -66,7 +66,7 @@ def test_fp32_merge_is_exact_and_reloads_with_plain_transformers(lora_run, tmp_p
     out = tmp_path / "merged"
     (tmp_path / ".merged.tmp-killed").mkdir()  # what a killed merge leaves: removed by the next one
     (tmp_path / ".merged.tmp-killed" / "model.safetensors").write_bytes(b"half")
-    report = merge_run(lora_run, load_run_config(lora_run), out)
+    report = merge_run(lora_run, read_run_config(lora_run), out)
     assert report["passed"] and report["dtype"] == "float32"
     for stage in ("in_memory", "reloaded"):
         c = report["checks"][stage]
@@ -101,18 +101,18 @@ TINY_BF16_TOP1 = 0.9
 def test_bf16_export_halves_the_size_and_agrees(lora_run, tmp_path):
     from safetensors import safe_open
 
-    report = merge_run(lora_run, load_run_config(lora_run), tmp_path / "bf16", dtype="bfloat16",
-                       min_top1=TINY_BF16_TOP1)
+    report = merge_run(lora_run, read_run_config(lora_run), tmp_path / "bf16", MergeOptions(dtype="bfloat16",
+                       min_top1=TINY_BF16_TOP1))
     assert report["passed"] and report["checks"]["reloaded"]["top1_agreement"] >= TINY_BF16_TOP1
     with safe_open(str(tmp_path / "bf16" / "model.safetensors"), framework="pt") as f:
         assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.bfloat16}
-    fp32 = merge_run(lora_run, load_run_config(lora_run), tmp_path / "fp32")
+    fp32 = merge_run(lora_run, read_run_config(lora_run), tmp_path / "fp32")
     assert report["sizes_mb"]["merged"] < 0.6 * fp32["sizes_mb"]["merged"]
 
 
 def test_a_run_trained_in_bf16_merges_in_bf16(tmp_path, cache_dir):
     run = make_run(tmp_path, "bf16", "precision=bf16_true")
-    report = merge_run(run, load_run_config(run), tmp_path / "merged", min_top1=TINY_BF16_TOP1)
+    report = merge_run(run, read_run_config(run), tmp_path / "merged", MergeOptions(min_top1=TINY_BF16_TOP1))
     assert report["dtype"] == "bfloat16" and report["passed"]
     assert report["tolerance"]["max_abs"] is None
 
@@ -123,7 +123,7 @@ MERGEABLE = [[f"method={m}"] for m in sorted(METHODS) if METHODS[m].capabilities
 @pytest.mark.parametrize("overrides", [*MERGEABLE, ["method.use_dora=true"]], ids=lambda o: o[0])
 def test_every_mergeable_method_merges_exactly(tmp_path, cache_dir, overrides):
     run = make_run(tmp_path, "run", *overrides)
-    report = merge_run(run, load_run_config(run), tmp_path / "merged")
+    report = merge_run(run, read_run_config(run), tmp_path / "merged")
     # the gate: the merge's own error, in a float64 forward (fp32 forwards add rounding of their own:
     # FourierFT's scaled updates reach 1.6e-4 in fp32 on the tiny model)
     assert report["passed"] and report["checks"]["reloaded"]["max_abs_error_fp64"] <= 1e-4
@@ -147,13 +147,13 @@ def test_merge_after_a_test_of_some_batches_checks_the_whole_split(tmp_path, cac
 
 def test_failed_verification_leaves_nothing(lora_run, tmp_path, monkeypatch):
     import peftlab.export.merge as merge
-    from peftlab.export import Tolerance
+    from peftlab.export.verify import Tolerance
 
     strict = Tolerance(max_abs=-1.0, min_top1=1.0, metric_slack=0.0)
     monkeypatch.setattr(merge, "tolerance", lambda dtype, n, top1, quantized: strict)
     expected = r"merge verification failed: reloaded: max logit error .* \(float64 forward\) > -1"
     with pytest.raises(VerificationError, match=expected):
-        merge_run(lora_run, load_run_config(lora_run), tmp_path / "merged", report_dir=tmp_path)
+        merge_run(lora_run, read_run_config(lora_run), tmp_path / "merged", report_dir=tmp_path)
     assert not (tmp_path / "merged").exists() and no_leftovers(tmp_path)
     assert json.loads((tmp_path / "merge_report.json").read_text())["passed"] is False
 
@@ -170,7 +170,7 @@ def test_a_wrong_merge_fails_in_memory_before_anything_is_written(lora_run, tmp_
 
     monkeypatch.setattr(merge, "unwrap_saved_modules", broken)
     with pytest.raises(VerificationError, match=r"merge verification failed: in_memory: top-1 agreement 0\.\d+ < 1"):
-        merge_run(lora_run, load_run_config(lora_run), tmp_path / "merged", report_dir=tmp_path)
+        merge_run(lora_run, read_run_config(lora_run), tmp_path / "merged", report_dir=tmp_path)
     report = json.loads((tmp_path / "merge_report.json").read_text())
     assert report["passed"] is False and set(report["checks"]) == {"in_memory"}
     assert not (tmp_path / "merged").exists() and no_leftovers(tmp_path)
@@ -216,7 +216,7 @@ def test_bad_input_is_one_line_and_leaves_nothing(case, lora_run, prefix_run, tm
 @pytest.mark.slow
 def test_smollm2_merge(tmp_path):
     """The packaged SmolLM2 with a briefly trained adapter merges exactly (merge_after)."""
-    from peftlab.train import train
+    from conftest import train
 
     run_dir = tmp_path / "run"
     run_dir.mkdir()

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from peftlab.config import validate
+from peftlab.engine.module import build_optimizer
 from peftlab.errors import ConfigError
 from peftlab.methods import METHODS, MethodHooks, save_adapter
-from peftlab.module import build_optimizer
 
 from conftest import build, compose, wrap
 
@@ -42,7 +42,7 @@ def train_steps(model, task, batch, optimizer, n: int = 4) -> None:
 
 
 def small_run(tmp_path, *overrides: str) -> dict:
-    from peftlab.train import train
+    from conftest import train
 
     run_dir = tmp_path / "run"
     cfg = compose(["model=tiny_llama", "data=dates", "data.max_length=384", "data.max_eval_examples=8",
@@ -75,7 +75,7 @@ def test_adalora_hook_runs_once_per_optimizer_step(tmp_path, monkeypatch):
 def test_adalora_prunes_to_its_budget(tmp_path):
     """After the run the kept singular values are exactly target_r per adapted layer on average, the
     saved adapter records that pattern, and peftlab-eval's reload reproduces the run's test loss."""
-    from peftlab.eval import evaluate_cfg
+    from conftest import evaluate_cfg
 
     metrics = small_run(tmp_path, "method=adalora", "trainer.max_steps=12", "trainer.val_check_interval=12",
                         "method.deltaT=1", "method.init_r=6", "method.target_r=2")

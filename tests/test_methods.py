@@ -15,11 +15,12 @@ import json
 import pytest
 import torch
 
+import peftlab.tasks  # noqa: F401  (the task types register: the matrix asks which each method serves)
 from peftlab.config import validate
 from peftlab.config.plugins import served_task_types
+from peftlab.engine.module import PeftLabModule, build_optimizer
 from peftlab.errors import ConfigError
 from peftlab.methods import METHODS
-from peftlab.module import PeftLabModule, build_optimizer
 
 from conftest import build, compose, wrap
 
@@ -124,16 +125,18 @@ def test_method_cell(method, family, cache_dir, tmp_path):
 
 @pytest.mark.parametrize("method,family", [(m, f) for m, f in CELLS if f in ("llama", "gpt2", "bert_cls")])
 def test_training_run_and_eval_reproduce(method, family, cache_dir, tmp_path):
-    """A real (in-process) training run per cell; peftlab-eval on its folder gives its test metrics."""
-    from peftlab.eval import evaluate_cfg
-    from peftlab.train import train
+    """A real (in-process) training run per cell; peftlab-eval on its folder gives its test metrics.
+    No merge and no forgetting measurement here: tests/test_merge.py merges every mergeable method
+    and tests/test_forgetting.py measures forgetting."""
+    from conftest import evaluate_cfg, train
 
     model_name, data_name, overrides = FAMILIES[family]
     run_dir = tmp_path / "run"
     common = [f"model={model_name}", f"data={data_name}", *overrides, "data.max_eval_examples=8",
               "trainer.enable_progress_bar=false"]
     cfg = compose([*common, f"method={method}", "trainer.max_steps=8", "trainer.val_check_interval=8",
-                   "optim.lr=1e-2", "callbacks.checkpoint=null", "logger=none"], run_dir=run_dir)
+                   "optim.lr=1e-2", "callbacks.checkpoint=null", "logger=none", "merge_after=false", "forgetting=null"],
+                  run_dir=run_dir)
     run_dir.mkdir()
     try:
         metrics = train(cfg)
@@ -236,7 +239,7 @@ def test_zero_shot_of_classification_prompt_learning_is_the_untouched_base(cache
     split, computed here from a fresh backbone, equals the run's zero-shot loss."""
     import lightning as L
 
-    from peftlab.train import train
+    from conftest import train
 
     run_dir = tmp_path / "run"
     run_dir.mkdir()
@@ -248,7 +251,7 @@ def test_zero_shot_of_classification_prompt_learning_is_the_untouched_base(cache
     split = task.metrics(test=True)
     with torch.no_grad():
         for batch in data.test_dataloader():
-            task.evaluate(bb.model.eval(), bb.tokenizer, batch, split)
+            task.evaluate_batch(bb.model.eval(), bb.tokenizer, batch, split)
     assert split.compute()["loss"] == pytest.approx(metrics["zero_shot"]["loss"], rel=1e-5)
     assert metrics["test"]["loss"] != pytest.approx(metrics["zero_shot"]["loss"], rel=1e-5)
 
@@ -262,7 +265,7 @@ def test_resume_restores_the_prompt_encoder_from_the_checkpoint(method, override
     import lightning as L
     from safetensors.torch import load_file
 
-    from peftlab.trainer import make_trainer
+    from peftlab.engine.trainer import make_trainer
 
     def fresh(seed):
         L.seed_everything(seed)

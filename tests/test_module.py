@@ -9,8 +9,8 @@ import torch.nn.functional as F
 
 from peftlab.data.collators import CausalLMCollator
 from peftlab.data.tokenize import PromptFormat, encode
+from peftlab.engine.module import PeftLabModule, build_scheduler
 from peftlab.errors import ConfigError
-from peftlab.module import PeftLabModule, build_scheduler
 from peftlab.tasks.heads import answer_logits
 
 from conftest import build, wrap

@@ -29,6 +29,7 @@ def test_committed_notebooks_have_no_outputs_and_one_parameters_cell(path):
     assert sum("parameters" in c["metadata"].get("tags", []) for c in cells) == 1
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_the_notebook_runs_top_to_bottom(path, tmp_path, cache_dir):
     import nbformat

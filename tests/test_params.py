@@ -8,10 +8,10 @@ import pytest
 
 from peftlab.config import validate
 from peftlab.config.commands import ParamsSchema
+from peftlab.engine.params import count
 from peftlab.errors import ConfigError
 from peftlab.methods import METHODS, BuildContext, apply_method, count_parameters
 from peftlab.models import load_backbone
-from peftlab.params import count
 from peftlab.tasks import task_class
 
 from conftest import USER_CACHE, compose, run_cli

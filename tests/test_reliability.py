@@ -50,7 +50,7 @@ def test_the_random_generators_are_saved_and_restored():
 
     import numpy as np
 
-    from peftlab.callbacks import ResumeState
+    from peftlab.engine.callbacks import ResumeState
 
     torch.manual_seed(3)
     random.seed(3)
@@ -132,8 +132,7 @@ def test_a_diverging_run_stops_with_one_line_and_exports_nothing(tmp_path, cache
 
 
 def test_every_merge_check_requires_finite_values():
-    from peftlab.export import Tolerance, compare
-    from peftlab.export.verify import problems
+    from peftlab.export.verify import Tolerance, compare, problems
 
     ref = [{"all": torch.zeros(3, 5), "answer": torch.zeros(2, 5)}]
     nan = [{"all": torch.full((3, 5), float("nan")), "answer": torch.full((2, 5), float("nan"))}]

@@ -69,6 +69,6 @@ def test_default_job_reaches_the_target(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((tmp_path / "bf16" / "merge_report.json").read_text())
     assert report["checks"]["reloaded"]["top1_agreement"] >= 0.99
-    from peftlab.export import folder_mb
+    from peftlab.export.merge import folder_mb
 
     assert report["sizes_mb"]["merged"] < 0.6 * folder_mb(run_dir / "merged")

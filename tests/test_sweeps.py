@@ -9,7 +9,7 @@ import statistics
 
 import pytest
 
-from peftlab.report import positional_to_inputs
+from peftlab.commands.report import positional_to_inputs
 from peftlab.reporting.plots import pareto_front
 from peftlab.reporting.runs import stats, t95
 
@@ -87,6 +87,7 @@ def test_a_failed_job_is_recorded_and_reported(tmp_path, cache_dir):
     assert "1 of 1 failed" in prefix_row
 
 
+@pytest.mark.integration
 def test_joblib_launcher_shares_the_cores(tmp_path, cache_dir):
     import os
 
@@ -99,6 +100,7 @@ def test_joblib_launcher_shares_the_cores(tmp_path, cache_dir):
         assert m["threads"] == max(1, (os.cpu_count() or 1) // 2)
 
 
+@pytest.mark.integration
 def test_submitit_local_launcher(tmp_path, cache_dir):
     folder = tmp_path / "sweep"
     proc = run_cli("peftlab-train", "-m", *TINY, "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10",
@@ -107,6 +109,7 @@ def test_submitit_local_launcher(tmp_path, cache_dir):
     assert (folder / "0" / "metrics.json").exists() and (folder / "1" / "metrics.json").exists()
 
 
+@pytest.mark.integration
 def test_optuna_sweep_runs_three_trials(tmp_path, cache_dir):
     folder = tmp_path / "study"
     proc = run_cli("peftlab-train", "-m", "sweep=optuna", *TINY, "hydra.sweeper.n_trials=3",

@@ -103,7 +103,7 @@ def test_peak_rss_is_per_job():
     largest of the jobs before it."""
     import gc
 
-    from peftlab.memory import peak_rss_mb, reset_peak_rss
+    from peftlab.runs.memory import peak_rss_mb, reset_peak_rss
 
     # many small tensors live on the heap, which glibc keeps after they are freed unless trimmed
     small = [torch.ones(100_000) for _ in range(2000)]  # 800 MB
@@ -119,9 +119,7 @@ TINY = ["debug=tiny", "zero_shot=false", "merge_after=false", "logger=none"]
 
 
 def run_in_process(tmp_path, name, *overrides, base=TINY):
-    from peftlab.train import train
-
-    from conftest import compose
+    from conftest import compose, train
 
     run_dir = tmp_path / name
     run_dir.mkdir()
@@ -163,9 +161,7 @@ def test_resume_from_a_checkpoint_of_another_rank_fails_with_one_line(tmp_path, 
 
 
 def test_eval_of_a_base_model_and_of_a_val_split(tiny_run, tmp_path, cache_dir):
-    from peftlab.eval import evaluate_cfg
-
-    from conftest import compose
+    from conftest import compose, evaluate_cfg
 
     run_dir, _ = tiny_run
     trained = json.loads((run_dir / "metrics.json").read_text())
