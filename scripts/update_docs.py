@@ -34,7 +34,7 @@ def with_files(text: str, root: Path = ROOT) -> str:
         end = text.index("```", start)
         text = text[:start] + body + text[end:]
         n = len(body.splitlines())
-        text = re.sub(rf"( {re.escape(path)}\s+\| )\d+ \+*", lambda m: f"{m.group(1)}{n} {'+' * n}", text)
+        text = re.sub(rf"( {re.escape(path)}\s+\| )\d+ \+*", rf"\g<1>{n} {'+' * n}", text)
     return text
 
 
