@@ -46,8 +46,16 @@ def versions() -> dict[str, Any]:
     import torch
     import transformers
 
-    import peftlab
-
     return {"python": platform.python_version(), "torch": torch.__version__,
             "transformers": transformers.__version__, "peft": peft.__version__,
-            "lightning": lightning.__version__, "peftlab": peftlab.__version__, "git_commit": git_commit()}
+            "lightning": lightning.__version__, "peftlab": _installed_version("peftlab"), "git_commit": git_commit()}
+
+
+def _installed_version(name: str) -> str | None:
+    """The installed distribution's version (pyproject.toml's), read without importing the package."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
