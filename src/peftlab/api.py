@@ -63,18 +63,15 @@ def compose(command: str, overrides: Overrides = None) -> DictConfig:
 def train(overrides: Overrides = None) -> dict[str, Any]:
     """``peftlab-train <overrides>`` (one run; ``resume=<run_dir>`` continues a killed one): the
     run's metrics.json as a dictionary, with ``run_dir``."""
-    from peftlab.engine.train import train_from_config
-    from peftlab.runs.folders import check_fresh_run_dir
+    from peftlab.engine.train import resume_command_line, train_from_config
     from peftlab.runs.locks import folder_lock
-    from peftlab.runs.resume import resume_args
 
     def work(cfg: DictConfig, out: Path, save_hydra: Callable[[], None]) -> dict[str, Any]:
-        with folder_lock(out):  # before anything is written into a folder that may hold a run
-            check_fresh_run_dir(out)
+        with folder_lock(out):
             save_hydra()
             return train_from_config(cfg, out)
 
-    metrics, out = _call("train", resume_args(list(overrides or [])), work)
+    metrics, out = _call("train", resume_command_line(list(overrides or [])), work)
     return {**metrics, "run_dir": str(out)}
 
 
@@ -145,7 +142,7 @@ def _call(command: str, overrides: list[str], work: Work) -> tuple[dict[str, Any
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from peftlab.runs.folders import discard_unstarted_run_dir
+    from peftlab.runs.folders import check_claimable, discard_unstarted_run_dir, resuming_into
 
     full = compose(command, overrides)
     out = Path(str(full.hydra.run.dir))  # resolved once: the ${now:...} stamp
@@ -165,6 +162,8 @@ def _call(command: str, overrides: list[str], work: Work) -> tuple[dict[str, Any
 
     # a command with a folder of its own (not peftlab-generate, whose "folder" is where it was started)
     own_folder, fresh = full.hydra.output_subdir is not None, not out.exists()
+    if own_folder:  # a new or empty folder (or a killed run's own, resumed): checked before any byte changes
+        check_claimable(out, resuming=command == "train" and resuming_into(out, overrides))
     HydraConfig.instance().set_config(full)
     try:
         with _environment(dict(full.hydra.job.get("env_set") or {})), \

@@ -22,7 +22,7 @@ from peftlab.config import CONF_DIR
 from peftlab.config.messages import describe, user_errors
 from peftlab.engine.distributed import SECONDARY, launched_world_size
 from peftlab.errors import ConfigError
-from peftlab.runs.folders import claim_run_dir, discard_unstarted_run_dir
+from peftlab.runs.folders import claim_run_dir, discard_unstarted_run_dir, resuming_into
 from peftlab.runs.rerun import check_rerun_file
 
 __all__ = ["CONF_DIR", "run_app", "output_dir"]
@@ -36,18 +36,21 @@ def output_dir() -> Path:
 
 
 def _explicit_run_dir(argv: list[str]) -> Optional[Path]:
-    """``hydra.run.dir=<folder>``: claimed (checked and locked) before Hydra writes into it."""
+    """``hydra.run.dir=<folder>`` (``hydra.sweep.dir=`` for a sweep): claimed (checked and locked)
+    before Hydra writes into it. Returns the run folder, which a failed start cleans up."""
+    multirun = any(a in ("-m", "--multirun") for a in argv)
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
     folder = None
     for arg in argv:
-        if arg.startswith("hydra.run.dir="):
+        if arg.startswith(key + "="):
             folder = Path(arg.split("=", 1)[1])
     if folder is None:
-        if launched_world_size() > 1 and not any(a in ("-m", "--multirun") for a in argv):
+        if launched_world_size() > 1 and not multirun:
             raise ConfigError("hydra.run.dir: give the run folder when torchrun or srun starts the processes "
                               "(each would pick its own timestamped folder otherwise)")
         return None
-    claim_run_dir(folder)
-    return folder
+    claim_run_dir(folder, key, resuming=not multirun and resuming_into(folder, argv))
+    return None if multirun else folder
 
 
 class _QuietJobFailure:

@@ -13,7 +13,7 @@ import peftlab.methods  # noqa: F401  (registers the method schemas a run folder
 from peftlab.config import validate
 from peftlab.config.commands import MergeSchema
 from peftlab.runs.config import read_run_config
-from peftlab.runs.locks import folder_lock
+from peftlab.runs.locks import check_not_held, folder_lock
 
 
 def merge_from_config(cfg: DictConfig, log_dir: Optional[Path] = None) -> dict[str, Any]:
@@ -28,5 +28,9 @@ def merge_from_config(cfg: DictConfig, log_dir: Optional[Path] = None) -> dict[s
     options = MergeOptions(dtype=conf.dtype, cache_dir=conf.paths.cache_dir, verify_batches=conf.verify_batches,
                            max_test_examples=conf.max_test_examples, min_top1=conf.min_top1)
 
-    with folder_lock(run_dir, key="run_dir"):  # no training or other merge of this run meanwhile
-        return merge_run(run_dir, run, Path(conf.out_dir) if conf.out_dir else run_dir / "merged", options, log_dir)
+    out = Path(conf.out_dir) if conf.out_dir else run_dir / "merged"
+    if not out.resolve().is_relative_to(run_dir.resolve()):  # the run folder is only read: no byte of it changes
+        check_not_held(run_dir, key="run_dir")
+        return merge_run(run_dir, run, out, options, log_dir)
+    with folder_lock(run_dir, key="run_dir"):  # writing into the run folder: no other command there meanwhile
+        return merge_run(run_dir, run, out, options, log_dir)

@@ -14,12 +14,16 @@ from omegaconf import DictConfig
 from peftlab.config import validate
 from peftlab.config.commands import ReportSchema
 from peftlab.errors import ConfigError
-from peftlab.reporting.plots import plot
+from peftlab.reporting.plots import PLOT_FILES, plot
 from peftlab.reporting.runs import find_runs, group_runs, primary_metric
 from peftlab.reporting.tables import table_rows, to_csv, to_latex, to_markdown
 from peftlab.runs.files import atomic_path, write_json
+from peftlab.runs.folders import run_status
+from peftlab.runs.locks import check_not_held
 
 log = logging.getLogger("peftlab.report")
+# every file a report writes: none is replaced without overwrite=true
+REPORT_FILES = ("results.md", "results.csv", "results.tex", "report.json", *PLOT_FILES)
 
 
 def inputs_override(paths: list[str]) -> str:
@@ -39,17 +43,32 @@ def report_from_config(cfg: DictConfig, log_dir: Path) -> dict[str, Any]:
         out = Path(conf.out_dir)
     elif len(inputs) == 1:
         out = inputs[0] / "report"
+        _check_report_home(inputs[0])
     else:
         out = Path(log_dir)
     return write_report(inputs, out, conf.plots, conf.overwrite)
+
+
+def _check_report_home(folder: Path) -> None:
+    """``<input>/report`` only inside a finished run or a sweep or folder of runs: never inside a
+    folder a command still works in, nor a run that was killed (resume= may continue it) or diverged."""
+    check_not_held(folder, "inputs")
+    is_run = ((folder / ".hydra").is_dir() or (folder / "config.yaml").is_file()) and not (
+        folder / "multirun.yaml").exists()
+    status = run_status(folder) if is_run else "finished"
+    if status != "finished":
+        raise ConfigError(f"inputs: {folder} holds a run that has not finished ({status or 'no metrics.json'}); "
+                          "its report goes elsewhere (give out_dir=)")
 
 
 def write_report(inputs: list[Path], out_dir: Path, plots: bool = True, overwrite: bool = False) -> dict[str, Any]:
     """``results.md``, ``results.csv``, ``results.tex``, ``report.json`` and the plots into
     ``out_dir``, written whole into a temporary folder first; an earlier report there is replaced
     only with ``overwrite``."""
-    if (out_dir / "report.json").exists() and not overwrite:
-        raise ConfigError(f"out_dir: {out_dir} already holds a report; it is never overwritten "
+    existing = [name for name in REPORT_FILES if (out_dir / name).exists()]
+    if existing and not overwrite:
+        what = "a report" if "report.json" in existing else f"files a report writes ({', '.join(existing)})"
+        raise ConfigError(f"out_dir: {out_dir} already holds {what}; it is never overwritten "
                           "(overwrite=true replaces it, or give another out_dir=)")
     runs = find_runs(inputs)
     groups = group_runs(runs)

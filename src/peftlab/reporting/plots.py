@@ -11,6 +11,8 @@ from typing import Any
 from peftlab.reporting.runs import Group, Run
 from peftlab.runs.files import atomic_path
 
+PLOT_FILES = ("params_vs_metric.png", "val_loss.png", "throughput_memory.png")
+
 
 def _save(fig, path: Path) -> None:
     with atomic_path(path, overwrite=True) as tmp:
@@ -48,9 +50,10 @@ def plot(groups: list[Group], rows: list[dict[str, Any]], metric: str, out: Path
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figures = {"params_vs_metric.png": lambda: _params_vs_metric(plt, groups, rows, metric, greater_is_better),
-               "val_loss.png": lambda: _val_loss(plt, groups),
-               "throughput_memory.png": lambda: _throughput_memory(plt, rows)}
+    draw_params, draw_loss, draw_speed = PLOT_FILES
+    figures = {draw_params: lambda: _params_vs_metric(plt, groups, rows, metric, greater_is_better),
+               draw_loss: lambda: _val_loss(plt, groups),
+               draw_speed: lambda: _throughput_memory(plt, rows)}
     for name, draw in figures.items():
         fig = draw()
         fig.tight_layout()

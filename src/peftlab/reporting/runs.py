@@ -34,7 +34,7 @@ class Run:
     path: Path
     overrides: list[str]
     metrics: Optional[dict[str, Any]]
-    status: str  # finished | failed | unfinished
+    status: str  # finished | diverged | failed | unfinished (only "finished" counts in the statistics)
     error: Optional[str] = None
 
     @property
@@ -77,17 +77,34 @@ def _job_order(folder: Path):
 
 
 def read_run(folder: Path) -> Run:
-    overrides_file = folder / ".hydra" / "overrides.yaml"
-    overrides = yaml.safe_load(overrides_file.read_text()) or [] if overrides_file.exists() else []
-    metrics_file = folder / "metrics.json"
-    if metrics_file.exists():
-        metrics = json.loads(metrics_file.read_text())
-        return Run(folder, overrides or metrics.get("overrides", []), metrics, "finished")
-    failed = folder / "failed.json"
-    if failed.exists():
-        record = json.loads(failed.read_text())
-        return Run(folder, overrides or record.get("overrides", []), None, "failed", record.get("error"))
+    """A run folder as data: its overrides, metrics.json (its ``status``: a diverged run is not a
+    finished one) or failed.json. A file that cannot be read stops the report with its name."""
+    overrides = _read_file(folder / ".hydra" / "overrides.yaml", yaml.safe_load, list) or []
+    if not all(isinstance(o, str) for o in overrides):
+        raise ConfigError(f"{folder / '.hydra' / 'overrides.yaml'}: not a list of overrides")
+    metrics = _read_file(folder / "metrics.json", json.loads, dict)
+    if metrics is not None:
+        status = metrics.get("status", "finished")
+        status = status if isinstance(status, str) else "unreadable"
+        reason = (metrics.get("diverged") or {}).get("reason") if isinstance(metrics.get("diverged"), dict) else None
+        return Run(folder, overrides or metrics.get("overrides") or [], metrics, status, reason)
+    record = _read_file(folder / "failed.json", json.loads, dict)
+    if record is not None:
+        return Run(folder, overrides or record.get("overrides") or [], None, "failed", record.get("error"))
     return Run(folder, overrides, None, "unfinished")
+
+
+def _read_file(path: Path, parse, kind: type) -> Any:
+    """``path`` parsed (None where it does not exist), or one line naming it."""
+    if not path.is_file():
+        return None
+    try:
+        value = parse(path.read_text())
+    except (ValueError, yaml.YAMLError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: not readable ({str(err).splitlines()[0]})") from None
+    if value is not None and not isinstance(value, kind):
+        raise ConfigError(f"{path}: not readable (a {type(value).__name__}, not a {kind.__name__})")
+    return value
 
 
 def stats(values: list[float]) -> dict[str, Any]:

@@ -51,6 +51,24 @@ def lock_folder(folder: Path, key: str = "hydra.run.dir") -> FileLock:
     return lock
 
 
+def check_not_held(folder: Path, key: str = "hydra.run.dir") -> None:
+    """Stop with the holder's name when another process holds ``folder``'s lock; creates nothing
+    (a folder without a lock file is held by no one)."""
+    path = Path(folder) / LOCK_NAME
+    if not path.is_file():
+        return
+    lock = _lock(folder)
+    if lock.is_locked:  # this process holds it
+        return
+    try:
+        lock.acquire(blocking=False)
+    except Timeout:
+        holder = path.read_text().strip() if path.is_file() else ""
+        raise ConfigError(f"{key}: {folder} is in use by another peftlab command ({holder or 'another process'}); "
+                          "wait for it to end or pick another folder") from None
+    lock.release()
+
+
 @contextmanager
 def folder_lock(folder: Path, key: str = "hydra.run.dir") -> Iterator[FileLock]:
     """Hold ``folder``'s lock for a block; a lock this process already held stays held after it."""
