@@ -42,8 +42,12 @@ def split_metrics(logged: dict[str, Any], split: str) -> dict[str, float]:
     return {k.split("/", 1)[1]: round(float(v), 6) for k, v in logged.items() if k.startswith(f"{split}/")}
 
 
+# what each group's nodes must build
+KINDS = {"callbacks": ("lightning.pytorch.callbacks.Callback",), "logger": ("lightning.pytorch.loggers.Logger",)}
+
+
 def _instantiate_all(nodes: dict[str, Any], group: str) -> list[Any]:
-    return [instantiate(node, f"{group}.{name}") for name, node in nodes.items() if node is not None]
+    return [instantiate(node, f"{group}.{name}", KINDS[group]) for name, node in nodes.items() if node is not None]
 
 
 def _strategy(hardware) -> Any:

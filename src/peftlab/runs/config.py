@@ -13,6 +13,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from peftlab.config import validate
 from peftlab.config.commands import TrainSchema
+from peftlab.config.instantiate import disallowed_resolvers
 from peftlab.errors import ConfigError
 from peftlab.runs.folders import run_status
 
@@ -36,6 +37,9 @@ def read_run_config(run_dir: Path, trust_remote_code: bool = False):
         raise ConfigError(f"run_dir: {path} is not a readable run config ({first})") from None
     if not isinstance(cfg, dict) and not OmegaConf.is_dict(cfg):
         raise ConfigError(f"run_dir: {path} is not a readable run config (not a mapping)")
+    bad = disallowed_resolvers(OmegaConf.to_container(cfg, resolve=False), "")
+    if bad:  # peftlab writes config.yaml resolved: an interpolation that reads anything came from elsewhere
+        raise ConfigError(f"run_dir: {path}: {bad[0]}")
     try:
         run = validate(cfg, TrainSchema)
     except ConfigError as err:

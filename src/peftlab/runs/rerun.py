@@ -10,21 +10,24 @@ from typing import Optional
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from peftlab.config.instantiate import disallowed_targets
+from peftlab.config.instantiate import disallowed_resolvers, disallowed_targets
 from peftlab.errors import ConfigError
 from peftlab.runs.files import atomic_path
 
 RERUN = "rerun.yaml"
-RERUN_DEFAULTS = ["schema_train", {"hydra": "default"}, "_self_"]  # what peftlab writes into rerun.yaml
+# what peftlab writes into rerun.yaml: the paths (output and cache folders) are the running machine's
+RERUN_DEFAULTS = ["schema_train", {"paths": "default"}, {"hydra": "default"}, "_self_"]
 
 
 def write_rerun_config(cfg: DictConfig, run_dir: Path) -> None:
-    """``<run_dir>/rerun.yaml``: the composed config with its interpolations, as a primary config.
-    ``peftlab-train --config-dir <run_dir> --config-name rerun`` runs it again into a new folder."""
-    body = OmegaConf.to_yaml(cfg)
+    """``<run_dir>/rerun.yaml``: the composed config with its interpolations, as a primary config,
+    without ``paths`` (the folders of the machine that runs it again come from its own
+    ``paths: default``). ``peftlab-train --config-dir <run_dir> --config-name rerun`` runs it again
+    into a new folder."""
+    body = OmegaConf.to_yaml(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "paths"]))
     header = ("# Re-run this run into a new folder:\n"
               f"#   peftlab-train --config-dir {run_dir} --config-name rerun\n"
-              "defaults:\n  - schema_train\n  - hydra: default\n  - _self_\n\n")
+              "defaults:\n  - schema_train\n  - paths: default\n  - hydra: default\n  - _self_\n\n")
     with atomic_path(run_dir / RERUN, overwrite=True) as tmp:
         tmp.write_text(header + body)
 
@@ -55,14 +58,32 @@ def check_rerun_file(argv: list[str]) -> None:
         raise ConfigError(f"{path}: not a readable rerun file ({str(err).splitlines()[0]})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: not a readable rerun file (not a mapping)")
-    if "hydra" in data:
-        raise ConfigError(f"{path}: hydra: a rerun file may not configure Hydra (peftlab never writes this key)")
+    for key in ("hydra", "paths"):
+        if key in data:
+            raise ConfigError(f"{path}: {key}: a rerun file may not set {key} (peftlab never writes this key)")
     if data.get("defaults") != RERUN_DEFAULTS:
         raise ConfigError(f"{path}: defaults: a rerun file lists exactly {RERUN_DEFAULTS}, got {data.get('defaults')}")
-    bad = disallowed_targets({k: v for k, v in data.items() if k != "defaults"}, "")
+    body = {k: v for k, v in data.items() if k != "defaults"}
+    bad = disallowed_targets(body, "") or disallowed_resolvers(body, "")
     if bad:
         raise ConfigError(f"{path}: {bad[0]}")
+    _check_config_dir(path.parent)
     remote = (data.get("model") or {}).get("trust_remote_code") if isinstance(data.get("model"), dict) else None
     if remote and "model.trust_remote_code=true" not in argv:
         raise ConfigError(f"{path}: model.trust_remote_code: true is not obeyed from a file; add "
                           "model.trust_remote_code=true to the command line if you trust that model's code")
+
+
+def _check_config_dir(folder: Path) -> None:
+    """With ``--config-dir <run folder>``, Hydra looks there first for every config it loads: the
+    primary config's schema (``schema_train``), Hydra's own groups (``hydra/``: job logging can build
+    any handler) and peftlab's groups. A run folder holds none of them; a folder that does is refused."""
+    from peftlab.config import CONF_DIR
+
+    groups = {p.name for p in Path(CONF_DIR).iterdir() if p.is_dir()} | {"hydra"}
+    found = sorted(p.name for p in folder.iterdir()
+                   if (p.is_dir() and p.name in groups)
+                   or (p.is_file() and p.suffix in (".yaml", ".yml") and p.name not in (RERUN, "config.yaml")))
+    if found:
+        raise ConfigError(f"{folder}: holds {', '.join(found)}, which Hydra would load with --config-dir; a run "
+                          "folder holds no other config (a rerun file is read as data)")

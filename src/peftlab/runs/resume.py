@@ -8,11 +8,13 @@ from pathlib import Path
 
 import yaml
 
+from peftlab.config.instantiate import disallowed_resolvers
 from peftlab.errors import ConfigError
 from peftlab.runs.folders import run_status
 
 # what a resumed run may set besides resume=: how it shows progress and how many threads it uses
-RESUME_MAY_SET = ("trainer.enable_progress_bar=", "hardware.threads=")
+RESUME_MAY_SET = ("trainer.enable_progress_bar=", "hardware.threads=", "model.trust_remote_code=")
+_TRUE = ("true", "yes", "on", "1")
 
 
 def resume_args(argv: list[str]) -> list[str]:
@@ -45,8 +47,22 @@ def resume_args(argv: list[str]) -> list[str]:
         raise ConfigError(f"resume: {overrides_file} is not readable ({str(err).splitlines()[0]})") from None
     if not isinstance(original, list) or not all(isinstance(o, str) for o in original):
         raise ConfigError(f"resume: {overrides_file} is not a list of overrides")
-    for o in original:  # data, not code: nothing that configures Hydra itself
-        if o.lstrip("+~").startswith("hydra") or o.startswith("-"):
-            raise ConfigError(f"resume: {overrides_file}: {o!r} is not an override a run folder may hold")
+    _check_as_data(original, overrides_file, rest)
     kept = [o for o in original if not o.startswith(("resume_from=", *RESUME_MAY_SET))]
     return [*kept, *rest, f"hydra.run.dir={folder}", f"resume_from={last}"]
+
+
+def _check_as_data(overrides: list[str], path: Path, argv: list[str]) -> None:
+    """A run folder's overrides are data: nothing that configures Hydra, reads the environment or
+    decodes text, and no remote code unless the user's own command line turns it on."""
+    for o in overrides:
+        if o.lstrip("+~").startswith("hydra") or o.startswith("-"):
+            raise ConfigError(f"resume: {path}: {o!r} is not an override a run folder may hold")
+    bad = disallowed_resolvers(overrides, "overrides")
+    if bad:
+        raise ConfigError(f"resume: {path}: {bad[0]}")
+    wants_code = any(o.lstrip("+~").split("=", 1)[0] == "model.trust_remote_code"
+                     and o.split("=", 1)[-1].strip().lower() in _TRUE for o in overrides)
+    if wants_code and "model.trust_remote_code=true" not in argv:
+        raise ConfigError(f"resume: {path} turns on model.trust_remote_code, which is not obeyed from a file; add "
+                          "model.trust_remote_code=true to the command line if you trust that model's code")
