@@ -18,6 +18,7 @@ from omegaconf import MISSING
 from peftlab.config.checks import check as _check
 from peftlab.config.checks import one_of as _one_of
 from peftlab.config.plugins import task_types
+from peftlab.config.trainer import TrainerSchema  # noqa: F401  (one of the groups; its own module)
 
 log = logging.getLogger("peftlab.config")
 LR_WARN = 1.0  # learning rates above this get a warning
@@ -231,48 +232,6 @@ class HardwareSchema:
         _check(ok, "hardware.devices", "must be a positive integer, a list of ids or 'auto'", self.devices)
         _check(self.num_nodes > 0, "hardware.num_nodes", "must be > 0", self.num_nodes)
         _check(self.threads is None or self.threads > 0, "hardware.threads", "must be > 0 or null", self.threads)
-
-
-# -------------------------------------------------------------------------------------- trainer
-@dataclass
-class TrainerSchema:
-    """Arguments of ``lightning.Trainer`` that a run may change."""
-
-    max_steps: int = 100
-    max_epochs: int = -1
-    val_check_interval: Any = None  # an int: every N training batches; a float in (0, 1]: a fraction of an epoch
-    check_val_every_n_epoch: Optional[int] = 1
-    log_every_n_steps: int = 10
-    accumulate_grad_batches: int = 1
-    gradient_clip_val: Optional[float] = 1.0
-    # an int: that many batches; a float in [0, 1]: that fraction; null: all
-    limit_train_batches: Any = None
-    limit_val_batches: Any = None
-    limit_test_batches: Any = None
-    num_sanity_val_steps: int = 0
-    fast_dev_run: Any = False
-    deterministic: Any = False
-    enable_progress_bar: bool = True
-
-    def __post_init__(self) -> None:
-        _check(self.max_steps > 0 or self.max_steps == -1, "trainer.max_steps", "must be > 0 (or -1 for epochs)",
-               self.max_steps)
-        _check(self.max_steps > 0 or self.max_epochs > 0, "trainer.max_epochs",
-               "must be > 0 when trainer.max_steps is -1", self.max_epochs)
-        _check(self.log_every_n_steps > 0, "trainer.log_every_n_steps", "must be > 0", self.log_every_n_steps)
-        _check(self.accumulate_grad_batches > 0, "trainer.accumulate_grad_batches", "must be > 0",
-               self.accumulate_grad_batches)
-        g = self.gradient_clip_val
-        _check(g is None or g > 0, "trainer.gradient_clip_val", "must be > 0 or null", g)
-        for key in ("limit_train_batches", "limit_val_batches", "limit_test_batches"):
-            v = getattr(self, key)
-            ok = v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 0) or (
-                isinstance(v, float) and 0 <= v <= 1)
-            _check(ok, f"trainer.{key}", "must be a count of batches, a fraction in [0, 1] or null", v)
-        v = self.val_check_interval
-        ok = v is None or (isinstance(v, int) and not isinstance(v, bool) and v > 0) or (
-            isinstance(v, float) and 0 < v <= 1)
-        _check(ok, "trainer.val_check_interval", "must be a positive integer, a fraction in (0, 1] or null", v)
 
 
 # ---------------------------------------------------------------------------------------- paths

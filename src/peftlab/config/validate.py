@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import math
 import re
 from typing import Any, Type, TypeVar
 
@@ -144,9 +145,22 @@ def _has_cuda() -> bool:
 
 def _cross_checks(obj: Any) -> None:
     """Checks that involve more than one field; every problem is collected, then raised once."""
-    errors = [*_precision_checks(obj), *_fit_checks(obj), *_target_checks(obj)]
+    errors = [*_non_finite(obj), *_precision_checks(obj), *_fit_checks(obj), *_target_checks(obj)]
     if errors:
         raise ConfigError("; ".join(errors))
+
+
+def _non_finite(obj: Any, key: str = "") -> list[str]:
+    """No number in any group may be inf or nan: a schema's own range checks name most, this names
+    the rest (a scaling, a weight decay, a clipping value)."""
+    errors = []
+    for f in dataclasses.fields(obj):
+        value, full = getattr(obj, f.name), f"{key}{f.name}"
+        if dataclasses.is_dataclass(value):
+            errors += _non_finite(value, full + ".")
+        elif isinstance(value, float) and not math.isfinite(value):
+            errors.append(f"{full} must be a finite number, got {value}")
+    return errors
 
 
 def _precision_checks(obj: Any) -> list[str]:
