@@ -16,7 +16,6 @@ from omegaconf import DictConfig
 
 from peftlab.commands.cli import CONF_DIR, output_dir, run_app
 from peftlab.runs.metrics import metric_at
-from peftlab.runs.resume import resume_args
 from peftlab.runs.sweeps import in_multirun, record_failure
 
 log = logging.getLogger("peftlab.train")
@@ -40,7 +39,9 @@ def _hydra_main(cfg: DictConfig) -> Optional[float]:
 
 
 def main() -> None:
-    run_app(_hydra_main, "peftlab-train", prepare_argv=resume_args)
+    from peftlab.engine.train import resume_command_line
+
+    run_app(_hydra_main, "peftlab-train", prepare_argv=resume_command_line)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ file, a local folder of ``train.*``/``val.*``/``test.*`` files, or a hub data se
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 from pathlib import Path
@@ -217,6 +218,17 @@ def load_splits(cfg: DataSchema, fields: Optional[dict[str, str]] = None) -> Spl
         for split in ("val", "test"):
             splits[split] = splits[split][: cfg.max_eval_examples]
     return splits
+
+
+def fingerprint(cfg: DataSchema) -> dict[str, str]:
+    """The sha256 of every local file the data is read from (none for a hub data set): a resumed
+    run checks that it reads what it started with."""
+    if cfg.path.startswith("builtin:"):
+        path = BUILTIN_DIR / cfg.path.split(":", 1)[1]
+    else:
+        path = Path(cfg.path).expanduser()
+    files = sorted(_split_files(path).values()) if path.is_dir() else [path] if path.is_file() else []
+    return {str(f): hashlib.sha256(f.read_bytes()).hexdigest() for f in files}
 
 
 def resolve_labels(cfg: DataSchema) -> list[str]:

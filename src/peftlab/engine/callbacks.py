@@ -61,17 +61,49 @@ class Diverged(PeftlabError):
 
 
 class DivergenceGuard(L.Callback):
-    """Stops training at the first non-finite loss or gradient, before the optimizer applies it:
-    the weights and every checkpoint written so far stay those of the last good step."""
+    """Stops training at the first non-finite loss or gradient, before the optimizer applies it,
+    and at the first non-finite trained weight or optimizer state after a step (a NaN that appears
+    only in the update), before any checkpoint can hold it: the checkpoints written so far stay
+    those of good steps. Under fp16's loss scaling a non-finite gradient is the scaler's normal
+    overflow (it skips the step and lowers its scale), not divergence, unless the scale collapses."""
+
+    MIN_SCALE = 2.0 ** -24  # a loss scale below this: every step overflows
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         step = trainer.global_step + 1
+        scaler = _loss_scaler(trainer)
+        if scaler is not None:  # fp16: the scaler skips an overflowing step itself
+            if scaler.get_scale() < self.MIN_SCALE:
+                raise Diverged(step, f"the fp16 loss scale fell to {scaler.get_scale():.3g}: every step overflows")
+            return
         loss = getattr(pl_module, "last_loss", None)
         if loss is not None and not torch.isfinite(loss):
             raise Diverged(step, f"the training loss is {float(loss)}")
         grads = [p.grad for p in pl_module.parameters() if p.requires_grad and p.grad is not None]
         if grads and not bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()):
             raise Diverged(step, "the gradients are not finite")
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        what = _non_finite_state(pl_module, trainer.optimizers)
+        if what:
+            raise Diverged(trainer.global_step, f"{what} not finite after the update")
+
+
+def _loss_scaler(trainer) -> Any:
+    plugin = getattr(trainer.strategy, "precision_plugin", None)
+    return getattr(plugin, "scaler", None)
+
+
+def _non_finite_state(module: torch.nn.Module, optimizers: list) -> str:
+    """What of the trained weights and the optimizers' state holds a non-finite value ('' if none)."""
+    weights = [p for p in module.parameters() if p.requires_grad]
+    if weights and not bool(torch.stack([torch.isfinite(p).all() for p in weights]).all()):
+        return "the trained weights are"
+    state = [t for opt in optimizers for per_param in opt.state.values() for t in per_param.values()
+             if isinstance(t, torch.Tensor) and t.is_floating_point()]
+    if state and not bool(torch.stack([torch.isfinite(t).all() for t in state]).all()):
+        return "the optimizer's state is"
+    return ""
 
 
 class ResumeState(L.Callback):

@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from peftlab.config.commands import TrainSchema
 from peftlab.data.datamodule import TaskDataModule
+from peftlab.data.sources import fingerprint
 from peftlab.engine.callbacks import Diverged, TrainingMeter
 from peftlab.engine.checkpoints import read_checkpoint
 from peftlab.engine.distributed import SECONDARY, threads_per_parallel_job
@@ -35,6 +36,7 @@ from peftlab.runs.files import atomic_path, remove_stale_temps, write_jsonl
 from peftlab.runs.memory import peak_rss_mb, reset_peak_rss
 from peftlab.runs.metrics import versions
 from peftlab.runs.rerun import write_rerun_config
+from peftlab.runs.resume import RESUME_MAY_SET
 from peftlab.tasks import Task
 
 log = logging.getLogger("peftlab.train")
@@ -85,8 +87,9 @@ class TrainingJob:
         """Seeds and threads, the backbone and the data, the method's own checks against this
         backbone, the checkpoint to resume from, and the run's config files."""
         conf = self.conf
-        if self.writes:
-            remove_stale_temps(self.run_dir)  # what a killed save left here (this process holds the folder's lock)
+        if self.writes:  # what a killed save left here and in checkpoints/ (this process holds the folder's lock)
+            for folder in (self.run_dir, self.run_dir / "checkpoints"):
+                remove_stale_temps(folder)
         if self.writes and conf.resume_from and Path(conf.resume_from).resolve().is_relative_to(self.run_dir.resolve()):
             check_same_config(self.cfg, self.run_dir)  # resuming in place
         gc.collect()  # what an earlier job of the same sweep process left behind
@@ -110,7 +113,10 @@ class TrainingJob:
         self.context = BuildContext(self.task, self.backbone.model, self.backbone.tokenizer, self.backbone.path,
                                     batches=self.data.sample_batches)
         peft_config_for(conf.method, self.context)  # target modules, init text... before any work
+        self.fingerprint = fingerprint(conf.data)
         self.checkpoint = read_checkpoint(conf.resume_from) if conf.resume_from else None
+        if self.checkpoint is not None and Path(conf.resume_from).resolve().is_relative_to(self.run_dir.resolve()):
+            check_same_data(self.checkpoint.get("data_fingerprint"), self.fingerprint)
         if self.writes:
             with atomic_path(self.run_dir / "config.yaml", overwrite=True) as tmp:
                 tmp.write_text(OmegaConf.to_yaml(self.cfg, resolve=True))
@@ -144,6 +150,7 @@ class TrainingJob:
         self.task.before_training(self.model, self.data)
         self.module = PeftLabModule(self.model, self.task, self.backbone.tokenizer, conf.optim,
                                     shard=conf.hardware.strategy == "fsdp", method=conf.method)
+        self.module.data_fingerprint = self.fingerprint
         if self.checkpoint is not None:
             self.module.on_load_checkpoint(self.checkpoint)  # checks the checkpoint fits, before any training
             log.info("resuming from %s (step %d)", conf.resume_from, self.checkpoint["global_step"])
@@ -183,7 +190,8 @@ class TrainingJob:
         """The adapter (peft format; the whole model for full fine-tuning) with the tokenizer, and
         every test prediction."""
         if self.conf.save_adapter:
-            with atomic_path(self.run_dir / "adapter") as tmp:
+            # overwrite: a resumed run replaces the adapter a kill left without its metrics.json
+            with atomic_path(self.run_dir / "adapter", overwrite=True) as tmp:
                 several = len(getattr(self.model, "peft_config", {})) > 1  # a frozen reference beside the policy
                 only = {"selected_adapters": [self.model.active_adapter]} if several else {}
                 save_adapter(self.model, self.conf.method, tmp, **({"state_dict": state} if state is not None else {}),
@@ -225,15 +233,18 @@ def test_metrics(trainer: L.Trainer, module: PeftLabModule, data: TaskDataModule
 
 
 def check_same_config(cfg: DictConfig, run_dir: Path) -> None:
-    """Resuming in place: the composed config must be the one the run started with."""
+    """Resuming in place: the composed config must be the one the run started with, but for what
+    ``resume=`` lets the command line change (runs/resume.py's RESUME_MAY_SET)."""
     saved = OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml"))
     now = OmegaConf.to_container(cfg, resolve=True)
+    may_change = {m.rstrip("=") for m in RESUME_MAY_SET}
 
     def first_difference(a: Any, b: Any, key: str = "") -> Optional[str]:
         if isinstance(a, dict) and isinstance(b, dict):
             for k in sorted(set(a) | set(b), key=str):
-                if k != "resume_from" or key:
-                    found = first_difference(a.get(k), b.get(k), f"{key}.{k}" if key else str(k))
+                full = f"{key}.{k}" if key else str(k)
+                if full not in ("resume_from", *may_change):
+                    found = first_difference(a.get(k), b.get(k), full)
                     if found:
                         return found
             return None
@@ -242,6 +253,15 @@ def check_same_config(cfg: DictConfig, run_dir: Path) -> None:
     diff = first_difference(saved, now)
     if diff:
         raise ConfigError(f"resume: the config differs from the one {run_dir} started with: {diff}")
+
+
+def check_same_data(saved: Optional[dict[str, str]], now: dict[str, str]) -> None:
+    """Resuming in place: every data file the checkpoint was trained on, unchanged (sha256)."""
+    for path, digest in (saved or {}).items():
+        if now.get(path) != digest:
+            what = "changed" if path in now else "is no longer read (missing, or data.path differs)"
+            raise ConfigError(f"resume: the data file {path} {what} since the checkpoint was written; a resumed run "
+                              "reads the data it started with (restore the file, or start a new run with resume_from=)")
 
 
 def full_state_dict(model: torch.nn.Module) -> Optional[dict[str, torch.Tensor]]:

@@ -8,6 +8,7 @@ holds exactly those parameters and the optimizer state.
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any, Optional
 
@@ -21,6 +22,8 @@ from peftlab.engine.distributed import all_sum, gather
 from peftlab.errors import ConfigError
 from peftlab.methods import method_spec, trainable_parameters
 
+log = logging.getLogger("peftlab.train")
+
 
 def build_optimizer(model: torch.nn.Module, optim: OptimSchema, method: Any = None) -> torch.optim.Optimizer:
     """The configured optimizer over the trainable parameters only; in the parameter groups the
@@ -33,7 +36,7 @@ def build_optimizer(model: torch.nn.Module, optim: OptimSchema, method: Any = No
         if len(grouped) != len(trainable_parameters(model)) or {id(p) for p in grouped} != {
                 id(p) for p in trainable_parameters(model)}:
             raise RuntimeError(f"method {method.name}: its parameter groups must hold every trainable parameter once")
-    return instantiate(optim.optimizer, "optim.optimizer", params=params, lr=optim.lr,
+    return instantiate(optim.optimizer, "optim.optimizer", ("torch.optim.Optimizer",), params=params, lr=optim.lr,
                        weight_decay=optim.weight_decay)
 
 
@@ -63,6 +66,7 @@ class PeftLabModule(L.LightningModule):
         self.task = task  # a peftlab.tasks.Task
         self.tokenizer = tokenizer
         self.optim = optim
+        self.data_fingerprint: Optional[dict[str, str]] = None  # set by the training job
         self.val_metrics = task.metrics(test=False)
         self.test_metrics = task.metrics(test=True)
         self.predictions: list[dict[str, Any]] = []
@@ -91,6 +95,23 @@ class PeftLabModule(L.LightningModule):
     def on_fit_start(self) -> None:
         self.model.train()  # from_pretrained returns eval mode; dropout must be on while training
         self._hooked_step = self.trainer.global_step  # the step the run starts at (a resumed run: its own)
+
+    def on_train_start(self) -> None:
+        """After a checkpoint's optimizer and schedule were restored: this run's learning rates, not
+        the checkpoint's (``resume_from`` with another ``optim.lr``), said in the log."""
+        configured = getattr(self, "_configured_lrs", None)
+        if not configured or not self.trainer.lr_scheduler_configs:
+            return
+        schedule = self.trainer.lr_scheduler_configs[0].scheduler
+        restored = list(schedule.base_lrs)
+        if restored == configured:
+            return
+        for i, group in enumerate(schedule.optimizer.param_groups):
+            group["lr"] *= configured[i] / restored[i]
+            group["initial_lr"] = configured[i]
+        schedule.base_lrs = list(configured)
+        log.info("resume_from: training at this run's learning rate optim.lr=%g (the checkpoint trained at %g)",
+                 configured[0], restored[0])
 
     # ---------------------------------------------------------------------------------- steps
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
@@ -149,6 +170,7 @@ class PeftLabModule(L.LightningModule):
             raise RuntimeError("PeftLabModule was built without an optimizer config; it can only evaluate")
         optimizer = build_optimizer(self.model, self.optim, self.method)
         schedule = build_scheduler(optimizer, self.optim, max(1, int(self.trainer.estimated_stepping_batches)))
+        self._configured_lrs = list(schedule.base_lrs)  # this run's, before a checkpoint's state replaces them
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     # ----------------------------------------------------------------------------- checkpoints
@@ -162,6 +184,8 @@ class PeftLabModule(L.LightningModule):
         """Keep the trainable parameters only: the frozen base is rebuilt from its source."""
         trainable = self.trainable_names()
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
+        if self.data_fingerprint is not None:  # the data files' sha256: a resumed run reads the same data
+            checkpoint["data_fingerprint"] = dict(self.data_fingerprint)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """A checkpoint must hold exactly this run's trainable parameters, in their shapes: resuming

@@ -24,6 +24,7 @@ from peftlab.errors import ConfigError, PeftlabError
 from peftlab.runs.folders import check_fresh_run_dir, discard_unstarted_run_dir
 from peftlab.runs.locks import folder_lock
 from peftlab.runs.metrics import write_metrics
+from peftlab.runs.resume import resume_args
 from peftlab.runs.sweeps import in_multirun
 from peftlab.tasks import Task, make_task
 
@@ -43,7 +44,8 @@ def train_from_config(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     with folder_lock(run_dir):  # outside the clean-up below: a folder another command holds is never touched
         try:
             conf, task, objective = checked(cfg)
-            check_fresh_run_dir(run_dir)
+            in_place = bool(conf.resume_from) and Path(conf.resume_from).resolve().is_relative_to(run_dir.resolve())
+            check_fresh_run_dir(run_dir, resuming=in_place)
             metrics = _job(conf, cfg, run_dir, task, objective)
         except PeftlabError:
             discard_unstarted_run_dir(run_dir)
@@ -58,6 +60,26 @@ def train_from_config(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             metrics["merge"] = merge_after(conf, run_dir, metrics)
             write_metrics(run_dir, metrics)
     return metrics
+
+
+def resume_command_line(argv: list[str]) -> list[str]:
+    """``resume=<folder>`` as the command line that continues the run (runs/resume.py), checked
+    before Hydra writes anything: the data files its checkpoint was trained on are unchanged."""
+    resumed = resume_args(argv)
+    if resumed is not argv:
+        from peftlab.engine.checkpoints import read_checkpoint
+        from peftlab.engine.job import check_same_data
+
+        checkpoint = next(a.split("=", 1)[1] for a in resumed if a.startswith("resume_from="))
+        saved = read_checkpoint(checkpoint).get("data_fingerprint") or {}
+        check_same_data(saved, {p: _sha256(p) for p in saved if Path(p).is_file()})
+    return resumed
+
+
+def _sha256(path: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def checked(cfg: DictConfig) -> tuple[TrainSchema, Task, str]:
