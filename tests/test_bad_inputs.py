@@ -82,6 +82,16 @@ def _run_folders(root: Path, finished: Path) -> dict[str, Path]:
     p["empty_model"].mkdir()
     p["taken"] = root / "taken"
     (p["taken"] / "x").mkdir(parents=True)
+    p["users_folder"] = root / "users_folder"  # a folder of the user's own, not a run
+    p["users_folder"].mkdir()
+    (p["users_folder"] / "config.yaml").write_text("mine: true\n")
+    (p["users_folder"] / "notes.log").write_text("my notes\n")
+    p["finished_sweep"] = root / "finished_sweep"  # a sweep whose one job has finished
+    shutil.copytree(finished, p["finished_sweep"] / "0", ignore=shutil.ignore_patterns(".lock"))
+    (p["finished_sweep"] / "multirun.yaml").write_text("hydra: {}\n")
+    p["half_report"] = root / "half_report"  # report files without report.json
+    p["half_report"].mkdir()
+    (p["half_report"] / "results.md").write_text("| mine |\n")
     p["old_report"] = root / "old_report"
     p["old_report"].mkdir()
     (p["old_report"] / "report.json").write_text("{}")
@@ -132,6 +142,32 @@ CASES = [
     ("checkpoint of another method", "peftlab-train", ["method=ia3", "resume_from={ckpt}"],
      "resume_from: the checkpoint does not fit this run's trainable parameters (missing "),
     ("finished folder", "peftlab-train", ["hydra.run.dir={finished}"], "already holds a run (metrics.json, adapter)"),
+    ("the user's own folder", "peftlab-train", ["hydra.run.dir={users_folder}"],
+     "hydra.run.dir: {users_folder} is not empty (config.yaml, notes.log); peftlab writes only into a new or empty "
+     "folder, pick another"),
+    ("a finished sweep's folder", "peftlab-train", ["-m", "seed=1,2", "hydra.sweep.dir={finished_sweep}"],
+     "hydra.sweep.dir: {finished_sweep} is not empty (0, multirun.yaml); peftlab writes only into a new or empty"),
+    ("eval into the user's folder", "peftlab-eval", ["run_dir={finished}", "hydra.run.dir={users_folder}"],
+     "hydra.run.dir: {users_folder} is not empty"),
+    # Lightning's own checks, made before any work
+    ("no test batches", "peftlab-train", ["trainer.limit_test_batches=0"],
+     "trainer.limit_test_batches must be a count of batches >= 1, a fraction in (0, 1] or null, got 0"),
+    ("no training batches", "peftlab-train", ["trainer.limit_train_batches=0.0"],
+     "trainer.limit_train_batches must be a count of batches >= 1, a fraction in (0, 1] or null, got 0.0"),
+    ("fraction of an epoch without epochs", "peftlab-train", ["trainer.val_check_interval=0.5"],
+     "trainer.val_check_interval is a fraction of an epoch, which needs trainer.check_val_every_n_epoch"),
+    ("validation every 0 epochs", "peftlab-train", ["trainer.check_val_every_n_epoch=0"],
+     "trainer.check_val_every_n_epoch must be > 0 or null, got 0"),
+    ("unknown determinism", "peftlab-train", ["trainer.deterministic=bogus"],
+     "trainer.deterministic must be true, false or warn, got 'bogus'"),
+    ("infinite scaling", "peftlab-train", ["method=fourierft", "method.scaling=inf"],
+     "method.scaling must be a finite number, got inf"),
+    ("a function as optimizer", "peftlab-train", ["optim.optimizer._target_=torch.optim.Optimizer.zero_grad"],
+     "optim.optimizer._target_: 'torch.optim.Optimizer.zero_grad' is not a class defined under torch.optim."),
+    ("a callback of the wrong kind", "peftlab-train", ["+callbacks.x._target_=lightning.pytorch.loggers.CSVLogger",
+                                                       "+callbacks.x.save_dir=."],
+     "callbacks.x._target_: 'lightning.pytorch.loggers.CSVLogger' is not a "
+     "lightning.pytorch.callbacks.callback.Callback"),
     ("resume a finished run", "peftlab-train", ["resume={finished}"], "resume: {finished} has ended (finished"),
     ("resume without checkpoint", "peftlab-train", ["resume={no_checkpoint}"], "has no checkpoint yet"),
     ("resume with other settings", "peftlab-train", ["resume={no_checkpoint}", "method.r=4"],
@@ -206,6 +242,8 @@ CASES = [
     ("merge broken adapter", "peftlab-merge", ["run_dir={broken_adapter}"], "corrupted or truncated"),
     ("merge into existing folder", "peftlab-merge", ["run_dir={finished}", "out_dir={taken}"],
      "out_dir: {taken} already exists; it is never overwritten"),
+    ("report over report files", "peftlab-report", ["{finished}", "out_dir={half_report}"],
+     "out_dir: {half_report} already holds files a report writes (results.md); it is never overwritten"),
     ("report over a report", "peftlab-report", ["{finished}", "out_dir={old_report}"],
      "out_dir: {old_report} already holds a report; it is never overwritten (overwrite=true replaces it"),
     ("report of nothing", "peftlab-report", ["{out}/nope"], "inputs: no such folder"),
@@ -221,12 +259,13 @@ CASES = [
 # one case of each kind of error, also run as the real console script
 AS_COMMANDS = {
     "negative rank", "unknown method", "callback code", "random bytes checkpoint", "finished folder",
+    "the user's own folder", "a finished sweep's folder", "a function as optimizer",
     "resume with other settings", "malformed json", "adapter_off after sft", "missing model folder",
     "eval corrupt config", "merge broken adapter", "report over a report", "generate without a prompt",
     "generate from a missing file",
 }
 # what only the command line has (the API takes its prompts as a list)
-COMMAND_LINE_ONLY = {"generate without a prompt", "generate from a missing file"}
+COMMAND_LINE_ONLY = {"generate without a prompt", "generate from a missing file", "a finished sweep's folder"}
 
 
 @pytest.fixture(scope="module")
@@ -304,3 +343,78 @@ def test_the_command_prints_one_line_and_exits_2(inputs, case):
     assert last.startswith(f"{case[1]}: error: "), last
     assert case[3].format(**fill) in last, last
     _left_nothing(root, out)
+
+
+# --- generated from the schemas: every typed field refuses a value of the wrong kind, and every
+# number refuses nan and inf, with one message naming the field (a new field is covered by default)
+def _scalar_kind(hint):
+    import typing
+
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) is typing.Union and len(args) == 1:
+        hint = args[0]
+    return hint if hint in (int, float, bool) else None
+
+
+def _generated_cases() -> list[tuple[str, list[str], str, str]]:
+    """(command, overrides that pick the schema, the field's full key, a bad value)."""
+    import dataclasses
+    import typing
+
+    from peftlab.config.commands import EvalSchema, GenerateSchema, MergeSchema, ParamsSchema, TrainSchema
+    from peftlab.methods import METHODS
+
+    def fields(schema, prefix):
+        hints = typing.get_type_hints(schema)
+        for f in dataclasses.fields(schema):
+            hint = hints[f.name]
+            if dataclasses.is_dataclass(hint):
+                yield from fields(hint, f"{prefix}{f.name}.")
+            elif (kind := _scalar_kind(hint)) is not None:
+                yield f"{prefix}{f.name}", kind
+
+    found = []
+    schemas = {"train": TrainSchema, "eval": EvalSchema, "merge": MergeSchema, "params": ParamsSchema,
+               "generate": GenerateSchema}
+    required = {"merge": ["run_dir=run"], "generate": ["run_dir=run", "prompt=hi"]}  # what each must be given
+    picked = [(command, required.get(command, []), schema) for command, schema in schemas.items()]
+    picked += [("train", [f"method={name}"], spec.schema) for name, spec in sorted(METHODS.items())]
+    for command, pick, schema in picked:
+        prefix = "method." if any(p.startswith("method=") for p in pick) else ""
+        for key, kind in fields(schema, prefix):
+            if key == "method.name" or any(p.startswith(f"{key}=") for p in pick):
+                continue
+            for value in ["not-a-value", *(["nan", "inf", "-inf"] if kind is float else [])]:
+                found.append((command, pick, key, value))
+    return found
+
+
+GENERATED = _generated_cases()
+
+
+def test_the_generated_cases_cover_every_kind_of_field():
+    keys = {key for _, _, key, _ in GENERATED}
+    assert len(keys) > 80 and {"optim.lr", "trainer.max_steps", "method.r", "data.batch_size"} <= keys
+
+
+@pytest.mark.parametrize("command,pick,key,value", GENERATED, ids=[f"{c}:{'/'.join(p)}:{k}={v}"
+                                                                   for c, p, k, v in GENERATED])
+def test_every_field_refuses_a_bad_value_by_name(command, pick, key, value):
+    from peftlab.config import commands, validate
+    from peftlab.config.messages import describe, user_errors
+
+    from conftest import compose
+
+    schema = getattr(commands, f"{command.capitalize()}Schema")
+    with pytest.raises(user_errors()) as err:
+        validate(compose([*pick, f"{key}={value}"], config_name=command), schema)
+    assert key in describe(err.value)
+
+
+def test_the_reliability_guide_states_the_matrix_as_it_is():
+    from conftest import ROOT
+
+    guide = (ROOT / "docs" / "guides" / "reliability.md").read_text()
+    for figure in (f"{len(CASES)} hand-written cases", f"of each kind ({len(AS_COMMANDS)} cases)",
+                   f"{len(GENERATED)} cases are generated from the schemas"):
+        assert figure in guide, figure

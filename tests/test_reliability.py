@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -95,7 +96,8 @@ def test_a_run_killed_and_resumed_ends_bitwise_equal(uninterrupted, kill_after, 
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (run_dir / "metrics.json").exists()  # it really was interrupted
-    resumed = run_cli("peftlab-train", f"resume={run_dir}")
+    (run_dir / "checkpoints" / ".last.ckpt.tmp-deadbeef").write_bytes(b"half a checkpoint")  # a killed save's
+    resumed = run_cli("peftlab-train", f"resume={run_dir}", "trainer.enable_progress_bar=false")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     full, again = (json.loads((d / "metrics.json").read_text()) for d in (uninterrupted, run_dir))
     assert again["train"]["resumed_from"].startswith(str(run_dir / "checkpoints"))
@@ -105,10 +107,60 @@ def test_a_run_killed_and_resumed_ends_bitwise_equal(uninterrupted, kill_after, 
     assert (run_dir / "adapter" / "adapter_model.safetensors").read_bytes() == \
         (uninterrupted / "adapter" / "adapter_model.safetensors").read_bytes()
     assert again["overrides"][: len(full["overrides"])] == full["overrides"]  # the settings it started with
+    assert "trainer.enable_progress_bar=false" in again["overrides"]  # what resume= may change, to the end
     assert not list(run_dir.rglob(".*.tmp-*"))
 
 
 # --- divergence -----------------------------------------------------------------------------------
+def _guard_world(scale=None, weight=1.0, grad=1.0, moment=0.0):
+    """A trainer and module as the guard sees them: one trained weight with its gradient, an Adam
+    moment, and under fp16 a loss scaler at ``scale``."""
+    from types import SimpleNamespace
+
+    weight_param = torch.nn.Parameter(torch.tensor([weight]))
+    weight_param.grad = torch.tensor([grad])
+    module = torch.nn.Module()
+    module.w = weight_param
+    module.last_loss = torch.tensor(grad)
+    optimizer = torch.optim.Adam([weight_param])
+    optimizer.state[weight_param] = {"exp_avg": torch.tensor([moment]), "step": torch.tensor(3.0)}
+    scaler = None if scale is None else SimpleNamespace(get_scale=lambda: scale)
+    trainer = SimpleNamespace(global_step=3, optimizers=[optimizer],
+                              strategy=SimpleNamespace(precision_plugin=SimpleNamespace(scaler=scaler)))
+    return trainer, module, optimizer
+
+
+def test_the_guard_sees_a_nan_that_appears_only_in_the_update():
+    from peftlab.engine.callbacks import Diverged, DivergenceGuard
+
+    guard = DivergenceGuard()
+    trainer, module, optimizer = _guard_world(weight=float("nan"))
+    guard.on_before_optimizer_step(trainer, module, optimizer)  # the loss and gradient were fine
+    with pytest.raises(Diverged, match="the trained weights are not finite after the update"):
+        guard.on_train_batch_end(trainer, module, None, None, 0)
+    trainer, module, optimizer = _guard_world(moment=float("inf"))
+    with pytest.raises(Diverged, match="the optimizer's state is not finite after the update"):
+        guard.on_train_batch_end(trainer, module, None, None, 0)
+    trainer, module, optimizer = _guard_world()
+    guard.on_train_batch_end(trainer, module, None, None, 0)  # all finite: nothing to say
+
+
+def test_an_fp16_overflow_is_a_skipped_step_not_divergence():
+    """A GradScaler skips a step whose gradients overflow and lowers its scale: that is fp16's normal
+    work. Only a scale that collapses (every step overflowing) is divergence."""
+    from peftlab.engine.callbacks import Diverged, DivergenceGuard
+
+    guard = DivergenceGuard()
+    trainer, module, optimizer = _guard_world(scale=32768.0, grad=float("inf"))
+    guard.on_before_optimizer_step(trainer, module, optimizer)  # an overflow: no divergence
+    trainer, module, optimizer = _guard_world(scale=None, grad=float("inf"))
+    with pytest.raises(Diverged, match="the training loss is inf"):  # without a scaler it is divergence
+        guard.on_before_optimizer_step(trainer, module, optimizer)
+    trainer, module, optimizer = _guard_world(scale=2.0 ** -30, grad=float("inf"))
+    with pytest.raises(Diverged, match="the fp16 loss scale fell to"):
+        guard.on_before_optimizer_step(trainer, module, optimizer)
+
+
 def test_a_diverging_run_stops_with_one_line_and_exports_nothing(tmp_path, cache_dir):
     run_dir = tmp_path / "run"
     proc = run_cli("peftlab-train", "debug=tiny", "optim.lr=1e30", "trainer.max_steps=8",
@@ -217,11 +269,14 @@ def test_a_run_folder_cannot_make_eval_run_its_models_code(tmp_path, cache_dir):
     ("callbacks:\n  evil:\n    _target_: os.system\n    command: touch {marker}\n",
      "callbacks.evil._target_: 'os.system' is not a class peftlab instantiates"),
     ("hydra:\n  callbacks:\n    evil:\n      _target_: os.system\n      command: touch {marker}\n",
-     "hydra: a rerun file may not configure Hydra"),
+     "hydra: a rerun file may not set hydra"),
+    ("paths:\n  cache_dir: /tmp/elsewhere\n", "paths: a rerun file may not set paths"),
+    ("notes: ${{oc.env:HOME}}\n",
+     "notes: '${oc.env:HOME}' calls the resolver oc.env, which a file read as data may not"),
     ("optim:\n  optimizer:\n    _target_: builtins.exec\n",
      "optim.optimizer._target_: 'builtins.exec' is not a class peftlab instantiates"),
 ])
-def test_a_rerun_file_names_only_allowed_classes(edit, message, tmp_path, cache_dir):
+def test_a_rerun_file_is_read_as_data(edit, message, tmp_path, cache_dir):
     from test_train import run_in_process
 
     run_dir, _ = run_in_process(tmp_path, "run", "trainer.max_steps=1")
@@ -233,3 +288,134 @@ def test_a_rerun_file_names_only_allowed_classes(edit, message, tmp_path, cache_
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert message in proc.stderr.strip().splitlines()[-1]
     assert not marker.exists() and not (tmp_path / "again").exists()
+
+
+@pytest.mark.parametrize("planted", ["schema_train.yaml", "hydra/job_logging/default.yaml", "model/evil.yaml"])
+def test_a_config_beside_the_rerun_file_is_refused(planted, tmp_path, cache_dir):
+    """With --config-dir <run folder>, Hydra would load these before peftlab's own configs."""
+    from test_train import run_in_process
+
+    run_dir, _ = run_in_process(tmp_path, "run", "trainer.max_steps=1")
+    (run_dir / planted).parent.mkdir(parents=True, exist_ok=True)
+    (run_dir / planted).write_text("version: 1\nhandlers: {}\n")
+    proc = run_cli("peftlab-train", "--config-dir", str(run_dir), "--config-name", "rerun",
+                   f"hydra.run.dir={tmp_path / 'again'}")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"peftlab-train: error: {run_dir}: holds {planted.split('/')[0]}, which Hydra would load with --config-dir; "
+        "a run folder holds no other config (a rerun file is read as data)")
+    assert not (tmp_path / "again").exists()
+
+
+# --- ownership: a refused command changes no byte of a folder it does not own --------------------
+STATES = ["finished", "killed", "diverged", "locked", "users_own", "finished_sweep"]
+COMMANDS = ["train", "train -m", "resume", "eval", "merge", "generate", "report"]
+# what a command may legitimately do with a folder (and still must not change it, but for report)
+SUCCEEDS = {("finished", "eval"), ("finished", "merge"), ("finished", "generate")}
+BY_DESIGN = {("finished", "report"), ("finished_sweep", "report"),  # the report goes into <input>/report
+             ("killed", "resume")}  # continuing a killed run in its own folder is what resume is for
+
+
+@pytest.fixture(scope="module")
+def folder_states(tmp_path_factory, finished_run):
+    """One folder in each state; the locked one held by a live process for the module's tests."""
+    root = tmp_path_factory.mktemp("states")
+    no_lock = shutil.ignore_patterns(".lock")
+    shutil.copytree(finished_run, root / "finished", ignore=no_lock)
+    shutil.copytree(finished_run, root / "killed", ignore=shutil.ignore_patterns(".lock", "adapter", "metrics.json",
+                                                                                "*predictions.jsonl"))
+    shutil.copytree(root / "killed", root / "diverged")
+    (root / "diverged" / "metrics.json").write_text(json.dumps({"status": "diverged"}))
+    shutil.copytree(root / "killed", root / "locked")
+    (root / "users_own").mkdir()
+    (root / "users_own" / "config.yaml").write_text("mine: true\n")
+    (root / "users_own" / "train.log").write_text("my notes\n")
+    shutil.copytree(finished_run, root / "finished_sweep" / "0", ignore=no_lock)
+    (root / "finished_sweep" / "multirun.yaml").write_text("hydra: {}\n")
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; "
+                               "from peftlab.runs.locks import lock_folder; lock_folder(Path(sys.argv[1])); "
+                               "print('held', flush=True); time.sleep(900)", str(root / "locked")],
+                              stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    yield root
+    holder.kill()
+    holder.wait()
+
+
+def _snapshot(folder: Path) -> dict[str, tuple]:
+    return {str(p.relative_to(folder)): (p.is_dir(), p.stat().st_mtime_ns, None if p.is_dir() else p.read_bytes())
+            for p in sorted(folder.rglob("*"))}
+
+
+def _command(command: str, folder: Path, elsewhere: Path) -> list[str]:
+    return {
+        "train": ["peftlab-train", "debug=tiny", f"hydra.run.dir={folder}"],
+        "train -m": ["peftlab-train", "-m", "debug=tiny", "seed=1,2", f"hydra.sweep.dir={folder}"],
+        "resume": ["peftlab-train", f"resume={folder}"],
+        "eval": ["peftlab-eval", f"run_dir={folder}", f"hydra.run.dir={elsewhere / 'eval'}"],
+        "merge": ["peftlab-merge", f"run_dir={folder}", f"out_dir={elsewhere / 'merged'}",
+                  f"hydra.run.dir={elsewhere / 'merge'}"],
+        "generate": ["peftlab-generate", f"run_dir={folder}", "prompt=hi"],
+        "report": ["peftlab-report", str(folder)],
+    }[command]
+
+
+@pytest.mark.parametrize("state", STATES)
+@pytest.mark.parametrize("command", COMMANDS)
+def test_a_command_changes_no_byte_of_a_folder_it_does_not_own(folder_states, state, command, tmp_path):
+    if (state, command) in BY_DESIGN:
+        pytest.skip("the command's own output goes there by design")
+    folder = folder_states / state
+    before = _snapshot(folder)
+    proc = run_cli(*_command(command, folder, tmp_path), cwd=tmp_path)
+    expected = 0 if (state, command) in SUCCEEDS else 2
+    assert proc.returncode == expected, proc.stderr[-2000:]
+    if expected == 2:
+        assert proc.stderr.strip().splitlines()[-1].startswith(f"{_command(command, folder, tmp_path)[0]}: error: ")
+    assert _snapshot(folder) == before
+
+
+def test_a_kill_between_the_adapter_and_metrics_json_is_resumed_to_the_end(tmp_path, cache_dir):
+    """The adapter is saved, then the record: a kill in between leaves an adapter without a
+    metrics.json, a folder that resume= completes (it trains no further and writes both again)."""
+    import peftlab
+
+    folder = tmp_path / "run"
+    peftlab.train(["debug=tiny", "trainer.max_steps=4", "callbacks.checkpoint.every_n_train_steps=2",
+                   "merge_after=false", "logger=none", f"hydra.run.dir={folder}"])
+    adapter = (folder / "adapter" / "adapter_model.safetensors").read_bytes()
+    (folder / "metrics.json").unlink()  # the kill
+    metrics = peftlab.train([f"resume={folder}"])
+    assert metrics["status"] == "finished" and (folder / "metrics.json").exists()
+    assert (folder / "adapter" / "adapter_model.safetensors").read_bytes() == adapter
+
+
+def test_a_resumed_run_refuses_data_that_changed(tmp_path, cache_dir):
+    """The checkpoint holds the sha256 of every data file; resume= with a changed file stops with
+    one line naming it, and the folder is left as it was."""
+    import peftlab
+    from peftlab.errors import ConfigError
+
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"What is {i}?", "response": f"{i}"}) + "\n" for i in range(40)))
+    folder = tmp_path / "run"
+    peftlab.train(["debug=tiny", "data=custom", f"data.path={data}", "trainer.max_steps=4",
+                   "callbacks.checkpoint.every_n_train_steps=2", "merge_after=false", "logger=none",
+                   f"hydra.run.dir={folder}"])
+    (folder / "metrics.json").unlink()  # killed after its checkpoints, say
+    shutil.rmtree(folder / "adapter")
+    data.write_text(data.read_text().replace("What is 3?", "What is three?"))
+    before = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file() and p.name != ".lock"}
+    with pytest.raises(ConfigError, match=rf"^resume: the data file {re.escape(str(data))} changed since the "
+                                          "checkpoint was written"):
+        peftlab.train([f"resume={folder}"])
+    assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file() and p.name != ".lock"} == before
+
+
+def test_the_reliability_guide_states_the_ownership_matrix_as_it_is():
+    from conftest import ROOT
+
+    guide = " ".join((ROOT / "docs" / "guides" / "reliability.md").read_text().split())
+    for figure in (f"for each of {len(COMMANDS)} commands", f"and {len(STATES)} folder states",
+                   f"({len(STATES) * len(COMMANDS) - len(BY_DESIGN)} pairs; the other {len(BY_DESIGN)} are"):
+        assert figure in guide, figure

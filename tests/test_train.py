@@ -148,6 +148,29 @@ def test_resume_from_a_checkpoint_continues_the_run(tmp_path, cache_dir):
     assert steps and min(steps) >= 2  # it went on from step 2; it did not start over
 
 
+def test_resume_from_trains_at_this_runs_learning_rate_and_says_so(tmp_path, cache_dir, caplog):
+    """A new run from another run's checkpoint restores its optimizer state and schedule, but the
+    learning rate is the new run's optim.lr (the checkpoint's would otherwise win, silently)."""
+    import csv
+    import logging
+
+    common = ["trainer.max_steps=4", "logger=csv", "trainer.log_every_n_steps=1", "optim.scheduler=constant",
+              "optim.warmup_ratio=0"]
+    first, _ = run_in_process(tmp_path, "first", *common, "optim.lr=1e-3", "callbacks.checkpoint.every_n_train_steps=2",
+                              "callbacks.checkpoint.save_top_k=-1")
+    with caplog.at_level(logging.INFO, logger="peftlab"):
+        again, _ = run_in_process(tmp_path, "again", *common, "optim.lr=5e-2",
+                                  f"resume_from={first / 'checkpoints' / 'step-2.ckpt'}")
+    assert "resume_from: training at this run's learning rate optim.lr=0.05 (the checkpoint trained at 0.001)" \
+        in caplog.text
+
+    def lrs(run):
+        rows = csv.DictReader(open(run / "logs" / "metrics.csv"))
+        return {float(v) for row in rows for k, v in row.items() if k.startswith("lr-") and v}
+
+    assert lrs(first) == {1e-3} and lrs(again) == {5e-2}
+
+
 def test_resume_from_a_checkpoint_of_another_rank_fails_with_one_line(tmp_path, cache_dir):
     first, _ = run_in_process(tmp_path, "first", "trainer.max_steps=2", "callbacks.checkpoint.every_n_train_steps=2")
     run_dir = tmp_path / "other"
