@@ -228,6 +228,12 @@ CASES = [
     # models
     ("missing model folder", "peftlab-train", ["model=hf", "model.name_or_path={out}/nope"],
      "model.name_or_path: no such folder"),
+    ("a relative model path", "peftlab-train", ["model=hf", "model.name_or_path=some-org/some-model"],
+     "model.name_or_path: no such folder 'some-org/some-model' (a hub model is named hf://<id>; only that reaches "
+     "the network)"),
+    ("a relative data path", "peftlab-train", ["data=custom", "data.path=some-org/some-data"],
+     "data.path: no such file or folder: some-org/some-data (a hub data set is named hf://<id>; only that reaches "
+     "the network)"),
     ("empty model folder", "peftlab-train", ["model=hf", "model.name_or_path={empty_model}"],
      "model.name_or_path: cannot load"),
     ("unknown target module", "peftlab-train", ["method.target_modules=[nonexistent]"],

@@ -23,3 +23,11 @@ def module_names(key: str, value: Any, nullable: bool = False) -> None:
         isinstance(value, (list, tuple)) and len(value) > 0 and all(isinstance(t, str) and t for t in value))
     check(ok, key, ("must be null, " if nullable else "must be ") + "'all-linear' or a non-empty list of module names",
           value)
+
+
+HUB = "hf://"  # a model or data set on the Hugging Face hub is named hf://<id>: the network only when asked
+
+
+def hub_id(value: str | None) -> str | None:
+    """The hub id of ``hf://<id>``; None for anything else (a local path)."""
+    return value[len(HUB):] if isinstance(value, str) and value.startswith(HUB) else None

@@ -35,8 +35,8 @@ class ModelSchema:
       ``package_folder`` an HF model folder inside an installed pip package (``package``, ``file``);
       ``random``         random init from ``arch`` (a transformers config), saved once into the cache;
       ``meta``           architecture only (``arch``), built on the meta device: parameter counts;
-      ``hub``            ``name_or_path``: a hub id (network) or a local folder.
-    Setting ``name_or_path`` on any model loads that hub id or folder instead.
+      ``hub``            ``name_or_path``: ``hf://<hub id>`` (network) or a local folder.
+    Setting ``name_or_path`` on any model loads that hub model or folder instead.
     """
 
     name: str = MISSING
@@ -64,7 +64,7 @@ class ModelSchema:
             if self.source in ("random", "meta"):
                 _check("model_type" in self.arch, "model.arch.model_type", "must be set", None)
             if self.source == "hub":
-                _check(False, "model.name_or_path", "must name a hub id or a local folder", None)
+                _check(False, "model.name_or_path", "must name hf://<hub id> or a local folder", None)
 
 
 # ---------------------------------------------------------------------------------------- data
@@ -73,7 +73,7 @@ class DataSchema:
     """A task: where its examples come from and how they become batches.
 
     path: a local json/jsonl/csv/parquet file, a folder holding train/val/test files, a
-    ``builtin:<name>`` task shipped with peftlab, or a hub data set id (network).
+    ``builtin:<name>`` task shipped with peftlab, or ``hf://<hub id>`` (network).
     """
 
     name: str = MISSING

@@ -2,7 +2,7 @@
 the line and the field.
 
 ``data.path`` is one of: ``builtin:<name>`` (shipped with peftlab), a local json/jsonl/csv/parquet
-file, a local folder of ``train.*``/``val.*``/``test.*`` files, or a hub data set id (network).
+file, a local folder of ``train.*``/``val.*``/``test.*`` files, or a hub data set named ``hf://<id>`` (network).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import random
 from pathlib import Path
 from typing import Any, Optional
 
+from peftlab.config.checks import hub_id
 from peftlab.config.schema import DataSchema
 from peftlab.errors import DataError
 
@@ -153,19 +154,19 @@ def _load_local(path: Path, cfg: DataSchema, fields: dict[str, str]) -> tuple[Sp
     return splits, where
 
 
-def _load_hub(cfg: DataSchema, fields: dict[str, str]) -> tuple[Splits, dict[str, str]]:
+def _load_hub(cfg: DataSchema, fields: dict[str, str], name: str) -> tuple[Splits, dict[str, str]]:
     import datasets
 
     try:
-        dsd = datasets.load_dataset(cfg.path, cfg.hub_config)
+        dsd = datasets.load_dataset(name, cfg.hub_config)
     except Exception as err:
-        raise DataError(f"data.path: cannot load the data set {cfg.path!r}: {str(err).splitlines()[0]}") from None
+        raise DataError(f"data.path: cannot load the data set {name!r}: {str(err).splitlines()[0]}") from None
     wanted = {"train": cfg.train_split, "val": cfg.val_split, "test": cfg.test_split}
     splits, where = {}, {}
     for split, name in wanted.items():
         for candidate in (name, *SPLIT_NAMES[split]):
             if candidate in dsd:
-                splits[split], where[split] = dsd[candidate].to_list(), f"{cfg.path}[{candidate}]"
+                splits[split], where[split] = dsd[candidate].to_list(), f"{name}[{candidate}]"
                 break
     for split, rows in splits.items():
         for i, row in enumerate(rows):
@@ -205,12 +206,13 @@ def load_splits(cfg: DataSchema, fields: Optional[dict[str, str]] = None) -> Spl
         splits, where = _load_local(folder, cfg, fields)
     else:
         path = Path(cfg.path).expanduser()
-        if path.exists():
+        if hub_id(cfg.path) is not None:
+            splits, where = _load_hub(cfg, fields, hub_id(cfg.path))
+        elif path.exists():
             splits, where = _load_local(path, cfg, fields)
-        elif path.suffix.lower() in SUFFIXES or cfg.path.startswith(("/", ".", "~")):
-            raise DataError(f"data.path: no such file or folder: {cfg.path}")
         else:
-            splits, where = _load_hub(cfg, fields)
+            raise DataError(f"data.path: no such file or folder: {cfg.path} (a hub data set is named hf://<id>; only "
+                            "that reaches the network)")
     _check_splits(splits, where)
     if cfg.max_train_examples:
         splits["train"] = splits["train"][: cfg.max_train_examples]

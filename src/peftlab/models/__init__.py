@@ -1,4 +1,4 @@
-"""Load a backbone and its tokenizer: from a pip package, a random init, a hub id or a folder.
+"""Load a backbone and its tokenizer: from a pip package, a random init, the hub (hf://<id>) or a folder.
 
 Every backbone is loaded with ``from_pretrained`` from a folder that plain transformers can load
 too (packaged GGUF files and random-init models are written once into ``paths.cache_dir``), so an
@@ -14,6 +14,7 @@ from typing import Any, Optional
 
 import torch
 
+from peftlab.config.checks import hub_id
 from peftlab.config.schema import ModelSchema
 from peftlab.errors import ConfigError
 from peftlab.models.quantized import keep_4bit_weights_trainable
@@ -38,8 +39,8 @@ def display_name(cfg: ModelSchema) -> str:
 def resolve_path(cfg: ModelSchema, cache_dir: str | os.PathLike) -> str:
     """A local folder (or hub id) that ``from_pretrained`` loads for ``cfg``, building it if needed."""
     cache = Path(os.path.expanduser(str(cache_dir)))
-    if cfg.name_or_path:  # a hub id, or a local folder (``~`` is the user's home)
-        return os.path.expanduser(cfg.name_or_path) if cfg.name_or_path.startswith("~") else cfg.name_or_path
+    if cfg.name_or_path:  # hf://<hub id> (the network), or a local folder (``~`` is the user's home)
+        return hub_id(cfg.name_or_path) or os.path.expanduser(cfg.name_or_path)
     if cfg.source == "package_gguf":
         return str(convert_gguf(cfg, cache))
     if cfg.source == "package_folder":
@@ -62,8 +63,9 @@ def load_backbone(cfg: ModelSchema, cache_dir: str | os.PathLike, task: Task, dt
     quiet_libraries()
     path = resolve_path(cfg, cache_dir)
     local = os.path.isdir(path)
-    if cfg.name_or_path and not local and path.startswith(("/", ".", "~")):
-        raise ConfigError(f"model.name_or_path: no such folder {path!r}")
+    if cfg.name_or_path and not local and hub_id(cfg.name_or_path) is None:
+        raise ConfigError(f"model.name_or_path: no such folder {path!r} (a hub model is named hf://<id>; only "
+                          "that reaches the network)")
     common = dict(revision=cfg.revision, trust_remote_code=cfg.trust_remote_code, local_files_only=local)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, **common)
