@@ -82,6 +82,11 @@ def _run_folders(root: Path, finished: Path) -> dict[str, Path]:
     p["empty_model"].mkdir()
     p["taken"] = root / "taken"
     (p["taken"] / "x").mkdir(parents=True)
+    p["hub_run"] = root / "hub_run"  # a run folder whose config names a hub model (not in the local cache)
+    shutil.copytree(finished, p["hub_run"], ignore=shutil.ignore_patterns(".lock"))
+    config = p["hub_run"] / "config.yaml"
+    config.write_text(config.read_text().replace("  name_or_path: null\n", "  name_or_path: hf://nobody/nothing\n"))
+    assert "hf://nobody/nothing" in config.read_text()
     p["users_folder"] = root / "users_folder"  # a folder of the user's own, not a run
     p["users_folder"].mkdir()
     (p["users_folder"] / "config.yaml").write_text("mine: true\n")
@@ -245,6 +250,9 @@ CASES = [
     ("eval missing run", "peftlab-eval", ["run_dir={out}/nope"], "is not a finished peftlab-train run folder"),
     ("eval corrupt config", "peftlab-eval", ["run_dir={corrupt_config}"], "is not a readable run config"),
     ("eval diverged run", "peftlab-eval", ["run_dir={diverged}"], "diverged during training"),
+    ("a hub model a run folder names", "peftlab-eval", ["run_dir={hub_run}"],
+     "model.name_or_path: cannot load 'nobody/nothing': a hub model that a run folder names is read from the local "
+     "cache only"),
     ("merge broken adapter", "peftlab-merge", ["run_dir={broken_adapter}"], "corrupted or truncated"),
     ("merge into existing folder", "peftlab-merge", ["run_dir={finished}", "out_dir={taken}"],
      "out_dir: {taken} already exists; it is never overwritten"),

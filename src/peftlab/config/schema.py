@@ -49,6 +49,9 @@ class ModelSchema:
     chat_template: Optional[str] = None  # for `random`: a jinja chat template to attach
     revision: Optional[str] = None
     trust_remote_code: bool = False
+    # a hub model (hf://<id>) from the local cache only, never the network: set for a model a run
+    # folder names (eval, merge, generate read it as data)
+    local_files_only: bool = False
     init_seed: int = 0
     # the task types this backbone serves: causal_lm (generation), seq_cls (classification)
     tasks: List[str] = field(default_factory=lambda: ["causal_lm"])

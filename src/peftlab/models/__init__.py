@@ -66,7 +66,8 @@ def load_backbone(cfg: ModelSchema, cache_dir: str | os.PathLike, task: Task, dt
     if cfg.name_or_path and not local and hub_id(cfg.name_or_path) is None:
         raise ConfigError(f"model.name_or_path: no such folder {path!r} (a hub model is named hf://<id>; only "
                           "that reaches the network)")
-    common = dict(revision=cfg.revision, trust_remote_code=cfg.trust_remote_code, local_files_only=local)
+    common = dict(revision=cfg.revision, trust_remote_code=cfg.trust_remote_code,
+                  local_files_only=local or cfg.local_files_only)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, **common)
         quantized = {"quantization_config": quantization, "device_map": device_map} if quantization else {}
@@ -78,6 +79,9 @@ def load_backbone(cfg: ModelSchema, cache_dir: str | os.PathLike, task: Task, dt
         if "custom code" in reason:
             reason = ("its code lives in the model folder and runs only if you allow it (model.trust_remote_code=true "
                       "on the peftlab-train command line, trust_remote_code=true for peftlab-eval and peftlab-merge)")
+        elif cfg.local_files_only and not local:
+            reason = ("a hub model that a run folder names is read from the local cache only, and it is not there "
+                      "(download it first, e.g. peftlab-train with its model once)")
         raise ConfigError(f"{where}: cannot load {path!r}: {reason}") from None
     if quantization:
         keep_4bit_weights_trainable(model)

@@ -21,8 +21,9 @@ from peftlab.runs.folders import run_status
 def read_run_config(run_dir: Path, trust_remote_code: bool = False):
     """The validated config (a ``TrainSchema``) a finished run folder was trained with.
 
-    A run folder is data: its ``model.trust_remote_code`` is never obeyed; the caller passes the
-    user's own choice (the command's ``trust_remote_code=``) instead."""
+    A run folder is data: its ``model.trust_remote_code`` is never obeyed (the caller passes the
+    user's own choice, the command's ``trust_remote_code=``), and a hub model it names is read from
+    the local cache only."""
     run_dir = Path(run_dir)
     path = run_dir / "config.yaml"
     if run_status(run_dir) == "diverged":
@@ -45,4 +46,5 @@ def read_run_config(run_dir: Path, trust_remote_code: bool = False):
     except ConfigError as err:
         raise ConfigError(f"run_dir: {path}: {err}") from None
     run.model.trust_remote_code = trust_remote_code
+    run.model.local_files_only = True  # a hub model it names comes from the local cache, never the network
     return run
