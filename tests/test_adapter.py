@@ -35,6 +35,7 @@ def test_lora_adapter_reloads_with_plain_peft(cache_dir, tmp_path, overrides):
 
     conf, task, bb = build(["model=tiny_llama", *overrides], cache_dir)
     original = {k: v.detach().clone() for k, v in bb.model.named_parameters()}
+    torch.manual_seed(0)  # the adapter's initialisation: the same whatever ran before in this process
     model = wrap(bb, conf.method, task)
     batch = batch_for(bb.tokenizer)
     losses = _train_a_little(model, task, batch)
