@@ -8,6 +8,7 @@ from typing import Any, Optional
 import lightning as L
 import torch
 
+from peftlab.engine.distributed import all_sum
 from peftlab.errors import PeftlabError
 from peftlab.runs.memory import peak_rss_mb
 
@@ -95,15 +96,27 @@ def _loss_scaler(trainer) -> Any:
 
 
 def _non_finite_state(module: torch.nn.Module, optimizers: list) -> str:
-    """What of the trained weights and the optimizers' state holds a non-finite value ('' if none)."""
+    """What of the trained weights and the optimizers' state holds a non-finite value ('' if none).
+    Each process checks its own shards (FSDP2's DTensors) and the verdict is summed over processes,
+    so that every process stops together."""
     weights = [p for p in module.parameters() if p.requires_grad]
-    if weights and not bool(torch.stack([torch.isfinite(p).all() for p in weights]).all()):
-        return "the trained weights are"
     state = [t for opt in optimizers for per_param in opt.state.values() for t in per_param.values()
              if isinstance(t, torch.Tensor) and t.is_floating_point()]
-    if state and not bool(torch.stack([torch.isfinite(t).all() for t in state]).all()):
+    device = weights[0].device if weights else torch.device("cpu")
+    bad = all_sum(torch.stack([_any_non_finite(weights, device), _any_non_finite(state, device)])).cpu()
+    if bad[0] > 0:
+        return "the trained weights are"
+    if bad[1] > 0:
         return "the optimizer's state is"
     return ""
+
+
+def _any_non_finite(tensors: list[torch.Tensor], device: torch.device) -> torch.Tensor:
+    """1.0 where any of ``tensors`` (this process's shards of DTensors) holds inf or nan, else 0.0,
+    computed on the device in one go (one synchronisation per step, not one per tensor)."""
+    local = [t.to_local() if hasattr(t, "to_local") else t for t in tensors]
+    flags = [(~torch.isfinite(t)).any().to(device) for t in local if t.numel()]
+    return torch.stack(flags).any().float() if flags else torch.zeros((), device=device)
 
 
 class ResumeState(L.Callback):
