@@ -140,9 +140,11 @@ def test_the_guard_sees_a_nan_that_appears_only_in_the_update():
         guard.on_train_batch_end(trainer, module, None, None, 0)
     trainer, module, optimizer = _guard_world(moment=float("inf"))
     with pytest.raises(Diverged, match="the optimizer's state is not finite after the update"):
-        guard.on_train_batch_end(trainer, module, None, None, 0)
+        DivergenceGuard().on_train_batch_end(trainer, module, None, None, 0)
     trainer, module, optimizer = _guard_world()
-    guard.on_train_batch_end(trainer, module, None, None, 0)  # all finite: nothing to say
+    DivergenceGuard().on_train_batch_end(trainer, module, None, None, 0)  # all finite: nothing to say
+    trainer, module, optimizer = _guard_world(weight=float("nan"))
+    guard.on_train_batch_end(trainer, module, None, None, 1)  # the same step again (accumulation): checked once
 
 
 def test_an_fp16_overflow_is_a_skipped_step_not_divergence():

@@ -230,7 +230,11 @@ def fingerprint(cfg: DataSchema) -> dict[str, str]:
     else:
         path = Path(cfg.path).expanduser()
     files = sorted(_split_files(path).values()) if path.is_dir() else [path] if path.is_file() else []
-    return {str(f): hashlib.sha256(f.read_bytes()).hexdigest() for f in files}
+    return {str(f): file_sha256(f) for f in files}
+
+
+def file_sha256(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def resolve_labels(cfg: DataSchema) -> list[str]:

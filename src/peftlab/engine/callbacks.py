@@ -70,6 +70,9 @@ class DivergenceGuard(L.Callback):
 
     MIN_SCALE = 2.0 ** -24  # a loss scale below this: every step overflows
 
+    def __init__(self) -> None:
+        self._checked_step = -1  # the optimizer step whose update was last checked
+
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         step = trainer.global_step + 1
         scaler = _loss_scaler(trainer)
@@ -85,6 +88,9 @@ class DivergenceGuard(L.Callback):
             raise Diverged(step, "the gradients are not finite")
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self._checked_step:  # no update since (gradient accumulation)
+            return
+        self._checked_step = trainer.global_step
         what = _non_finite_state(pl_module, trainer.optimizers)
         if what:
             raise Diverged(trainer.global_step, f"{what} not finite after the update")

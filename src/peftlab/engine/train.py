@@ -67,19 +67,14 @@ def resume_command_line(argv: list[str]) -> list[str]:
     before Hydra writes anything: the data files its checkpoint was trained on are unchanged."""
     resumed = resume_args(argv)
     if resumed is not argv:
+        from peftlab.data.sources import file_sha256
         from peftlab.engine.checkpoints import read_checkpoint
         from peftlab.engine.job import check_same_data
 
         checkpoint = next(a.split("=", 1)[1] for a in resumed if a.startswith("resume_from="))
         saved = read_checkpoint(checkpoint).get("data_fingerprint") or {}
-        check_same_data(saved, {p: _sha256(p) for p in saved if Path(p).is_file()})
+        check_same_data(saved, {p: file_sha256(p) for p in saved if Path(p).is_file()})
     return resumed
-
-
-def _sha256(path: str) -> str:
-    import hashlib
-
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def checked(cfg: DictConfig) -> tuple[TrainSchema, Task, str]:

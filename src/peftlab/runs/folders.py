@@ -41,11 +41,7 @@ def check_claimable(folder: Path, key: str = "hydra.run.dir", resuming: bool = F
     if not folder.is_dir():
         raise ConfigError(f"{key}: {folder} is a file, not a folder")
     check_not_held(folder, key)
-    check_fresh_run_dir(folder, key, resuming)
-    status = run_status(folder)
-    if status is not None:
-        raise ConfigError(f"{key}: {folder} holds a run that has ended ({status}); it is never written into, "
-                          "pick another folder")
+    check_fresh_run_dir(folder, key, resuming)  # a finished or diverged run: its metrics.json
     held = sorted(p.name for p in folder.iterdir() if p.name != LOCK_NAME)
     if held and not resuming:
         killed = " (a killed run: resume=<folder> continues it)" if (folder / "checkpoints").is_dir() else ""

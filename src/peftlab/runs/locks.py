@@ -38,12 +38,7 @@ def lock_folder(folder: Path, key: str = "hydra.run.dir") -> FileLock:
     try:
         lock.acquire(blocking=False)
     except Timeout:
-        try:
-            holder = (folder / LOCK_NAME).read_text().strip()
-        except OSError:
-            holder = ""
-        raise ConfigError(f"{key}: {folder} is in use by another peftlab command ({holder or 'another process'}); "
-                          "wait for it to end or pick another folder") from None
+        raise _in_use(folder, key) from None
     _HELD[lock.lock_file] = lock
     if first:  # who holds it, for the message another command prints
         with open(folder / LOCK_NAME, "w") as f:
@@ -63,10 +58,18 @@ def check_not_held(folder: Path, key: str = "hydra.run.dir") -> None:
     try:
         lock.acquire(blocking=False)
     except Timeout:
-        holder = path.read_text().strip() if path.is_file() else ""
-        raise ConfigError(f"{key}: {folder} is in use by another peftlab command ({holder or 'another process'}); "
-                          "wait for it to end or pick another folder") from None
+        raise _in_use(folder, key) from None
     lock.release()
+
+
+def _in_use(folder: Path, key: str) -> ConfigError:
+    """The one line for a folder another process holds, naming the holder (what its lock file says)."""
+    try:
+        holder = (Path(folder) / LOCK_NAME).read_text().strip()
+    except OSError:
+        holder = ""
+    return ConfigError(f"{key}: {folder} is in use by another peftlab command ({holder or 'another process'}); "
+                       "wait for it to end or pick another folder")
 
 
 @contextmanager
