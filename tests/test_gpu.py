@@ -23,9 +23,9 @@ def train_tiny(tmp_path, *overrides):
     return run_dir, train(compose([*TINY, *overrides], run_dir=run_dir))
 
 
-@pytest.mark.parametrize("precision", ["bf16", "fp16", "auto"])
+@pytest.mark.parametrize("precision", ["bf16", "fp16", "auto", "bf16_base"])
 def test_mixed_precision_trains_on_the_gpu(precision, tmp_path, cache_dir):
-    if precision == "bf16" and not torch.cuda.is_bf16_supported():
+    if precision.startswith("bf16") and not torch.cuda.is_bf16_supported():
         pytest.skip("this GPU has no bf16")
     _, metrics = train_tiny(tmp_path, f"precision={precision}")
     assert metrics["test"]["loss"] < metrics["zero_shot"]["loss"]

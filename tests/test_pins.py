@@ -99,3 +99,13 @@ def test_peft_ln_tuning_merge_still_leaves_the_head_wrapped(cache_dir):
     assert wrapped == ["classifier"]
     head = merged.classifier.modules_to_save["default"]
     assert unwrap_saved_modules(merged).classifier is head
+
+
+def test_torch_still_has_the_cpu_bf16_probes_precision_auto_reads():
+    """engine/precision.py reads torch's private CPU probes (getattr with a fallback of False, so a
+    torch without them makes precision=auto choose fp32 on every CPU). When this fails, find their
+    new names: auto has silently stopped choosing bf16 on CPUs."""
+    import torch
+
+    assert callable(torch.ops.mkldnn._is_mkldnn_bf16_supported)
+    assert callable(torch.cpu._is_avx512_bf16_supported) and callable(torch.cpu._is_amx_tile_supported)

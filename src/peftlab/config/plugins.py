@@ -31,6 +31,11 @@ class Capabilities:
     starts_as_base: bool = True
     task_types: Optional[tuple[str, ...]] = None  # None: every task type
     language_models_only: bool = False  # only the task types whose model generates text (a causal LM head)
+    # trains with the frozen base stored in bf16 and its own weights in fp32 (precision=bf16_base)
+    bf16_base: bool = True
+    # bf16_base was shown equivalent in quality to fp32 (docs/results/precision.md): precision=auto
+    # chooses it for this method where the hardware multiplies bf16 natively
+    bf16_auto: bool = False
 
 
 @dataclass
@@ -60,6 +65,10 @@ class MethodSchema:
         if precision is not None and precision.quantize and not self.capabilities.quantized_base:
             problems.append(f"method={self.name} cannot train on a quantized base (precision={precision.name}): "
                             "it trains the base's own weights, which are 8- or 4-bit integers there")
+        if precision is not None and precision.split and not self.capabilities.bf16_base:
+            problems.append(f"method={self.name} cannot train at precision={precision.name} (a frozen base in "
+                            f"{precision.dtype}, trained weights in {precision.trainable_dtype}): it trains the "
+                            "base's own weights; use precision=bf16 (autocast) or precision=bf16_true")
         return problems
 
 

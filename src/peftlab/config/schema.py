@@ -194,24 +194,42 @@ class OptimSchema:
 # ------------------------------------------------------------------------------------ precision
 @dataclass
 class PrecisionSchema:
-    """``trainer`` is Lightning's precision flag (``auto``: bf16-mixed on a CUDA device with bf16,
-    else fp32); ``dtype`` the dtype the base weights load in; ``quantize`` loads the frozen base in
-    8 or 4 bits with bitsandbytes (int8, nf4, fp4), for methods that train on a quantized base."""
+    """``trainer`` is Lightning's precision flag; ``dtype`` the dtype the base weights load in;
+    ``trainable_dtype`` the dtype the trained weights (and so their gradients and optimizer state)
+    are kept in, when it differs from ``dtype`` (``bf16_base``: a bf16 base, fp32 adapters, bf16
+    matmuls under autocast); ``quantize`` loads the frozen base in 8 or 4 bits with bitsandbytes
+    (int8, nf4, fp4), for methods that train on a quantized base.
+
+    ``precision=auto`` (``name: auto``) is resolved before a run starts (engine/precision.py): its
+    config becomes the chosen precision's, with ``auto`` saying why it was chosen."""
 
     name: str = MISSING
     trainer: str = "32-true"
     dtype: str = "float32"
+    trainable_dtype: Optional[str] = None  # null: the trained weights stay in ``dtype``
     quantize: Optional[str] = None  # null | int8 | nf4 | fp4
     double_quant: bool = True  # 4-bit: quantize the quantization constants too (QLoRA's double quantization)
     compute_dtype: str = "float32"  # 4-bit: the dtype its matmuls run in (bfloat16 on GPUs)
+    auto: Optional[str] = None  # set by precision=auto: why this precision was chosen
 
     def __post_init__(self) -> None:
         _one_of("precision.trainer", self.trainer,
                 ("auto", "32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true"))
         _one_of("precision.dtype", self.dtype, ("float32", "bfloat16", "float16", "float64"))
+        if self.trainable_dtype is not None:
+            _one_of("precision.trainable_dtype", self.trainable_dtype, ("float32", "bfloat16", "float16", "float64"))
+            _check(self.trainable_dtype == self.dtype or self.trainer.endswith("-mixed"), "precision.trainable_dtype",
+                   f"differs from precision.dtype={self.dtype}, so the matmuls mix dtypes: it needs an autocast "
+                   f"precision.trainer (bf16-mixed or 16-mixed; precision.trainer={self.trainer})",
+                   self.trainable_dtype)
         if self.quantize is not None:
             _one_of("precision.quantize", self.quantize, ("int8", "nf4", "fp4"))
         _one_of("precision.compute_dtype", self.compute_dtype, ("float32", "bfloat16", "float16"))
+
+    @property
+    def split(self) -> bool:
+        """The base stored in one dtype, the trained weights in another (``bf16_base``)."""
+        return self.trainable_dtype is not None and self.trainable_dtype != self.dtype
 
 
 # ------------------------------------------------------------------------------------- hardware

@@ -173,6 +173,14 @@ def _precision_checks(obj: Any) -> list[str]:
         if precision.quantize and hardware.strategy == "fsdp":
             errors.append(f"precision={precision.name} does not combine with hardware.strategy=fsdp: a quantized "
                           "base is already small; use hardware=ddp")
+        if precision.split and hardware.strategy == "fsdp":
+            errors.append(f"precision={precision.name} does not combine with hardware.strategy=fsdp: FSDP2 gathers "
+                          f"each layer's weights as one buffer of one dtype, and this layout keeps {precision.dtype} "
+                          f"and {precision.trainable_dtype} weights in every layer; use hardware=ddp")
+    if precision is not None and precision.split and precision.quantize:
+        errors.append(f"precision={precision.name} stores the base in {precision.dtype} and precision.quantize="
+                      f"{precision.quantize} in {precision.quantize}: choose one (a 4-bit base multiplies in bf16 "
+                      "with precision=nf4 precision.compute_dtype=bfloat16)")
     if precision is not None and precision.quantize and importlib.util.find_spec("bitsandbytes") is None:
         errors.append(f"precision={precision.name} needs the bitsandbytes package (pip install -e '.[quant]'; make "
                       "installs it)")

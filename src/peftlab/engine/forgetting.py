@@ -9,8 +9,9 @@ peftlab: ``builtin:botchan`` (public-domain English prose; data/files/prose/SOUR
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable, ContextManager
 
 from peftlab.data.sources import PROSE_DIR
 from peftlab.errors import ConfigError
@@ -54,9 +55,12 @@ def windows(text: str, tokenizer: Any, tokens: int, window: int) -> torch.Tensor
     return torch.tensor(ids[: rows * window]).view(rows, window)
 
 
-def mean_token_loss(model: torch.nn.Module, rows: torch.Tensor, batch_size: int = 8) -> float:
+def mean_token_loss(model: torch.nn.Module, rows: torch.Tensor, batch_size: int = 2,
+                    autocast: Callable[[], ContextManager] = contextlib.nullcontext) -> float:
     """The mean next-token cross-entropy over every predicted token of ``rows`` (full windows, no
-    padding), in evaluation mode; the model's own mode is restored."""
+    padding), in evaluation mode; the model's own mode is restored. ``batch_size`` windows at a
+    time: a window's full-vocabulary logits take 50 MiB in fp32 (SmolLM2: 256 x 49,152), and
+    the loss holds them twice more."""
     import torch
 
     was_training = model.training
@@ -66,7 +70,7 @@ def mean_token_loss(model: torch.nn.Module, rows: torch.Tensor, batch_size: int 
     try:
         for start in range(0, rows.shape[0], batch_size):
             batch = rows[start:start + batch_size].to(device)
-            with torch.no_grad():
+            with torch.no_grad(), autocast():
                 out = model(input_ids=batch, attention_mask=torch.ones_like(batch))
             logits = out.logits[:, -batch.shape[1]:-1].float()  # prompt-learning models put virtual tokens first
             targets = batch[:, 1:]
@@ -82,15 +86,17 @@ class Forgetting:
     """Measures the base before the method is applied and the trained model after; ``record`` is
     what metrics.json holds under ``forgetting``."""
 
-    def __init__(self, cfg: Any, tokenizer: Any, model: torch.nn.Module):
+    def __init__(self, cfg: Any, tokenizer: Any, model: torch.nn.Module,
+                 autocast: Callable[[], ContextManager] = contextlib.nullcontext):
         limit = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
         window = min(cfg.window, limit) if limit else cfg.window
         self.cfg = cfg
         self.rows = windows(read_text(cfg.text), tokenizer, cfg.tokens, window)
-        self.before = mean_token_loss(model, self.rows)
+        self.autocast = autocast  # the forward runs as training's does (bf16_base: under bf16 autocast)
+        self.before = mean_token_loss(model, self.rows, autocast=autocast)
 
     def record(self, trained: torch.nn.Module) -> dict[str, Any]:
-        after = mean_token_loss(trained, self.rows)
+        after = mean_token_loss(trained, self.rows, autocast=self.autocast)
         return {"text": self.cfg.text, "tokens": int(self.rows.numel()), "window": int(self.rows.shape[1]),
                 "loss_before": round(self.before, 6), "loss_after": round(after, 6),
                 "delta": round(after - self.before, 6)}

@@ -27,6 +27,7 @@ from peftlab.engine.checkpoints import read_checkpoint
 from peftlab.engine.distributed import SECONDARY, threads_per_parallel_job
 from peftlab.engine.forgetting import Forgetting
 from peftlab.engine.module import PeftLabModule
+from peftlab.engine.precision import autocast, keep_trained_weights, precision_record
 from peftlab.engine.trainer import finished_loggers, log_run_config, make_trainer, split_metrics
 from peftlab.errors import ConfigError
 from peftlab.methods import BuildContext, apply_method, count_parameters, peft_config_for, save_adapter
@@ -139,7 +140,8 @@ class TrainingJob:
         """The base's loss on general text, before the method touches it (language-model tasks)."""
         if self.conf.forgetting is None or not self.task.generative or self.dry:
             return None
-        return Forgetting(self.conf.forgetting, self.backbone.tokenizer, self.backbone.model)
+        return Forgetting(self.conf.forgetting, self.backbone.tokenizer, self.backbone.model,
+                          autocast(self.conf.precision, self.conf.hardware))
 
     def apply_method(self) -> None:
         """Wrap the backbone (or load the starting adapter), set what trains, build the LightningModule
@@ -147,7 +149,9 @@ class TrainingJob:
         conf = self.conf
         self.task.before_wrapping(self.backbone.model)
         self.model = apply_method(self.backbone.model, conf.method, self.context, conf.init_adapter)
-        self.task.before_training(self.model, self.data)
+        keep_trained_weights(self.model, conf.precision)  # bf16_base: the trained weights in fp32
+        with autocast(conf.precision, conf.hardware)():  # a precomputed reference: computed as training computes
+            self.task.before_training(self.model, self.data)
         self.module = PeftLabModule(self.model, self.task, self.backbone.tokenizer, conf.optim,
                                     shard=conf.hardware.strategy == "fsdp", method=conf.method)
         self.module.data_fingerprint = self.fingerprint
@@ -166,7 +170,7 @@ class TrainingJob:
                 "task_type": task.name, "primary_metric": task.primary_metric,
                 "greater_is_better": task.greater_is_better, "objective": self.objective, "seed": conf.seed,
                 "status": "running", "params": params, "zero_shot": zero_shot, "init_adapter": conf.init_adapter,
-                "tags": list(conf.tags), **task.settings_record()}
+                "tags": list(conf.tags), "precision": precision_record(conf.precision), **task.settings_record()}
 
     def fit(self, trainer: L.Trainer, record: dict[str, Any]) -> None:
         try:

@@ -20,6 +20,7 @@ from peftlab.config import validate
 from peftlab.config.commands import TrainSchema
 from peftlab.engine.distributed import SECONDARY
 from peftlab.engine.forgetting import text_path
+from peftlab.engine.precision import resolve_auto
 from peftlab.errors import ConfigError, PeftlabError
 from peftlab.runs.folders import check_fresh_run_dir, discard_unstarted_run_dir
 from peftlab.runs.locks import folder_lock
@@ -80,7 +81,7 @@ def resume_command_line(argv: list[str]) -> list[str]:
 def checked(cfg: DictConfig) -> tuple[TrainSchema, Task, str]:
     """The validated config, its task and the objective key, once everything about the run that can
     be checked before any work has been: every problem found is in the one error."""
-    conf = validate(cfg, TrainSchema)
+    conf = validate(resolve_auto(cfg), TrainSchema)
     task = make_task(conf.data, run=conf)
     problems = [*one_process_per_job(conf), *task.check(conf)]
     if conf.forgetting is not None:
@@ -146,7 +147,9 @@ def merge_after(conf: TrainSchema, run_dir: Path, metrics: dict[str, Any]) -> di
     # evaluates the adapter on the whole split itself
     predictions = [json.loads(line)["prediction"]
                    for line in (run_dir / "test_predictions.jsonl").read_text().splitlines() if line.strip()]
-    whole = len(predictions) == metrics["data"]["test"]
+    # bf16_base: the run tested its adapter on the bf16 base; the export is checked against the same
+    # adapter on the fp32 base it merges into, which the merge measures itself
+    whole = len(predictions) == metrics["data"]["test"] and not conf.precision.split
     try:
         report = merge_run(run_dir, conf, run_dir / "merged", MergeOptions(), report_dir=run_dir,
                            adapter_test=Evaluation(metrics["test"], predictions) if whole else None)
@@ -169,6 +172,9 @@ def summary(m: dict[str, Any], task: Task, run_dir: Path) -> str:
         if key in m["test"]:
             before = f"zero-shot {m['zero_shot'][key]:.4f} -> " if m["zero_shot"] else ""
             lines.append(f"  test {key}: {before}fine-tuned {m['test'][key]:.4f}")
+    precision = m.get("precision") or {}
+    lines.append(f"  precision: {precision.get('name')}" + (f" (auto: {precision['auto']})" if precision.get("auto")
+                                                             else ""))
     lines.append(f"  training: {m['train']['steps']} steps in {m['train']['wall_s']} s "
                  f"({m['train']['tokens_per_s']} tokens/s), peak RSS {m['memory']['peak_rss_mb']} MiB")
     if m.get("forgetting"):

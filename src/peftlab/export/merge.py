@@ -108,7 +108,8 @@ class MergeJob:
     def __init__(self, run_dir: Path, run, out_dir: Path, options: MergeOptions, adapter_test: Optional[Evaluation]):
         self.run_dir, self.conf, self.out_dir = run_dir, run, out_dir
         self.options, self.adapter_test = options, adapter_test
-        self.dtype = options.dtype or run.precision.dtype
+        # bf16_base: the export is the fp32 base with the fp32 adapter merged in (merge.dtype=bfloat16 for a bf16 one)
+        self.dtype = options.dtype or (run.precision.trainable_dtype if run.precision.split else run.precision.dtype)
         self.quantized = bool(run.precision.quantize)
         self.report: dict[str, Any] = {}
         self.quant: dict[str, Any] = {}

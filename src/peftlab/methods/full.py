@@ -17,6 +17,6 @@ class FullSchema(MethodSchema):
 register_method(
     "full", FullSchema, build=None,
     trains="every weight of the backbone (the baseline)",
-    capabilities=Capabilities(mergeable=False, adapter=False),
+    capabilities=Capabilities(mergeable=False, adapter=False, bf16_base=False),
     not_mergeable="it trains every weight, so there is no separate update to fold in",
 )
