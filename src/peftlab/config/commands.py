@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
@@ -179,3 +180,30 @@ class ReportSchema:
     out_dir: Optional[str] = None  # null: <input>/report for one input, else the command's own folder
     plots: bool = True
     overwrite: bool = False  # replace a report already in out_dir
+    # TOST between every pair of groups: null; a margin on the primary test metric (equivalence=0.03);
+    # or metrics.json numbers with their margins (equivalence={test.exact_match:0.03,forgetting.delta:0.03})
+    equivalence: Any = None
+
+    def __post_init__(self) -> None:
+        value = self.equivalence
+        if value is None or _is_margin(value):
+            margins = {} if value is None else {"": value}
+        elif isinstance(value, Mapping) and value and all(isinstance(k, str) for k in value):
+            margins = dict(value)
+        else:
+            raise ConfigError(f"equivalence must be a margin or {{<metrics.json key>: <margin>, ...}}, got {value!r}")
+        for key, margin in margins.items():
+            name = f"equivalence.{key}" if key else "equivalence"
+            _check(_is_margin(margin) and margin > 0 and math.isfinite(margin), name, "must be a margin > 0", margin)
+
+    def margins(self, primary: str) -> dict[str, float]:
+        """metrics.json key -> margin; a bare margin is the primary test metric's."""
+        if self.equivalence is None:
+            return {}
+        if _is_margin(self.equivalence):
+            return {f"test.{primary}": float(self.equivalence)}
+        return {k: float(v) for k, v in self.equivalence.items()}
+
+
+def _is_margin(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)

@@ -14,12 +14,15 @@ from omegaconf import DictConfig
 from peftlab.config import validate
 from peftlab.config.commands import ReportSchema
 from peftlab.errors import ConfigError
+from peftlab.reporting.equivalence import Tost, as_records, equivalence
+from peftlab.reporting.equivalence import to_markdown as tost_markdown
 from peftlab.reporting.plots import PLOT_FILES, plot
-from peftlab.reporting.runs import find_runs, group_runs, primary_metric
+from peftlab.reporting.runs import Group, Run, find_runs, group_runs, primary_metric
 from peftlab.reporting.tables import table_rows, to_csv, to_latex, to_markdown
 from peftlab.runs.files import atomic_path, write_json
 from peftlab.runs.folders import run_status
 from peftlab.runs.locks import check_not_held
+from peftlab.runs.metrics import metric_at
 
 log = logging.getLogger("peftlab.report")
 # every file a report writes: none is replaced without overwrite=true
@@ -46,7 +49,7 @@ def report_from_config(cfg: DictConfig, log_dir: Path) -> dict[str, Any]:
         _check_report_home(inputs[0])
     else:
         out = Path(log_dir)
-    return write_report(inputs, out, conf.plots, conf.overwrite)
+    return write_report(inputs, out, conf.plots, conf.overwrite, conf.equivalence)
 
 
 def _check_report_home(folder: Path) -> None:
@@ -61,10 +64,13 @@ def _check_report_home(folder: Path) -> None:
                           "its report goes elsewhere (give out_dir=)")
 
 
-def write_report(inputs: list[Path], out_dir: Path, plots: bool = True, overwrite: bool = False) -> dict[str, Any]:
+def write_report(inputs: list[Path], out_dir: Path, plots: bool = True, overwrite: bool = False,
+                 equivalence: Any = None) -> dict[str, Any]:
     """``results.md``, ``results.csv``, ``results.tex``, ``report.json`` and the plots into
     ``out_dir``, written whole into a temporary folder first; an earlier report there is replaced
-    only with ``overwrite``."""
+    only with ``overwrite``. ``equivalence``: a margin on the primary test metric, or metrics.json
+    numbers with their margins, tested between every pair of groups (reporting/equivalence.py)
+    into results.md and report.json."""
     existing = [name for name in REPORT_FILES if (out_dir / name).exists()]
     if existing and not overwrite:
         what = "a report" if "report.json" in existing else f"files a report writes ({', '.join(existing)})"
@@ -75,6 +81,8 @@ def write_report(inputs: list[Path], out_dir: Path, plots: bool = True, overwrit
     metric, greater_is_better = primary_metric(runs)
     rows = table_rows(groups, metric)
     md = to_markdown(rows, metric)
+    tests = equivalence_tests(runs, groups, ReportSchema(equivalence=equivalence).margins(metric))
+    md += tost_markdown(tests) if tests else ""
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, text in (("results.md", md), ("results.csv", to_csv(rows)), ("results.tex", to_latex(rows, metric))):
         with atomic_path(out_dir / name, overwrite=True) as tmp:
@@ -83,10 +91,20 @@ def write_report(inputs: list[Path], out_dir: Path, plots: bool = True, overwrit
     if plots:
         files += plot(groups, rows, metric, out_dir, greater_is_better)
     # last: a report.json says the report is complete
-    write_json(out_dir / "report.json", _summary(inputs, runs, groups, rows, metric, greater_is_better, files))
+    write_json(out_dir / "report.json", {**_summary(inputs, runs, groups, rows, metric, greater_is_better, files),
+                                         **({"equivalence": as_records(tests)} if tests else {})})
     print(md, end="")
     log.info("%d runs in %d groups -> %s", len(runs), len(groups), out_dir)
     return json.loads((out_dir / "report.json").read_text())
+
+
+def equivalence_tests(runs: list[Run], groups: list[Group], margins: dict[str, float]) -> list[Tost]:
+    """TOST for every pair of groups, each key checked to be a number some run reports."""
+    for key in margins:
+        if not any(metric_at(r.metrics, key) is not None for r in runs if r.metrics):
+            raise ConfigError(f"equivalence.{key}: no run reports this number in its metrics.json "
+                              "(a dotted key: test.<metric>, forgetting.delta, train.tokens_per_s, ...)")
+    return equivalence(groups, margins)
 
 
 def _summary(inputs, runs, groups, rows, metric, greater_is_better, files) -> dict[str, Any]:
