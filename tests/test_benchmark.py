@@ -26,31 +26,38 @@ def smoke(tmp_path_factory):
 def test_every_route_trains_the_same_examples_and_reports_its_figures(smoke):
     result, stdout = smoke
     routes = result["routes"]
-    assert list(routes) == ["peftlab", "lean", "lean_packed", "trl", "peftlab_full", "peftlab_ckpt"]
+    assert list(routes) == [f"{r}@fp32" for r in ("peftlab", "lean", "lean_packed", "trl", "peftlab_full",
+                                                  "peftlab_ckpt")] + [
+        f"{r}@bf16" for r in ("peftlab", "lean", "lean_packed", "trl", "trl_amp", "peftlab_full", "peftlab_ckpt")]
     for name, r in routes.items():
         assert r["steps"] == 3 and r["tokens"] > 0 and r["wall_s"] > 0 and r["peak_rss_mb"] > 100, name
         assert r["tokens_per_s"] == pytest.approx(r["tokens"] / r["wall_s"], rel=1e-3)
-        assert r["peak_share"] == pytest.approx(r["tokens_per_s"] * r["flops_per_token"] / 1e9
-                                                / result["matmul_peak_gflops"], abs=2e-3)
-    lora = {k: routes[k] for k in ("peftlab", "lean", "lean_packed", "trl", "peftlab_ckpt")}
+        peak = result["matmul_peak_gflops"][name.rsplit("@", 1)[1]]
+        assert r["peak_share"] == pytest.approx(r["tokens_per_s"] * r["flops_per_token"] / 1e9 / peak, abs=2e-3)
+    lora = {k: r for k, r in routes.items() if not k.startswith("peftlab_full")}
     assert len({r["trainable"] for r in lora.values()}) == 1  # the same adapter on every route
     assert len({r["params_total"] for r in lora.values()}) == 1
-    assert routes["peftlab_full"]["trainable"] == routes["peftlab_full"]["params_total"]
-    assert routes["peftlab_full"]["flops_per_token"] == 6 * routes["peftlab_full"]["params_total"]
-    assert routes["lean"]["flops_per_token"] == 4 * routes["lean"]["params_total"]
+    for p in ("fp32", "bf16"):
+        full = routes[f"peftlab_full@{p}"]
+        assert full["trainable"] == full["params_total"] and full["flops_per_token"] == 6 * full["params_total"]
+    assert routes["lean@fp32"]["flops_per_token"] == 4 * routes["lean@fp32"]["params_total"]
     ratios = result["ratios"]
     speed = {k: r["tokens_per_s"] for k, r in routes.items()}
-    assert ratios["peftlab_over_trl"] == pytest.approx(speed["peftlab"] / speed["trl"], rel=2e-3)
-    assert ratios["lora_peak_rss_over_full"] == pytest.approx(
-        routes["peftlab"]["peak_rss_mb"] / routes["peftlab_full"]["peak_rss_mb"], rel=2e-3)
-    assert "| peftlab |" in stdout and "peftlab_over_lean:" in stdout
+    trl = {k: v for k, v in speed.items() if k.startswith("trl")}
+    assert ratios["trl_fastest"] == max(trl, key=trl.get)
+    default = f"peftlab@{result['default_precision']['benchmark']}"
+    assert ratios["peftlab_default_over_trl_fastest"] == pytest.approx(speed[default] / max(trl.values()), rel=2e-3)
+    assert ratios["peftlab_over_lean@bf16"] == pytest.approx(speed["peftlab@bf16"] / speed["lean@bf16"], rel=2e-3)
+    assert ratios["lora_peak_rss_over_full@fp32"] == pytest.approx(
+        routes["peftlab@fp32"]["peak_rss_mb"] / routes["peftlab_full@fp32"]["peak_rss_mb"], rel=2e-3)
+    assert "| peftlab@bf16 |" in stdout and "peftlab_over_lean@fp32:" in stdout
 
 
 def test_an_unknown_route_is_refused_in_one_line():
     proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "benchmark.py"), "--routes", "peftlab,fast"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0
-    routes = "peftlab, lean, lean_packed, trl, peftlab_full, peftlab_ckpt"
+    routes = "peftlab, lean, lean_packed, trl, trl_amp, peftlab_full, peftlab_ckpt"
     assert proc.stderr.strip() == f"--routes: unknown fast (choose from {routes})"
 
 
