@@ -183,6 +183,9 @@ class ReportSchema:
     # TOST between every pair of groups: null; a margin on the primary test metric (equivalence=0.03);
     # or metrics.json numbers with their margins (equivalence={test.exact_match:0.03,forgetting.delta:0.03})
     equivalence: Any = None
+    # pairwise tests of the primary test metric between every pair of groups, Holm-corrected, with
+    # effect sizes and a compact letter display in the tables
+    compare: bool = False
 
     def __post_init__(self) -> None:
         value = self.equivalence

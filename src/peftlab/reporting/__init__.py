@@ -14,6 +14,10 @@ from omegaconf import DictConfig
 from peftlab.config import validate
 from peftlab.config.commands import ReportSchema
 from peftlab.errors import ConfigError
+from peftlab.reporting.compare import as_records as pair_records
+from peftlab.reporting.compare import compare as pairwise
+from peftlab.reporting.compare import letters
+from peftlab.reporting.compare import to_markdown as pairs_markdown
 from peftlab.reporting.equivalence import Tost, as_records, equivalence
 from peftlab.reporting.equivalence import to_markdown as tost_markdown
 from peftlab.reporting.plots import PLOT_FILES, plot
@@ -49,7 +53,7 @@ def report_from_config(cfg: DictConfig, log_dir: Path) -> dict[str, Any]:
         _check_report_home(inputs[0])
     else:
         out = Path(log_dir)
-    return write_report(inputs, out, conf.plots, conf.overwrite, conf.equivalence)
+    return write_report(inputs, out, conf.plots, conf.overwrite, conf.equivalence, conf.compare)
 
 
 def _check_report_home(folder: Path) -> None:
@@ -65,12 +69,13 @@ def _check_report_home(folder: Path) -> None:
 
 
 def write_report(inputs: list[Path], out_dir: Path, plots: bool = True, overwrite: bool = False,
-                 equivalence: Any = None) -> dict[str, Any]:
+                 equivalence: Any = None, compare: bool = False) -> dict[str, Any]:
     """``results.md``, ``results.csv``, ``results.tex``, ``report.json`` and the plots into
     ``out_dir``, written whole into a temporary folder first; an earlier report there is replaced
     only with ``overwrite``. ``equivalence``: a margin on the primary test metric, or metrics.json
     numbers with their margins, tested between every pair of groups (reporting/equivalence.py)
-    into results.md and report.json."""
+    into results.md and report.json; ``compare``: pairwise tests of the primary metric
+    (reporting/compare.py), with a compact letter display in the tables."""
     existing = [name for name in REPORT_FILES if (out_dir / name).exists()]
     if existing and not overwrite:
         what = "a report" if "report.json" in existing else f"files a report writes ({', '.join(existing)})"
@@ -80,7 +85,12 @@ def write_report(inputs: list[Path], out_dir: Path, plots: bool = True, overwrit
     groups = group_runs(runs)
     metric, greater_is_better = primary_metric(runs)
     rows = table_rows(groups, metric)
-    md = to_markdown(rows, metric)
+    pairs = pairwise(groups, f"test.{metric}") if compare else []
+    if compare:
+        cld = letters(groups, pairs, f"test.{metric}", greater_is_better)
+        for row in rows:
+            row["letters"] = cld.get(row["setting"], "")
+    md = to_markdown(rows, metric) + (pairs_markdown(pairs, metric) if compare else "")
     tests = equivalence_tests(runs, groups, ReportSchema(equivalence=equivalence).margins(metric))
     md += tost_markdown(tests) if tests else ""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -92,7 +102,8 @@ def write_report(inputs: list[Path], out_dir: Path, plots: bool = True, overwrit
         files += plot(groups, rows, metric, out_dir, greater_is_better)
     # last: a report.json says the report is complete
     write_json(out_dir / "report.json", {**_summary(inputs, runs, groups, rows, metric, greater_is_better, files),
-                                         **({"equivalence": as_records(tests)} if tests else {})})
+                                         **({"equivalence": as_records(tests)} if tests else {}),
+                                         **({"comparisons": pair_records(pairs)} if compare else {})})
     print(md, end="")
     log.info("%d runs in %d groups -> %s", len(runs), len(groups), out_dir)
     return json.loads((out_dir / "report.json").read_text())

@@ -38,16 +38,22 @@ def table_rows(groups: list[Group], metric: str) -> list[dict[str, Any]]:
 
 
 def to_markdown(rows: list[dict[str, Any]], metric: str) -> str:
+    """The group table; with a ``letters`` column when the report compared the groups (groups that
+    share a letter are not separated)."""
+    cld = bool(rows) and "letters" in rows[0]
     head = (f"| setting | trainable params | trainable % | adapter MiB | zero-shot {metric} "
-            f"| test {metric} (mean ± std) | 95% CI | n | forgetting (Δ loss, mean ± std) | train s | tokens/s "
-            "| peak RSS MiB | status |")
-    lines = [head, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+            f"| test {metric} (mean ± std) | 95% CI | n |{' letters |' if cld else ''} "
+            "forgetting (Δ loss, mean ± std) | train s | tokens/s | peak RSS MiB | status |")
+    lines = [head, "|---|---:|---:|---:|---:|---:|---:|---:|" + (":---:|" if cld else "")
+             + "---:|---:|---:|---:|---|"]
     for r in rows:
         ci = f"± {r[f'{metric}_ci95']:.4f}" if r[f"{metric}_ci95"] is not None else "—"
+        letters = f" {r['letters'] or '—'} |" if cld else ""
         lines.append(
             f"| {r['setting']} | {_num(r['trainable'], 0)} | {_num(r['trainable_pct'], 3)} "
             f"| {_num(r['adapter_mb_mean'], 2)} | {_fmt(r['_zero_shot'])} "
-            f"| {_fmt(r['_metric'])} | {ci} | {r['n']} | {_fmt(r['_forgetting'], 3)} "
+            f"| {_fmt(r['_metric'])} | {ci} | {r['n']} |{letters} "
+            f"{_fmt(r['_forgetting'], 3)} "
             f"| {_num(r['train_wall_s_mean'], 1)} | {_num(r['tokens_per_s_mean'], 0)} "
             f"| {_num(r['peak_rss_mb_mean'], 0)} | {r['status']} |")
     return "\n".join(lines) + "\n"
@@ -77,6 +83,8 @@ def to_latex(rows: list[dict[str, Any]], metric: str) -> str:
         m = r["_metric"]
         value = "--" if m["mean"] is None else (f"${m['mean']:.3f} \\pm {m['std']:.3f}$" if m["n"] > 1
                                                  else f"${m['mean']:.3f}$")
+        if r.get("letters"):  # the compact letter display: groups sharing a letter are not separated
+            value += f"\\textsuperscript{{{r['letters']}}}"
         if r["status"] != "ok":
             value += f" ({esc(r['status'])})"
         lines.append(f"{esc(r['setting'])} & {_num(r['trainable'], 0)} & {_num(r['trainable_pct'], 3)} & {value} \\\\")

@@ -1,0 +1,94 @@
+"""Pairwise comparisons in reports (reporting/compare.py): the t tests are scipy's, Holm's
+correction and the effect sizes are computed by hand here on fixed numbers, and the compact
+letter display follows the separations."""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from pathlib import Path
+
+import pytest
+from scipy import stats
+
+from peftlab.reporting.compare import compare, holm, letters, pair_test
+from peftlab.reporting.runs import Group, Run
+
+
+def group(name: str, values: list[float], seeds=None) -> Group:
+    seeds = seeds or list(range(1, len(values) + 1))
+    return Group(name, [Run(Path(f"/{name}/{s}"), [f"seed={s}"], {"seed": s, "test": {"exact_match": v}},
+                            "finished") for s, v in zip(seeds, values, strict=True)])
+
+
+def test_a_paired_comparison_is_scipys_paired_t_test_with_cohens_dz():
+    a, b = [0.90, 0.88, 0.91, 0.87], [0.93, 0.90, 0.95, 0.89]
+    r = pair_test(group("a", a), group("b", b), "test.exact_match")
+    assert r.test == "paired t (4 seeds)"
+    assert r.p == pytest.approx(stats.ttest_rel(b, a).pvalue, rel=1e-9)
+    d = [y - x for x, y in zip(a, b, strict=True)]
+    half = stats.t.ppf(0.975, 3) * stats.sem(d)
+    assert r.ci95 == pytest.approx((statistics.fmean(d) - half, statistics.fmean(d) + half))
+    dz = statistics.fmean(d) / statistics.stdev(d)
+    se = math.sqrt(1 / 4 + dz**2 / 8)
+    assert r.effect == pytest.approx(dz) and r.effect_ci95 == pytest.approx((dz - 1.959964 * se, dz + 1.959964 * se))
+
+
+def test_groups_of_different_seeds_are_compared_by_welchs_test():
+    a, b = [0.90, 0.88, 0.91], [0.80, 0.84, 0.79, 0.83]
+    r = pair_test(group("a", a, [1, 2, 3]), group("b", b, [4, 5, 6, 7]), "test.exact_match")
+    assert r.test == "Welch t" and r.n == (3, 4)
+    assert r.p == pytest.approx(stats.ttest_ind(b, a, equal_var=False).pvalue, rel=1e-9)
+    d = (statistics.fmean(b) - statistics.fmean(a)) / math.sqrt((statistics.variance(a) + statistics.variance(b)) / 2)
+    assert r.effect == pytest.approx(d)
+
+
+def test_holm_on_a_textbook_family():
+    # sorted 0.005, 0.01, 0.03, 0.04 -> x4, x3, x2, x1 = 0.02, 0.03, 0.06, 0.04 -> monotone: 0.02, 0.03, 0.06, 0.06
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm([0.5, None, 0.9]) == [pytest.approx(1.0), None, pytest.approx(1.0)]  # capped at 1; None not counted
+
+
+def test_the_letters_follow_the_separations():
+    best, close, far = group("best", [0.90, 0.91, 0.92]), group("close", [0.89, 0.90, 0.92]), \
+        group("far", [0.50, 0.52, 0.51])
+    pairs = compare([best, close, far], "test.exact_match")
+    assert [(p.first, p.second, p.separated) for p in pairs] == [
+        ("best", "close", False), ("best", "far", True), ("close", "far", True)]
+    assert letters([best, close, far], pairs, "test.exact_match", greater_is_better=True) == {
+        "best": "a", "close": "a", "far": "b"}
+    assert letters([best, close, far], pairs, "test.exact_match", greater_is_better=False) == {
+        "far": "a", "best": "b", "close": "b"}  # lower is better: the far group ranks first
+
+
+def test_a_chain_gives_a_group_two_letters():
+    """a > b > c where only a and c are separated: b shares a letter with each."""
+    from peftlab.reporting.compare import Pair
+
+    groups = [group("a", [3.0, 3.1]), group("b", [2.0, 2.1]), group("c", [1.0, 1.1])]
+    sep = lambda x, y, s: Pair("k", x, y, "t", (2, 2), 0, None, 0, 0, None, None, s)  # noqa: E731
+    pairs = [sep("a", "b", False), sep("a", "c", True), sep("b", "c", False)]
+    assert letters(groups, pairs, "test.exact_match", True) == {"a": "a", "b": "ab", "c": "b"}
+
+
+def test_the_report_carries_the_comparisons_and_the_letters(tmp_path):
+    from peftlab.reporting import write_report
+
+    for order, name, values in ((0, "lora", [0.90, 0.91, 0.92]), (1, "ia3", [0.89, 0.90, 0.92]),
+                                (2, "prompt", [0.50, 0.52, 0.51])):
+        for seed, v in enumerate(values, 1):
+            run = tmp_path / "sweep" / f"{order}-{name}-{seed}"
+            (run / ".hydra").mkdir(parents=True)
+            (run / ".hydra" / "overrides.yaml").write_text(f"- method={name}\n- seed={seed}\n")
+            (run / "metrics.json").write_text(json.dumps({
+                "status": "finished", "seed": seed, "method": name, "primary_metric": "exact_match",
+                "greater_is_better": True, "test": {"exact_match": v, "loss": 0.1},
+                "params": {"trainable": 1, "total": 2, "trainable_pct": 50}}))
+    report = write_report([tmp_path / "sweep"], tmp_path / "report", plots=False, compare=True)
+    assert [g["letters"] for g in report["groups"]] == ["a", "a", "b"]
+    assert [c["separated"] for c in report["comparisons"]] == [False, True, True]
+    md = (tmp_path / "report" / "results.md").read_text()
+    assert "Holm's correction over the family of 3 pairs" in md and "| method=lora |" in md
+    tex = (tmp_path / "report" / "results.tex").read_text()
+    assert r"\textsuperscript{a}" in tex and r"\textsuperscript{b}" in tex
