@@ -99,21 +99,18 @@ def trainer_precision(precision: Any, hardware: Any) -> str:
     return "32-true"
 
 
-def keep_trained_weights(model: Any, precision: Any) -> int:
+def keep_trained_weights(model: Any, precision: Any) -> None:
     """Put every trainable floating-point parameter in ``precision.trainable_dtype`` (bf16_base: the
     adapters, heads and prompt encoders in fp32 on a bf16 base, so gradients and the optimizer state
-    are fp32 too); returns how many were cast."""
+    are fp32 too)."""
     if not precision.split:
-        return 0
+        return
     import torch
 
     dtype = getattr(torch, precision.trainable_dtype)
-    cast = 0
     for param in model.parameters():
         if param.requires_grad and param.is_floating_point() and param.dtype != dtype:
             param.data = param.data.to(dtype)
-            cast += 1
-    return cast
 
 
 def precision_record(precision: Any) -> dict[str, Any]:

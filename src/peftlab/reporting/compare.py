@@ -20,7 +20,7 @@ import string
 from dataclasses import asdict, dataclass
 from typing import Any, Optional
 
-from peftlab.reporting.differences import by_seed, difference
+from peftlab.reporting.differences import by_seed, difference, interval_cell, p_cell, signed
 from peftlab.reporting.runs import Group
 
 ALPHA = 0.05
@@ -44,19 +44,14 @@ class Pair:
 
 def pair_test(first: Group, second: Group, key: str) -> Pair:
     """The two-sided test of one pair, uncorrected."""
-    from scipy.stats import norm, t
+    from scipy.stats import norm
 
     a, b = by_seed(first, key), by_seed(second, key)
     n = (len(a), len(b))
     if min(n) < 2:
         return Pair(key, first.setting, second.setting, "needs 2 runs a group", n, None, None, None, None, None, None)
     d = difference(a, b)
-    if d.se == 0:  # no spread at all: a difference is certain, none is certainly none
-        p, ci = (0.0 if d.mean else 1.0), (d.mean, d.mean)
-    else:
-        p = float(2 * t.sf(abs(d.mean) / d.se, d.df))
-        half = float(t.ppf(1 - ALPHA / 2, d.df)) * d.se
-        ci = (d.mean - half, d.mean + half)
+    p, ci = d.p_two_sided(), d.interval(1 - ALPHA)
     effect = d.mean / d.spread if d.spread > 0 else None
     # the standard error of d (paired: d_z over n seeds; Welch: two groups of n[0] and n[1] runs)
     if d.test.startswith("paired"):
@@ -116,18 +111,9 @@ def to_markdown(pairs: list[Pair], metric: str) -> str:
              "| separated |",
              "|---|---|---|---:|---|---:|---:|---|---|"]
     for r in pairs:
-        def num(v, d=4):
-            return "—" if v is None else f"{v:+.{d}f}"
-
-        def interval(ci, d=4):
-            return "—" if ci is None else f"[{ci[0]:+.{d}f}, {ci[1]:+.{d}f}]"
-
-        def p(v):
-            return "—" if v is None else f"{v:.3g}"
-
-        effect = "—" if r.effect is None else f"{r.effect:+.2f} {interval(r.effect_ci95, 2)}"
-        lines.append(f"| {r.first} | {r.second} | {r.test} | {num(r.difference)} | {interval(r.ci95)} | {p(r.p)} "
-                     f"| {p(r.p_holm)} | {effect} | {'**yes**' if r.separated else 'no'} |")
+        effect = "—" if r.effect is None else f"{r.effect:+.2f} {interval_cell(r.effect_ci95, 2)}"
+        lines.append(f"| {r.first} | {r.second} | {r.test} | {signed(r.difference)} | {interval_cell(r.ci95)} "
+                     f"| {p_cell(r.p)} | {p_cell(r.p_holm)} | {effect} | {'**yes**' if r.separated else 'no'} |")
     return "\n".join(lines) + "\n"
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Optional
 
-from peftlab.reporting.differences import by_seed, difference
+from peftlab.reporting.differences import by_seed, difference, interval_cell, p_cell, signed
 from peftlab.reporting.runs import Group
 
 ALPHA = 0.05
@@ -51,16 +51,14 @@ def tost(first: Group, second: Group, key: str, margin: float) -> Tost:
     found = difference(a, b)
     test, diff, se, df = found.test, found.mean, found.se, found.df
     if se == 0:  # every seed gave the same difference: no spread to test against
-        inside = abs(diff) < margin
-        return Tost(key, first.setting, second.setting, margin, test, n, diff, (diff, diff), df,
-                    0.0 if inside else 1.0, 0.0 if diff else 1.0, "equivalent" if inside else "different")
-    p_lower = float(t.sf((diff + margin) / se, df))  # H0: difference <= -margin
-    p_upper = float(t.cdf((diff - margin) / se, df))  # H0: difference >= +margin
-    p_tost = max(p_lower, p_upper)
-    p_diff = float(2 * t.sf(abs(diff) / se, df))
-    half = float(t.ppf(1 - ALPHA, df)) * se
+        p_tost = 0.0 if abs(diff) < margin else 1.0
+    else:
+        p_lower = float(t.sf((diff + margin) / se, df))  # H0: difference <= -margin
+        p_upper = float(t.cdf((diff - margin) / se, df))  # H0: difference >= +margin
+        p_tost = max(p_lower, p_upper)
+    p_diff = found.p_two_sided()
     verdict = "equivalent" if p_tost < ALPHA else "different" if p_diff < ALPHA else "not resolved"
-    return Tost(key, first.setting, second.setting, margin, test, n, diff, (diff - half, diff + half), df, p_tost,
+    return Tost(key, first.setting, second.setting, margin, test, n, diff, found.interval(1 - 2 * ALPHA), df, p_tost,
                 p_diff, verdict)
 
 
@@ -78,11 +76,8 @@ def to_markdown(results: list[Tost]) -> str:
              "| p (difference) | verdict |",
              "|---|---|---|---:|---|---:|---|---:|---:|---|"]
     for r in results:
-        num = (lambda v, d=4: "—" if v is None else f"{v:+.{d}f}")  # noqa: E731
-        ci = "—" if r.ci90 is None else f"[{r.ci90[0]:+.4f}, {r.ci90[1]:+.4f}]"
-        p = (lambda v: "—" if v is None else f"{v:.3g}")  # noqa: E731
-        lines.append(f"| {r.key} | {r.first} | {r.second} | ±{r.margin:g} | {r.test} | {num(r.difference)} | {ci} "
-                     f"| {p(r.p_tost)} | {p(r.p_difference)} | **{r.verdict}** |")
+        lines.append(f"| {r.key} | {r.first} | {r.second} | ±{r.margin:g} | {r.test} | {signed(r.difference)} "
+                     f"| {interval_cell(r.ci90)} | {p_cell(r.p_tost)} | {p_cell(r.p_difference)} | **{r.verdict}** |")
     return "\n".join(lines) + "\n"
 
 
