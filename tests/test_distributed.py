@@ -98,11 +98,11 @@ def test_two_nodes_of_one_process_under_torchrun(tmp_path, cache_dir):
     assert metrics["train"]["steps"] == 6 and (run_dir / "adapter" / "adapter_model.safetensors").exists()
 
 
-def test_a_distributed_job_under_the_basic_sweep_launcher_is_refused(tmp_path, cache_dir):
+def test_a_distributed_job_under_a_local_sweep_launcher_is_refused(tmp_path, cache_dir):
     proc = run_cli("peftlab-train", "-m", "debug=tiny", "hardware=ddp_cpu", "seed=1,2", f"hydra.sweep.dir={tmp_path}")
     assert proc.returncode != 0
     failed = json.loads((tmp_path / "0" / "failed.json").read_text())
-    assert "hardware=ddp_cpu under -m: this launcher runs every job in the sweep's own process" in failed["error"]
+    assert "hardware=ddp_cpu under -m: a local launcher cannot start a distributed job's processes" in failed["error"]
 
 
 # --- quantized bases -------------------------------------------------------------------------------

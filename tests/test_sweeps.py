@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import statistics
+from pathlib import Path
 
 import pytest
 
@@ -118,6 +119,47 @@ def test_optuna_sweep_runs_three_trials(tmp_path, cache_dir):
     assert sorted(p.name for p in folder.iterdir() if p.is_dir()) == ["0", "1", "2"]
     result = (folder / "optimization_results.yaml").read_text()
     assert "best_params" in result and "optim.lr" in result
+
+
+# --- one process per job (hydra/launcher=process, the default of -m) ----------------------------------
+QUICK = [*TINY, "zero_shot=false", "forgetting=null", "save_adapter=false"]
+TESTS_ON_PATH = {"PYTHONPATH": str(Path(__file__).parent), "PEFTLAB_ALLOWED_TARGETS": "sweep_callbacks."}
+
+
+def _odd_sweep(folder: Path, modes: str, launcher: str):
+    return run_cli("peftlab-train", "-m", *QUICK, "+callbacks.odd._target_=sweep_callbacks.Misbehave",
+                   f"+callbacks.odd.mode={modes}", f"hydra/launcher={launcher}", f"hydra.sweep.dir={folder}",
+                   env=TESTS_ON_PATH)
+
+
+def _peak(folder: Path, job: int) -> float:
+    return json.loads((folder / str(job) / "metrics.json").read_text())["memory"]["peak_rss_mb"]
+
+
+def test_each_job_has_a_process_of_its_own_so_what_one_keeps_or_how_it_dies_does_not_reach_the_next(tmp_path,
+                                                                                                   cache_dir):
+    """The same small job first and last; between them a job that keeps 400 MiB and one that is
+    killed. In processes of their own the last job peaks within 5% of the first and the killed one is
+    recorded as failed; in the sweep's process (the basic launcher, the control) the last job carries
+    what the leaking one kept."""
+    folder = tmp_path / "process"
+    proc = _odd_sweep(folder, "none,leak,die,none", "process")
+    assert proc.returncode != 0  # the sweep says that a job failed...
+    assert "1 job(s) of the sweep failed: 2" in proc.stdout + proc.stderr  # ...after running the last one
+    failed = json.loads((folder / "2" / "failed.json").read_text())
+    assert failed["error"] == ("job 2 ended without an answer (exit code -9: killed by SIGKILL (the system may have "
+                               "run out of memory))")
+    ends = [json.loads(line) for line in (folder / "index.jsonl").read_text().splitlines()]
+    assert [(r["job"], r["status"]) for r in ends if r["event"] == "end"] == \
+        [(0, "finished"), (1, "finished"), (2, "failed"), (3, "finished")]
+    first, leaking, last = _peak(folder, 0), _peak(folder, 1), _peak(folder, 3)
+    assert leaking > first + 300  # the leaking job did allocate
+    assert abs(last - first) <= 0.05 * first, (first, last)
+
+    control = tmp_path / "basic"
+    proc = _odd_sweep(control, "none,leak,none", "basic")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert _peak(control, 2) > _peak(control, 0) + 300
 
 
 def test_statistics_helpers():

@@ -18,6 +18,7 @@ from typing import Any, Callable, Optional
 # from its ConfigStore, and a run's config validates against the registered task types
 import peftlab.methods  # noqa: F401
 import peftlab.tasks  # noqa: F401
+from hydra_plugins.peftlab_sweeps import register as _register_sweep_plugins
 from peftlab.config import CONF_DIR
 from peftlab.config.messages import describe, user_errors
 from peftlab.engine.distributed import SECONDARY, launched_world_size
@@ -26,6 +27,8 @@ from peftlab.runs.folders import claim_run_dir, discard_unstarted_run_dir, resum
 from peftlab.runs.rerun import check_rerun_file
 
 __all__ = ["CONF_DIR", "run_app", "output_dir"]
+
+_register_sweep_plugins()  # hydra/launcher=process, hydra/sweeper=seed_budget
 
 
 def output_dir() -> Path:

@@ -46,6 +46,9 @@ def register_schemas() -> None:
     for name, node in (("train", TrainSchema), ("eval", EvalSchema), ("params", ParamsSchema),
                        ("merge", MergeSchema), ("report", ReportSchema), ("generate", GenerateSchema)):
         cs.store(name=f"schema_{name}", node=node)
+    # hydra/launcher=process and hydra/sweeper=seed_budget: their modules store their configs
+    import hydra_plugins.peftlab_sweeps.process_launcher  # noqa: F401
+    import hydra_plugins.peftlab_sweeps.seed_budget_sweeper  # noqa: F401
 
 
 register_schemas()

@@ -119,9 +119,8 @@ def objective_key(conf: TrainSchema, task: Task) -> str:
 
 
 def one_process_per_job(conf: TrainSchema) -> list[str]:
-    """A distributed job starts its own processes (Lightning re-runs the command); a sweep whose
-    launcher runs its jobs in the sweep's own process cannot host that. SLURM's launcher can: each
-    job's processes are SLURM tasks."""
+    """A distributed job starts its own processes: Lightning re-runs the command line, which in a
+    local sweep is the whole sweep. SLURM's launcher can host it: each job's processes are SLURM tasks."""
     if not in_multirun():
         return []
     from hydra.core.hydra_config import HydraConfig
@@ -130,9 +129,9 @@ def one_process_per_job(conf: TrainSchema) -> list[str]:
     several = hw.strategy in ("ddp", "fsdp") or hw.num_nodes > 1 or (isinstance(hw.devices, int) and hw.devices > 1)
     launcher = str(HydraConfig.get().launcher.get("_target_", ""))
     if several and "SlurmLauncher" not in launcher:
-        return [f"hardware={hw.name} under -m: this launcher runs every job in the sweep's own process, and a "
-                "distributed job starts processes of its own; use hydra/launcher=submitit_slurm (one SLURM task "
-                "per process), or run the jobs one by one without -m"]
+        return [f"hardware={hw.name} under -m: a local launcher cannot start a distributed job's processes "
+                "(Lightning would re-run the whole sweep's command line); use hydra/launcher=submitit_slurm "
+                "(one SLURM task per process), or run the jobs one by one without -m"]
     return []
 
 

@@ -3,7 +3,8 @@
 ``SweepIndex`` (a Hydra callback, set in ``conf/hydra/default.yaml``) keeps ``index.jsonl`` in
 the sweep folder: one line per job start and end, with its number, overrides, folder and status.
 In a multirun, a job that raises is recorded in its folder's ``failed.json`` and the sweep goes on;
-the sweep ends with a non-zero exit when any job failed.
+the sweep ends with a non-zero exit when any job failed. The index is the record: jobs may run in
+processes of their own (``hydra/launcher=process``), so the sweep's end reads failures from it.
 """
 
 from __future__ import annotations
@@ -36,16 +37,34 @@ def record_failure(run_dir: Path, err: BaseException) -> None:
                                          "overrides": overrides, "traceback": traceback.format_exc()})
 
 
-class SweepIndex(Callback):
-    def __init__(self) -> None:
-        self.failed: list[str] = []
+def record_lost_job(sweep_config: DictConfig, run_dir: Path, err: BaseException) -> None:
+    """A job whose process died before it could report: ``failed.json`` and its index line, written
+    by the launcher on the job's behalf."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    overrides = list(sweep_config.hydra.overrides.task)
+    write_json(run_dir / "failed.json", {"error": str(err), "overrides": overrides, "traceback": ""})
+    _append_index(Path(str(sweep_config.hydra.sweep.dir)),
+                  {"job": sweep_config.hydra.job.num, "event": "end", "status": "failed",
+                   "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "run_dir": str(run_dir)})
 
+
+def _append_index(sweep: Path, row: dict[str, Any]) -> None:
+    sweep.mkdir(parents=True, exist_ok=True)
+    with open(sweep / "index.jsonl", "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def failed_jobs(sweep: Path) -> list[str]:
+    """The folders of the jobs the index records as failed, in job order."""
+    index = sweep / "index.jsonl"
+    rows = [json.loads(line) for line in index.read_text().splitlines() if line.strip()] if index.exists() else []
+    return [Path(r["run_dir"]).name for r in rows if r.get("event") == "end" and r.get("status") == "failed"]
+
+
+class SweepIndex(Callback):
     @staticmethod
     def _append(config: DictConfig, row: dict[str, Any]) -> None:
-        sweep = Path(config.hydra.sweep.dir)
-        sweep.mkdir(parents=True, exist_ok=True)
-        with open(sweep / "index.jsonl", "a") as f:
-            f.write(json.dumps(row) + "\n")
+        _append_index(Path(config.hydra.sweep.dir), row)
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         if config.hydra.mode.name != "MULTIRUN":
@@ -60,15 +79,14 @@ class SweepIndex(Callback):
             return
         run_dir = Path(config.hydra.runtime.output_dir)
         status = "failed" if (run_dir / "failed.json").exists() or job_return.status.name == "FAILED" else "finished"
-        if status == "failed":
-            self.failed.append(run_dir.name)
         self._append(config, {"job": config.hydra.job.num, "event": "end", "status": status,
                               "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "run_dir": str(run_dir)})
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep = config.hydra.sweep.dir
-        if self.failed:
+        failed = failed_jobs(Path(sweep))
+        if failed:
             log.error("%d job(s) of the sweep failed: %s (see failed.json in each); report: peftlab-report %s",
-                      len(self.failed), ", ".join(self.failed), sweep)
+                      len(failed), ", ".join(failed), sweep)
             raise SystemExit(1)
         log.info("sweep finished; report: peftlab-report %s", sweep)

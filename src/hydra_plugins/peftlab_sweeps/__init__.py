@@ -1,0 +1,21 @@
+"""peftlab's Hydra plug-ins. Hydra looks for plug-ins only in the ``hydra_plugins`` namespace, so
+they are declared here; the work is done in
+``peftlab.runs.launcher`` and ``peftlab.reporting.seed_budget``.
+
+- ``hydra/launcher=process`` (the default of ``peftlab-train -m``): every job in a fresh process.
+- ``hydra/sweeper=seed_budget``: adds seeds to each group of a grid until its interval is narrow enough.
+"""
+
+
+def register() -> None:
+    """Make the plug-ins known to Hydra before it runs a sweep (peftlab.config stores their configs
+    when it is imported; the commands call this). Hydra finds plug-ins by listing
+    the ``hydra_plugins`` namespace, which misses packages behind an editable install's import hook
+    (``pip install -e .``); registering them by hand works for every kind of install."""
+    from hydra.core.plugins import Plugins
+
+    from hydra_plugins.peftlab_sweeps.process_launcher import ProcessLauncher
+    from hydra_plugins.peftlab_sweeps.seed_budget_sweeper import SeedBudgetSweeper
+
+    for plugin in (ProcessLauncher, SeedBudgetSweeper):
+        Plugins.instance().register(plugin)

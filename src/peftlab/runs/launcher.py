@@ -1,0 +1,108 @@
+"""One process per job: the work of ``hydra/launcher=process`` (hydra_plugins/peftlab_sweeps).
+
+The parent composes each job's config as Hydra's basic launcher does, then starts a fresh Python
+process (``spawn``: nothing of the parent's heap, threads or CUDA state is inherited) that runs the
+job with Hydra's own ``run_job`` (its folder, its log file, the callbacks) and sends the outcome
+back. A job whose process dies without answering is recorded as failed (``failed.json`` and the
+sweep index) and the sweep goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+from pathlib import Path
+from typing import Any, Sequence
+
+import cloudpickle
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.singleton import Singleton
+from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, run_job, setup_globals
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, open_dict
+
+from peftlab.runs.sweeps import record_lost_job
+
+log = logging.getLogger("peftlab.sweeps")
+
+
+def launch_in_processes(hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig,
+                        job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list[JobReturn]:
+    setup_globals()
+    configure_log(config.hydra.hydra_logging, config.hydra.verbose)
+    Path(str(config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
+    log.info("Launching %d jobs locally, one process each", len(job_overrides))
+    returns = []
+    for num, overrides in enumerate(job_overrides, start=initial_job_idx):
+        log.info("\t#%d : %s", num, " ".join(filter_overrides(overrides)))
+        sweep_config = hydra_context.config_loader.load_sweep_config(config, list(overrides))
+        with open_dict(sweep_config):
+            sweep_config.hydra.job.id = num
+            sweep_config.hydra.job.num = num
+        returns.append(_run_in_process(hydra_context, task_function, sweep_config))
+        configure_log(config.hydra.hydra_logging, config.hydra.verbose)
+    return returns
+
+
+def _run_in_process(hydra_context: HydraContext, task_function: TaskFunction, sweep_config: DictConfig) -> JobReturn:
+    # cloudpickle: the task function is the one @hydra.main wrapped, which plain pickle cannot find by name
+    payload = cloudpickle.dumps((hydra_context, task_function, sweep_config, Singleton.get_state()))
+    ctx = multiprocessing.get_context("spawn")
+    receiver, sender = ctx.Pipe(duplex=False)
+    process = ctx.Process(target=_job_process, args=(payload, sender), name=f"job-{sweep_config.hydra.job.num}")
+    process.start()
+    sender.close()
+    try:
+        answer = receiver.recv_bytes()
+    except EOFError:  # the process ended without answering
+        answer = None
+    except BaseException:  # Ctrl-C: the job goes down with the sweep
+        process.terminate()
+        process.join()
+        raise
+    finally:
+        receiver.close()
+    process.join()
+    if answer is not None:
+        return cloudpickle.loads(answer)
+    # Hydra leaves the sweep folder and sub-folder as interpolations until the job's process resolves them
+    run_dir = Path(str(sweep_config.hydra.sweep.dir)) / str(sweep_config.hydra.sweep.subdir)
+    error = RuntimeError(f"job {sweep_config.hydra.job.num} ended without an answer (exit code {process.exitcode}: "
+                         f"{_exit_reason(process.exitcode)})")
+    log.error("%s; its folder: %s", error, run_dir)
+    record_lost_job(sweep_config, run_dir, error)
+    # as a job that raises in peftlab-train: recorded, NaN for the sweeper (optuna counts a failed trial), and
+    # the sweep goes on; it ends with a non-zero exit (runs/sweeps.py)
+    return JobReturn(overrides=list(sweep_config.hydra.overrides.task), cfg=sweep_config, working_dir=str(run_dir),
+                     task_name=sweep_config.hydra.job.name, status=JobStatus.COMPLETED, _return_value=float("nan"))
+
+
+def _exit_reason(code: Any) -> str:
+    import signal
+
+    if isinstance(code, int) and code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return f"killed by {name}" + (" (the system may have run out of memory)" if name == "SIGKILL" else "")
+    return "exited before the job could report"
+
+
+def _job_process(payload: bytes, sender: Any) -> None:
+    """The job's own process: Hydra's globals as the parent had them, then Hydra's ``run_job``."""
+    hydra_context, task_function, sweep_config, singleton_state = cloudpickle.loads(payload)
+    setup_globals()
+    Singleton.set_state(singleton_state)
+    HydraConfig.instance().set_config(sweep_config)
+    ret = run_job(hydra_context=hydra_context, task_function=task_function, config=sweep_config,
+                  job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
+    try:
+        answer = cloudpickle.dumps(ret)
+    except Exception as err:  # an unpicklable return value or exception: send what can travel
+        value = ret._return_value
+        ret._return_value = RuntimeError(f"{type(value).__name__}: {value}") if ret.status == JobStatus.FAILED else None
+        log.warning("job result could not be sent back whole (%s)", err)
+        answer = cloudpickle.dumps(ret)
+    sender.send_bytes(answer)
+    sender.close()
