@@ -1,0 +1,128 @@
+"""hydra/sweeper=seed_budget: the decisions on fixed numbers (a fake launcher), and one real sweep."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from peftlab.errors import ConfigError
+from peftlab.reporting.runs import t95
+from peftlab.reporting.seed_budget import Budget, first_seeds, run_rounds
+
+from conftest import run_cli
+
+
+def fake_launcher(tmp_path: Path, values: dict[tuple[str, int], float], failing: frozenset = frozenset()):
+    """A launcher whose job (overrides..., seed=s) writes metrics.json with values[(group, s)]."""
+    launched: list[list[str]] = []
+
+    def launch(batch, first_job):
+        returns = []
+        for num, overrides in enumerate(batch, start=first_job):
+            folder = tmp_path / str(num)
+            folder.mkdir()
+            group = " ".join(overrides[:-1])
+            seed = int(overrides[-1].split("=")[1])
+            (folder / ".hydra").mkdir()
+            (folder / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+            if (group, seed) in failing:
+                (folder / "failed.json").write_text(json.dumps({"error": "boom"}))
+            else:
+                (folder / "metrics.json").write_text(json.dumps({
+                    "status": "finished", "seed": seed, "primary_metric": "exact_match",
+                    "test": {"exact_match": values[(group, seed)]}}))
+            launched.append(overrides)
+            returns.append(SimpleNamespace(hydra_cfg=None, working_dir=str(folder)))
+        return returns
+
+    return launch, launched
+
+
+def test_seeds_are_added_only_to_groups_whose_interval_is_still_too_wide(tmp_path):
+    # group a: 0.50 at every seed (interval 0 after round 1); group b: spread, narrowing with seed 4
+    values = {("method=a", s): 0.5 for s in range(1, 7)}
+    values.update({("method=b", 1): 0.40, ("method=b", 2): 0.60, ("method=b", 3): 0.50, ("method=b", 4): 0.50,
+                   ("method=b", 5): 0.50, ("method=b", 6): 0.50})
+    launch, launched = fake_launcher(tmp_path, values)
+    budget = Budget(half_width=0.1, min_seeds=3, max_seeds=6)
+    run_rounds([["method=a"], ["method=b"]], first_seeds(None, budget), budget, tmp_path, launch)
+
+    # b after 3 seeds: sd 0.1, half-width t95(2)*0.1/sqrt(3) = 0.248; 4: sd 0.0816 -> 0.130; 5: 0.0707 -> 0.088
+    assert t95(2) * 0.1 / 3 ** 0.5 > 0.1 and t95(4) * 0.0707107 / 5 ** 0.5 < 0.1
+    assert launched == [["method=a", "seed=1"], ["method=a", "seed=2"], ["method=a", "seed=3"],
+                        ["method=b", "seed=1"], ["method=b", "seed=2"], ["method=b", "seed=3"],
+                        ["method=b", "seed=4"], ["method=b", "seed=5"]]
+    record = json.loads((tmp_path / "seed_budget.json").read_text())
+    assert record["metric"] == "test.exact_match" and record["finished"] is True
+    assert [[g["decision"] for g in r["groups"]] for r in record["rounds"]] == [
+        ["met", "one more seed"], ["met", "one more seed"], ["met", "met"]]
+    last = record["rounds"][-1]["groups"][1]
+    assert last["seeds"] == [1, 2, 3, 4, 5] and last["half_width"] == pytest.approx(t95(4) * 0.0707107 / 5 ** 0.5)
+
+
+def test_a_group_stops_at_max_seeds_and_at_a_failed_job(tmp_path):
+    values = {(g, s): 0.1 * s for g in ("method=a", "method=b") for s in range(1, 10)}
+    launch, launched = fake_launcher(tmp_path, values, failing=frozenset({("method=b", 2)}))
+    budget = Budget(half_width=0.01, min_seeds=2, max_seeds=4)
+    run_rounds([["method=a"], ["method=b"]], [1, 2], budget, tmp_path, launch)
+    assert [o for o in launched if o[0] == "method=a"] == [["method=a", f"seed={s}"] for s in (1, 2, 3, 4)]
+    assert [o for o in launched if o[0] == "method=b"] == [["method=b", "seed=1"], ["method=b", "seed=2"]]
+    groups = json.loads((tmp_path / "seed_budget.json").read_text())["rounds"][-1]["groups"]
+    assert [g["decision"] for g in groups] == ["max seeds", "stopped: a job failed"]
+    assert groups[1]["failed"] == [str(tmp_path / "3")]  # jobs a1, a2, b1, b2: b2 is job 3
+
+
+def test_the_grid_may_name_the_first_rounds_seeds():
+    budget = Budget(half_width=0.02, min_seeds=3, max_seeds=5)
+    assert first_seeds(None, budget) == [1, 2, 3]
+    assert first_seeds(["7", "8"], budget) == [7, 8]
+
+
+@pytest.mark.parametrize("settings, message", [
+    (dict(half_width=0.0), "hydra.sweeper.half_width must be a number > 0, got 0.0"),
+    (dict(half_width=float("nan")), "hydra.sweeper.half_width must be a number > 0, got nan"),
+    (dict(min_seeds=1), "hydra.sweeper.min_seeds must be >= 2 (an interval needs two seeds), got 1"),
+    (dict(max_seeds=2), "hydra.sweeper.max_seeds must be >= min_seeds (3), got 2"),
+])
+def test_bad_budgets_are_refused(settings, message):
+    with pytest.raises(ConfigError) as err:
+        Budget(**{"half_width": 0.02, "min_seeds": 3, "max_seeds": 10, **settings})
+    assert str(err.value) == message
+
+
+@pytest.mark.parametrize("seeds, message", [
+    (["1", "x"], "seed: the seed budget needs whole numbers, got 1,x"),
+    (["1", "1"], "seed must not repeat a seed, got '1,1'"),
+    (["1", "2", "3", "4"], "seed names more seeds than hydra.sweeper.max_seeds (3), got '1,2,3,4'"),
+])
+def test_bad_first_seeds_are_refused(seeds, message):
+    with pytest.raises(ConfigError) as err:
+        first_seeds(seeds, Budget(half_width=0.02, min_seeds=2, max_seeds=3))
+    assert str(err.value) == message
+
+
+def test_a_real_seed_budget_sweep_adds_a_round_and_reports_its_decision(tmp_path, cache_dir):
+    folder = tmp_path / "sweep"
+    proc = run_cli("peftlab-train", "-m", "hydra/sweeper=seed_budget", "hydra.sweeper.metric=test.loss",
+                   "hydra.sweeper.half_width=1e-9", "hydra.sweeper.min_seeds=2", "hydra.sweeper.max_seeds=3",
+                   "debug=tiny", "trainer.max_steps=2", "zero_shot=false", "forgetting=null", "merge_after=false",
+                   "save_adapter=false", f"hydra.sweep.dir={folder}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    seeds = [json.loads((folder / str(job) / "metrics.json").read_text())["seed"] for job in range(3)]
+    assert seeds == [1, 2, 3] and not (folder / "3").exists()
+    record = json.loads((folder / "seed_budget.json").read_text())
+    assert [[g["decision"] for g in r["groups"]] for r in record["rounds"]] == [["one more seed"], ["max seeds"]]
+    assert "seed budget: 3 jobs over 2 round(s); 0 group(s) met the target, 1 reached max_seeds" in proc.stdout
+    assert (folder / "multirun.yaml").exists()
+
+
+def test_a_seed_budget_metric_the_runs_do_not_report_is_named(tmp_path, cache_dir):
+    proc = run_cli("peftlab-train", "-m", "hydra/sweeper=seed_budget", "hydra.sweeper.metric=test.nope",
+                   "hydra.sweeper.min_seeds=2", "debug=tiny", "trainer.max_steps=1", "zero_shot=false",
+                   "forgetting=null", "merge_after=false", "save_adapter=false", f"hydra.sweep.dir={tmp_path / 's'}")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"peftlab-train: error: hydra.sweeper.metric: 'test.nope' is not in {tmp_path / 's' / '0' / 'metrics.json'}")
