@@ -9,7 +9,7 @@ ARGS   ?=
 # two test workers, one per core (tests/conftest.py gives each one compute thread)
 WORKERS ?= 2
 
-.PHONY: setup run test test-integration test-all test-slow test-gpu lint docs help
+.PHONY: setup run test test-integration test-all test-slow test-gpu lint docs help browser
 
 help:
 	@echo "make run   [ARGS='method.r=4 ...']  train the default job (SmolLM2-135M + LoRA on dates)"
@@ -38,10 +38,18 @@ run: setup
 test: setup
 	$(PY) -m pytest -q -n $(WORKERS) --durations=15 $(ARGS)
 
-test-integration: setup
+test-integration: setup browser
 	$(PY) -m pytest -q -n $(WORKERS) -m integration --durations=15 $(ARGS)
 
-test-all: setup
+# results.html is tested in Debian's chromium: installed here where root and apt-get allow it,
+# otherwise that one test is skipped and says why
+browser:
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  { DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium >/dev/null || \
+	    { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+	      --no-install-recommends chromium >/dev/null; }; } || echo "no chromium: the results page's browser test is skipped"; }
+
+test-all: setup browser
 	$(PY) -m pytest -q -n $(WORKERS) -m 'not slow and not gpu' --durations=15 $(ARGS)
 
 test-slow: setup

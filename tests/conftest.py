@@ -143,3 +143,19 @@ def finished_run(tmp_path_factory, cache_dir) -> Path:
     run_dir.mkdir()
     train(compose(FINISHED_RUN, run_dir=run_dir))
     return run_dir
+
+
+def fake_run(folder: Path, overrides: list[str], metrics: dict, curves: list[dict] | None = None) -> Path:
+    """A finished run folder written by hand: .hydra/overrides.yaml, metrics.json and, given
+    ``curves`` (rows of logs/metrics.csv), its log."""
+    import json
+
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+    (folder / "metrics.json").write_text(json.dumps({"status": "finished", **metrics}))
+    if curves:
+        keys = sorted({k for row in curves for k in row})
+        (folder / "logs").mkdir()
+        (folder / "logs" / "metrics.csv").write_text(
+            ",".join(keys) + "\n" + "".join(",".join(str(row.get(k, "")) for k in keys) + "\n" for row in curves))
+    return folder

@@ -73,6 +73,7 @@ def test_a_chain_gives_a_group_two_letters():
 
 
 def test_the_report_carries_the_comparisons_and_the_letters(tmp_path):
+    from peftlab.config.commands import ReportSchema
     from peftlab.reporting import write_report
 
     for order, name, values in ((0, "lora", [0.90, 0.91, 0.92]), (1, "ia3", [0.89, 0.90, 0.92]),
@@ -85,7 +86,7 @@ def test_the_report_carries_the_comparisons_and_the_letters(tmp_path):
                 "status": "finished", "seed": seed, "method": name, "primary_metric": "exact_match",
                 "greater_is_better": True, "test": {"exact_match": v, "loss": 0.1},
                 "params": {"trainable": 1, "total": 2, "trainable_pct": 50}}))
-    report = write_report([tmp_path / "sweep"], tmp_path / "report", plots=False, compare=True)
+    report = write_report([tmp_path / "sweep"], tmp_path / "report", ReportSchema(plots=False, compare=True))
     assert [g["letters"] for g in report["groups"]] == ["a", "a", "b"]
     assert [c["separated"] for c in report["comparisons"]] == [False, True, True]
     md = (tmp_path / "report" / "results.md").read_text()

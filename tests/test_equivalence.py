@@ -71,6 +71,7 @@ def test_every_pair_and_every_key():
 
 
 def test_the_report_states_the_tests(tmp_path):
+    from peftlab.config.commands import ReportSchema
     from peftlab.reporting import write_report
 
     for order, name, values in ((0, "fp32", FP32), (1, "bf16_base", BF16)):
@@ -82,8 +83,8 @@ def test_the_report_states_the_tests(tmp_path):
                 "status": "finished", "seed": seed, "method": "lora", "primary_metric": "exact_match",
                 "greater_is_better": True, "test": {"exact_match": v, "loss": 0.1},
                 "forgetting": {"delta": 0.05 + v / 100}, "params": {"trainable": 1, "total": 2, "trainable_pct": 50}}))
-    report = write_report([tmp_path / "sweep"], tmp_path / "report", plots=False,
-                          equivalence={"test.exact_match": 0.03, "forgetting.delta": 0.03})
+    options = ReportSchema(plots=False, equivalence={"test.exact_match": 0.03, "forgetting.delta": 0.03})
+    report = write_report([tmp_path / "sweep"], tmp_path / "report", options)
     verdicts = {(r["key"], r["first"], r["second"]): r["verdict"] for r in report["equivalence"]}
     assert verdicts == {("test.exact_match", "precision=fp32", "precision=bf16_base"): "equivalent",
                         ("forgetting.delta", "precision=fp32", "precision=bf16_base"): "equivalent"}

@@ -71,6 +71,7 @@ def _bytes_tokenizer():
 
 
 def test_a_training_run_records_forgetting_and_the_report_shows_it(tmp_path):
+    from peftlab.config.commands import ReportSchema
     from peftlab.reporting import write_report
 
     from conftest import train
@@ -86,7 +87,7 @@ def test_a_training_run_records_forgetting_and_the_report_shows_it(tmp_path):
     assert f == metrics["forgetting"] and f["tokens"] == 512 and f["window"] == 128
     assert f["delta"] == pytest.approx(f["loss_after"] - f["loss_before"], abs=2e-6) and f["delta"] != 0
     assert metrics["adapter_mb"] > 0
-    write_report([run_dir], tmp_path / "report", plots=False)
+    write_report([run_dir], tmp_path / "report", ReportSchema(plots=False))
     table = (tmp_path / "report" / "results.md").read_text()
     assert "| adapter MiB |" in table and "| forgetting (Δ loss, mean ± std) |" in table
     assert f"| {f['delta']:.3f} |" in table

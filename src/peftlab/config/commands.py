@@ -186,8 +186,18 @@ class ReportSchema:
     # pairwise tests of the primary test metric between every pair of groups, Holm-corrected, with
     # effect sizes and a compact letter display in the tables
     compare: bool = False
+    # singular values and effective rank of every module's weight update (LoRA, LoHa, LoKr adapters)
+    spectra: bool = False
+    # the LoRA paper's subspace similarity between two ranks' adapters and between seeds: [low, high]
+    subspace: Optional[List[int]] = None
+    # results.html: one self-contained page (sortable tables, plots with each point's settings on hover)
+    html: bool = True
 
     def __post_init__(self) -> None:
+        ranks = self.subspace
+        if ranks is not None:
+            _check(len(ranks) == 2 and ranks[0] != ranks[1] and all(r > 0 for r in ranks), "subspace",
+                   "must be two different LoRA ranks > 0, such as [8,64]", list(ranks))
         value = self.equivalence
         if value is None or _is_margin(value):
             margins = {} if value is None else {"": value}

@@ -7,13 +7,14 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from omegaconf import DictConfig
 
 from peftlab.config import validate
 from peftlab.config.commands import ReportSchema
 from peftlab.errors import ConfigError
+from peftlab.reporting import html, spectra, subspace
 from peftlab.reporting.compare import as_records as pair_records
 from peftlab.reporting.compare import compare as pairwise
 from peftlab.reporting.compare import letters
@@ -30,7 +31,8 @@ from peftlab.runs.metrics import metric_at
 
 log = logging.getLogger("peftlab.report")
 # every file a report writes: none is replaced without overwrite=true
-REPORT_FILES = ("results.md", "results.csv", "results.tex", "report.json", *PLOT_FILES)
+REPORT_FILES = ("results.md", "results.csv", "results.tex", "report.json", html.HTML_FILE, *PLOT_FILES,
+                *spectra.SPECTRA_FILES, spectra.SPECTRA_PLOT, *subspace.SUBSPACE_FILES, subspace.SUBSPACE_PLOT)
 
 
 def inputs_override(paths: list[str]) -> str:
@@ -53,7 +55,7 @@ def report_from_config(cfg: DictConfig, log_dir: Path) -> dict[str, Any]:
         _check_report_home(inputs[0])
     else:
         out = Path(log_dir)
-    return write_report(inputs, out, conf.plots, conf.overwrite, conf.equivalence, conf.compare)
+    return write_report(inputs, out, conf)
 
 
 def _check_report_home(folder: Path) -> None:
@@ -68,16 +70,16 @@ def _check_report_home(folder: Path) -> None:
                           "its report goes elsewhere (give out_dir=)")
 
 
-def write_report(inputs: list[Path], out_dir: Path, plots: bool = True, overwrite: bool = False,
-                 equivalence: Any = None, compare: bool = False) -> dict[str, Any]:
-    """``results.md``, ``results.csv``, ``results.tex``, ``report.json`` and the plots into
-    ``out_dir``, written whole into a temporary folder first; an earlier report there is replaced
-    only with ``overwrite``. ``equivalence``: a margin on the primary test metric, or metrics.json
-    numbers with their margins, tested between every pair of groups (reporting/equivalence.py)
-    into results.md and report.json; ``compare``: pairwise tests of the primary metric
-    (reporting/compare.py), with a compact letter display in the tables."""
+def write_report(inputs: list[Path], out_dir: Path, options: Optional[ReportSchema] = None) -> dict[str, Any]:
+    """``results.md``, ``results.csv``, ``results.tex``, ``results.html``, ``report.json`` and the
+    plots into ``out_dir``, each written whole (a temporary file, then renamed); an earlier report
+    there is replaced only with ``overwrite``. The options (``ReportSchema``) add:
+    ``equivalence`` (TOST between every pair of groups, reporting/equivalence.py), ``compare``
+    (pairwise tests of the primary metric with a compact letter display, reporting/compare.py),
+    ``spectra`` (reporting/spectra.py) and ``subspace`` (reporting/subspace.py)."""
+    o = options or ReportSchema()
     existing = [name for name in REPORT_FILES if (out_dir / name).exists()]
-    if existing and not overwrite:
+    if existing and not o.overwrite:
         what = "a report" if "report.json" in existing else f"files a report writes ({', '.join(existing)})"
         raise ConfigError(f"out_dir: {out_dir} already holds {what}; it is never overwritten "
                           "(overwrite=true replaces it, or give another out_dir=)")
@@ -85,25 +87,35 @@ def write_report(inputs: list[Path], out_dir: Path, plots: bool = True, overwrit
     groups = group_runs(runs)
     metric, greater_is_better = primary_metric(runs)
     rows = table_rows(groups, metric)
-    pairs = pairwise(groups, f"test.{metric}") if compare else []
-    if compare:
+    pairs = pairwise(groups, f"test.{metric}") if o.compare else []
+    if o.compare:
         cld = letters(groups, pairs, f"test.{metric}", greater_is_better)
         for row in rows:
             row["letters"] = cld.get(row["setting"], "")
-    md = to_markdown(rows, metric) + (pairs_markdown(pairs, metric) if compare else "")
-    tests = equivalence_tests(runs, groups, ReportSchema(equivalence=equivalence).margins(metric))
+    md = to_markdown(rows, metric) + (pairs_markdown(pairs, metric) if o.compare else "")
+    tests = equivalence_tests(runs, groups, o.margins(metric))
     md += tost_markdown(tests) if tests else ""
     out_dir.mkdir(parents=True, exist_ok=True)
+    files = []
+    if o.spectra:
+        text, written = spectra.write(groups, out_dir, o.plots)
+        md, files = md + text, files + written
+    if o.subspace:
+        text, written = subspace.write(runs, list(o.subspace), out_dir, o.plots)
+        md, files = md + text, files + written
     for name, text in (("results.md", md), ("results.csv", to_csv(rows)), ("results.tex", to_latex(rows, metric))):
         with atomic_path(out_dir / name, overwrite=True) as tmp:
             tmp.write_text(text)
-    files = ["results.md", "results.csv", "results.tex"]
-    if plots:
+    files += ["results.md", "results.csv", "results.tex"]
+    if o.plots:
         files += plot(groups, rows, metric, out_dir, greater_is_better)
+    if o.html:
+        data = html.page_data(groups, rows, metric, greater_is_better, pair_records(pairs), as_records(tests))
+        files.append(html.write(out_dir, data, f"peftlab report: {', '.join(str(p) for p in inputs)}"))
     # last: a report.json says the report is complete
     write_json(out_dir / "report.json", {**_summary(inputs, runs, groups, rows, metric, greater_is_better, files),
                                          **({"equivalence": as_records(tests)} if tests else {}),
-                                         **({"comparisons": pair_records(pairs)} if compare else {})})
+                                         **({"comparisons": pair_records(pairs)} if o.compare else {})})
     print(md, end="")
     log.info("%d runs in %d groups -> %s", len(runs), len(groups), out_dir)
     return json.loads((out_dir / "report.json").read_text())

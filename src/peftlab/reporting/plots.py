@@ -6,7 +6,7 @@ from __future__ import annotations
 import csv
 import statistics
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from peftlab.reporting.runs import Group, Run
 from peftlab.runs.files import atomic_path
@@ -42,23 +42,28 @@ def val_curves(run: Run) -> dict[int, float]:
     return curve
 
 
-def plot(groups: list[Group], rows: list[dict[str, Any]], metric: str, out: Path,
-         greater_is_better: bool = True) -> list[str]:
-    """The report's figures, written into ``out``; returns their file names."""
+def figure_to(path: Path, draw: Callable[[Any], Any]) -> None:
+    """``draw(pyplot)`` returns a figure, which is laid out, written to ``path`` whole, and closed."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    fig = draw(plt)
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+
+
+def plot(groups: list[Group], rows: list[dict[str, Any]], metric: str, out: Path,
+         greater_is_better: bool = True) -> list[str]:
+    """The report's figures, written into ``out``; returns their file names."""
     draw_params, draw_loss, draw_speed = PLOT_FILES
-    figures = {draw_params: lambda: _params_vs_metric(plt, groups, rows, metric, greater_is_better),
-               draw_loss: lambda: _val_loss(plt, groups),
-               draw_speed: lambda: _throughput_memory(plt, rows)}
+    figures = {draw_params: lambda plt: _params_vs_metric(plt, groups, rows, metric, greater_is_better),
+               draw_loss: lambda plt: _val_loss(plt, groups),
+               draw_speed: lambda plt: _throughput_memory(plt, rows)}
     for name, draw in figures.items():
-        fig = draw()
-        fig.tight_layout()
-        _save(fig, out / name)
-        plt.close(fig)
+        figure_to(out / name, draw)
     return list(figures)
 
 

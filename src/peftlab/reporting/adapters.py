@@ -1,0 +1,139 @@
+"""The weight updates a saved adapter makes, read from its files alone (no base model, no code run):
+``adapter_config.json`` is read as JSON and ``adapter_model.safetensors`` as tensors.
+
+For the methods whose update is a product of factors saved in the adapter:
+- LoRA: ΔW = s·B·A, s = alpha/r (alpha/√r with use_rslora), per module with rank_pattern and
+  alpha_pattern. With DoRA the update is this low-rank part (the magnitude rescaling needs the base).
+- LoHa: ΔW = s·(W1a·W1b) ⊙ (W2a·W2b), s = alpha/r.
+- LoKr: ΔW = s·(W1 ⊗ W2), each factor saved whole or as a product of two, s = alpha/r.
+``tests/test_adapter_analysis.py`` checks each against peft's own ``get_delta_weight``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional
+
+from peftlab.errors import ConfigError
+
+if TYPE_CHECKING:  # torch loads when an analysis runs, not when reporting is imported
+    import torch
+
+ANALYSED = ("LORA", "LOHA", "LOKR")
+
+
+@dataclass
+class ModuleUpdate:
+    """One adapted module: its name (``model.layers.3.self_attn.q_proj``), the factor A whose rows
+    span the update's input directions (LoRA only), and the update ΔW (out × in)."""
+
+    name: str
+    rank: int
+    delta: torch.Tensor
+    a: Optional[torch.Tensor] = None
+
+    @property
+    def layer(self) -> Optional[int]:
+        found = re.search(r"\.(\d+)\.", self.name)
+        return int(found.group(1)) if found else None
+
+    @property
+    def kind(self) -> str:
+        """The module's own name (q_proj, v_proj, ...)."""
+        return self.name.rsplit(".", 1)[-1]
+
+
+def adapter_folder(run_dir: Path) -> Path:
+    return run_dir / "adapter"
+
+
+def read_config(run_dir: Path) -> dict[str, Any]:
+    path = adapter_folder(run_dir) / "adapter_config.json"
+    if not path.is_file():
+        raise ConfigError(f"{run_dir}: no adapter (adapter/adapter_config.json) to analyse")
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"{path}: not readable as JSON ({err})") from None
+    if not isinstance(config, dict):
+        raise ConfigError(f"{path}: not an adapter config (a {type(config).__name__})")
+    return config
+
+
+def peft_type(run_dir: Path) -> str:
+    return str(read_config(run_dir).get("peft_type", "?"))
+
+
+def module_updates(run_dir: Path) -> list[ModuleUpdate]:
+    """Every adapted module's weight update, in float64, in the order the file lists them."""
+    from safetensors.torch import load_file
+
+    config = read_config(run_dir)
+    kind = str(config.get("peft_type", "?"))
+    if kind not in ANALYSED:
+        raise ConfigError(f"{run_dir}: a {kind} adapter, whose weight update is not a product of saved factors "
+                          f"(the analysis reads {', '.join(k.lower() for k in ANALYSED)} adapters)")
+    path = adapter_folder(run_dir) / "adapter_model.safetensors"
+    try:
+        tensors = {k: v.double() for k, v in load_file(str(path)).items()}
+    except Exception as err:  # a missing, truncated or foreign file
+        raise ConfigError(f"{path}: not readable as safetensors ({type(err).__name__}: {err})") from None
+    build = {"LORA": _lora, "LOHA": _loha, "LOKR": _lokr}[kind]
+    updates = []
+    for module, factors in _by_module(tensors).items():
+        try:
+            updates.append(build(module, factors, config))
+        except (KeyError, RuntimeError) as err:
+            raise ConfigError(f"{path}: module {module} has no complete {kind} factors ({err})") from None
+    if not updates:
+        raise ConfigError(f"{path}: holds no {kind} factors")
+    return updates
+
+
+def _by_module(tensors: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
+    """``base_model.model.<module>.<factor>[.weight]`` -> {module: {factor: tensor}}."""
+    modules: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        found = re.match(r"(?:base_model\.model\.)?(.+?)\.((?:lora|hada|lokr)_\w+?)(?:\.weight)?$", key)
+        if found:
+            modules.setdefault(found.group(1), {})[found.group(2)] = value
+    return modules
+
+
+def _pattern(config: dict[str, Any], key: str, module: str, default: Any) -> Any:
+    """A per-module value of ``rank_pattern`` / ``alpha_pattern`` (peft matches a key at the end of
+    the module's name), else the adapter's own."""
+    for pattern, value in (config.get(key) or {}).items():
+        if re.fullmatch(rf"(.*\.)?{pattern}", module):
+            return value
+    return default
+
+
+def _scale(config: dict[str, Any], module: str, rank: int, rslora: bool = False) -> float:
+    alpha = _pattern(config, "alpha_pattern", module, config.get("lora_alpha", config.get("alpha", rank)))
+    return alpha / math.sqrt(rank) if rslora else alpha / rank
+
+
+def _lora(module: str, f: dict[str, torch.Tensor], config: dict[str, Any]) -> ModuleUpdate:
+    a, b = f["lora_A"], f["lora_B"]
+    rank = a.shape[0]
+    return ModuleUpdate(module, rank, _scale(config, module, rank, bool(config.get("use_rslora"))) * (b @ a), a)
+
+
+def _loha(module: str, f: dict[str, torch.Tensor], config: dict[str, Any]) -> ModuleUpdate:
+    rank = f["hada_w1_b"].shape[0]
+    delta = (f["hada_w1_a"] @ f["hada_w1_b"]) * (f["hada_w2_a"] @ f["hada_w2_b"])
+    return ModuleUpdate(module, rank, _scale(config, module, rank) * delta)
+
+
+def _lokr(module: str, f: dict[str, torch.Tensor], config: dict[str, Any]) -> ModuleUpdate:
+    import torch
+
+    w1 = f["lokr_w1"] if "lokr_w1" in f else f["lokr_w1_a"] @ f["lokr_w1_b"]
+    w2 = f["lokr_w2"] if "lokr_w2" in f else f["lokr_w2_a"] @ f["lokr_w2_b"]
+    rank = int(_pattern(config, "rank_pattern", module, config.get("r", 1)))
+    return ModuleUpdate(module, rank, _scale(config, module, rank) * torch.kron(w1, w2))

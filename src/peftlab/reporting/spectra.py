@@ -1,0 +1,131 @@
+"""Spectral diagnostics of trained adapters (``peftlab-report spectra=true``): the singular values
+of every module's weight update ΔW, and how many directions the update really uses.
+
+- effective rank: exp of the entropy of σ/Σσ (Roy and Vetterli, 2007); r equal singular values
+  give r, one dominant direction gives about 1.
+- stable rank: Σσ² / σ₁², the squared Frobenius norm in units of the largest direction.
+- top-1 energy: σ₁² / Σσ², the share of the update's squared norm in its top direction.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import statistics
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from peftlab.reporting.adapters import module_updates
+from peftlab.reporting.runs import Group
+
+if TYPE_CHECKING:  # torch loads when an analysis runs, not when reporting is imported
+    import torch
+
+SPECTRA_FILES = ("spectra.md", "spectra.csv")
+SPECTRA_PLOT = "spectra.png"
+_FIELDS = ("setting", "seed", "run", "module", "rank", "effective_rank", "stable_rank", "top1_energy")
+
+
+def singular_values(delta: torch.Tensor) -> torch.Tensor:
+    import torch
+
+    return torch.linalg.svdvals(delta.double())
+
+
+def effective_rank(sv: torch.Tensor) -> float:
+    import torch
+
+    p = sv / sv.sum()
+    p = p[p > 0]
+    return float(torch.exp(-(p * p.log()).sum())) if len(p) else 0.0
+
+
+def stable_rank(sv: torch.Tensor) -> float:
+    return float((sv ** 2).sum() / sv[0] ** 2) if len(sv) and sv[0] > 0 else 0.0
+
+
+def top1_energy(sv: torch.Tensor) -> float:
+    total = float((sv ** 2).sum())
+    return float(sv[0] ** 2) / total if total > 0 else 0.0
+
+
+def spectra(groups: list[Group]) -> tuple[list[dict[str, Any]], dict[str, list[float]]]:
+    """One row per (run, module), and each group's mean normalised spectrum (σ_k / σ_1, averaged
+    over its runs' modules, as long as the shortest spectrum)."""
+    rows: list[dict[str, Any]] = []
+    curves: dict[str, list[float]] = {}
+    for g in groups:
+        normalised = []
+        for run in g.finished:
+            for u in module_updates(run.path):
+                sv = singular_values(u.delta)[: u.rank if u.a is not None else None]
+                rows.append({"setting": g.setting, "seed": run.seed, "run": str(run.path), "module": u.name,
+                             "rank": u.rank, "effective_rank": effective_rank(sv), "stable_rank": stable_rank(sv),
+                             "top1_energy": top1_energy(sv)})
+                if sv[0] > 0:
+                    normalised.append((sv / sv[0]).tolist())
+        if normalised:
+            length = min(len(s) for s in normalised)
+            curves[g.setting] = [statistics.fmean(s[k] for s in normalised) for k in range(length)]
+    return rows, curves
+
+
+def summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per group: the adapter's rank and the mean (over runs and modules) of each diagnostic."""
+    out: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        out.setdefault(r["setting"], {"setting": r["setting"], "rank": r["rank"], "runs": set(), "rows": []})
+        out[r["setting"]]["runs"].add(r["run"])
+        out[r["setting"]]["rows"].append(r)
+    return [{"setting": s, "rank": v["rank"], "runs": len(v["runs"]), "modules": len(v["rows"]) // len(v["runs"]),
+             **{k: statistics.fmean(r[k] for r in v["rows"]) for k in ("effective_rank", "stable_rank", "top1_energy")}}
+            for s, v in out.items()]
+
+
+def to_markdown(rows: list[dict[str, Any]]) -> str:
+    lines = ["", "## Spectra of the weight updates", "",
+             "Singular values of each module's ΔW; effective rank = exp(entropy of σ/Σσ), stable rank = Σσ²/σ₁², "
+             "top-1 energy = σ₁²/Σσ² (means over runs and modules; per module in spectra.csv).", "",
+             "| setting | rank r | runs | modules | effective rank | stable rank | top-1 energy |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for s in summary(rows):
+        lines.append(f"| {s['setting']} | {s['rank']} | {s['runs']} | {s['modules']} | {s['effective_rank']:.2f} "
+                     f"| {s['stable_rank']:.2f} | {s['top1_energy']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def to_csv(rows: list[dict[str, Any]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+    return buffer.getvalue()
+
+
+def plot(plt: Any, curves: dict[str, list[float]]):
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for setting, curve in curves.items():
+        ax.plot(range(1, len(curve) + 1), curve, marker="o" if len(curve) <= 16 else None, ms=3, label=setting)
+    ax.set(xlabel="singular value index k", ylabel="σ_k / σ_1 (mean over modules and runs)",
+           title="spectra of the weight updates", xscale="log" if max(map(len, curves.values())) > 16 else "linear")
+    ax.legend(fontsize=7)
+    return fig
+
+
+def write(groups: list[Group], out_dir: Path, plots: bool) -> tuple[str, list[str]]:
+    """spectra.md's text (also appended to results.md), and the files written."""
+    from peftlab.runs.files import atomic_path
+
+    rows, curves = spectra(groups)
+    md = to_markdown(rows)
+    for name, text in zip(SPECTRA_FILES, (md, to_csv(rows)), strict=True):
+        with atomic_path(out_dir / name, overwrite=True) as tmp:
+            tmp.write_text(text)
+    files = list(SPECTRA_FILES)
+    if plots and curves:
+        from peftlab.reporting.plots import figure_to
+
+        figure_to(out_dir / SPECTRA_PLOT, lambda plt: plot(plt, curves))
+        files.append(SPECTRA_PLOT)
+    return md, files

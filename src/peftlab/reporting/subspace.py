@@ -1,0 +1,197 @@
+"""The LoRA paper's subspace analysis (Hu et al., 2021, section 7.2) on saved adapters
+(``peftlab-report subspace=[8,64]``).
+
+For two adapters X and Y of the same modules, per module: U_X, U_Y are the right-singular vectors of
+the factor A (r × k: the input directions the adapter reads), best first; the normalised subspace
+similarity of their top i and top j directions is
+
+    φ(i, j) = ‖U_X[:i] U_Y[:j]ᵀ‖²_F / min(i, j)   in [0, 1]
+
+(1: one subspace contains the other; for random subspaces of R^k its expectation is max(i, j)/k).
+The same is computed for the right-singular vectors of the update ΔW = s·B·A. Compared: the low and
+the high rank at the same seed, and two seeds of the same rank.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import itertools
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from peftlab.errors import ConfigError
+from peftlab.reporting.adapters import ModuleUpdate, module_updates, read_config
+from peftlab.reporting.runs import Run
+
+if TYPE_CHECKING:  # torch loads when an analysis runs, not when reporting is imported
+    import torch
+
+SUBSPACE_FILES = ("subspace.md", "subspace.csv")
+SUBSPACE_PLOT = "subspace.png"
+WEIGHTS = ("A", "ΔW")
+
+
+def directions(matrix: torch.Tensor, rank: int) -> torch.Tensor:
+    """The top ``rank`` right-singular vectors (rows), best first."""
+    import torch
+
+    return torch.linalg.svd(matrix.double(), full_matrices=False).Vh[:rank]
+
+
+def similarity(ux: torch.Tensor, uy: torch.Tensor) -> torch.Tensor:
+    """φ(i, j) for i = 1..len(ux), j = 1..len(uy) (row i-1, column j-1)."""
+    import torch
+
+    squared = (ux @ uy.T) ** 2
+    both = squared.cumsum(0).cumsum(1)
+    i = torch.arange(1, len(ux) + 1, dtype=torch.float64)[:, None]
+    j = torch.arange(1, len(uy) + 1, dtype=torch.float64)[None, :]
+    return both / torch.minimum(i, j)
+
+
+@dataclass
+class Comparison:
+    """One kind of pair (``r=8 vs r=64, same seed``), one weight (A or ΔW): φ per module and pair."""
+
+    kind: str
+    weight: str
+    phis: list[tuple[str, str, str, torch.Tensor]]  # (module, run x, run y, φ)
+    sizes: dict[str, int]  # module -> k, its input size
+
+    def mean(self) -> torch.Tensor:
+        import torch
+
+        return torch.stack([p for _, _, _, p in self.phis]).mean(0)
+
+    def chance(self, i: int, j: int) -> float:
+        """φ(i, j) expected of random subspaces, averaged over the same modules."""
+        return statistics.fmean(max(i, j) / self.sizes[m] for m, _, _, _ in self.phis)
+
+
+def lora_runs(runs: list[Run]) -> dict[tuple[int, Any], Run]:
+    """Finished LoRA runs by (rank, seed); two runs of the same rank and seed are ambiguous."""
+    found: dict[tuple[int, Any], Run] = {}
+    for run in runs:
+        if run.status != "finished" or not (run.path / "adapter" / "adapter_config.json").is_file():
+            continue
+        config = read_config(run.path)
+        if config.get("peft_type") != "LORA":
+            continue
+        key = (int(config.get("r", 0)), run.seed)
+        if key in found:
+            raise ConfigError(f"subspace: two LoRA runs with r={key[0]} and seed {key[1]} ({found[key].path}, "
+                              f"{run.path}); report one setting at a time")
+        found[key] = run
+    return found
+
+
+def compare(runs: list[Run], low: int, high: int) -> list[Comparison]:
+    by_key = lora_runs(runs)
+    ranks = sorted({r for r, _ in by_key})
+    for r in (low, high):
+        if not any(rank == r for rank, _ in by_key):
+            raise ConfigError(f"subspace: no finished LoRA run with r={r} among the inputs (ranks found: "
+                              f"{', '.join(map(str, ranks)) or 'none'})")
+    seeds = {r: sorted((s for rank, s in by_key if rank == r), key=str) for r in (low, high)}
+    pairs = {f"r={low} vs r={high}, same seed": [(by_key[low, s], by_key[high, s]) for s in seeds[low]
+                                                 if s in seeds[high]],
+             f"r={high}, seed vs seed": [(by_key[high, a], by_key[high, b])
+                                         for a, b in itertools.combinations(seeds[high], 2)],
+             f"r={low}, seed vs seed": [(by_key[low, a], by_key[low, b])
+                                        for a, b in itertools.combinations(seeds[low], 2)]}
+    cache: dict[Path, dict[str, ModuleUpdate]] = {}
+
+    def updates(run: Run) -> dict[str, ModuleUpdate]:
+        if run.path not in cache:
+            cache[run.path] = {u.name: u for u in module_updates(run.path)}
+        return cache[run.path]
+
+    out = []
+    for kind, runs_xy in pairs.items():
+        if not runs_xy:
+            continue
+        by_weight: dict[str, list] = {w: [] for w in WEIGHTS}
+        sizes = {}
+        for x, y in runs_xy:
+            ux, uy = updates(x), updates(y)
+            for name in ux.keys() & uy.keys():
+                mx, my = ux[name], uy[name]
+                sizes[name] = int(mx.a.shape[1])
+                by_weight["A"].append((name, str(x.path), str(y.path),
+                                       similarity(directions(mx.a, mx.rank), directions(my.a, my.rank))))
+                by_weight["ΔW"].append((name, str(x.path), str(y.path),
+                                        similarity(directions(mx.delta, mx.rank), directions(my.delta, my.rank))))
+        out += [Comparison(kind, w, sorted(phis, key=lambda p: p[0]), sizes) for w, phis in by_weight.items()]
+    return out
+
+
+def _at(phi: torch.Tensor, i: int, j: int) -> float:
+    return float(phi[min(i, phi.shape[0]) - 1, min(j, phi.shape[1]) - 1])
+
+
+def _columns(low: int, high: int) -> list[tuple[int, int]]:
+    return [(1, 1), (1, high), (low, low), (low, high)]
+
+
+def to_markdown(comparisons: list[Comparison], low: int, high: int) -> str:
+    cols = _columns(low, high)
+    head = " | ".join(f"φ({i},{j})" for i, j in cols)
+    lines = ["", f"## Subspace similarity (r={low} and r={high})", "",
+             "φ(i, j) = ‖U_Xᵢᵀ U_Yⱼ‖²_F / min(i, j) between the top i and top j right-singular directions of two "
+             "adapters' A (or of their updates ΔW), per module, then the mean over modules and pairs of runs "
+             "(per module and pair in subspace.csv).", "",
+             f"| pair | weight | modules × pairs | {head} |", "|---|---|---:|" + "---:|" * len(cols)]
+    for c in comparisons:
+        phi = c.mean()
+        lines.append(f"| {c.kind} | {c.weight} | {len(c.phis)} | "
+                     + " | ".join(f"{_at(phi, i, j):.3f}" for i, j in cols) + " |")
+    lines.append("| random subspaces (expected) | | | "
+                 + " | ".join(f"{comparisons[0].chance(i, j):.3f}" for i, j in cols) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def to_csv(comparisons: list[Comparison], low: int, high: int) -> str:
+    cols = _columns(low, high)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["pair", "weight", "module", "run_x", "run_y", *(f"phi_{i}_{j}" for i, j in cols)])
+    for c in comparisons:
+        for module, x, y, phi in c.phis:
+            writer.writerow([c.kind, c.weight, module, x, y, *(f"{_at(phi, i, j):.6f}" for i, j in cols)])
+    return buffer.getvalue()
+
+
+def plot(plt: Any, comparisons: list[Comparison]):
+    """Heat maps of the mean φ(i, j), as the paper's figures 3 and 4: one per pair kind and weight."""
+    kinds = list(dict.fromkeys(c.kind for c in comparisons))
+    fig, axes = plt.subplots(len(WEIGHTS), len(kinds), figsize=(4.2 * len(kinds), 6.4), squeeze=False)
+    for c in comparisons:
+        ax = axes[WEIGHTS.index(c.weight)][kinds.index(c.kind)]
+        phi = c.mean().numpy()
+        image = ax.imshow(phi, aspect="auto", origin="upper", vmin=0, vmax=1, cmap="viridis",
+                          extent=(0.5, phi.shape[1] + 0.5, phi.shape[0] + 0.5, 0.5))
+        ax.set(title=f"{c.weight}: {c.kind}", xlabel="j", ylabel="i")
+        ax.title.set_fontsize(8)
+        fig.colorbar(image, ax=ax, fraction=0.046)
+    return fig
+
+
+def write(runs: list[Run], ranks: list[int], out_dir: Path, plots: bool) -> tuple[str, list[str]]:
+    from peftlab.runs.files import atomic_path
+
+    low, high = sorted(ranks)
+    comparisons = compare(runs, low, high)
+    md = to_markdown(comparisons, low, high)
+    for name, text in zip(SUBSPACE_FILES, (md, to_csv(comparisons, low, high)), strict=True):
+        with atomic_path(out_dir / name, overwrite=True) as tmp:
+            tmp.write_text(text)
+    files = list(SUBSPACE_FILES)
+    if plots:
+        from peftlab.reporting.plots import figure_to
+
+        figure_to(out_dir / SUBSPACE_PLOT, lambda plt: plot(plt, comparisons))
+        files.append(SUBSPACE_PLOT)
+    return md, files
