@@ -61,14 +61,21 @@ class Comparison:
     phis: list[tuple[str, str, str, torch.Tensor]]  # (module, run x, run y, φ)
     sizes: dict[str, int]  # module -> k, its input size
 
-    def mean(self) -> torch.Tensor:
+    def modules(self, kind: str = "") -> list[tuple[str, str, str, torch.Tensor]]:
+        """The φ of every module, or of the modules named ``kind`` (q_proj, v_proj, ...)."""
+        return [p for p in self.phis if not kind or p[0].rsplit(".", 1)[-1] == kind]
+
+    def kinds(self) -> list[str]:
+        return sorted({m.rsplit(".", 1)[-1] for m, _, _, _ in self.phis})
+
+    def mean(self, kind: str = "") -> torch.Tensor:
         import torch
 
-        return torch.stack([p for _, _, _, p in self.phis]).mean(0)
+        return torch.stack([p for _, _, _, p in self.modules(kind)]).mean(0)
 
-    def chance(self, i: int, j: int) -> float:
+    def chance(self, i: int, j: int, kind: str = "") -> float:
         """φ(i, j) expected of random subspaces, averaged over the same modules."""
-        return statistics.fmean(max(i, j) / self.sizes[m] for m, _, _, _ in self.phis)
+        return statistics.fmean(max(i, j) / self.sizes[m] for m, _, _, _ in self.modules(kind))
 
 
 def lora_runs(runs: list[Run]) -> dict[tuple[int, Any], Run]:
@@ -143,13 +150,16 @@ def to_markdown(comparisons: list[Comparison], low: int, high: int) -> str:
              "φ(i, j) = ‖U_Xᵢᵀ U_Yⱼ‖²_F / min(i, j) between the top i and top j right-singular directions of two "
              "adapters' A (or of their updates ΔW), per module, then the mean over modules and pairs of runs "
              "(per module and pair in subspace.csv).", "",
-             f"| pair | weight | modules × pairs | {head} |", "|---|---|---:|" + "---:|" * len(cols)]
-    for c in comparisons:
-        phi = c.mean()
-        lines.append(f"| {c.kind} | {c.weight} | {len(c.phis)} | "
-                     + " | ".join(f"{_at(phi, i, j):.3f}" for i, j in cols) + " |")
-    lines.append("| random subspaces (expected) | | | "
-                 + " | ".join(f"{comparisons[0].chance(i, j):.3f}" for i, j in cols) + " |")
+             f"| pair | weight | modules | modules × pairs | {head} |", "|---|---|---|---:|" + "---:|" * len(cols)]
+    first = comparisons[0]
+    for kind in first.kinds() + ([""] if len(first.kinds()) > 1 else []):
+        name = kind or "all"
+        for c in comparisons:
+            phi = c.mean(kind)
+            lines.append(f"| {c.kind} | {c.weight} | {name} | {len(c.modules(kind))} | "
+                         + " | ".join(f"{_at(phi, i, j):.3f}" for i, j in cols) + " |")
+        lines.append(f"| random subspaces (expected) | | {name} | | "
+                     + " | ".join(f"{first.chance(i, j, kind):.3f}" for i, j in cols) + " |")
     return "\n".join(lines) + "\n"
 
 
