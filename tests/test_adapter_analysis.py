@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
+import shutil
 
 import pytest
 import torch
@@ -125,7 +127,7 @@ def test_report_writes_spectra_and_the_subspace_analysis(tiny_backbone_factory, 
     same_seed_a = [r for r in rows if r["pair"] == "r=2 vs r=4, same seed" and r["weight"] == "A"]
     assert len(same_seed_a) == 2 * 2  # 2 layers x 2 seeds
     # the r=2 subspace lies inside the r=4 one: φ(2, 4) = 1; the top directions (10x larger) nearly agree
-    assert all(float(r["phi_2_4"]) == pytest.approx(1.0, abs=1e-6) for r in same_seed_a)
+    assert all(float(r["phi_rank_x_rank_y"]) == pytest.approx(1.0, abs=1e-6) for r in same_seed_a)
     assert all(float(r["phi_1_1"]) > 0.999 for r in same_seed_a)
     seeds = [r for r in rows if r["pair"] == "r=4, seed vs seed" and r["weight"] == "A"]
     assert len(seeds) == 2 and all(float(r["phi_1_1"]) < 0.9 for r in seeds)  # independent random factors
@@ -149,9 +151,41 @@ def test_bad_subspace_requests_are_named(option, message, tiny_backbone_factory,
 
     runs = rank_study(tiny_backbone_factory, tmp_path / "sweep")
     with pytest.raises(ConfigError) as err:
-        write_report([runs], tmp_path / "report", ReportSchema(**option))
+        write_report([runs], tmp_path / "report", ReportSchema(spectra=True, **option))
     assert str(err.value) == message
-    assert not (tmp_path / "report" / "report.json").exists()
+    assert not (tmp_path / "report").exists()  # nothing written, not even the spectra that were fine
+
+
+def test_ranks_that_share_no_seed_and_have_one_seed_each_are_named(tiny_backbone_factory, tmp_path):
+    from peftlab.config.commands import ReportSchema
+    from peftlab.reporting import write_report
+
+    runs = rank_study(tiny_backbone_factory, tmp_path / "sweep")
+    for gone in ("r2-s2", "r4-s1"):
+        shutil.rmtree(runs / gone)
+    with pytest.raises(ConfigError) as err:
+        write_report([runs], tmp_path / "report", ReportSchema(subspace=[2, 4]))
+    assert str(err.value) == ("subspace: nothing to compare (no seed ran both ranks, no rank ran two seeds, or the "
+                              "adapters share no module): r=2: seeds 1; r=4: seeds 2")
+
+
+def test_spectra_leave_out_runs_without_factors_and_say_so(tiny_backbone_factory, tmp_path):
+    from peft import IA3Config
+
+    from peftlab.config.commands import ReportSchema
+    from peftlab.reporting import write_report
+
+    runs = rank_study(tiny_backbone_factory, tmp_path / "sweep")
+    ia3 = fake_run(runs / "ia3", ["method=ia3"], {"seed": 1, "method": "ia3", "primary_metric": "exact_match",
+                                                  "test": {"exact_match": 0.5}})
+    saved_adapter(tiny_backbone_factory(), IA3Config(target_modules=["q_proj"], feedforward_modules=[]), ia3)
+    write_report([runs], tmp_path / "report", ReportSchema(spectra=True, plots=False))
+    md = (tmp_path / "report" / "spectra.md").read_text()
+    assert f"Left out: {ia3} (a IA3 adapter)." in md and "| method.r=2 |" in md
+
+    # a report replaced without spectra keeps none of the old spectra files
+    write_report([runs], tmp_path / "report", ReportSchema(plots=False, overwrite=True))
+    assert not (tmp_path / "report" / "spectra.md").exists() and (tmp_path / "report" / "report.json").exists()
 
 
 def test_an_adapter_whose_update_is_not_a_product_of_factors_is_refused(tiny_backbone_factory, tmp_path):
@@ -174,7 +208,18 @@ def test_a_damaged_adapter_file_is_named(tiny_backbone_factory, tmp_path):
     with pytest.raises(ConfigError) as err:
         module_updates(tmp_path)
     assert str(err.value).startswith(f"{weights}: not readable as safetensors (")
-    (tmp_path / "adapter" / "adapter_config.json").write_text("[1, 2]")
+    config_file = tmp_path / "adapter" / "adapter_config.json"
+    saved_adapter(tiny_backbone_factory(), LoraConfig(r=2, target_modules=["q_proj"]), tmp_path / "again")
+    good = json.loads((tmp_path / "again" / "adapter" / "adapter_config.json").read_text())
+    for change, why in (({"lora_alpha": "x"}, "TypeError: alpha must be a number, got 'x'"),
+                        ({"alpha_pattern": {"(a+)+$": 3}}, "ValueError: alpha_pattern key '(a+)+$' is a regular "
+                                                           "expression; the analysis matches module names")):
+        (tmp_path / "again" / "adapter" / "adapter_config.json").write_text(json.dumps({**good, **change}))
+        with pytest.raises(ConfigError) as err:
+            module_updates(tmp_path / "again")
+        assert str(err.value) == (f"{tmp_path / 'again' / 'adapter' / 'adapter_config.json'}: cannot scale module "
+                                  f"model.layers.0.self_attn.q_proj ({why})")
+    config_file.write_text("[1, 2]")
     with pytest.raises(ConfigError) as err:
         module_updates(tmp_path)
-    assert str(err.value) == f"{tmp_path / 'adapter' / 'adapter_config.json'}: not an adapter config (a list)"
+    assert str(err.value) == f"{config_file}: not an adapter config (a list)"

@@ -12,7 +12,7 @@ import pytest
 
 from conftest import fake_run
 
-EVIL = "</script><script>window.pwned=1</script>"
+EVIL = "<!--<script></script><script>window.pwned=1</script>&amp;"
 METHODS = {"lora": ([0.90, 0.92, 0.91], 2_442_240, 120.0, 4100), "ia3": ([0.88, 0.90, 0.89], 57_600, 100.0, 3600),
            "prompt": ([0.60, 0.64, 0.62], 11_520, 110.0, 3650), EVIL: ([0.10, 0.12, 0.11], 1_000, 90.0, 3000)}
 
@@ -25,11 +25,12 @@ def report(tmp_path):
     for order, (name, (values, trainable, wall, rss)) in enumerate(METHODS.items()):
         for seed, v in enumerate(values, 1):
             curve = [{"step": s, "train/loss": 2.0 / (s + seed)} for s in range(1, 9)]
-            curve += [{"step": s, "val/loss": 1.5 / (s + order)} for s in (4, 8)]
+            curve += [{"step": 9, "train/loss": "nan"}] + [{"step": s, "val/loss": 1.5 / (s + order)} for s in (4, 8)]
             fake_run(tmp_path / "sweep" / f"{order}-{seed}", [f"tags=[{json.dumps(name)}]", f"seed={seed}"],
                      {"seed": seed, "method": "lora", "primary_metric": "exact_match", "greater_is_better": True,
                       "test": {"exact_match": v, "loss": 1 - v}, "train": {"wall_s": wall, "tokens_per_s": 300},
-                      "memory": {"peak_rss_mb": rss}, "params": {"trainable": trainable, "trainable_pct": 1.0}},
+                      "memory": {"peak_rss_mb": rss}, "params": {"trainable": trainable, "trainable_pct": 1.0},
+                      "forgetting": {"delta": float("nan") if order == 1 else 0.1}},
                      curve)
     write_report([tmp_path / "sweep"], tmp_path / "report", ReportSchema(plots=False, compare=True, equivalence=0.05))
     return tmp_path / "report" / "results.html"
@@ -46,6 +47,8 @@ def test_the_page_holds_every_group_run_and_test_and_needs_nothing_else(report):
     assert len(data["rows"]) == 4 and len(data["runs"]) == 12
     assert len(data["comparisons"]) == 6 and len(data["equivalence"]) == 6
     assert data["runs"][0]["train/loss"][:2] == [[1, 1.0], [2, 2.0 / 3]] and data["runs"][0]["val/loss"][0][0] == 4
+    assert len(data["runs"][0]["train/loss"]) == 8  # the NaN at step 9 is left out
+    assert data["rows"][1]["forgetting_mean"] is None  # NaN is not JSON: the page shows —
     # the Pareto front over trainable parameters: the cheapest group that is better than every cheaper one
     front = [data["rows"][i]["setting"] for i in data["fronts"]["trainable"]]
     assert front[-1] == 'tags=["lora"]' and len(front) == 4
@@ -56,8 +59,9 @@ def test_the_page_holds_every_group_run_and_test_and_needs_nothing_else(report):
 
 def test_settings_from_run_folders_cannot_end_the_data_or_add_markup(report):
     page = report.read_text()
-    assert EVIL not in page  # the data's "</" is written "<\/": the script element is not closed early
-    assert page.count("</script>") == 2
+    data = page[page.index('id="data">'):page.index("</script>")]
+    assert not set("<>&") & set(data[len('id="data">'):])  # written as \u escapes, which JSON reads back
+    assert page.count("</script>") == 2 and page.count("<!--") == 0
     assert any(EVIL in r["setting"] for r in page_data(page)["rows"])  # ...and reads back whole
     assert "innerHTML" not in page  # the script puts text in as text
 

@@ -75,6 +75,16 @@ def test_a_group_stops_at_max_seeds_and_at_a_failed_job(tmp_path):
     assert groups[1]["failed"] == [str(tmp_path / "3")]  # jobs a1, a2, b1, b2: b2 is job 3
 
 
+def test_a_metric_that_is_not_a_number_stops_its_group(tmp_path):
+    values = {("method=a", s): 0.5 + s / 10 for s in range(1, 6)}
+    values[("method=a", 2)] = float("nan")
+    launch, launched = fake_launcher(tmp_path, values)
+    run_rounds([["method=a"]], [1, 2], Budget(half_width=0.01, min_seeds=2, max_seeds=5), tmp_path, launch)
+    assert len(launched) == 2
+    record = json.loads((tmp_path / "seed_budget.json").read_text(), parse_constant=pytest.fail)  # no NaN in it
+    assert record["rounds"][-1]["groups"][0]["decision"] == "stopped: a job failed"
+
+
 def test_the_grid_may_name_the_first_rounds_seeds():
     budget = Budget(half_width=0.02, min_seeds=3, max_seeds=5)
     assert first_seeds(None, budget) == [1, 2, 3]

@@ -61,8 +61,8 @@ class SeedBudgetSweeper(Sweeper):
         budget = Budget(**self.settings)
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
         overrides = parser.parse_overrides([f"{k}={v}" for k, v in self.params.items()] + list(arguments))
-        seeds = [o for o in overrides if o.get_key_element() == "seed"]
-        grid = [o for o in overrides if o.get_key_element() != "seed"]
+        seeds = [o for o in overrides if o.key_or_group == "seed"]  # seed=, +seed= or ++seed=
+        grid = [o for o in overrides if o.key_or_group != "seed"]
         seed_values = None
         if seeds:
             s = seeds[-1]

@@ -95,13 +95,13 @@ def write_report(inputs: list[Path], out_dir: Path, options: Optional[ReportSche
     md = to_markdown(rows, metric) + (pairs_markdown(pairs, metric) if o.compare else "")
     tests = equivalence_tests(runs, groups, o.margins(metric))
     md += tost_markdown(tests) if tests else ""
+    # every analysis is computed (and every mistake found) before the first file is written
+    analyses = ([spectra.analyse(groups)] if o.spectra else []) + (
+        [subspace.analyse(runs, list(o.subspace))] if o.subspace else [])
     out_dir.mkdir(parents=True, exist_ok=True)
     files = []
-    if o.spectra:
-        text, written = spectra.write(groups, out_dir, o.plots)
-        md, files = md + text, files + written
-    if o.subspace:
-        text, written = subspace.write(runs, list(o.subspace), out_dir, o.plots)
+    for analysis in analyses:
+        text, written = analysis.write(out_dir, o.plots)
         md, files = md + text, files + written
     for name, text in (("results.md", md), ("results.csv", to_csv(rows)), ("results.tex", to_latex(rows, metric))):
         with atomic_path(out_dir / name, overwrite=True) as tmp:
@@ -112,6 +112,10 @@ def write_report(inputs: list[Path], out_dir: Path, options: Optional[ReportSche
     if o.html:
         data = html.page_data(groups, rows, metric, greater_is_better, pair_records(pairs), as_records(tests))
         files.append(html.write(out_dir, data, f"peftlab report: {', '.join(str(p) for p in inputs)}"))
+    # an earlier report's files this one does not write (overwrite=true) would pass for its own
+    for name in REPORT_FILES:
+        if name not in files and name != "report.json" and (out_dir / name).exists():
+            (out_dir / name).unlink()
     # last: a report.json says the report is complete
     write_json(out_dir / "report.json", {**_summary(inputs, runs, groups, rows, metric, greater_is_better, files),
                                          **({"equivalence": as_records(tests)} if tests else {}),

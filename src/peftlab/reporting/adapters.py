@@ -37,11 +37,6 @@ class ModuleUpdate:
     a: Optional[torch.Tensor] = None
 
     @property
-    def layer(self) -> Optional[int]:
-        found = re.search(r"\.(\d+)\.", self.name)
-        return int(found.group(1)) if found else None
-
-    @property
     def kind(self) -> str:
         """The module's own name (q_proj, v_proj, ...)."""
         return self.name.rsplit(".", 1)[-1]
@@ -62,10 +57,6 @@ def read_config(run_dir: Path) -> dict[str, Any]:
     if not isinstance(config, dict):
         raise ConfigError(f"{path}: not an adapter config (a {type(config).__name__})")
     return config
-
-
-def peft_type(run_dir: Path) -> str:
-    return str(read_config(run_dir).get("peft_type", "?"))
 
 
 def module_updates(run_dir: Path) -> list[ModuleUpdate]:
@@ -89,6 +80,9 @@ def module_updates(run_dir: Path) -> list[ModuleUpdate]:
             updates.append(build(module, factors, config))
         except (KeyError, RuntimeError) as err:
             raise ConfigError(f"{path}: module {module} has no complete {kind} factors ({err})") from None
+        except (TypeError, ValueError, ZeroDivisionError) as err:  # a config value of the wrong kind
+            raise ConfigError(f"{adapter_folder(run_dir) / 'adapter_config.json'}: cannot scale module {module} "
+                              f"({type(err).__name__}: {err})") from None
     if not updates:
         raise ConfigError(f"{path}: holds no {kind} factors")
     return updates
@@ -105,16 +99,24 @@ def _by_module(tensors: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Te
 
 
 def _pattern(config: dict[str, Any], key: str, module: str, default: Any) -> Any:
-    """A per-module value of ``rank_pattern`` / ``alpha_pattern`` (peft matches a key at the end of
-    the module's name), else the adapter's own."""
-    for pattern, value in (config.get(key) or {}).items():
-        if re.fullmatch(rf"(.*\.)?{pattern}", module):
+    """A per-module value of ``rank_pattern`` / ``alpha_pattern`` (a key naming the end of the
+    module's name, as peftlab writes them), else the adapter's own. Keys are matched as names, never
+    run as regular expressions: a config file is data."""
+    patterns = config.get(key) or {}
+    if not isinstance(patterns, dict):
+        raise TypeError(f"{key} must be a mapping, got {type(patterns).__name__}")
+    for name, value in patterns.items():
+        if not re.fullmatch(r"[\w.\-]+", str(name)):
+            raise ValueError(f"{key} key {name!r} is a regular expression; the analysis matches module names")
+        if module == name or module.endswith("." + name):
             return value
     return default
 
 
 def _scale(config: dict[str, Any], module: str, rank: int, rslora: bool = False) -> float:
     alpha = _pattern(config, "alpha_pattern", module, config.get("lora_alpha", config.get("alpha", rank)))
+    if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not math.isfinite(alpha):
+        raise TypeError(f"alpha must be a number, got {alpha!r}")
     return alpha / math.sqrt(rank) if rslora else alpha / rank
 
 
@@ -135,5 +137,7 @@ def _lokr(module: str, f: dict[str, torch.Tensor], config: dict[str, Any]) -> Mo
 
     w1 = f["lokr_w1"] if "lokr_w1" in f else f["lokr_w1_a"] @ f["lokr_w1_b"]
     w2 = f["lokr_w2"] if "lokr_w2" in f else f["lokr_w2_a"] @ f["lokr_w2_b"]
-    rank = int(_pattern(config, "rank_pattern", module, config.get("r", 1)))
+    rank = _pattern(config, "rank_pattern", module, config.get("r", 1))
+    if not isinstance(rank, int) or isinstance(rank, bool) or rank < 1:
+        raise TypeError(f"r must be a whole number > 0, got {rank!r}")
     return ModuleUpdate(module, rank, _scale(config, module, rank) * torch.kron(w1, w2))

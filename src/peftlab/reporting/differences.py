@@ -14,8 +14,8 @@ from peftlab.runs.metrics import metric_at
 
 
 def by_seed(group: Group, key: str) -> dict[Any, float]:
-    """Each finished run's number, by seed."""
-    return {r.seed: v for r in group.finished if (v := metric_at(r.metrics, key)) is not None}
+    """Each finished run's number, by seed (a NaN or infinity is not a number to test)."""
+    return {r.seed: v for r in group.finished if (v := metric_at(r.metrics, key)) is not None and math.isfinite(v)}
 
 
 @dataclass

@@ -10,36 +10,20 @@ as text (``textContent``), never as markup.
 
 from __future__ import annotations
 
-import csv
 import html
 import json
+import math
 import re
 from pathlib import Path
 from typing import Any
 
-from peftlab.reporting.plots import pareto_front
-from peftlab.reporting.runs import Group, Run
+from peftlab.reporting.plots import pareto_front, run_curves
+from peftlab.reporting.runs import Group
 
 HTML_FILE = "results.html"
 # the Pareto plot's x axes: (row key, label, log scale)
 X_AXES = (("trainable", "trainable parameters", True), ("train_wall_s_mean", "training time (s)", False),
           ("peak_rss_mb_mean", "peak RSS (MiB)", False))
-
-
-def curves(run: Run) -> dict[str, list[list[float]]]:
-    """``train/loss`` and ``val/loss`` by step, from the run's logs/metrics.csv."""
-    path = run.path / "logs" / "metrics.csv"
-    out: dict[str, list[list[float]]] = {"train/loss": [], "val/loss": []}
-    if not path.exists():
-        return out
-    with open(path, newline="") as f:
-        for row in csv.DictReader(f):
-            for key, points in out.items():
-                try:
-                    points.append([int(row["step"]), float(row[key])])
-                except (KeyError, TypeError, ValueError):
-                    continue
-    return out
 
 
 def page_data(groups: list[Group], rows: list[dict[str, Any]], metric: str, greater_is_better: bool,
@@ -50,7 +34,8 @@ def page_data(groups: list[Group], rows: list[dict[str, Any]], metric: str, grea
         ok = [i for i, r in enumerate(public) if r.get(key) is not None and r.get(f"{metric}_mean") is not None]
         front = pareto_front([(public[i][key], public[i][f"{metric}_mean"]) for i in ok], greater_is_better)
         fronts[key] = [ok[i] for i in front]
-    runs = [{"group": gi, "setting": g.setting, "seed": r.seed, "path": str(r.path), **curves(r)}
+    runs = [{"group": gi, "setting": g.setting, "seed": r.seed, "path": str(r.path),
+             **{key: sorted(points.items()) for key, points in run_curves(r).items()}}
             for gi, g in enumerate(groups) for r in g.finished]
     return {"metric": metric, "greater_is_better": greater_is_better, "rows": public, "fronts": fronts,
             "axes": [{"key": k, "label": label, "log": log} for k, label, log in X_AXES], "runs": runs,
@@ -60,10 +45,28 @@ def page_data(groups: list[Group], rows: list[dict[str, Any]], metric: str, grea
 def render(data: dict[str, Any], title: str) -> str:
     """The page (results_page.html, beside this module) with the title and the data filled in."""
     page = (Path(__file__).parent / "results_page.html").read_text(encoding="utf-8")
-    # "</" would end the script element that holds the data; JSON reads "<\/" as "</"
-    fill = {"__TITLE__": html.escape(title), "__DATA__": json.dumps(data, default=str).replace("</", "<\\/")}
+    fill = {"__TITLE__": html.escape(title), "__DATA__": script_json(data)}
     # one pass: a value is never searched for the other placeholder
     return re.sub("__TITLE__|__DATA__", lambda m: fill[m.group(0)], page)
+
+
+def finite(value: Any) -> Any:
+    """``value`` with every NaN and infinity made None: JSON has no such numbers (the page shows —)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    return value
+
+
+def script_json(data: Any) -> str:
+    """JSON safe inside a <script> element: "<", ">" and "&" written as \\u escapes (which JSON reads
+    back as the same characters), so no text from a run folder can close the element or open a
+    comment or another script in the HTML parser's eyes."""
+    text = json.dumps(finite(data), default=str, allow_nan=False)
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
 def write(out_dir: Path, data: dict[str, Any], title: str) -> str:

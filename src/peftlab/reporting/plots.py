@@ -4,10 +4,12 @@ throughput and peak memory per group."""
 from __future__ import annotations
 
 import csv
+import math
 import statistics
 from pathlib import Path
 from typing import Any, Callable
 
+from peftlab.errors import ConfigError
 from peftlab.reporting.runs import Group, Run
 from peftlab.runs.files import atomic_path
 
@@ -30,16 +32,29 @@ def pareto_front(points: list[tuple[float, float]], greater_is_better: bool = Tr
     return sorted(front, key=lambda i: points[i][0])
 
 
-def val_curves(run: Run) -> dict[int, float]:
+def run_curves(run: Run, keys: tuple[str, ...] = ("train/loss", "val/loss")) -> dict[str, dict[int, float]]:
+    """Each key's finite values by step, from the run's logs/metrics.csv (the CSV logger's file)."""
     path = run.path / "logs" / "metrics.csv"
+    out: dict[str, dict[int, float]] = {k: {} for k in keys}
     if not path.exists():
-        return {}
-    curve = {}
-    with open(path) as f:
-        for row in csv.DictReader(f):
-            if row.get("val/loss"):
-                curve[int(row["step"])] = float(row["val/loss"])
-    return curve
+        return out
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            for row in csv.DictReader(f):
+                for key, points in out.items():
+                    try:
+                        step, value = int(row["step"]), float(row[key])
+                    except (KeyError, TypeError, ValueError):
+                        continue
+                    if math.isfinite(value):
+                        points[step] = value
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise ConfigError(f"{path}: not readable ({type(err).__name__}: {err})") from None
+    return out
+
+
+def val_curves(run: Run) -> dict[int, float]:
+    return run_curves(run, ("val/loss",))["val/loss"]
 
 
 def figure_to(path: Path, draw: Callable[[Any], Any]) -> None:

@@ -108,6 +108,9 @@ def _read_file(path: Path, parse, kind: type) -> Any:
 
 
 def stats(values: list[float]) -> dict[str, Any]:
+    """Mean, standard deviation, n and the 95% interval's half-width of the finite values (a NaN or
+    infinity a run reports is not a number to average)."""
+    values = [v for v in values if math.isfinite(v)]
     n = len(values)
     if n == 0:
         return {"mean": None, "std": None, "n": 0, "ci95": None}

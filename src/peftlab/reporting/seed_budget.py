@@ -94,7 +94,8 @@ def first_seeds(seed_values: Optional[list[str]], budget: Budget) -> list[int]:
 
 
 def job_value(run_dir: Optional[Path], metric: Optional[str]) -> tuple[Optional[float], str]:
-    """The metric of one finished job, and the key it was read at (None when the job failed)."""
+    """The metric of one finished job, and the key it was read at (None when the job failed or its
+    metric is not a finite number)."""
     if run_dir is None:
         return None, metric or "?"
     run = read_run(run_dir)
@@ -104,7 +105,8 @@ def job_value(run_dir: Optional[Path], metric: Optional[str]) -> tuple[Optional[
     value = metric_at(run.metrics, key)
     if value is None:
         raise ConfigError(f"hydra.sweeper.metric: {key!r} is not in {run_dir / 'metrics.json'}")
-    return float(value), key
+    # a NaN or infinity is no number to average: the job counts as failed, and its group stops
+    return (float(value) if math.isfinite(value) else None), key
 
 
 def summarise(groups: list[GroupBudget], budget: Budget, key: str, round_: int) -> str:
@@ -144,7 +146,7 @@ def run_rounds(grid: list[list[str]], seeds: list[int], budget: Budget, sweep_di
             run_dir = _job_folder(ret)
             value, key = job_value(run_dir, budget.metric)
             if value is None:
-                g.failed.append(str(run_dir))
+                g.failed.append(str(run_dir) if run_dir else f"seed {s} (no folder)")
             else:
                 g.values.append(value)
         for g in groups:

@@ -12,10 +12,12 @@ from __future__ import annotations
 import csv
 import io
 import statistics
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from peftlab.reporting.adapters import module_updates
+from peftlab.errors import ConfigError
+from peftlab.reporting.adapters import ANALYSED, module_updates, read_config
 from peftlab.reporting.runs import Group
 
 if TYPE_CHECKING:  # torch loads when an analysis runs, not when reporting is imported
@@ -49,14 +51,19 @@ def top1_energy(sv: torch.Tensor) -> float:
     return float(sv[0] ** 2) / total if total > 0 else 0.0
 
 
-def spectra(groups: list[Group]) -> tuple[list[dict[str, Any]], dict[str, list[float]]]:
-    """One row per (run, module), and each group's mean normalised spectrum (σ_k / σ_1, averaged
-    over its runs' modules, as long as the shortest spectrum)."""
+def spectra(groups: list[Group]) -> tuple[list[dict[str, Any]], dict[str, list[float]], list[str]]:
+    """One row per (run, module), each group's mean normalised spectrum (σ_k / σ_1, averaged over
+    its runs' modules, as long as the shortest spectrum), and the runs left out, with why."""
     rows: list[dict[str, Any]] = []
     curves: dict[str, list[float]] = {}
+    skipped: list[str] = []
     for g in groups:
         normalised = []
         for run in g.finished:
+            why = not_analysed(run.path)
+            if why:
+                skipped.append(f"{run.path} ({why})")
+                continue
             for u in module_updates(run.path):
                 sv = singular_values(u.delta)[: u.rank if u.a is not None else None]
                 rows.append({"setting": g.setting, "seed": run.seed, "run": str(run.path), "module": u.name,
@@ -67,7 +74,18 @@ def spectra(groups: list[Group]) -> tuple[list[dict[str, Any]], dict[str, list[f
         if normalised:
             length = min(len(s) for s in normalised)
             curves[g.setting] = [statistics.fmean(s[k] for s in normalised) for k in range(length)]
-    return rows, curves
+    if not rows:
+        raise ConfigError("spectra: no finished run has a LoRA, LoHa or LoKr adapter to analyse"
+                          + (f" (left out: {'; '.join(skipped)})" if skipped else ""))
+    return rows, curves, skipped
+
+
+def not_analysed(run_dir: Path) -> str:
+    """Why a run's adapter is not analysed ("" when it is)."""
+    if not (run_dir / "adapter" / "adapter_config.json").is_file():
+        return "no adapter"
+    kind = str(read_config(run_dir).get("peft_type", "?"))
+    return "" if kind in ANALYSED else f"a {kind} adapter"
 
 
 def summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -113,19 +131,32 @@ def plot(plt: Any, curves: dict[str, list[float]]):
     return fig
 
 
-def write(groups: list[Group], out_dir: Path, plots: bool) -> tuple[str, list[str]]:
-    """spectra.md's text (also appended to results.md), and the files written."""
-    from peftlab.runs.files import atomic_path
+@dataclass
+class Analysis:
+    """The spectra, computed before anything is written."""
 
-    rows, curves = spectra(groups)
-    md = to_markdown(rows)
-    for name, text in zip(SPECTRA_FILES, (md, to_csv(rows)), strict=True):
-        with atomic_path(out_dir / name, overwrite=True) as tmp:
-            tmp.write_text(text)
-    files = list(SPECTRA_FILES)
-    if plots and curves:
-        from peftlab.reporting.plots import figure_to
+    rows: list[dict[str, Any]]
+    curves: dict[str, list[float]]
+    skipped: list[str]
 
-        figure_to(out_dir / SPECTRA_PLOT, lambda plt: plot(plt, curves))
-        files.append(SPECTRA_PLOT)
-    return md, files
+    def write(self, out_dir: Path, plots: bool) -> tuple[str, list[str]]:
+        """spectra.md's text (also appended to results.md), and the files written."""
+        from peftlab.runs.files import atomic_path
+
+        md = to_markdown(self.rows)
+        if self.skipped:
+            md += f"\nLeft out: {'; '.join(self.skipped)}.\n"
+        for name, text in zip(SPECTRA_FILES, (md, to_csv(self.rows)), strict=True):
+            with atomic_path(out_dir / name, overwrite=True) as tmp:
+                tmp.write_text(text)
+        files = list(SPECTRA_FILES)
+        if plots and self.curves:
+            from peftlab.reporting.plots import figure_to
+
+            figure_to(out_dir / SPECTRA_PLOT, lambda plt: plot(plt, self.curves))
+            files.append(SPECTRA_PLOT)
+        return md, files
+
+
+def analyse(groups: list[Group]) -> Analysis:
+    return Analysis(*spectra(groups))

@@ -56,7 +56,8 @@ def similarity(ux: torch.Tensor, uy: torch.Tensor) -> torch.Tensor:
 class Comparison:
     """One kind of pair (``r=8 vs r=64, same seed``), one weight (A or ΔW): φ per module and pair."""
 
-    kind: str
+    label: str
+    ranks: tuple[int, int]  # the two adapters' ranks
     weight: str
     phis: list[tuple[str, str, str, torch.Tensor]]  # (module, run x, run y, φ)
     sizes: dict[str, int]  # module -> k, its input size
@@ -87,7 +88,11 @@ def lora_runs(runs: list[Run]) -> dict[tuple[int, Any], Run]:
         config = read_config(run.path)
         if config.get("peft_type") != "LORA":
             continue
-        key = (int(config.get("r", 0)), run.seed)
+        rank = config.get("r")
+        if not isinstance(rank, int) or isinstance(rank, bool) or rank < 1:
+            raise ConfigError(f"{run.path / 'adapter' / 'adapter_config.json'}: r must be a whole number > 0, "
+                              f"got {rank!r}")
+        key = (rank, run.seed)
         if key in found:
             raise ConfigError(f"subspace: two LoRA runs with r={key[0]} and seed {key[1]} ({found[key].path}, "
                               f"{run.path}); report one setting at a time")
@@ -96,19 +101,19 @@ def lora_runs(runs: list[Run]) -> dict[tuple[int, Any], Run]:
 
 
 def compare(runs: list[Run], low: int, high: int) -> list[Comparison]:
+    """φ for the two ranks at the same seed, and for two seeds of each rank; never empty."""
     by_key = lora_runs(runs)
     ranks = sorted({r for r, _ in by_key})
     for r in (low, high):
-        if not any(rank == r for rank, _ in by_key):
+        if r not in ranks:
             raise ConfigError(f"subspace: no finished LoRA run with r={r} among the inputs (ranks found: "
                               f"{', '.join(map(str, ranks)) or 'none'})")
     seeds = {r: sorted((s for rank, s in by_key if rank == r), key=str) for r in (low, high)}
-    pairs = {f"r={low} vs r={high}, same seed": [(by_key[low, s], by_key[high, s]) for s in seeds[low]
-                                                 if s in seeds[high]],
-             f"r={high}, seed vs seed": [(by_key[high, a], by_key[high, b])
-                                         for a, b in itertools.combinations(seeds[high], 2)],
-             f"r={low}, seed vs seed": [(by_key[low, a], by_key[low, b])
-                                        for a, b in itertools.combinations(seeds[low], 2)]}
+    pairs = {(f"r={low} vs r={high}, same seed", (low, high)): [(by_key[low, s], by_key[high, s])
+                                                                for s in seeds[low] if s in seeds[high]]}
+    for r in (high, low):
+        pairs[f"r={r}, seed vs seed", (r, r)] = [(by_key[r, a], by_key[r, b])
+                                                 for a, b in itertools.combinations(seeds[r], 2)]
     cache: dict[Path, dict[str, ModuleUpdate]] = {}
 
     def updates(run: Run) -> dict[str, ModuleUpdate]:
@@ -117,91 +122,118 @@ def compare(runs: list[Run], low: int, high: int) -> list[Comparison]:
         return cache[run.path]
 
     out = []
-    for kind, runs_xy in pairs.items():
-        if not runs_xy:
-            continue
+    for (label, pair_ranks), runs_xy in pairs.items():
         by_weight: dict[str, list] = {w: [] for w in WEIGHTS}
         sizes = {}
         for x, y in runs_xy:
             ux, uy = updates(x), updates(y)
-            for name in ux.keys() & uy.keys():
+            for name in sorted(ux.keys() & uy.keys()):
                 mx, my = ux[name], uy[name]
                 sizes[name] = int(mx.a.shape[1])
                 by_weight["A"].append((name, str(x.path), str(y.path),
                                        similarity(directions(mx.a, mx.rank), directions(my.a, my.rank))))
                 by_weight["ΔW"].append((name, str(x.path), str(y.path),
                                         similarity(directions(mx.delta, mx.rank), directions(my.delta, my.rank))))
-        out += [Comparison(kind, w, sorted(phis, key=lambda p: p[0]), sizes) for w, phis in by_weight.items()]
+        out += [Comparison(label, pair_ranks, w, phis, sizes) for w, phis in by_weight.items() if phis]
+    if not out:
+        shown = "; ".join(f"r={r}: seeds {', '.join(map(str, seeds[r]))}" for r in (low, high))
+        raise ConfigError(f"subspace: nothing to compare (no seed ran both ranks, no rank ran two seeds, or the "
+                          f"adapters share no module): {shown}")
     return out
 
 
 def _at(phi: torch.Tensor, i: int, j: int) -> float:
-    return float(phi[min(i, phi.shape[0]) - 1, min(j, phi.shape[1]) - 1])
+    return float(phi[i - 1, j - 1])
 
 
-def _columns(low: int, high: int) -> list[tuple[int, int]]:
-    return [(1, 1), (1, high), (low, low), (low, high)]
+def columns(c: Comparison, low: int) -> list[tuple[int, int]]:
+    """Across ranks: φ(1,1), φ(1,r_y), φ(r_x,r_x), φ(r_x,r_y); across seeds: φ(1,1), φ(low,low), φ(r,r)."""
+    rx, ry = c.ranks
+    if rx != ry:
+        return [(1, 1), (1, ry), (rx, rx), (rx, ry)]
+    return [(1, 1), (min(low, rx), min(low, rx)), (rx, ry)]
 
 
 def to_markdown(comparisons: list[Comparison], low: int, high: int) -> str:
-    cols = _columns(low, high)
-    head = " | ".join(f"φ({i},{j})" for i, j in cols)
     lines = ["", f"## Subspace similarity (r={low} and r={high})", "",
              "φ(i, j) = ‖U_Xᵢᵀ U_Yⱼ‖²_F / min(i, j) between the top i and top j right-singular directions of two "
-             "adapters' A (or of their updates ΔW), per module, then the mean over modules and pairs of runs "
-             "(per module and pair in subspace.csv).", "",
-             f"| pair | weight | modules | modules × pairs | {head} |", "|---|---|---|---:|" + "---:|" * len(cols)]
-    first = comparisons[0]
-    for kind in first.kinds() + ([""] if len(first.kinds()) > 1 else []):
-        name = kind or "all"
-        for c in comparisons:
-            phi = c.mean(kind)
-            lines.append(f"| {c.kind} | {c.weight} | {name} | {len(c.modules(kind))} | "
-                         + " | ".join(f"{_at(phi, i, j):.3f}" for i, j in cols) + " |")
-        lines.append(f"| random subspaces (expected) | | {name} | | "
-                     + " | ".join(f"{first.chance(i, j, kind):.3f}" for i, j in cols) + " |")
-    return "\n".join(lines) + "\n"
+             "adapters' A (or of their updates ΔW), per module, then the mean over modules and pairs of runs; "
+             "random subspaces give max(i, j)/k (per module and pair in subspace.csv).", ""]
+    for across in ("ranks", "seeds"):
+        chosen = [c for c in comparisons if (c.ranks[0] != c.ranks[1]) == (across == "ranks")]
+        if not chosen:
+            continue
+        head = (f"φ(1,1) | φ(1,{high}) | φ({low},{low}) | φ({low},{high})" if across == "ranks"
+                else f"φ(1,1) | φ({low},{low}) | φ(r,r)")
+        lines += [f"Across {across}:", "", f"| pair | weight | modules | modules × pairs | {head} |",
+                  "|---|---|---|---:|" + "---:|" * head.count("|") + "---:|"]
+        for kind in chosen[0].kinds() + ([""] if len(chosen[0].kinds()) > 1 else []):
+            name = kind or "all"
+            for c in chosen:
+                phi = c.mean(kind)
+                lines.append(f"| {c.label} | {c.weight} | {name} | {len(c.modules(kind))} | "
+                             + " | ".join(f"{_at(phi, i, j):.3f}" for i, j in columns(c, low)) + " |")
+            for c in {c.ranks: c for c in chosen}.values():  # one chance row per pair of ranks
+                rank = "" if across == "ranks" else f", r={c.ranks[0]}"
+                lines.append(f"| random subspaces{rank} (expected) | | {name} | | "
+                             + " | ".join(f"{c.chance(i, j, kind):.3f}" for i, j in columns(c, low)) + " |")
+        lines.append("")
+    return "\n".join(lines)
 
 
-def to_csv(comparisons: list[Comparison], low: int, high: int) -> str:
-    cols = _columns(low, high)
+def to_csv(comparisons: list[Comparison], low: int) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["pair", "weight", "module", "run_x", "run_y", *(f"phi_{i}_{j}" for i, j in cols)])
+    writer.writerow(["pair", "weight", "module", "run_x", "run_y", "rank_x", "rank_y", "phi_1_1", "phi_1_rank_y",
+                     "phi_low_low", "phi_rank_x_rank_y"])
     for c in comparisons:
+        rx, ry = c.ranks
+        lo = min(low, rx, ry)
         for module, x, y, phi in c.phis:
-            writer.writerow([c.kind, c.weight, module, x, y, *(f"{_at(phi, i, j):.6f}" for i, j in cols)])
+            writer.writerow([c.label, c.weight, module, x, y, rx, ry,
+                             *(f"{_at(phi, i, j):.6f}" for i, j in ((1, 1), (1, ry), (lo, lo), (rx, ry)))])
     return buffer.getvalue()
 
 
 def plot(plt: Any, comparisons: list[Comparison]):
     """Heat maps of the mean φ(i, j), as the paper's figures 3 and 4: one per pair kind and weight."""
-    kinds = list(dict.fromkeys(c.kind for c in comparisons))
-    fig, axes = plt.subplots(len(WEIGHTS), len(kinds), figsize=(4.2 * len(kinds), 6.4), squeeze=False)
+    labels = list(dict.fromkeys(c.label for c in comparisons))
+    fig, axes = plt.subplots(len(WEIGHTS), len(labels), figsize=(4.2 * len(labels), 6.4), squeeze=False)
     for c in comparisons:
-        ax = axes[WEIGHTS.index(c.weight)][kinds.index(c.kind)]
+        ax = axes[WEIGHTS.index(c.weight)][labels.index(c.label)]
         phi = c.mean().numpy()
         image = ax.imshow(phi, aspect="auto", origin="upper", vmin=0, vmax=1, cmap="viridis",
                           extent=(0.5, phi.shape[1] + 0.5, phi.shape[0] + 0.5, 0.5))
-        ax.set(title=f"{c.weight}: {c.kind}", xlabel="j", ylabel="i")
+        ax.set(title=f"{c.weight}: {c.label}", xlabel="j", ylabel="i")
         ax.title.set_fontsize(8)
         fig.colorbar(image, ax=ax, fraction=0.046)
     return fig
 
 
-def write(runs: list[Run], ranks: list[int], out_dir: Path, plots: bool) -> tuple[str, list[str]]:
-    from peftlab.runs.files import atomic_path
+@dataclass
+class Analysis:
+    """The subspace analysis, computed before anything is written."""
 
+    comparisons: list[Comparison]
+    low: int
+    high: int
+
+    def write(self, out_dir: Path, plots: bool) -> tuple[str, list[str]]:
+        from peftlab.runs.files import atomic_path
+
+        md = to_markdown(self.comparisons, self.low, self.high)
+        for name, text in zip(SUBSPACE_FILES, (md, to_csv(self.comparisons, self.low)), strict=True):
+            with atomic_path(out_dir / name, overwrite=True) as tmp:
+                tmp.write_text(text)
+        files = list(SUBSPACE_FILES)
+        if plots:
+            from peftlab.reporting.plots import figure_to
+
+            figure_to(out_dir / SUBSPACE_PLOT, lambda plt: plot(plt, self.comparisons))
+            files.append(SUBSPACE_PLOT)
+        return md, files
+
+
+def analyse(runs: list[Run], ranks: list[int]) -> Analysis:
     low, high = sorted(ranks)
-    comparisons = compare(runs, low, high)
-    md = to_markdown(comparisons, low, high)
-    for name, text in zip(SUBSPACE_FILES, (md, to_csv(comparisons, low, high)), strict=True):
-        with atomic_path(out_dir / name, overwrite=True) as tmp:
-            tmp.write_text(text)
-    files = list(SUBSPACE_FILES)
-    if plots:
-        from peftlab.reporting.plots import figure_to
-
-        figure_to(out_dir / SUBSPACE_PLOT, lambda plt: plot(plt, comparisons))
-        files.append(SUBSPACE_PLOT)
-    return md, files
+    return Analysis(compare(runs, low, high), low, high)

@@ -40,7 +40,6 @@ def launch_in_processes(hydra_context: HydraContext, task_function: TaskFunction
             sweep_config.hydra.job.id = num
             sweep_config.hydra.job.num = num
         returns.append(_run_in_process(hydra_context, task_function, sweep_config))
-        configure_log(config.hydra.hydra_logging, config.hydra.verbose)
     return returns
 
 
@@ -50,23 +49,26 @@ def _run_in_process(hydra_context: HydraContext, task_function: TaskFunction, sw
     ctx = multiprocessing.get_context("spawn")
     receiver, sender = ctx.Pipe(duplex=False)
     process = ctx.Process(target=_job_process, args=(payload, sender), name=f"job-{sweep_config.hydra.job.num}")
-    process.start()
-    sender.close()
+    answer = None
     try:
-        answer = receiver.recv_bytes()
-    except EOFError:  # the process ended without answering
-        answer = None
-    except BaseException:  # Ctrl-C: the job goes down with the sweep
-        process.terminate()
-        process.join()
-        raise
-    finally:
+        process.start()
+        sender.close()
+        answer = cloudpickle.loads(receiver.recv_bytes())
+    except (EOFError, OSError):  # the process ended without answering, or in the middle of its answer
+        pass
+    except Exception as err:  # an answer that cannot be read back: the job is recorded as lost
+        log.error("job %s: its answer could not be read (%s: %s)", sweep_config.hydra.job.num, type(err).__name__, err)
+    finally:  # on Ctrl-C too: the job goes down with the sweep, and no process is left behind
         receiver.close()
-    process.join()
+        if process.pid is not None:  # started: wait for it to end (a minute after answering), else end it
+            process.join(timeout=60 if answer is not None else 5)
+            if process.is_alive():
+                process.kill()
+                process.join()
     if answer is not None:
-        return cloudpickle.loads(answer)
+        return answer
     # Hydra leaves the sweep folder and sub-folder as interpolations until the job's process resolves them
-    run_dir = Path(str(sweep_config.hydra.sweep.dir)) / str(sweep_config.hydra.sweep.subdir)
+    run_dir = (Path(str(sweep_config.hydra.sweep.dir)) / str(sweep_config.hydra.sweep.subdir)).resolve()
     error = RuntimeError(f"job {sweep_config.hydra.job.num} ended without an answer (exit code {process.exitcode}: "
                          f"{_exit_reason(process.exitcode)})")
     log.error("%s; its folder: %s", error, run_dir)
@@ -99,6 +101,7 @@ def _job_process(payload: bytes, sender: Any) -> None:
                   job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
     try:
         answer = cloudpickle.dumps(ret)
+        cloudpickle.loads(answer)  # an exception whose arguments do not rebuild it fails here, not in the sweep
     except Exception as err:  # an unpicklable return value or exception: send what can travel
         value = ret._return_value
         ret._return_value = RuntimeError(f"{type(value).__name__}: {value}") if ret.status == JobStatus.FAILED else None

@@ -55,9 +55,16 @@ def _append_index(sweep: Path, row: dict[str, Any]) -> None:
 
 
 def failed_jobs(sweep: Path) -> list[str]:
-    """The folders of the jobs the index records as failed, in job order."""
+    """The folders of the jobs the index records as failed since the sweep last started there."""
     index = sweep / "index.jsonl"
-    rows = [json.loads(line) for line in index.read_text().splitlines() if line.strip()] if index.exists() else []
+    rows = []
+    for line in index.read_text().splitlines() if index.exists() else []:
+        try:
+            rows.append(json.loads(line))
+        except ValueError:  # a line cut short by a killed process
+            continue
+    starts = [i for i, r in enumerate(rows) if r.get("event") == "sweep start"]
+    rows = rows[starts[-1] + 1:] if starts else rows
     return [Path(r["run_dir"]).name for r in rows if r.get("event") == "end" and r.get("status") == "failed"]
 
 
@@ -65,6 +72,9 @@ class SweepIndex(Callback):
     @staticmethod
     def _append(config: DictConfig, row: dict[str, Any]) -> None:
         _append_index(Path(config.hydra.sweep.dir), row)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._append(config, {"event": "sweep start", "time": time.strftime("%Y-%m-%dT%H:%M:%S")})
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         if config.hydra.mode.name != "MULTIRUN":
