@@ -56,6 +56,14 @@ def test_the_updates_read_from_the_files_equal_peft_s_own(kind, tiny_backbone_fa
         assert torch.allclose(updates[name].delta, expected, rtol=1e-5, atol=1e-7), name
     if kind == "lora_rslora_patterns":
         assert {u.kind: u.rank for u in updates.values()} == {"q_proj": 4, "v_proj": 2}
+    for u in updates.values():  # the compact form has ΔW's singular values and right-singular subspace
+        sv = torch.linalg.svdvals(u.delta)
+        assert torch.allclose(torch.linalg.svdvals(u.compact())[: u.rank], sv[: u.rank], rtol=1e-8)
+        if u.a is not None:
+            assert similarity(directions(u.compact(), u.rank), directions(u.delta, u.rank))[-1, -1] == \
+                pytest.approx(1.0)
+            left = torch.linalg.svd(u.delta, full_matrices=False).U[:, : u.rank].T
+            assert similarity(u.output_directions(), left)[-1, -1] == pytest.approx(1.0)
 
 
 def test_similarity_on_numbers_worked_by_hand():
@@ -132,7 +140,7 @@ def test_report_writes_spectra_and_the_subspace_analysis(tiny_backbone_factory, 
     seeds = [r for r in rows if r["pair"] == "r=4, seed vs seed" and r["weight"] == "A"]
     assert len(seeds) == 2 and all(float(r["phi_1_1"]) < 0.9 for r in seeds)  # independent random factors
     md = (out / "results.md").read_text()
-    assert "## Subspace similarity (r=2 and r=4)" in md and "| random subspaces (expected) |" in md
+    assert "## Subspace similarity (r=2 and r=4)" in md and "| random subspaces, inputs (expected) | | q_proj |" in md
     assert "## Spectra of the weight updates" in md
     spectra = list(csv.DictReader(io.StringIO((out / "spectra.csv").read_text())))
     assert len(spectra) == 4 * 2  # 4 runs x 2 layers
@@ -165,8 +173,8 @@ def test_ranks_that_share_no_seed_and_have_one_seed_each_are_named(tiny_backbone
         shutil.rmtree(runs / gone)
     with pytest.raises(ConfigError) as err:
         write_report([runs], tmp_path / "report", ReportSchema(subspace=[2, 4]))
-    assert str(err.value) == ("subspace: nothing to compare (no seed ran both ranks, no rank ran two seeds, or the "
-                              "adapters share no module): r=2: seeds 1; r=4: seeds 2")
+    assert str(err.value) == ("subspace: nothing to compare (no seed ran both ranks and no rank ran two seeds): "
+                              "r=2: seeds 1; r=4: seeds 2")
 
 
 def test_spectra_leave_out_runs_without_factors_and_say_so(tiny_backbone_factory, tmp_path):

@@ -35,11 +35,32 @@ class ModuleUpdate:
     rank: int
     delta: torch.Tensor
     a: Optional[torch.Tensor] = None
+    b: Optional[torch.Tensor] = None  # with a: ΔW = scale·B·A (LoRA)
+    scale: float = 1.0
 
     @property
     def kind(self) -> str:
         """The module's own name (q_proj, v_proj, ...)."""
         return self.name.rsplit(".", 1)[-1]
+
+    def output_directions(self) -> torch.Tensor:
+        """The top ``rank`` left-singular vectors of ΔW (rows: directions in the module's output)."""
+        import torch
+
+        if self.a is None or self.b is None:
+            return torch.linalg.svd(self.delta, full_matrices=False).U[:, : self.rank].T
+        q, r = torch.linalg.qr(self.b)  # ΔW = Q·(scale·R·A): its left-singular vectors are Q times the small one's
+        return (q @ torch.linalg.svd(self.scale * (r @ self.a), full_matrices=False).U[:, : self.rank]).T
+
+    def compact(self) -> torch.Tensor:
+        """A matrix with ΔW's singular values and right-singular vectors: for LoRA the r × in matrix
+        scale·R·A, where B = QR (ΔW = Q·(scale·R·A) and Q has orthonormal columns), a small SVD in
+        place of a large one; ΔW itself otherwise."""
+        if self.a is None or self.b is None:
+            return self.delta
+        import torch
+
+        return self.scale * (torch.linalg.qr(self.b).R @ self.a)
 
 
 def adapter_folder(run_dir: Path) -> Path:
@@ -123,7 +144,8 @@ def _scale(config: dict[str, Any], module: str, rank: int, rslora: bool = False)
 def _lora(module: str, f: dict[str, torch.Tensor], config: dict[str, Any]) -> ModuleUpdate:
     a, b = f["lora_A"], f["lora_B"]
     rank = a.shape[0]
-    return ModuleUpdate(module, rank, _scale(config, module, rank, bool(config.get("use_rslora"))) * (b @ a), a)
+    scale = _scale(config, module, rank, bool(config.get("use_rslora")))
+    return ModuleUpdate(module, rank, scale * (b @ a), a, b, scale)
 
 
 def _loha(module: str, f: dict[str, torch.Tensor], config: dict[str, Any]) -> ModuleUpdate:

@@ -65,7 +65,7 @@ def spectra(groups: list[Group]) -> tuple[list[dict[str, Any]], dict[str, list[f
                 skipped.append(f"{run.path} ({why})")
                 continue
             for u in module_updates(run.path):
-                sv = singular_values(u.delta)[: u.rank if u.a is not None else None]
+                sv = singular_values(u.compact())[: u.rank if u.a is not None else None]
                 rows.append({"setting": g.setting, "seed": run.seed, "run": str(run.path), "module": u.name,
                              "rank": u.rank, "effective_rank": effective_rank(sv), "stable_rank": stable_rank(sv),
                              "top1_energy": top1_energy(sv)})

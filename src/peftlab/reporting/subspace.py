@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from peftlab.errors import ConfigError
-from peftlab.reporting.adapters import ModuleUpdate, module_updates, read_config
+from peftlab.reporting.adapters import module_updates, read_config
 from peftlab.reporting.runs import Run
 
 if TYPE_CHECKING:  # torch loads when an analysis runs, not when reporting is imported
@@ -31,7 +31,9 @@ if TYPE_CHECKING:  # torch loads when an analysis runs, not when reporting is im
 
 SUBSPACE_FILES = ("subspace.md", "subspace.csv")
 SUBSPACE_PLOT = "subspace.png"
-WEIGHTS = ("A", "ΔW")
+# A: the input directions the adapter reads (its factor A, random at the start of training); ΔW: the
+# update's input directions; ΔW out: the update's output directions (from B, zero at the start)
+WEIGHTS = ("A", "ΔW", "ΔW out")
 
 
 def directions(matrix: torch.Tensor, rank: int) -> torch.Tensor:
@@ -60,7 +62,7 @@ class Comparison:
     ranks: tuple[int, int]  # the two adapters' ranks
     weight: str
     phis: list[tuple[str, str, str, torch.Tensor]]  # (module, run x, run y, φ)
-    sizes: dict[str, int]  # module -> k, its input size
+    sizes: dict[str, int]  # module -> k, the size of the space its directions live in
 
     def modules(self, kind: str = "") -> list[tuple[str, str, str, torch.Tensor]]:
         """The φ of every module, or of the modules named ``kind`` (q_proj, v_proj, ...)."""
@@ -100,9 +102,8 @@ def lora_runs(runs: list[Run]) -> dict[tuple[int, Any], Run]:
     return found
 
 
-def compare(runs: list[Run], low: int, high: int) -> list[Comparison]:
-    """φ for the two ranks at the same seed, and for two seeds of each rank; never empty."""
-    by_key = lora_runs(runs)
+def _pairs(by_key: dict[tuple[int, Any], Run], low: int, high: int) -> dict[tuple[str, tuple[int, int]], list]:
+    """(label, ranks) -> the pairs of runs: the two ranks at each seed both ran, and two seeds of each rank."""
     ranks = sorted({r for r, _ in by_key})
     for r in (low, high):
         if r not in ranks:
@@ -114,31 +115,35 @@ def compare(runs: list[Run], low: int, high: int) -> list[Comparison]:
     for r in (high, low):
         pairs[f"r={r}, seed vs seed", (r, r)] = [(by_key[r, a], by_key[r, b])
                                                  for a, b in itertools.combinations(seeds[r], 2)]
-    cache: dict[Path, dict[str, ModuleUpdate]] = {}
-
-    def updates(run: Run) -> dict[str, ModuleUpdate]:
-        if run.path not in cache:
-            cache[run.path] = {u.name: u for u in module_updates(run.path)}
-        return cache[run.path]
-
-    out = []
-    for (label, pair_ranks), runs_xy in pairs.items():
-        by_weight: dict[str, list] = {w: [] for w in WEIGHTS}
-        sizes = {}
-        for x, y in runs_xy:
-            ux, uy = updates(x), updates(y)
-            for name in sorted(ux.keys() & uy.keys()):
-                mx, my = ux[name], uy[name]
-                sizes[name] = int(mx.a.shape[1])
-                by_weight["A"].append((name, str(x.path), str(y.path),
-                                       similarity(directions(mx.a, mx.rank), directions(my.a, my.rank))))
-                by_weight["ΔW"].append((name, str(x.path), str(y.path),
-                                        similarity(directions(mx.delta, mx.rank), directions(my.delta, my.rank))))
-        out += [Comparison(label, pair_ranks, w, phis, sizes) for w, phis in by_weight.items() if phis]
-    if not out:
+    if not any(pairs.values()):
         shown = "; ".join(f"r={r}: seeds {', '.join(map(str, seeds[r]))}" for r in (low, high))
-        raise ConfigError(f"subspace: nothing to compare (no seed ran both ranks, no rank ran two seeds, or the "
-                          f"adapters share no module): {shown}")
+        raise ConfigError(f"subspace: nothing to compare (no seed ran both ranks and no rank ran two seeds): {shown}")
+    return pairs
+
+
+def _bases(run: Run) -> dict[str, dict[str, torch.Tensor]]:
+    """module -> {weight: its top directions (rows)} for each of WEIGHTS."""
+    return {u.name: {"A": directions(u.a, u.rank), "ΔW": directions(u.compact(), u.rank),
+                     "ΔW out": u.output_directions()} for u in module_updates(run.path)}
+
+
+def compare(runs: list[Run], low: int, high: int) -> list[Comparison]:
+    """φ for the two ranks at the same seed, and for two seeds of each rank; never empty."""
+    cache: dict[Path, dict[str, dict[str, Any]]] = {}
+    out = []
+    for (label, pair_ranks), runs_xy in _pairs(lora_runs(runs), low, high).items():
+        by_weight: dict[str, list] = {w: [] for w in WEIGHTS}
+        sizes: dict[str, dict[str, int]] = {w: {} for w in WEIGHTS}  # the space the directions live in
+        for x, y in runs_xy:
+            bx = cache[x.path] if x.path in cache else cache.setdefault(x.path, _bases(x))
+            by = cache[y.path] if y.path in cache else cache.setdefault(y.path, _bases(y))
+            for name in sorted(bx.keys() & by.keys()):
+                for w in WEIGHTS:
+                    sizes[w][name] = int(bx[name][w].shape[1])
+                    by_weight[w].append((name, str(x.path), str(y.path), similarity(bx[name][w], by[name][w])))
+        out += [Comparison(label, pair_ranks, w, phis, sizes[w]) for w, phis in by_weight.items() if phis]
+    if not out:
+        raise ConfigError(f"subspace: the r={low} and r={high} adapters share no module")
     return out
 
 
@@ -146,12 +151,19 @@ def _at(phi: torch.Tensor, i: int, j: int) -> float:
     return float(phi[i - 1, j - 1])
 
 
-def columns(c: Comparison, low: int) -> list[tuple[int, int]]:
-    """Across ranks: φ(1,1), φ(1,r_y), φ(r_x,r_x), φ(r_x,r_y); across seeds: φ(1,1), φ(low,low), φ(r,r)."""
+def columns(c: Comparison, low: int) -> list[tuple[str, int, int]]:
+    """(label, i, j). Across ranks: φ(1,1), φ(1,r_y), φ(r_x,r_x), φ(r_x,r_y); across seeds of rank r:
+    φ(1,1), φ(low,low), φ(r,r). A column whose label repeats another's is left out."""
     rx, ry = c.ranks
     if rx != ry:
-        return [(1, 1), (1, ry), (rx, rx), (rx, ry)]
-    return [(1, 1), (min(low, rx), min(low, rx)), (rx, ry)]
+        wanted = [(f"φ({i},{j})", i, j) for i, j in ((1, 1), (1, ry), (rx, rx), (rx, ry))]
+    else:
+        wanted = [("φ(1,1)", 1, 1), (f"φ({low},{low})", min(low, rx), min(low, rx)), ("φ(r,r)", rx, ry)]
+    out: list[tuple[str, int, int]] = []
+    for label, i, j in wanted:  # by label, so that every row of a table has the same columns
+        if label not in [o[0] for o in out]:
+            out.append((label, i, j))
+    return out
 
 
 def to_markdown(comparisons: list[Comparison], low: int, high: int) -> str:
@@ -163,20 +175,20 @@ def to_markdown(comparisons: list[Comparison], low: int, high: int) -> str:
         chosen = [c for c in comparisons if (c.ranks[0] != c.ranks[1]) == (across == "ranks")]
         if not chosen:
             continue
-        head = (f"φ(1,1) | φ(1,{high}) | φ({low},{low}) | φ({low},{high})" if across == "ranks"
-                else f"φ(1,1) | φ({low},{low}) | φ(r,r)")
-        lines += [f"Across {across}:", "", f"| pair | weight | modules | modules × pairs | {head} |",
-                  "|---|---|---|---:|" + "---:|" * head.count("|") + "---:|"]
+        head = [label for label, _, _ in columns(chosen[0], low)]
+        lines += [f"Across {across}:", "", f"| pair | weight | modules | modules × pairs | {' | '.join(head)} |",
+                  "|---|---|---|---:|" + "---:|" * len(head)]
         for kind in chosen[0].kinds() + ([""] if len(chosen[0].kinds()) > 1 else []):
             name = kind or "all"
             for c in chosen:
                 phi = c.mean(kind)
                 lines.append(f"| {c.label} | {c.weight} | {name} | {len(c.modules(kind))} | "
-                             + " | ".join(f"{_at(phi, i, j):.3f}" for i, j in columns(c, low)) + " |")
-            for c in {c.ranks: c for c in chosen}.values():  # one chance row per pair of ranks
-                rank = "" if across == "ranks" else f", r={c.ranks[0]}"
-                lines.append(f"| random subspaces{rank} (expected) | | {name} | | "
-                             + " | ".join(f"{c.chance(i, j, kind):.3f}" for i, j in columns(c, low)) + " |")
+                             + " | ".join(f"{_at(phi, i, j):.3f}" for _, i, j in columns(c, low)) + " |")
+            for c in {(c.ranks, c.weight == "ΔW out"): c for c in chosen}.values():  # chance: per ranks and space
+                what = ("" if across == "ranks" else f", r={c.ranks[0]}") + (", outputs" if c.weight == "ΔW out"
+                                                                             else ", inputs")
+                lines.append(f"| random subspaces{what} (expected) | | {name} | | "
+                             + " | ".join(f"{c.chance(i, j, kind):.3f}" for _, i, j in columns(c, low)) + " |")
         lines.append("")
     return "\n".join(lines)
 
@@ -198,7 +210,8 @@ def to_csv(comparisons: list[Comparison], low: int) -> str:
 def plot(plt: Any, comparisons: list[Comparison]):
     """Heat maps of the mean φ(i, j), as the paper's figures 3 and 4: one per pair kind and weight."""
     labels = list(dict.fromkeys(c.label for c in comparisons))
-    fig, axes = plt.subplots(len(WEIGHTS), len(labels), figsize=(4.2 * len(labels), 6.4), squeeze=False)
+    fig, axes = plt.subplots(len(WEIGHTS), len(labels), figsize=(4.2 * len(labels), 3.2 * len(WEIGHTS)),
+                             squeeze=False)
     for c in comparisons:
         ax = axes[WEIGHTS.index(c.weight)][labels.index(c.label)]
         phi = c.mean().numpy()
