@@ -116,8 +116,11 @@ def test_bad_first_seeds_are_refused(seeds, message):
 
 def test_a_real_seed_budget_sweep_adds_a_round_and_reports_its_decision(tmp_path, cache_dir):
     folder = tmp_path / "sweep"
-    proc = run_cli("peftlab-train", "-m", "hydra/sweeper=seed_budget", "hydra.sweeper.metric=test.loss",
-                   "hydra.sweeper.half_width=1e-9", "hydra.sweeper.min_seeds=2", "hydra.sweeper.max_seeds=3",
+    # with Hydra's basic launcher (the budget hands its rounds to any launcher; the default one adds a
+    # process start per job)
+    proc = run_cli("peftlab-train", "-m", "hydra/sweeper=seed_budget", "hydra/launcher=basic",
+                   "hydra.sweeper.metric=test.loss", "hydra.sweeper.half_width=1e-9", "hydra.sweeper.min_seeds=2",
+                   "hydra.sweeper.max_seeds=3",
                    "debug=tiny", "trainer.max_steps=2", "zero_shot=false", "forgetting=null", "merge_after=false",
                    "save_adapter=false", f"hydra.sweep.dir={folder}")
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -130,9 +133,10 @@ def test_a_real_seed_budget_sweep_adds_a_round_and_reports_its_decision(tmp_path
 
 
 def test_a_seed_budget_metric_the_runs_do_not_report_is_named(tmp_path, cache_dir):
-    proc = run_cli("peftlab-train", "-m", "hydra/sweeper=seed_budget", "hydra.sweeper.metric=test.nope",
-                   "hydra.sweeper.min_seeds=2", "debug=tiny", "trainer.max_steps=1", "zero_shot=false",
-                   "forgetting=null", "merge_after=false", "save_adapter=false", f"hydra.sweep.dir={tmp_path / 's'}")
+    proc = run_cli("peftlab-train", "-m", "hydra/sweeper=seed_budget", "hydra/launcher=basic",
+                   "hydra.sweeper.metric=test.nope", "hydra.sweeper.min_seeds=2", "debug=tiny", "trainer.max_steps=1",
+                   "zero_shot=false", "forgetting=null", "merge_after=false", "save_adapter=false",
+                   f"hydra.sweep.dir={tmp_path / 's'}")
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1] == (
         f"peftlab-train: error: hydra.sweeper.metric: 'test.nope' is not in {tmp_path / 's' / '0' / 'metrics.json'}")
