@@ -46,7 +46,8 @@ def main() -> None:
     print(f"{args.jobs} jobs: {' '.join(QUICK + args.extra)}")
     print(f"  basic   (one process)       {basic:7.1f} s  ({basic / args.jobs:.1f} s a job)")
     print(f"  process (one process a job) {process:7.1f} s  ({process / args.jobs:.1f} s a job)")
-    print(f"  one process per job costs {(process - basic) / args.jobs:+.1f} s a job ({process / basic:.2f}x the sweep)")
+    cost = (process - basic) / args.jobs
+    print(f"  one process per job costs {cost:+.1f} s a job ({process / basic:.2f}x the sweep)")
     print(f"  peak RSS per job, MiB: basic {', '.join(f'{p:.0f}' for p in basic_peaks)}")
     print(f"                         process {', '.join(f'{p:.0f}' for p in process_peaks)}")
 
