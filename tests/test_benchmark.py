@@ -95,3 +95,14 @@ def test_a_packed_batch_has_the_loss_of_the_padded_batch(cache_dir):
     joined = {**bench.packed(examples)}
     joined.pop("position_ids")
     assert not torch.allclose(bench.lean_loss(body, head, joined), losses[0], atol=1e-3)
+
+
+@pytest.mark.integration
+def test_the_launcher_benchmark_times_both_launchers_and_shows_each_jobs_peak(cache_dir):
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "benchmark_launcher.py"), "--jobs", "2"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    assert lines[1].startswith("  basic   (one process)") and lines[2].startswith("  process (one process a job)")
+    assert lines[3].startswith("  one process per job costs ") and "x the sweep)" in lines[3]
+    assert len(lines[4].split(":")[1].split(",")) == 2 and len(lines[5].split("process")[1].split(",")) == 2
