@@ -232,3 +232,39 @@ def test_evaluation_batches_go_longest_first_unless_only_some_are_evaluated(cach
     assert min(lengths[i] for i in first["position"]) >= sorted(lengths, reverse=True)[n - 1]  # its longest
     part = TaskDataModule(task, bb.tokenizer, limits={"test": 1})  # one batch: the split's own first examples
     assert next(iter(part.test_dataloader()))["position"] == list(range(n))
+
+
+def _parse_number_words(text: str) -> int:
+    """English number words back to an int: the shipped numbers task checked by a second route."""
+    import re
+
+    small = {w: i for i, w in enumerate(
+        "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
+        "seventeen eighteen nineteen".split())}
+    small |= {w: 10 * i for i, w in enumerate("twenty thirty forty fifty sixty seventy eighty ninety".split(), 2)}
+    total = current = 0
+    for word in re.split(r"[\s,-]+", text.lower().strip()):
+        if word in ("and", ""):
+            continue
+        if word in small:
+            current += small[word]
+        elif word == "hundred":
+            current *= 100
+        else:
+            total += current * {"thousand": 10**3, "million": 10**6, "billion": 10**9}[word]
+            current = 0
+    return total + current
+
+
+def test_builtin_numbers_task_answers_are_the_numbers_its_prompts_spell():
+    import re
+
+    cfg = validate(compose(["data=numbers"])).data
+    splits = load_splits(cfg)
+    assert {k: len(v) for k, v in splits.items()} == {"train": 2000, "val": 64, "test": 128}
+    seen = [{r["response"] for r in rows} for rows in splits.values()]
+    assert not (seen[0] & seen[1]) and not (seen[0] & seen[2]) and not (seen[1] & seen[2])
+    spelled = re.compile(r"^(?:.*: |What is |Write )(.+?)(?: written as a number\?| using digits only\.|$)")
+    for row in (r for rows in splits.values() for r in rows):
+        assert _parse_number_words(spelled.search(row["prompt"]).group(1)) == int(row["response"]), row
+        assert re.fullmatch(r"0|[1-9]\d{0,9}", row["response"])  # digits only: never the dates task's YYYY-MM-DD

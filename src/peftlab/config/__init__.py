@@ -12,6 +12,7 @@ from pathlib import Path
 from hydra.core.config_store import ConfigStore
 
 from peftlab.config.commands import (
+    CombineSchema,
     EvalSchema,
     GenerateSchema,
     MergeSchema,
@@ -44,7 +45,8 @@ def register_schemas() -> None:
                         ("trainer", TrainerSchema), ("paths", PathsSchema), ("preference", PreferenceSchema)):
         cs.store(group=f"schema/{group}", name="base", node=node)
     for name, node in (("train", TrainSchema), ("eval", EvalSchema), ("params", ParamsSchema),
-                       ("merge", MergeSchema), ("report", ReportSchema), ("generate", GenerateSchema)):
+                       ("merge", MergeSchema), ("report", ReportSchema), ("generate", GenerateSchema),
+                       ("combine", CombineSchema)):
         cs.store(name=f"schema_{name}", node=node)
     # hydra/launcher=process and hydra/sweeper=seed_budget: their modules store their configs
     import hydra_plugins.peftlab_sweeps.process_launcher  # noqa: F401

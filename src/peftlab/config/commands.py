@@ -172,6 +172,53 @@ class MergeSchema:
         _check(t is None or 0 < t <= 1, "min_top1", "must be in (0, 1] or null", t)
 
 
+# peft's add_weighted_adapter, every type it has for LoRA: task arithmetic on A and B (linear),
+# stacking (cat: the exact weighted sum of the updates), that sum refactored by SVD (svd), and TIES,
+# DARE and magnitude pruning on A and B or, with _svd, on the updates
+COMBINATION_TYPES = ("linear", "cat", "svd", "ties", "ties_svd", "dare_linear", "dare_ties", "dare_linear_svd",
+                     "dare_ties_svd", "magnitude_prune", "magnitude_prune_svd")
+EQUAL_RANKS = ("linear", "ties", "dare_linear", "dare_ties", "magnitude_prune")  # combine A and B entry by entry
+PRUNING = tuple(t for t in COMBINATION_TYPES if t.startswith(("ties", "dare", "magnitude")))  # read ``density``
+SIGN_ELECTING = tuple(t for t in COMBINATION_TYPES if "ties" in t)  # read ``majority_sign_method``
+
+
+@dataclass
+class CombineSchema:
+    """Everything ``peftlab-combine`` reads: the run folders whose adapters are combined, and how."""
+
+    runs: List[str] = MISSING  # finished peftlab-train run folders: one base, one method
+    weights: Optional[List[float]] = None  # one per run, negative to subtract a skill; null: 1.0 each
+    combination_type: str = "linear"  # one of COMBINATION_TYPES
+    density: float = 0.5  # the share of entries kept (the pruning types: ties*, dare*, magnitude_prune*)
+    majority_sign_method: str = "total"  # how TIES elects each entry's sign: total or frequency
+    svd_rank: Optional[int] = None  # the *svd types' rank; null: the largest source rank
+    evaluate: bool = True  # every source alone and the combination, on every source's test split
+    max_test_examples: Optional[int] = None  # null: each whole test split
+    forgetting: Optional[ForgettingSchema] = field(default_factory=ForgettingSchema)  # null: not measured
+    trust_remote_code: bool = False  # a run folder's own setting is never obeyed: the user decides here
+    paths: PathsSchema = MISSING
+    seed: int = 42  # DARE's random drops
+
+    def __post_init__(self) -> None:
+        _check(len(self.runs) > 0, "runs", "must name at least one run folder", list(self.runs))
+        _one_of("combination_type", self.combination_type, COMBINATION_TYPES)
+        w = self.weights
+        if w is not None:
+            _check(len(w) == len(self.runs), "weights", f"must have one weight per run ({len(self.runs)})", list(w))
+            _check(all(math.isfinite(x) and x != 0 for x in w), "weights", "must be finite and non-zero", list(w))
+        _check(0 < self.density <= 1, "density", "must be in (0, 1]", self.density)
+        _one_of("majority_sign_method", self.majority_sign_method, ("total", "frequency"))
+        _check(self.svd_rank is None or self.svd_rank > 0, "svd_rank", "must be > 0 or null", self.svd_rank)
+        _check(self.svd_rank is None or self.combination_type.endswith("svd"), "svd_rank",
+               f"applies to the *svd combination types only, not combination_type={self.combination_type}",
+               self.svd_rank)
+        m = self.max_test_examples
+        _check(m is None or m > 0, "max_test_examples", "must be > 0 or null", m)
+
+    def run_weights(self) -> list[float]:
+        return [1.0] * len(self.runs) if self.weights is None else [float(x) for x in self.weights]
+
+
 @dataclass
 class ReportSchema:
     """Everything ``peftlab-report`` reads."""

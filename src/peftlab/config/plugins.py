@@ -36,6 +36,8 @@ class Capabilities:
     # bf16_base was shown equivalent in quality to fp32 (docs/results/precision.md): precision=auto
     # chooses it for this method where the hardware multiplies bf16 natively
     bf16_auto: bool = False
+    # the ways peft's add_weighted_adapter combines several of its adapters (peftlab-combine); () : none
+    combinations: tuple[str, ...] = ()
 
 
 @dataclass
@@ -53,6 +55,16 @@ class MethodSchema:
         if self.capabilities.starts_as_base:
             return ""
         return f"a fresh method={self.name} adapter already changes the model"
+
+    def combine_refusal(self, combination_type: str) -> str:
+        """Why this run's adapter cannot take part in a ``combination_type`` combination ("" when
+        it can); a method module extends it with what its own settings rule out."""
+        allowed = self.capabilities.combinations
+        if not allowed:
+            return f"method={self.name} adapters cannot be combined (peft combines LoRA and IA3 adapters)"
+        if combination_type not in allowed:
+            return f"method={self.name} adapters combine by {', '.join(allowed)} only"
+        return ""
 
     def check(self, run: Any) -> list[str]:
         """Problems with this method in ``run`` (a validated top-level config), one line each."""

@@ -43,5 +43,5 @@ def build(cfg: IA3Schema, ctx: BuildContext) -> Any:
 register_method(
     "ia3", IA3Schema, build,
     trains="vectors rescaling keys, values and feed-forward activations",
-    capabilities=Capabilities(mergeable=True, quantized_base=True),
+    capabilities=Capabilities(mergeable=True, quantized_base=True, combinations=("linear",)),
 )

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any, List, Optional
 
 from peftlab.config.checks import check, one_of
+from peftlab.config.commands import COMBINATION_TYPES
 from peftlab.config.plugins import Capabilities
 from peftlab.errors import ConfigError
 from peftlab.methods.base import BuildContext, MethodHooks, register_method
@@ -68,6 +69,15 @@ class LoraSchema(TargetedSchema):
         if self.init in MOVES_THE_BASE:
             return f"method.init={self.init} moves part of every targeted weight into the adapter"
         return super().adapter_off_differs()
+
+    def combine_refusal(self, combination_type: str) -> str:
+        found = super().combine_refusal(combination_type)
+        if not found and self.use_dora:
+            found = "method.use_dora=true: peft's add_weighted_adapter combines B and A but not DoRA's magnitudes"
+        if not found and self.use_rslora:
+            found = ("method.use_rslora=true: peft's add_weighted_adapter gives the combination lora_alpha = r, which "
+                     "rsLoRA scales by sqrt(r) instead of 1")
+        return found
 
     def check(self, run: Any) -> list[str]:
         problems = super().check(run)
@@ -145,7 +155,7 @@ def param_groups(model: Any, cfg: LoraSchema, lr: float) -> list[dict[str, Any]]
 register_method(
     "lora", LoraSchema, build,
     trains="low-rank updates B·A on the targeted layers (DoRA: plus a magnitude vector)",
-    capabilities=Capabilities(mergeable=True, quantized_base=True),
+    capabilities=Capabilities(mergeable=True, quantized_base=True, combinations=COMBINATION_TYPES),
     initialise=initialise,
     hooks=MethodHooks(param_groups=param_groups, save=save),
 )

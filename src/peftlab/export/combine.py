@@ -1,0 +1,144 @@
+"""Combine several runs' adapters of one base into one adapter (peft's ``add_weighted_adapter``):
+the library behind ``peftlab-combine``.
+
+Everything that can be refused is refused before a model loads, with one line naming the run
+folder: different bases, methods or task types; a method that cannot combine, or not by this type;
+unequal ranks where the type combines A and B entry by entry; two task heads. The combination is
+written as a plain peft adapter folder, reloaded and checked against the combination in memory
+before it is renamed into place.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from peftlab.config.commands import EQUAL_RANKS, PRUNING, SIGN_ELECTING, CombineSchema
+from peftlab.errors import ConfigError
+from peftlab.models import display_name
+from peftlab.models.adapters import AdapterBank, adapter_rank, read_adapter_config
+from peftlab.runs.config import read_run_config
+from peftlab.runs.files import atomic_path
+
+COMBINED = "combined"  # the combination's adapter name in the shared base
+
+
+@dataclass
+class Source:
+    """One run whose adapter takes part: its folder, its validated config, its name in the bank."""
+
+    run_dir: Path
+    run: Any  # a TrainSchema
+    name: str
+    weight: float
+
+    @property
+    def adapter(self) -> Path:
+        return self.run_dir / "adapter"
+
+
+def read_sources(conf: CombineSchema) -> list[Source]:
+    """The runs named by ``runs=``, read as data (their configs validated, never executed)."""
+    import peftlab.methods  # noqa: F401  (the method schemas a run's config names)
+
+    sources, seen = [], set()
+    for i, (folder, weight) in enumerate(zip(conf.runs, conf.run_weights(), strict=True)):
+        run_dir = Path(folder).expanduser()
+        if run_dir.resolve() in seen:
+            raise ConfigError(f"runs: {folder} is named twice")
+        seen.add(run_dir.resolve())
+        run = read_run_config(run_dir, trust_remote_code=conf.trust_remote_code)
+        sources.append(Source(run_dir, run, f"{i}_{run.data.name}", weight))
+    return sources
+
+
+def _base(run: Any) -> dict[str, Any]:
+    """What identifies a run's base model (not the switches a reader sets: remote code, local files)."""
+    reader = ("trust_remote_code", "local_files_only")
+    return {k: v for k, v in dataclasses.asdict(run.model).items() if k not in reader}
+
+
+def check_sources(sources: list[Source], conf: CombineSchema) -> None:
+    """Every refusal that needs no model, one line each, naming the run folder."""
+    first = sources[0]
+    kind = conf.combination_type
+    for s in sources:
+        if _base(s.run) != _base(first.run):
+            raise ConfigError(f"runs: {s.run_dir} adapts {display_name(s.run.model)} and {first.run_dir} adapts "
+                              f"{display_name(first.run.model)}: only adapters of one base combine")
+        if s.run.method.name != first.run.method.name:
+            raise ConfigError(f"runs: {s.run_dir} trained method={s.run.method.name} and {first.run_dir} "
+                              f"method={first.run.method.name}: only adapters of one method combine")
+        if s.run.data.task_type != first.run.data.task_type:
+            raise ConfigError(f"runs: {s.run_dir} is a {s.run.data.task_type} run and {first.run_dir} a "
+                              f"{first.run.data.task_type} run: their models have different heads")
+        why = s.run.method.combine_refusal(kind)
+        if why:
+            raise ConfigError(f"runs: {s.run_dir}: {why}")
+        config = read_adapter_config(s.adapter)
+        if len(sources) > 1 and config.get("modules_to_save"):
+            raise ConfigError(f"runs: {s.run_dir} trains its own task head (modules_to_save): peft cannot combine "
+                              "two adapters' heads")
+    if kind in EQUAL_RANKS:
+        ranks = {s.run_dir: adapter_rank(read_adapter_config(s.adapter)) for s in sources}
+        if len(set(map(str, ranks.values()))) > 1:
+            shown = ", ".join(f"{d} r={r}" + (f" (per module: {p})" if p else "") for d, (r, p) in ranks.items())
+            raise ConfigError(f"combination_type={kind} combines A and B entry by entry and needs equal ranks, "
+                              f"got {shown}; cat and the *svd types take any ranks")
+
+
+def options_used(conf: CombineSchema) -> dict[str, Any]:
+    """The options this combination type reads (the others are recorded as not used)."""
+    kind = conf.combination_type
+    return {"combination_type": kind,
+            "density": conf.density if kind in PRUNING else None,
+            "majority_sign_method": conf.majority_sign_method if kind in SIGN_ELECTING else None,
+            "svd_rank": conf.svd_rank if kind.endswith("svd") else None}
+
+
+def combine(bank: AdapterBank, sources: list[Source], conf: CombineSchema, name: str = COMBINED) -> None:
+    """Add the combination to ``bank`` as adapter ``name`` (DARE's random drops seeded by ``seed``)."""
+    import torch
+
+    add = bank.model.add_weighted_adapter
+    takes = inspect.signature(add).parameters  # IA3's takes weights only: its one type is linear
+    kwargs = {k: v for k, v in options_used(conf).items() if k in takes and (v is not None or k == "svd_rank")}
+    torch.manual_seed(conf.seed)
+    try:
+        add([s.name for s in sources], [s.weight for s in sources], name, **kwargs)
+    except (ValueError, TypeError, RuntimeError) as err:
+        raise ConfigError(f"combination_type={conf.combination_type}: {str(err).splitlines()[0]}") from None
+    bank.names.append(name)
+
+
+def save_combined(bank: AdapterBank, out: Path, batch: dict[str, Any], name: str = COMBINED) -> dict[str, Any]:
+    """Write adapter ``name`` to ``out`` as a plain peft folder (with the tokenizer), reload it into
+    the bank and check that it gives the same logits on ``batch`` before it is renamed into place;
+    returns the check."""
+    import torch
+
+    with atomic_path(out) as tmp:
+        bank.model.save_pretrained(tmp, selected_adapters=[name])  # peft writes a named adapter in tmp/<name>/
+        for path in (tmp / name).iterdir():
+            path.rename(tmp / path.name)
+        (tmp / name).rmdir()
+        bank.tokenizer.save_pretrained(tmp)
+        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+        with torch.no_grad(), bank.use(name) as model:
+            expected = model(**inputs).logits
+        bank.add("reloaded", tmp)
+        try:
+            with torch.no_grad(), bank.use("reloaded") as model:
+                got = model(**inputs).logits
+        finally:
+            bank.model.set_adapter(name)
+            bank.model.delete_adapter("reloaded")
+            bank.names.remove("reloaded")
+        error = float((expected - got).abs().max())
+        if not error == 0.0:
+            raise ConfigError(f"{out}: the saved combination reloads with logits {error:.3g} away from the one "
+                              "in memory; nothing was kept")
+    return {"reloaded_max_abs_error": error}
