@@ -4,8 +4,10 @@
     peftlab-eval run_dir=outputs/runs/<stamp>            # the run's adapter on the run's task
     peftlab-eval run_dir=outputs/runs/<stamp> split=val
     peftlab-eval model=smollm2_135m data=dates           # the untouched base model
+    peftlab-eval runs=[outputs/multiruns/<stamp>] data=numbers   # every adapter of a sweep, one base load
 
-Writes ``eval.json`` and ``predictions.jsonl`` into its own folder (outputs/evals/<stamp>/).
+Writes ``eval.json`` and ``predictions.jsonl`` into its own folder (outputs/evals/<stamp>/); with
+``runs=``, eval.json and eval.md hold one row per run and predictions/ one file per run.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ def _hydra_main(cfg: DictConfig) -> Optional[float]:
     from peftlab.engine.evaluate import evaluate_from_config
 
     report = evaluate_from_config(cfg, output_dir())
-    return report["metrics"].get(report["primary_metric"])
+    return report["metrics"].get(report["primary_metric"]) if "metrics" in report else None
 
 
 def main() -> None:

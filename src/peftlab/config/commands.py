@@ -90,6 +90,9 @@ class EvalSchema:
     hardware: HardwareSchema = MISSING
     paths: PathsSchema = MISSING
     run_dir: Optional[str] = None  # a peftlab-train run folder; null evaluates the base model alone
+    # many run folders (or sweep folders, for every finished run in them) scored in one process, each
+    # base loaded once for all the adapters of it; exclusive with run_dir
+    runs: Optional[List[str]] = None
     trust_remote_code: bool = False  # a run folder's own setting is never obeyed: the user decides here
     split: str = "test"
     seed: int = 42
@@ -97,6 +100,9 @@ class EvalSchema:
 
     def __post_init__(self) -> None:
         _one_of("split", self.split, ("val", "test"))
+        _check(self.runs is None or self.run_dir is None, "runs", "and run_dir exclude each other (give one)",
+               self.runs)
+        _check(self.runs is None or len(self.runs) > 0, "runs", "must name at least one folder", self.runs)
 
 
 @dataclass

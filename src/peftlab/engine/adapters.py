@@ -6,37 +6,48 @@ separate evaluations of each adapter (tests/test_many_adapters.py); peftlab-comb
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import json
 import logging
+from pathlib import Path
 from typing import Any, Optional
 
 from peftlab.engine.forgetting import mean_token_loss, read_text, windows
+from peftlab.errors import ConfigError
 from peftlab.export.verify import Evaluation, score_split
-from peftlab.models.adapters import AdapterBank
+from peftlab.models.adapters import AdapterBank, base_identity, read_adapter_config
 
 log = logging.getLogger("peftlab.adapters")
 
 BASE = None  # the name that stands for the base model alone, every adapter off
 
 
-def test_loader(task: Any, tokenizer: Any, seed: int, max_examples: Optional[int] = None):
-    """The task's test split as evaluation batches (its first ``max_examples`` examples)."""
+def test_loader(task: Any, tokenizer: Any, seed: int, max_examples: Optional[int] = None, split: str = "test",
+                limit_batches: Optional[float] = None):
+    """(task, loader): the task's ``split`` as evaluation batches (its first ``max_examples``
+    examples; ``limit_batches``: a number or share of its batches, as peftlab-eval takes it)."""
     from peftlab.data.datamodule import TaskDataModule
     from peftlab.tasks import make_task
 
     if max_examples is not None:
-        task = make_task(dataclasses.replace(task.data, max_eval_examples=max_examples))
-    data = TaskDataModule(task, tokenizer, seed=seed)
-    data.setup("test")
-    return task, data.test_dataloader()
+        task = make_task(dataclasses.replace(task.data, max_eval_examples=max_examples), run=task.run)
+    data = TaskDataModule(task, tokenizer, seed=seed, test_split=split, limits={"test": limit_batches})
+    loader = data.test_dataloader()
+    if limit_batches is not None:
+        total = len(loader)
+        keep = int(total * limit_batches) if limit_batches <= 1.0 else int(limit_batches)
+        return task, [b for _, b in zip(range(min(keep, total)), loader, strict=False)]
+    return task, loader
 
 
 def score_adapters(bank: AdapterBank, names: list[Optional[str]], tasks: list[Any], seed: int,
-                   max_examples: Optional[int] = None) -> dict[tuple[Optional[str], str], Evaluation]:
-    """(adapter name or None, task name) -> the test evaluation, for every adapter on every task."""
+                   max_examples: Optional[int] = None, split: str = "test",
+                   limit_batches: Optional[float] = None) -> dict[tuple[Optional[str], str], Evaluation]:
+    """(adapter name or None, task name) -> the evaluation of ``split``, for every adapter on every task."""
     found = {}
     for task in tasks:
-        task, loader = test_loader(task, bank.tokenizer, seed, max_examples)
+        task, loader = test_loader(task, bank.tokenizer, seed, max_examples, split, limit_batches)
         batches = list(loader)  # tokenised and collated once for every adapter
         for name in names:
             with bank.use(name) as model:
@@ -55,3 +66,60 @@ def prose_losses(bank: AdapterBank, names: list[Optional[str]], cfg: Any) -> dic
         with bank.use(name) as model:
             losses[name] = round(mean_token_loss(model, rows), 6)
     return losses
+
+
+def expand_runs(items: list[str]) -> list[Path]:
+    """``runs=``: run folders as given, and for a sweep folder every finished run in it, in job order."""
+    from peftlab.reporting.runs import find_runs
+
+    folders: list[Path] = []
+    for item in items:
+        folder = Path(item).expanduser()
+        if (folder / "config.yaml").is_file() and (folder / "adapter").is_dir():
+            found = [folder]
+        elif folder.is_dir() and (folder / "multirun.yaml").is_file():
+            found = [r.path for r in find_runs([folder])
+                     if r.status == "finished" and (r.path / "adapter").is_dir()]
+            if not found:
+                raise ConfigError(f"runs: the sweep folder {folder} holds no finished run")
+        else:
+            raise ConfigError(f"runs: {folder} is neither a finished peftlab-train run folder (config.yaml and "
+                              "adapter/) nor a sweep folder (multirun.yaml)")
+        folders += [f for f in found if f not in folders]
+    return folders
+
+
+def score_runs(conf: Any, folders: list[Path], runs: list[Any], tasks: list[Any]) -> tuple[list[dict[str, Any]], int]:
+    """Each run's adapter on its task's ``conf.split``; runs of one base, task type and adapter kind
+    share one loaded base. Returns (one row per run, in order; how many times a base was loaded)."""
+    groups: dict[str, list[int]] = {}
+    for i, (folder, run) in enumerate(zip(folders, runs, strict=True)):
+        config = Path(folder) / "adapter" / "adapter_config.json"
+        kind = read_adapter_config(folder / "adapter").get("peft_type") if config.is_file() else f"whole model {i}"
+        key = json.dumps([base_identity(run.model), tasks[i].name, kind], sort_keys=True, default=str)
+        groups.setdefault(key, []).append(i)
+    rows: list[Optional[dict[str, Any]]] = [None] * len(runs)
+    for members in groups.values():
+        first, bank, whole = members[0], None, None
+        if (folders[first] / "adapter" / "adapter_config.json").is_file():
+            bank = AdapterBank(runs[first].model, conf.paths.cache_dir, tasks[first], conf.precision.dtype)
+            for i in members:
+                bank.add(f"run{i}", folders[i] / "adapter")
+            tokenizer = bank.tokenizer
+        else:  # a run that saved its whole model (method=full) is a model of its own
+            from peftlab.models import load_run_model
+
+            whole, tokenizer = load_run_model(runs[first].model, folders[first], conf.paths.cache_dir, tasks[first],
+                                              conf.precision.dtype)
+        batches: dict[str, list] = {}
+        for i in members:
+            task, loader = test_loader(tasks[i], tokenizer, conf.seed, None, conf.split, conf.limit_batches)
+            batches.setdefault(task.data.name, list(loader))
+            with bank.use(f"run{i}") if bank is not None else contextlib.nullcontext(whole.eval()) as model:
+                found = score_split(model, task, tokenizer, batches[task.data.name])
+            rows[i] = {"run_dir": str(folders[i]), "model": runs[i].model.name_or_path or runs[i].model.name,
+                       "method": runs[i].method.name, "task": task.data.name, "task_type": task.name,
+                       "primary_metric": task.primary_metric, "examples": len(found.predictions),
+                       "metrics": found.metrics, "predictions": [{"prediction": p} for p in found.predictions]}
+            log.info("%s (%s) on %s: %s", folders[i], runs[i].method.name, task.data.name, found.metrics)
+    return [r for r in rows if r is not None], len(groups)

@@ -15,7 +15,7 @@ from peftlab.config import validate
 from peftlab.config.commands import EvalSchema, TrainSchema
 from peftlab.config.schema import DataSchema
 from peftlab.runs.config import read_run_config
-from peftlab.runs.files import write_json, write_jsonl
+from peftlab.runs.files import atomic_path, write_json, write_jsonl
 from peftlab.runs.folders import check_fresh_run_dir
 from peftlab.runs.locks import folder_lock
 from peftlab.runs.metrics import versions
@@ -46,6 +46,9 @@ def evaluate_from_config(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
 
 
 def _evaluate(conf: EvalSchema, out_dir: Path) -> dict[str, Any]:
+    if conf.runs is not None:
+        return _evaluate_many(conf, out_dir, list(HydraConfig.get().overrides.task) if HydraConfig.initialized()
+                              else [])
     run_dir = Path(conf.run_dir) if conf.run_dir else None
     model_cfg, data_cfg, method = conf.model, conf.data, None
     if run_dir is not None:  # the run folder says which model and task; never whether to run remote code
@@ -77,3 +80,35 @@ def _evaluate(conf: EvalSchema, out_dir: Path) -> dict[str, Any]:
              data_cfg.name, conf.split, metrics)
     log.info("written: %s", out_dir / "eval.json")
     return report
+
+
+def _evaluate_many(conf: EvalSchema, out_dir: Path, overrides: list[str]) -> dict[str, Any]:
+    """``runs=``: every run scored on its own task (or on ``data=``), each base loaded once for all
+    the adapters of it (engine/adapters.py); eval.json and eval.md hold one row per run."""
+    from peftlab.engine.adapters import expand_runs, score_runs
+
+    folders = expand_runs(conf.runs)
+    runs = [read_run_config(d, trust_remote_code=conf.trust_remote_code) for d in folders]
+    data_given = any(o.startswith("data=") for o in overrides)
+    tasks = [make_task(conf.data if data_given else _run_data(run, overrides), run=run) for run in runs]
+    rows, loads = score_runs(conf, folders, runs, tasks)
+    report = {"split": conf.split, "runs": rows, "base_loads": loads, "versions": versions()}
+    (out_dir / "predictions").mkdir(exist_ok=True)
+    for i, row in enumerate(rows):
+        write_jsonl(out_dir / "predictions" / f"{i}.jsonl", row.pop("predictions"))
+    table = many_table(rows)
+    with atomic_path(out_dir / "eval.md", overwrite=True) as tmp:
+        tmp.write_text(table + "\n")
+    write_json(out_dir / "eval.json", report)
+    log.info("%d runs on %s, %d base load(s)\n%s", len(rows), conf.split, loads, table)
+    log.info("written: %s", out_dir / "eval.json")
+    return report
+
+
+def many_table(rows: list[dict[str, Any]]) -> str:
+    lines = ["| run | method | task | metric | value | loss |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        m = r["primary_metric"]
+        lines.append(f"| {r['run_dir']} | {r['method']} | {r['task']} | {m} | {r['metrics'][m]:.4f} | "
+                     f"{r['metrics'].get('loss', float('nan')):.4f} |")
+    return "\n".join(lines)

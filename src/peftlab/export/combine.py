@@ -10,7 +10,6 @@ before it is renamed into place.
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import Any
 from peftlab.config.commands import EQUAL_RANKS, PRUNING, SIGN_ELECTING, CombineSchema
 from peftlab.errors import ConfigError
 from peftlab.models import display_name
-from peftlab.models.adapters import AdapterBank, adapter_rank, read_adapter_config
+from peftlab.models.adapters import AdapterBank, adapter_rank, base_identity, read_adapter_config
 from peftlab.runs.config import read_run_config
 from peftlab.runs.files import atomic_path
 
@@ -55,18 +54,12 @@ def read_sources(conf: CombineSchema) -> list[Source]:
     return sources
 
 
-def _base(run: Any) -> dict[str, Any]:
-    """What identifies a run's base model (not the switches a reader sets: remote code, local files)."""
-    reader = ("trust_remote_code", "local_files_only")
-    return {k: v for k, v in dataclasses.asdict(run.model).items() if k not in reader}
-
-
 def check_sources(sources: list[Source], conf: CombineSchema) -> None:
     """Every refusal that needs no model, one line each, naming the run folder."""
     first = sources[0]
     kind = conf.combination_type
     for s in sources:
-        if _base(s.run) != _base(first.run):
+        if base_identity(s.run.model) != base_identity(first.run.model):
             raise ConfigError(f"runs: {s.run_dir} adapts {display_name(s.run.model)} and {first.run_dir} adapts "
                               f"{display_name(first.run.model)}: only adapters of one base combine")
         if s.run.method.name != first.run.method.name:

@@ -79,6 +79,14 @@ class AdapterBank:
             yield self.model
 
 
+def base_identity(model_cfg: ModelSchema) -> dict[str, Any]:
+    """What identifies a base model (not the switches a reader sets: remote code, local files)."""
+    import dataclasses
+
+    reader = ("trust_remote_code", "local_files_only")
+    return {k: v for k, v in dataclasses.asdict(model_cfg).items() if k not in reader}
+
+
 def adapter_rank(config: dict[str, Any]) -> tuple[int, dict[str, int]]:
     """A LoRA adapter's rank and per-module ranks, from its saved config."""
     return int(config.get("r") or 0), dict(config.get("rank_pattern") or {})
