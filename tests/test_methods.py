@@ -39,12 +39,48 @@ CELLS = [(m, f) for m in sorted(METHODS) for f in FAMILIES
          if TASK_TYPES[FAMILIES[f][1]] in served_task_types(METHODS[m].capabilities)]
 
 
+def _tuner_cells() -> list[tuple[str, str]]:
+    """Every peft tuner that passed the capability probe (method=peft), on the family of each task
+    type it passed: ``peft:<PEFT_TYPE>``."""
+    from peftlab.methods.generic import probe_results
+
+    family = {"causal_lm": "llama", "seq_cls": "bert_cls"}
+    # adaption prompt replaces each attention module by a wrapper: the matrix's by-name view of the
+    # backbone's weights does not apply to it (the probe trains, reloads and switches it off)
+    views_differ = {"ADAPTION_PROMPT"}
+    return [(f"peft:{name}", family[kind]) for name, result in probe_results().items() if name not in views_differ
+            for kind, found in result["tasks"].items() if found["passed"] and kind in family]
+
+
+TUNER_CELLS = _tuner_cells()
+
+
+def hydra_value(value) -> str:
+    """A value as a Hydra override writes it."""
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{k}:{hydra_value(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(hydra_value(v) for v in value) + "]"
+    return str(value)
+
+
+def method_overrides(method: str, family: str) -> list[str]:
+    """``method=<name>``, or for a probed tuner ``method=peft`` with the options the probe gave it."""
+    if not method.startswith("peft:"):
+        return [f"method={method}"]
+    from peftlab.methods.generic import probe_results
+
+    name = method.split(":", 1)[1]
+    options = probe_results()[name]["tasks"][TASK_TYPES[FAMILIES[family][1]]].get("options", {})
+    return ["method=peft", f"method.peft_type={name}", f"method.options={hydra_value(options)}"]
+
+
 def setup_cell(method: str, family: str, cache_dir, extra=()):
     from peftlab.data.datamodule import TaskDataModule
 
     model_name, data_name, overrides = FAMILIES[family]
-    conf, task, bb = build([f"model={model_name}", f"data={data_name}", f"method={method}", *overrides, *extra],
-                           cache_dir)
+    conf, task, bb = build([f"model={model_name}", f"data={data_name}", *method_overrides(method, family), *overrides,
+                            *extra], cache_dir)
     return conf, task, bb, TaskDataModule(task, bb.tokenizer, seed=0)
 
 
@@ -67,7 +103,7 @@ def base_view(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
             for name, p in base.named_parameters(remove_duplicate=False)}
 
 
-@pytest.mark.parametrize("method,family", CELLS)
+@pytest.mark.parametrize("method,family", CELLS + TUNER_CELLS)
 def test_method_cell(method, family, cache_dir, tmp_path):
     from peft import PeftModel
 

@@ -31,7 +31,7 @@ def count(conf: ParamsSchema) -> dict[str, Any]:
     if task_type not in conf.model.tasks:
         raise ConfigError(f"task_type={task_type} does not fit model={conf.model.name}, "
                           f"which serves {', '.join(conf.model.tasks)}")
-    if not type(conf.method).capabilities.meta_device:
+    if not conf.method.capabilities.meta_device:
         raise ConfigError(f"method={conf.method.name} cannot be counted on the meta device")
     task = task_class(task_type)(data=None, labels=["label_0", "label_1"])  # a two-class head where a task has one
     backbone = build_on_meta(conf.model, task, conf.paths.cache_dir)

@@ -57,7 +57,7 @@ def train_from_config(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         log.info("done\n%s", summary(metrics, task, run_dir))
         # after the job has returned, so that the training model, optimizer and trainer are freed: the
         # merge loads the saved adapter afresh
-        if conf.merge_after and metrics.get("adapter") and type(conf.method).capabilities.mergeable:
+        if conf.merge_after and metrics.get("adapter") and conf.method.capabilities.mergeable:
             metrics["merge"] = merge_after(conf, run_dir, metrics)
             write_metrics(run_dir, metrics)
     return metrics

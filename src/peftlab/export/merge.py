@@ -47,9 +47,8 @@ class VerificationError(PeftlabError):
 
 
 def check_mergeable(run_dir: Path, run) -> None:
-    schema = type(run.method)
-    if not schema.capabilities.mergeable:
-        raise ConfigError(f"run_dir: method={run.method.name} cannot be merged: {schema.not_mergeable}; the "
+    if not run.method.capabilities.mergeable:
+        raise ConfigError(f"run_dir: method={run.method.name} cannot be merged: {run.method.not_mergeable}; the "
                           f"adapter folder {run_dir / 'adapter'} is the deployable artefact")
 
 

@@ -41,14 +41,12 @@ def git_commit() -> str | None:
 
 def versions() -> dict[str, Any]:
     """The versions a run records: python, the training libraries, peftlab and its git commit."""
-    import lightning
-    import peft
-    import torch
-    import transformers
+    import importlib
 
-    return {"python": platform.python_version(), "torch": torch.__version__,
-            "transformers": transformers.__version__, "peft": peft.__version__,
-            "lightning": lightning.__version__, "peftlab": _installed_version("peftlab"), "git_commit": git_commit()}
+    libraries = ("torch", "transformers", "peft", "lightning")
+    return {"python": platform.python_version(),
+            **{name: importlib.import_module(name).__version__ for name in libraries},
+            "peftlab": _installed_version("peftlab"), "git_commit": git_commit()}
 
 
 def _installed_version(name: str) -> str | None:

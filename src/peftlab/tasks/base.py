@@ -34,6 +34,8 @@ class Task:
     metric_names: ClassVar[tuple[str, ...]]  # what evaluation reports on a test split
     probe_name: ClassVar[str]  # what ``probe`` returns, in words (merge reports)
     takes_preference: ClassVar[bool] = False  # trains with the run's preference settings
+    # (tiny model, shipped data) the peft tuner probe (engine/probe.py) runs this task type on; None: not probed
+    probe_setup: ClassVar[Optional[tuple[str, str]]] = None
 
     @classmethod
     def merge_metrics(cls) -> tuple[str, ...]:

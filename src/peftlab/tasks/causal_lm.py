@@ -66,6 +66,7 @@ class CausalLMTask(GeneratesText, Task):
     peft_task_type = "CAUSAL_LM"
     primary_metric = "exact_match"
     metric_names = ("exact_match", "loss", "perplexity")
+    probe_setup = ("tiny_llama", "dates")
 
     def encoder(self, tokenizer: Any) -> Callable[[dict[str, Any], str], dict[str, Any]]:
         d = self.data

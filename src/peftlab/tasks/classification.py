@@ -19,6 +19,7 @@ class ClassificationTask(Task):
     primary_metric = "accuracy"
     metric_names = ("accuracy", "macro_f1", "loss")
     probe_name = "predicted labels"
+    probe_setup = ("tiny_bert", "reviews")
 
     @classmethod
     def auto_class(cls) -> Any:

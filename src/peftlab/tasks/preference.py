@@ -43,7 +43,7 @@ class PreferenceTask(GeneratesText, Task):
 
     def check(self, run: Any) -> list[str]:
         problems = super().check(run)
-        mode, can = self.settings.reference, type(run.method).capabilities
+        mode, can = self.settings.reference, run.method.capabilities
         if mode == "adapter_off" and not can.adapter:
             problems.append(f"preference.reference=adapter_off: method={run.method.name} has no adapter to switch off; "
                             "use preference.reference=separate (a second copy of the model) or precomputed")
