@@ -106,3 +106,15 @@ def test_the_launcher_benchmark_times_both_launchers_and_shows_each_jobs_peak(ca
     assert lines[1].startswith("  basic   (one process)") and lines[2].startswith("  process (one process a job)")
     assert lines[3].startswith("  one process per job costs ") and "x the sweep)" in lines[3]
     assert len(lines[4].split(":")[1].split(",")) == 2 and len(lines[5].split("process")[1].split(",")) == 2
+
+
+@pytest.mark.integration
+def test_the_many_adapters_benchmark_compares_both_routes_on_the_same_scores(cache_dir):
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "benchmark_many_adapters.py"), "--model",
+                           "tiny_llama", "--adapters", "2", "--examples", "8", "--cache", str(cache_dir)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    assert lines[1].startswith("  separate evaluations: ") and lines[2].startswith("  one base, adapters switched: ")
+    assert lines[3].startswith("  time ratio separate/one base: ") and lines[3].endswith("the same test losses: True")
+    assert lines[4].startswith("  forward of 8 rows per adapter: switched ")
