@@ -190,3 +190,13 @@ def test_a_method_that_cannot_combine_and_bad_options_exit_2_with_one_line(sourc
         assert done.returncode == 2, done.stderr
         lines = done.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("peftlab-combine: error:") and message in lines[0], lines
+
+
+def test_the_python_api_combines_like_the_command(sources, tmp_path):
+    import peftlab
+
+    result = peftlab.combine([sources["dates"], sources["numbers"]],
+                             ["combination_type=cat", "evaluate=false", f"hydra.run.dir={tmp_path / 'c'}"])
+    assert result["out_dir"] == str(tmp_path / "c") and result["combination_type"] == "cat"
+    assert json.loads((tmp_path / "c" / "combine.json").read_text())["runs"] == result["runs"]
+    assert (tmp_path / "c" / ".hydra" / "overrides.yaml").is_file() and (tmp_path / "c" / "adapter").is_dir()

@@ -94,3 +94,55 @@ def test_bad_runs_give_one_line_and_exit_2(runs, tmp_path):
         done = run_cli("peftlab-eval", *args, f"hydra.run.dir={tmp_path / f'out{i}'}")
         lines = done.stderr.strip().splitlines()
         assert done.returncode == 2 and len(lines) == 1 and message in lines[0], lines
+
+
+def _sweep_of_fake_runs(root: Path) -> list[Path]:
+    from conftest import fake_run
+
+    runs = []
+    for i, (method, seed) in enumerate([("lora", 1), ("lora", 2), ("ia3", 1), ("ia3", 2)]):
+        runs.append(fake_run(root / "sweep" / str(i), [f"method={method}", f"seed={seed}"], {
+            "method": method, "seed": seed, "primary_metric": "exact_match", "test": {"exact_match": 0.5, "loss": 1.0},
+            "params": {"trainable": 1, "total": 2, "trainable_pct": 50.0}}))
+    return runs
+
+
+def test_the_report_aggregates_the_scores_of_a_many_adapter_evaluation(tmp_path):
+    from peftlab.config.commands import ReportSchema
+    from peftlab.reporting import write_report
+
+    runs = _sweep_of_fake_runs(tmp_path)
+    values = [0.25, 0.75, 0.5, 0.5]
+    rows = [{"run_dir": str(r), "task": "numbers", "metrics": {"exact_match": v, "loss": 2.0}}
+            for r, v in zip(runs, values, strict=True)]
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / "eval.json").write_text(json.dumps({"split": "test", "runs": rows, "base_loads": 2}))
+    options = ReportSchema(plots=False, html=False, scores=[str(tmp_path / "eval")],
+                           equivalence={"scored.numbers.exact_match": 0.3})
+    report = write_report([tmp_path / "sweep"], tmp_path / "report", options)
+    md = (tmp_path / "report" / "results.md").read_text()
+    assert "| setting | scored.numbers.exact_match | scored.numbers.loss |" in md
+    assert "| method=lora | 0.5000 ± 0.3536 (2) | 2.0000 ± 0.0000 (2) |" in md
+    assert "| method=ia3 | 0.5000 ± 0.0000 (2) |" in md
+    assert {r["key"] for r in report["equivalence"]} == {"scored.numbers.exact_match"}
+
+
+@pytest.mark.parametrize("content,message", [
+    ('{"runs": 3}', "is not the eval.json of a peftlab-eval runs=[...] evaluation"),
+    ('{"runs": [{"run_dir": "/elsewhere", "task": "numbers", "metrics": {}}]}', "scored none of the report's runs"),
+    ('{"runs": [{"task": "numbers"}]}', "a row without run_dir, task and metrics"),
+    ("{not json", "not readable"),
+])
+def test_scores_that_do_not_fit_the_report_are_refused_with_one_line(tmp_path, content, message):
+    from peftlab.config.commands import ReportSchema
+    from peftlab.errors import ConfigError
+    from peftlab.reporting import write_report
+
+    _sweep_of_fake_runs(tmp_path)
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / "eval.json").write_text(content)
+    with pytest.raises(ConfigError) as err:
+        write_report([tmp_path / "sweep"], tmp_path / "report",
+                     ReportSchema(plots=False, scores=[str(tmp_path / "eval")]))
+    assert message in str(err.value) and "\n" not in str(err.value)
+    assert not (tmp_path / "report").exists()

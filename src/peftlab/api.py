@@ -5,12 +5,13 @@
     peftlab.evaluate(run["run_dir"])                                     # peftlab-eval run_dir=...
     peftlab.merge(run["run_dir"])                                        # peftlab-merge run_dir=...
     peftlab.report([run["run_dir"]])                                     # peftlab-report <folder>
+    peftlab.combine([run_a["run_dir"], run_b["run_dir"]], ["combination_type=ties"])   # peftlab-combine
     peftlab.generate(run["run_dir"], ["3rd of March, 1998"])             # peftlab-generate ...
 
 Each call composes the command's config with the same overrides, validates it as the command does,
 runs the same code, writes the same folder (``.hydra/`` included, so ``peftlab-train resume=``
 works on a folder a notebook started) and returns the dictionary the command writes
-(metrics.json, eval.json, merge_report.json, report.json) with the folder under ``run_dir`` (or
+(metrics.json, eval.json, merge_report.json, report.json, combine.json) with the folder under ``run_dir`` (or
 ``out_dir``). Mistakes raise peftlab's own errors (``peftlab.errors.ConfigError``, ``DataError``...)
 with the commands' one-line messages. Calls can follow one another in one process: Hydra's global
 state is set for a call and cleared after it. One run at a time (sweeps: ``peftlab-train -m``).
@@ -34,7 +35,7 @@ Overrides = Optional[Sequence[str]]
 
 def compose(command: str, overrides: Overrides = None) -> DictConfig:
     """The config ``peftlab-<command>`` would run with these overrides, with its ``hydra`` block
-    (``command``: train, eval, merge, params, report or generate). Raises ConfigError for what the command
+    (``command``: train, eval, merge, combine, params, report or generate). Raises ConfigError for what the command
     would refuse while composing (an unknown option, a mistyped key)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
@@ -98,6 +99,20 @@ def merge(run_dir: str | Path, overrides: Overrides = None) -> dict[str, Any]:
         return merge_from_config(cfg, out)
 
     return _call("merge", _with_run_dir(run_dir, overrides), work)[0]
+
+
+def combine(run_dirs: Sequence[str | Path], overrides: Overrides = None) -> dict[str, Any]:
+    """``peftlab-combine runs=[<run_dirs>] <overrides>``: combine.json as a dictionary, with
+    ``out_dir`` (the command's own folder, holding the combined adapter in ``adapter/``)."""
+    from peftlab.engine.combine import combine_from_config
+
+    def work(cfg: DictConfig, out: Path, save_hydra: Callable[[], None]) -> dict[str, Any]:
+        save_hydra()
+        return combine_from_config(cfg, out)
+
+    runs = "runs=[" + ",".join(str(r) for r in run_dirs) + "]"
+    result, out = _call("combine", [runs, *(overrides or [])], work)
+    return {**result, "out_dir": str(out)}
 
 
 def report(paths: Sequence[str | Path], overrides: Overrides = None) -> dict[str, Any]:

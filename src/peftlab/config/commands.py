@@ -245,6 +245,9 @@ class ReportSchema:
     subspace: Optional[List[int]] = None
     # results.html: one self-contained page (sortable tables, plots with each point's settings on hover)
     html: bool = True
+    # folders of peftlab-eval runs=[...] evaluations: their scores of the report's runs, as
+    # scored.<task>.<metric> numbers per group (equivalence= may name them)
+    scores: List[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         ranks = self.subspace

@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 from peftlab.config import validate
 from peftlab.config.commands import ReportSchema
 from peftlab.errors import ConfigError
-from peftlab.reporting import html, spectra, subspace
+from peftlab.reporting import html, scores, spectra, subspace
 from peftlab.reporting.compare import as_records as pair_records
 from peftlab.reporting.compare import compare as pairwise
 from peftlab.reporting.compare import letters
@@ -76,7 +76,8 @@ def write_report(inputs: list[Path], out_dir: Path, options: Optional[ReportSche
     there is replaced only with ``overwrite``. The options (``ReportSchema``) add:
     ``equivalence`` (TOST between every pair of groups, reporting/equivalence.py), ``compare``
     (pairwise tests of the primary metric with a compact letter display, reporting/compare.py),
-    ``spectra`` (reporting/spectra.py) and ``subspace`` (reporting/subspace.py)."""
+    ``spectra`` (reporting/spectra.py), ``subspace`` (reporting/subspace.py) and ``scores``
+    (reporting/scores.py: what ``peftlab-eval runs=`` measured on the runs)."""
     o = options or ReportSchema()
     existing = [name for name in REPORT_FILES if (out_dir / name).exists()]
     if existing and not o.overwrite:
@@ -84,6 +85,7 @@ def write_report(inputs: list[Path], out_dir: Path, options: Optional[ReportSche
         raise ConfigError(f"out_dir: {out_dir} already holds {what}; it is never overwritten "
                           "(overwrite=true replaces it, or give another out_dir=)")
     runs = find_runs(inputs)
+    scored = scores.attach(runs, list(o.scores))
     groups = group_runs(runs)
     metric, greater_is_better = primary_metric(runs)
     rows = table_rows(groups, metric)
@@ -93,6 +95,7 @@ def write_report(inputs: list[Path], out_dir: Path, options: Optional[ReportSche
         for row in rows:
             row["letters"] = cld.get(row["setting"], "")
     md = to_markdown(rows, metric) + (pairs_markdown(pairs, metric) if o.compare else "")
+    md += scores.to_markdown(groups, scored)
     tests = equivalence_tests(runs, groups, o.margins(metric))
     md += tost_markdown(tests) if tests else ""
     # every analysis is computed (and every mistake found) before the first file is written
