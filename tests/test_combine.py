@@ -116,6 +116,17 @@ def test_the_table_scores_base_sources_and_combination_on_every_source_task(sour
     md = (tmp_path / "c" / "combine.md").read_text()
     assert "| combination (ties) |" in md and "dates exact_match" in md and "forgetting Δ" in md
     assert len((tmp_path / "c" / "predictions_dates.jsonl").read_text().splitlines()) == 8
+    import subprocess
+    import sys
+
+    script = Path(__file__).parents[1] / "scripts" / "combination_table.py"
+    out = subprocess.run([sys.executable, str(script), str(tmp_path / "c")], check=True, capture_output=True,
+                         text=True).stdout.splitlines()
+    combined = rows["combined"]
+    assert out[0] == "| model | weights | options | dates exact_match | numbers exact_match | mean | forgetting Δ |"
+    assert out[2].startswith("| base alone |") and out[-1].startswith(
+        "| ties (0_dates + 1_numbers) | 1,1 | density=0.5, majority_sign_method=total | "
+        f"{combined['tasks']['dates']['exact_match']:.3f} |")
 
 
 def _edited(src: Path, dest: Path, old: str, new: str) -> Path:
