@@ -17,7 +17,13 @@ def rows_of(folders: list[Path]) -> list[dict]:
     for folder in folders:
         found = sorted(folder.glob("*/combine.json"), key=lambda p: int(p.parent.name) if p.parent.name.isdigit()
                        else 10**9) or [folder / "combine.json"]
-        reports += [json.loads(p.read_text()) for p in found]
+        for path in found:
+            if not path.is_file():
+                raise SystemExit(f"combination_table: no combine.json in {folder} or its job folders")
+            report = json.loads(path.read_text())
+            if "table" not in report:
+                raise SystemExit(f"combination_table: {path} holds no table (combined with evaluate=false)")
+            reports.append(report)
     return reports
 
 

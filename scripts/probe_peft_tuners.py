@@ -32,6 +32,7 @@ def main() -> None:
     from peftlab.engine.probe import probe, probed_task_types
     from peftlab.methods.generic import PROBE_FILE
     from peftlab.models.quiet import quiet_libraries
+    from peftlab.runs.files import write_json
 
     quiet_libraries()
     torch.set_num_threads(1)
@@ -49,8 +50,7 @@ def main() -> None:
             shown = "  ".join(f"{t}: {'pass' if r['passed'] else 'FAIL (' + r.get('reason', '') + ')'}"
                               for t, r in tasks.items())
             print(f"{peft_type:24s} {time.perf_counter() - start:5.1f} s  {shown}", flush=True)
-    PROBE_FILE.write_text(json.dumps({"peft": peft.__version__, "torch": torch.__version__,
-                                      "tuners": dict(sorted(old.items()))}, indent=1) + "\n")
+    write_json(PROBE_FILE, {"peft": peft.__version__, "torch": torch.__version__, "tuners": dict(sorted(old.items()))})
     print(f"written: {PROBE_FILE.relative_to(ROOT)}")
 
 

@@ -137,7 +137,8 @@ def _edited(src: Path, dest: Path, old: str, new: str) -> Path:
     return dest
 
 
-@pytest.mark.parametrize("case", ["base", "method", "ia3_ties", "ranks", "dora", "rslora", "twice"])
+@pytest.mark.parametrize("case", ["base", "method", "ia3_ties", "ia3_negative", "ia3_sum", "ranks", "dora", "rslora",
+                                  "twice", "one_run_ties"])
 def test_what_cannot_combine_is_refused_with_one_line_before_any_model_loads(sources, tmp_path, case):
     from peftlab.errors import ConfigError
 
@@ -150,6 +151,9 @@ def test_what_cannot_combine_is_refused_with_one_line_before_any_model_loads(sou
         "dora": lambda: ([a, _edited(b, tmp_path / "b", "use_dora: false", "use_dora: true")], []),
         "rslora": lambda: ([a, _edited(b, tmp_path / "b", "use_rslora: false", "use_rslora: true")], []),
         "twice": lambda: ([a, a], []),
+        "ia3_negative": lambda: ([sources["ia3_dates"], sources["ia3_numbers"]], ["weights=[1.5,-0.5]"]),
+        "ia3_sum": lambda: ([sources["ia3_dates"], sources["ia3_numbers"]], []),
+        "one_run_ties": lambda: ([a], ["combination_type=ties", "weights=[-1]"]),
     }[case]()
     expected = {
         "base": "adapts tiny_qwen2 and", "method": "trained method=ia3 and",
@@ -157,11 +161,28 @@ def test_what_cannot_combine_is_refused_with_one_line_before_any_model_loads(sou
         "ranks": "combination_type=ties combines A and B entry by entry and needs equal ranks, got",
         "dora": "method.use_dora=true: peft's add_weighted_adapter combines B and A but not DoRA's magnitudes",
         "rslora": "method.use_rslora=true: peft's add_weighted_adapter gives the combination lora_alpha = r",
-        "twice": "is named twice"}[case]
+        "twice": "is named twice",
+        "ia3_negative": "a negative weight flips their sign instead of removing a skill",
+        "ia3_sum": "weights summing to 2 scale every targeted activation by about that much (give weights that sum to "
+                   "1, such as weights=[0.5,0.5])",
+        "one_run_ties": "combination_type=ties combines two or more adapters; one run"}[case]
     with pytest.raises(ConfigError) as err:
         combine(tmp_path / "c", runs, *extra)
     assert expected in str(err.value) and "\n" not in str(err.value)
     assert not (tmp_path / "c" / "adapter").exists()
+
+
+def test_a_combination_that_fails_while_scoring_leaves_no_adapter(sources, tmp_path, monkeypatch):
+    import peftlab.engine.adapters
+    from peftlab.errors import DataError
+
+    def fail(*args, **kwargs):
+        raise DataError("forgetting text went away")
+
+    monkeypatch.setattr(peftlab.engine.adapters, "prose_losses", fail)
+    with pytest.raises(DataError):
+        combine(tmp_path / "c", [sources["dates"], sources["numbers"]], "max_test_examples=2")
+    assert sorted(p.name for p in (tmp_path / "c").iterdir()) == [".lock"]  # the command then removes it
 
 
 def test_ia3_vectors_combine_linearly(sources, tmp_path):

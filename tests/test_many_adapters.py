@@ -63,6 +63,17 @@ def test_a_sweep_folder_stands_for_its_finished_runs_and_data_scores_them_all_on
     assert [r["task"] for r in many["runs"]] == ["numbers", "numbers"] and many["base_loads"] == 1
 
 
+def test_runs_of_one_task_name_with_other_settings_are_scored_on_their_own(runs, tmp_path):
+    """Two dates runs, one evaluating 8 test examples and one 4: each scored on its own split."""
+    other = tmp_path / "fewer"
+    shutil.copytree(runs["lora_dates"], other)
+    text = (other / "config.yaml").read_text()
+    assert "max_eval_examples: 8" in text
+    (other / "config.yaml").write_text(text.replace("max_eval_examples: 8", "max_eval_examples: 4", 1))
+    many = evaluate(tmp_path / "e", f"runs=[{runs['lora_dates']},{other}]")
+    assert [r["examples"] for r in many["runs"]] == [8, 4] and many["base_loads"] == 1
+
+
 def test_mixed_adapter_batches_route_each_row_through_its_own_adapter(runs, cache_dir):
     """peft's mixed batches (``AdapterBank.mixed``): row i through adapter i equals each adapter alone."""
     from peftlab.config import validate
@@ -89,7 +100,13 @@ def test_mixed_adapter_batches_route_each_row_through_its_own_adapter(runs, cach
 def test_bad_runs_give_one_line_and_exit_2(runs, tmp_path):
     cases = [([f"runs=[{runs['lora_dates']}]", f"run_dir={runs['lora_dates']}"], "runs and run_dir exclude each other"),
              ([f"runs=[{tmp_path}]"], "is neither a finished peftlab-train run folder"),
-             (["runs=[]"], "runs must name at least one folder")]
+             (["runs=[]"], "runs must name at least one folder"),
+             ([f"runs=[{runs['lora_dates']}]", "hardware=gpu"], "hardware.accelerator must be cpu with runs=[...]"),
+             ([f"runs=[{runs['lora_dates']}]", "limit_batches=2.5"],
+              "limit_batches must be a share in (0, 1] or a whole number of batches, got 2.5"),
+             ([f"runs=[{runs['lora_dates']}]", "limit_batches=0.01"], "limit_batches: 0.01 of 1 test batches is none"),
+             ([f"runs=[{tmp_path / 'nowhere'}]"], "runs: "),
+             ]
     for i, (args, message) in enumerate(cases):
         done = run_cli("peftlab-eval", *args, f"hydra.run.dir={tmp_path / f'out{i}'}")
         lines = done.stderr.strip().splitlines()

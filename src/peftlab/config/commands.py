@@ -103,6 +103,12 @@ class EvalSchema:
         _check(self.runs is None or self.run_dir is None, "runs", "and run_dir exclude each other (give one)",
                self.runs)
         _check(self.runs is None or len(self.runs) > 0, "runs", "must name at least one folder", self.runs)
+        _check(self.runs is None or self.hardware.accelerator == "cpu", "hardware.accelerator",
+               "must be cpu with runs=[...] (the many-adapter evaluation runs on the CPU; run_dir= evaluates on "
+               "the accelerator)", self.hardware.accelerator)
+        b = self.limit_batches
+        _check(b is None or (0 < b <= 1) or (b > 1 and float(b).is_integer()), "limit_batches",
+               "must be a share in (0, 1] or a whole number of batches", b)
 
 
 @dataclass

@@ -56,9 +56,9 @@ class MethodSchema:
             return ""
         return f"a fresh method={self.name} adapter already changes the model"
 
-    def combine_refusal(self, combination_type: str) -> str:
-        """Why this run's adapter cannot take part in a ``combination_type`` combination ("" when
-        it can); a method module extends it with what its own settings rule out."""
+    def combine_refusal(self, combination_type: str, weights: list[float]) -> str:
+        """Why this run's adapter cannot take part in a ``combination_type`` combination with these
+        ``weights`` ("" when it can); a method module extends it with what its own settings rule out."""
         allowed = self.capabilities.combinations
         if not allowed:
             return f"method={self.name} adapters cannot be combined (peft combines LoRA and IA3 adapters)"

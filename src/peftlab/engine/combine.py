@@ -40,33 +40,37 @@ def _combine(conf: CombineSchema, out_dir: Path) -> dict[str, Any]:
     check_sources(sources, conf)
     if conf.forgetting is not None:
         text_path(conf.forgetting.text)  # a missing text fails before any model loads
-    tasks = list({s.run.data.name: make_task(s.run.data, run=s.run) for s in sources}.values())
     import lightning as L  # the heavy libraries, once everything that can be refused has been
 
-    from peftlab.engine.adapters import prose_losses, score_adapters, test_loader
+    from peftlab.engine.adapters import labelled_tasks, prose_losses, score_adapters, test_loader
     from peftlab.export.combine import combine, save_combined
     from peftlab.models.adapters import AdapterBank
 
+    tasks = labelled_tasks([make_task(s.run.data, run=s.run) for s in sources])
+    first = next(iter(tasks.values()))
     L.seed_everything(conf.seed, workers=True, verbose=False)
-    bank = AdapterBank(sources[0].run.model, conf.paths.cache_dir, tasks[0])
+    bank = AdapterBank(sources[0].run.model, conf.paths.cache_dir, first)
     for s in sources:
         bank.add(s.name, s.adapter)
     combine(bank, sources, conf)
-    check = save_combined(bank, out_dir / "adapter", next(iter(test_loader(tasks[0], bank.tokenizer, conf.seed, 8)[1])))
     report: dict[str, Any] = {
         "runs": [str(s.run_dir) for s in sources], "weights": [s.weight for s in sources], **options_used(conf),
         "method": sources[0].run.method.name, "base_model": bank.backbone.path, "seed": conf.seed,
-        "adapter": str(out_dir / "adapter"), "check": check, "versions": versions()}
+        "adapter": str(out_dir / "adapter"), "versions": versions()}
+    scores: dict = {}
     if conf.evaluate:
         names: list[Optional[str]] = [None, *(s.name for s in sources), COMBINED]
         scores = score_adapters(bank, names, tasks, conf.seed, conf.max_test_examples)
         losses = prose_losses(bank, names, conf.forgetting) if conf.forgetting is not None else {}
         report["table"] = [_row(name, sources, tasks, scores, losses) for name in names]
-        report["primary_metrics"] = {t.data.name: t.primary_metric for t in tasks}
-        for (name, task), evaluation in scores.items():
-            if name == COMBINED:
-                write_jsonl(out_dir / f"predictions_{task}.jsonl",
-                            [{"prediction": p} for p in evaluation.predictions])
+        report["primary_metrics"] = {label: t.primary_metric for label, t in tasks.items()}
+    # written last, once everything was measured: a combination that fails leaves no adapter behind
+    report["check"] = save_combined(bank, out_dir / "adapter", next(iter(test_loader(first, bank.tokenizer,
+                                                                                     conf.seed, 8)[1])))
+    for (name, label), evaluation in scores.items():
+        if name == COMBINED:
+            write_jsonl(out_dir / f"predictions_{label}.jsonl", [{"prediction": p} for p in evaluation.predictions])
+    if conf.evaluate:
         with atomic_path(out_dir / "combine.md", overwrite=True) as tmp:
             tmp.write_text(table_markdown(report) + "\n")
         log.info("combination %s of %s\n%s", conf.combination_type, ", ".join(report["runs"]), table_markdown(report))
@@ -82,7 +86,7 @@ def _row(name: Optional[str], sources, tasks, scores, losses) -> dict[str, Any]:
     row: dict[str, Any] = {"adapter": "base" if name is None else name,
                            "run_dir": str(source.run_dir) if source else None,
                            "weight": source.weight if source else None,
-                           "tasks": {t.data.name: scores[(name, t.data.name)].metrics for t in tasks}}
+                           "tasks": {label: scores[(name, label)].metrics for label in tasks}}
     row["kind"] = "base" if name is None else ("combination" if name == COMBINED else "source")
     if losses:
         row["forgetting"] = {"loss": losses[name], "delta": round(losses[name] - losses[None], 6)}

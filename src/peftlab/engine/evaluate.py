@@ -14,6 +14,7 @@ import peftlab.methods  # noqa: F401  (registers the method schemas a run folder
 from peftlab.config import validate
 from peftlab.config.commands import EvalSchema, TrainSchema
 from peftlab.config.schema import DataSchema
+from peftlab.errors import ConfigError
 from peftlab.runs.config import read_run_config
 from peftlab.runs.files import atomic_path, write_json, write_jsonl
 from peftlab.runs.folders import check_fresh_run_dir
@@ -88,7 +89,10 @@ def _evaluate_many(conf: EvalSchema, out_dir: Path, overrides: list[str]) -> dic
     from peftlab.engine.adapters import expand_runs, score_runs
 
     folders = expand_runs(conf.runs)
-    runs = [read_run_config(d, trust_remote_code=conf.trust_remote_code) for d in folders]
+    try:
+        runs = [read_run_config(d, trust_remote_code=conf.trust_remote_code) for d in folders]
+    except ConfigError as err:  # its messages name run_dir=, the key of one run
+        raise ConfigError("runs:" + str(err).removeprefix("run_dir:")) from None
     data_given = any(o.startswith("data=") for o in overrides)
     tasks = [make_task(conf.data if data_given else _run_data(run, overrides), run=run) for run in runs]
     rows, loads = score_runs(conf, folders, runs, tasks)

@@ -49,7 +49,10 @@ def read_sources(conf: CombineSchema) -> list[Source]:
         if run_dir.resolve() in seen:
             raise ConfigError(f"runs: {folder} is named twice")
         seen.add(run_dir.resolve())
-        run = read_run_config(run_dir, trust_remote_code=conf.trust_remote_code)
+        try:
+            run = read_run_config(run_dir, trust_remote_code=conf.trust_remote_code)
+        except ConfigError as err:  # its messages name run_dir=, the key of the one-run commands
+            raise ConfigError("runs:" + str(err).removeprefix("run_dir:")) from None
         sources.append(Source(run_dir, run, f"{i}_{run.data.name}", weight))
     return sources
 
@@ -58,6 +61,9 @@ def check_sources(sources: list[Source], conf: CombineSchema) -> None:
     """Every refusal that needs no model, one line each, naming the run folder."""
     first = sources[0]
     kind = conf.combination_type
+    if len(sources) == 1 and kind != "linear":
+        raise ConfigError(f"combination_type={kind} combines two or more adapters; one run (a weighted or negated "
+                          "copy) combines by linear, which peft uses for a single adapter whatever the type")
     for s in sources:
         if base_identity(s.run.model) != base_identity(first.run.model):
             raise ConfigError(f"runs: {s.run_dir} adapts {display_name(s.run.model)} and {first.run_dir} adapts "
@@ -68,13 +74,13 @@ def check_sources(sources: list[Source], conf: CombineSchema) -> None:
         if s.run.data.task_type != first.run.data.task_type:
             raise ConfigError(f"runs: {s.run_dir} is a {s.run.data.task_type} run and {first.run_dir} a "
                               f"{first.run.data.task_type} run: their models have different heads")
-        why = s.run.method.combine_refusal(kind)
+        why = s.run.method.combine_refusal(kind, [x.weight for x in sources])
         if why:
             raise ConfigError(f"runs: {s.run_dir}: {why}")
         config = read_adapter_config(s.adapter)
-        if len(sources) > 1 and config.get("modules_to_save"):
-            raise ConfigError(f"runs: {s.run_dir} trains its own task head (modules_to_save): peft cannot combine "
-                              "two adapters' heads")
+        if config.get("modules_to_save"):
+            raise ConfigError(f"runs: {s.run_dir} trains its own task head (modules_to_save): peft's "
+                              "add_weighted_adapter combines no heads (the combination would carry an untrained one)")
     if kind in EQUAL_RANKS:
         ranks = {s.run_dir: adapter_rank(read_adapter_config(s.adapter)) for s in sources}
         if len(set(map(str, ranks.values()))) > 1:
@@ -122,7 +128,11 @@ def save_combined(bank: AdapterBank, out: Path, batch: dict[str, Any], name: str
         inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
         with torch.no_grad(), bank.use(name) as model:
             expected = model(**inputs).logits
-        bank.add("reloaded", tmp)
+        try:
+            bank.add("reloaded", tmp)
+        except ConfigError as err:
+            raise ConfigError(f"{out}: the saved combination does not reload ({str(err).split(': ', 2)[-1]}); "
+                              "nothing was kept") from None
         try:
             with torch.no_grad(), bank.use("reloaded") as model:
                 got = model(**inputs).logits

@@ -27,6 +27,20 @@ class IA3Schema(TargetedSchema):
         check((self.target_modules is None) == (self.feedforward_modules is None), "method.feedforward_modules",
               "must be set together with method.target_modules (or both null)", self.feedforward_modules)
 
+    def combine_refusal(self, combination_type: str, weights: list[float]) -> str:
+        """IA3's combination is the weighted sum of its scaling vectors (each near 1): a negative
+        weight flips the sign of the activations it scales, and weights that do not sum to 1 scale
+        every targeted activation by about their sum."""
+        found = super().combine_refusal(combination_type, weights)
+        if not found and any(w < 0 for w in weights):
+            found = ("method=ia3 adapters scale activations: a negative weight flips their sign instead of "
+                     "removing a skill")
+        if not found and abs(sum(weights) - 1) > 1e-6:
+            found = (f"method=ia3 adapters combine as sum(w * vector), vectors near 1: weights summing to "
+                     f"{sum(weights):g} scale every targeted activation by about that much (give weights "
+                     f"that sum to 1, such as weights=[{','.join(['%g' % (1 / len(weights))] * len(weights))}])")
+        return found
+
 
 def build(cfg: IA3Schema, ctx: BuildContext) -> Any:
     from peft import IA3Config

@@ -70,8 +70,8 @@ class LoraSchema(TargetedSchema):
             return f"method.init={self.init} moves part of every targeted weight into the adapter"
         return super().adapter_off_differs()
 
-    def combine_refusal(self, combination_type: str) -> str:
-        found = super().combine_refusal(combination_type)
+    def combine_refusal(self, combination_type: str, weights: list[float]) -> str:
+        found = super().combine_refusal(combination_type, weights)
         if not found and self.use_dora:
             found = "method.use_dora=true: peft's add_weighted_adapter combines B and A but not DoRA's magnitudes"
         if not found and self.use_rslora:
