@@ -83,6 +83,11 @@ def _build_wheel(tmp_path) -> str:
 @pytest.mark.integration
 def test_the_wheel_with_its_declared_dependencies_sweeps_and_reports(tmp_path, cache_dir):
     wheel = _build_wheel(tmp_path)
+    import zipfile
+
+    names = set(zipfile.ZipFile(wheel).namelist())  # the data the package reads at run time
+    assert {"peftlab/methods/peft_tuners.json", "peftlab/data/files/numbers/test.jsonl",
+            "peftlab/reporting/results_page.html", "peftlab/conf/combination/types.yaml"} <= names
     # an isolated environment (no system or development site-packages): torch's CPU build first,
     # as the Makefile does, then the wheel with the plots extra and what it declares, nothing else
     venv = tmp_path / "venv"
