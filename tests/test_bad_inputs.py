@@ -232,7 +232,7 @@ CASES = [
     ("init adapter of another method", "peftlab-train", ["method=ia3", "init_adapter={finished}/adapter"],
      "init_adapter: {finished}/adapter is a LORA adapter; method=ia3 trains IA3"),
     ("unknown reference", "peftlab-train", ["data=date_prefs", "preference=dpo", "preference.reference=base"],
-     "preference.reference must be one of adapter_off, frozen_adapter, precomputed, separate, got 'base'"),
+     "preference.reference must be one of adapter_off, frozen_adapter, precomputed, separate, none, got 'base'"),
     ("pair without rejected", "peftlab-train", ["data=date_prefs", "data.path={no_rejected}"],
      "{no_rejected} line 2: missing field 'rejected' (data.rejected_field"),
     ("chosen equals rejected", "peftlab-train", ["data=date_prefs", "data.path={same_pair}"],

@@ -248,3 +248,59 @@ def test_a_resumed_preference_run_ends_bitwise_equal(mode, sft_then_dpo, tmp_pat
     assert weights[0] == weights[1]
     a, b = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("full", "again"))
     assert a["test"] == b["test"]
+
+
+def _answer_logps(model, batch):
+    """Summed answer log-probabilities and answer lengths from the full logits, by hand."""
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].double()
+    labels = batch["labels"][:, 1:]
+    mask = labels != -100
+    lp = torch.log_softmax(logits, -1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return (lp * mask).sum(-1), mask.sum(-1).double()
+
+
+@pytest.mark.parametrize("loss", ["simpo", "orpo"])
+def test_the_reference_free_losses_by_hand_from_full_logits(loss, cache_dir):
+    """SimPO: -log σ(β (mean_c - mean_r) - γ); ORPO: the chosen NLL per token + λ (-log σ(log odds_c -
+    log odds_r)), odds of the mean per-token probability. No reference is computed or held."""
+    import torch.nn.functional as F
+
+    task, model, batch = setup([f"preference={loss}"], cache_dir, perturb=0.1)
+    assert task.settings.reference == "none" and task.reference_model is None and task.reference_bytes == 0
+    with torch.no_grad():
+        pairs = task._pairs(model, batch)
+    summed, lengths = _answer_logps(model, batch)
+    mean = summed / lengths
+    b = len(mean) // 2
+    if loss == "simpo":
+        beta, gamma = 2.0, 0.5
+        expected = -F.logsigmoid(beta * (mean[:b] - mean[b:]) - gamma)
+    else:
+        beta = 0.1
+        p = mean.exp()
+        odds = torch.log(p / (1 - p))
+        expected = -mean[:b] - beta * F.logsigmoid(odds[:b] - odds[b:])
+    torch.testing.assert_close(pairs["losses"], expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(pairs["chosen_reward"], beta * mean[:b], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(pairs["rejected_reward"], beta * mean[b:], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["preference=simpo", "preference.reference=adapter_off"],
+     "preference.reference must be none for preference.loss=simpo, which uses no reference, got 'adapter_off'"),
+    (["preference=dpo", "preference.reference=none"],
+     "preference.reference cannot be none for preference.loss=sigmoid, which compares the policy with a reference"),
+    (["preference=dpo", "preference.gamma=0.5"], "preference.gamma applies to preference.loss=simpo only, not sigmoid"),
+    (["preference=orpo", "preference.sft_weight=1"], "preference.sft_weight does not apply to preference.loss=orpo"),
+    (["preference=simpo", "preference.gamma=null"],
+     "preference.gamma must be a finite number for preference.loss=simpo"),
+    (["preference=dpo", "preference.loss=kto"], "preference.loss"),
+])
+def test_preference_settings_that_do_not_fit_their_loss_are_refused_with_one_line(overrides, message):
+    from peftlab.config import validate
+    from peftlab.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        validate(compose([*PAIRS, *overrides]))
+    assert message in str(err.value) and "\n" not in str(err.value), str(err.value)

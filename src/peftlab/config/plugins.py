@@ -106,6 +106,21 @@ def method_schema(name: Optional[str]) -> type[MethodSchema]:
         raise ConfigError(f"method.name: unknown method {name!r} (known: {known})") from None
 
 
+@dataclass(frozen=True)
+class PreferenceLossSpec:
+    """What the config checks need to know of a registered preference loss (tasks/preference_losses.py)."""
+
+    needs_reference: bool
+    reads: tuple[str, ...] = ()  # the settings beyond beta that only this loss reads
+
+
+PREFERENCE_LOSSES: dict[str, PreferenceLossSpec] = {}
+
+
+def register_preference_loss(name: str, needs_reference: bool, reads: tuple[str, ...] = ()) -> None:
+    PREFERENCE_LOSSES[name] = PreferenceLossSpec(needs_reference, reads)
+
+
 def register_task_type(name: str, generative: bool = False) -> None:
     if name not in TASK_TYPES:
         TASK_TYPES.append(name)

@@ -131,7 +131,8 @@ class DataSchema:
 # ----------------------------------------------------------------------------------- preference
 @dataclass
 class PreferenceSchema:
-    """Preference training (DPO; IPO as an option) on (prompt, chosen, rejected) pairs.
+    """Preference training on (prompt, chosen, rejected) pairs: DPO, IPO, and the reference-free
+    SimPO and ORPO (the losses: tasks/preference_losses.py).
 
     reference: what the policy is compared with
       ``adapter_off``    the same weights with the adapter switched off: the base (a fresh adapter);
@@ -139,20 +140,26 @@ class PreferenceSchema:
                          then DPO), loaded as a second, inactive adapter on the same base;
       ``precomputed``    the log-probabilities of the model as the run starts (its fresh or starting
                          adapter on), computed once before training and kept with the data;
-      ``separate``       a second full copy of the model: the way without PEFT (and full fine-tuning).
+      ``separate``       a second full copy of the model: the way without PEFT (and full fine-tuning);
+      ``none``           no reference (simpo, orpo).
     """
 
     name: str = MISSING
-    loss: str = "sigmoid"  # sigmoid (DPO) | ipo
-    beta: float = 0.1
+    loss: str = "sigmoid"  # a registered loss (tasks/preference_losses.py): sigmoid (DPO), ipo, simpo, orpo
+    beta: float = 0.1  # DPO/IPO/SimPO's beta; ORPO's lambda (the odds-ratio term's weight)
     label_smoothing: float = 0.0  # sigmoid only: conservative DPO's assumed share of flipped labels
     # weight of the chosen answers' own loss (mean NLL per token) added to the DPO loss (RPO, Pang et al.,
     # 2024): keeps the chosen answers likely while the margin grows; 0 is plain DPO
     sft_weight: float = 0.0
-    reference: str = "adapter_off"
+    gamma: Optional[float] = None  # simpo only: the target reward margin (its file: 0.5)
+    reference: str = "adapter_off"  # none: the reference-free losses (simpo, orpo)
 
     def __post_init__(self) -> None:
-        _one_of("preference.loss", self.loss, ("sigmoid", "ipo"))
+        from peftlab.config.plugins import PREFERENCE_LOSSES
+
+        if PREFERENCE_LOSSES:  # registered with the task plug-ins; a bare config check has none
+            _one_of("preference.loss", self.loss, tuple(PREFERENCE_LOSSES))
+        spec = PREFERENCE_LOSSES.get(self.loss)
         _check(self.beta > 0 and math.isfinite(self.beta), "preference.beta", "must be a finite number > 0", self.beta)
         _check(0.0 <= self.label_smoothing < 0.5, "preference.label_smoothing", "must be in [0, 0.5)",
                self.label_smoothing)
@@ -160,7 +167,23 @@ class PreferenceSchema:
                "applies to preference.loss=sigmoid only", self.label_smoothing)
         _check(self.sft_weight >= 0 and math.isfinite(self.sft_weight), "preference.sft_weight",
                "must be a finite number >= 0", self.sft_weight)
-        _one_of("preference.reference", self.reference, ("adapter_off", "frozen_adapter", "precomputed", "separate"))
+        _check(self.sft_weight == 0 or self.loss != "orpo", "preference.sft_weight",
+               "does not apply to preference.loss=orpo, whose loss holds the chosen answers' NLL already",
+               self.sft_weight)
+        reads_gamma = spec is not None and "gamma" in spec.reads
+        _check(self.gamma is None or reads_gamma, "preference.gamma", f"applies to preference.loss=simpo only, "
+               f"not {self.loss}", self.gamma)
+        _check(not reads_gamma or (self.gamma is not None and math.isfinite(self.gamma)), "preference.gamma",
+               f"must be a finite number for preference.loss={self.loss}", self.gamma)
+        _one_of("preference.reference", self.reference,
+                ("adapter_off", "frozen_adapter", "precomputed", "separate", "none"))
+        if spec is not None and spec.needs_reference:
+            _check(self.reference != "none", "preference.reference",
+                   f"cannot be none for preference.loss={self.loss}, which compares the policy with a reference",
+                   self.reference)
+        elif spec is not None:
+            _check(self.reference == "none", "preference.reference",
+                   f"must be none for preference.loss={self.loss}, which uses no reference", self.reference)
 
 
 # --------------------------------------------------------------------------------------- optim

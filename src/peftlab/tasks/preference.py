@@ -188,27 +188,20 @@ class PreferenceTask(GeneratesText, Task):
         return logps, lengths
 
     def _pairs(self, model: Any, batch: dict[str, Any]) -> dict[str, Any]:
-        """Per pair: the loss, the rewards and the policy's log-probabilities."""
-        import torch.nn.functional as F
+        """Per pair: the loss (the registered ``preference.loss``), the rewards and the policy's
+        log-probabilities."""
+        from peftlab.tasks.preference_losses import LOSSES, PairLogps
 
         s = self.settings
         policy, lengths = self._logps(model, batch)
-        reference = self._reference_logps(model, batch).to(policy.dtype)
+        reference = (self._reference_logps(model, batch).to(policy.dtype) if LOSSES[s.loss].needs_reference
+                     else policy.new_zeros(policy.shape))
         b = len(policy) // 2
-        chosen_nll = -policy[:b] / lengths[:b].clamp(min=1)  # per token, for sft_weight
-        if s.loss == "ipo":  # per-token means, as in the IPO paper
-            policy, reference = policy / lengths.clamp(min=1), reference / lengths.clamp(min=1)
-        chosen, rejected = policy[:b] - reference[:b], policy[b:] - reference[b:]
-        h = chosen - rejected
-        if s.loss == "ipo":
-            losses = (h - 1 / (2 * s.beta)) ** 2
-        else:
-            losses = -(1 - s.label_smoothing) * F.logsigmoid(s.beta * h) - s.label_smoothing * F.logsigmoid(-s.beta * h)
+        losses, chosen_reward, rejected_reward = LOSSES[s.loss].compute(PairLogps(policy, reference, lengths), s)
         if s.sft_weight:
-            losses = losses + s.sft_weight * chosen_nll
-        return {"losses": losses, "chosen_reward": (s.beta * chosen).detach(),
-                "rejected_reward": (s.beta * rejected).detach(), "chosen_logp": policy[:b].detach(),
-                "rejected_logp": policy[b:].detach()}
+            losses = losses + s.sft_weight * (-policy[:b] / lengths[:b].clamp(min=1))  # chosen NLL per token
+        return {"losses": losses, "chosen_reward": chosen_reward.detach(), "rejected_reward": rejected_reward.detach(),
+                "chosen_logp": policy[:b].detach(), "rejected_logp": policy[b:].detach()}
 
     def loss(self, model, batch):
         losses = self._pairs(model, batch)["losses"]
