@@ -65,10 +65,13 @@ def make(n: int, rng: random.Random, used: set) -> list[dict]:
     return out
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "src/peftlab/data/files/dates")
-    ap.add_argument("--seed", type=int, default=20261128)
+def write_splits(make, out: Path, seed: int, description: str) -> None:
+    """The shipped generated tasks' command line (``--out``, ``--seed``, the split sizes): test, val
+    and train drawn in that order from one generator by ``make(n, rng, used)``, which never repeats
+    a value in ``used``, so the splits are disjoint."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--out", type=Path, default=out)
+    ap.add_argument("--seed", type=int, default=seed)
     ap.add_argument("--train", type=int, default=2000)
     ap.add_argument("--val", type=int, default=64)
     ap.add_argument("--test", type=int, default=128)
@@ -81,6 +84,11 @@ def main() -> None:
             for row in rows:
                 f.write(json.dumps(row) + "\n")
         print(f"{split}: {n} examples -> {args.out / (split + '.jsonl')}")
+
+
+def main() -> None:
+    write_splits(make, Path(__file__).resolve().parents[1] / "src/peftlab/data/files/dates", 20261128,
+                 __doc__.splitlines()[0])
 
 
 if __name__ == "__main__":

@@ -10,8 +10,6 @@ test hold disjoint numbers.
 
 from __future__ import annotations
 
-import argparse
-import json
 import random
 from pathlib import Path
 
@@ -83,21 +81,10 @@ def make(n: int, rng: random.Random, used: set) -> list[dict]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "src/peftlab/data/files/numbers")
-    ap.add_argument("--seed", type=int, default=20261206)
-    ap.add_argument("--train", type=int, default=2000)
-    ap.add_argument("--val", type=int, default=64)
-    ap.add_argument("--test", type=int, default=128)
-    args = ap.parse_args()
-    rng, used = random.Random(args.seed), set()
-    args.out.mkdir(parents=True, exist_ok=True)
-    for split, n in (("test", args.test), ("val", args.val), ("train", args.train)):
-        rows = make(n, rng, used)
-        with open(args.out / f"{split}.jsonl", "w") as f:
-            for row in rows:
-                f.write(json.dumps(row) + "\n")
-        print(f"{split}: {n} examples -> {args.out / (split + '.jsonl')}")
+    from make_dates_task import write_splits  # the same command line and split drawing
+
+    write_splits(make, Path(__file__).resolve().parents[1] / "src/peftlab/data/files/numbers", 20261206,
+                 __doc__.splitlines()[0])
 
 
 if __name__ == "__main__":

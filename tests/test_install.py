@@ -19,7 +19,8 @@ from conftest import ROOT
 
 
 def _imported(folder) -> set[str]:
-    """The top-level modules the files under ``folder`` import (absolute imports, at any depth)."""
+    """The top-level modules the files under ``folder`` import (absolute imports, at any depth), but
+    the folder's own (a script that imports a sibling script)."""
     found = set()
     for path in folder.rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
@@ -27,7 +28,8 @@ def _imported(folder) -> set[str]:
                 found |= {a.name.split(".")[0] for a in node.names}
             elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
                 found.add(node.module.split(".")[0])
-    return found - set(sys.stdlib_module_names) - {"peftlab", "conftest"}
+    own = {p.stem for p in folder.glob("*.py")}  # top-level files only: src/ holds packages
+    return found - set(sys.stdlib_module_names) - {"peftlab", "conftest"} - own
 
 
 def _name(requirement: str) -> str:

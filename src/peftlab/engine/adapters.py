@@ -20,8 +20,6 @@ from peftlab.models.adapters import AdapterBank, base_identity, read_adapter_con
 
 log = logging.getLogger("peftlab.adapters")
 
-BASE = None  # the name that stands for the base model alone, every adapter off
-
 
 def test_loader(task: Any, tokenizer: Any, seed: int, max_examples: Optional[int] = None, split: str = "test",
                 limit_batches: Optional[float] = None):

@@ -15,8 +15,7 @@ from omegaconf import DictConfig
 from peftlab.config import validate
 from peftlab.config.commands import CombineSchema
 from peftlab.runs.files import atomic_path, write_json, write_jsonl
-from peftlab.runs.folders import check_fresh_run_dir
-from peftlab.runs.locks import folder_lock
+from peftlab.runs.folders import fresh_output_folder
 from peftlab.runs.metrics import versions
 
 log = logging.getLogger("peftlab.combine")
@@ -25,10 +24,8 @@ log = logging.getLogger("peftlab.combine")
 def combine_from_config(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     """Combine into ``out_dir`` (adapter/, combine.json, combine.md); returns what combine.json holds."""
     conf = validate(cfg, CombineSchema)
-    out_dir = Path(out_dir)
-    with folder_lock(out_dir):
-        check_fresh_run_dir(out_dir)
-        return _combine(conf, out_dir)
+    with fresh_output_folder(out_dir) as folder:
+        return _combine(conf, folder)
 
 
 def _combine(conf: CombineSchema, out_dir: Path) -> dict[str, Any]:

@@ -17,8 +17,7 @@ from peftlab.config.schema import DataSchema
 from peftlab.errors import ConfigError
 from peftlab.runs.config import read_run_config
 from peftlab.runs.files import atomic_path, write_json, write_jsonl
-from peftlab.runs.folders import check_fresh_run_dir
-from peftlab.runs.locks import folder_lock
+from peftlab.runs.folders import fresh_output_folder
 from peftlab.runs.metrics import versions
 from peftlab.tasks import make_task
 
@@ -40,10 +39,8 @@ def _run_data(run: TrainSchema, cli_overrides: list[str]) -> DataSchema:
 def evaluate_from_config(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     """Evaluate into ``out_dir`` (eval.json, predictions.jsonl); returns what eval.json holds."""
     conf = validate(cfg, EvalSchema)
-    out_dir = Path(out_dir)
-    with folder_lock(out_dir):
-        check_fresh_run_dir(out_dir)
-        return _evaluate(conf, out_dir)
+    with fresh_output_folder(out_dir) as folder:
+        return _evaluate(conf, folder)
 
 
 def _evaluate(conf: EvalSchema, out_dir: Path) -> dict[str, Any]:

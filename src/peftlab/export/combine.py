@@ -61,6 +61,7 @@ def check_sources(sources: list[Source], conf: CombineSchema) -> None:
     """Every refusal that needs no model, one line each, naming the run folder."""
     first = sources[0]
     kind = conf.combination_type
+    configs = {}  # each source's adapter_config.json, read once its method is known to combine
     if len(sources) == 1 and kind != "linear":
         raise ConfigError(f"combination_type={kind} combines two or more adapters; one run (a weighted or negated "
                           "copy) combines by linear, which peft uses for a single adapter whatever the type")
@@ -77,12 +78,12 @@ def check_sources(sources: list[Source], conf: CombineSchema) -> None:
         why = s.run.method.combine_refusal(kind, [x.weight for x in sources])
         if why:
             raise ConfigError(f"runs: {s.run_dir}: {why}")
-        config = read_adapter_config(s.adapter)
-        if config.get("modules_to_save"):
+        configs[s.run_dir] = read_adapter_config(s.adapter)
+        if configs[s.run_dir].get("modules_to_save"):
             raise ConfigError(f"runs: {s.run_dir} trains its own task head (modules_to_save): peft's "
                               "add_weighted_adapter combines no heads (the combination would carry an untrained one)")
     if kind in EQUAL_RANKS:
-        ranks = {s.run_dir: adapter_rank(read_adapter_config(s.adapter)) for s in sources}
+        ranks = {d: adapter_rank(config) for d, config in configs.items()}
         if len(set(map(str, ranks.values()))) > 1:
             shown = ", ".join(f"{d} r={r}" + (f" (per module: {p})" if p else "") for d, (r, p) in ranks.items())
             raise ConfigError(f"combination_type={kind} combines A and B entry by entry and needs equal ranks, "

@@ -43,10 +43,6 @@ class AdapterBank:
         self.model.eval()
         self.names.append(name)
 
-    def config(self, name: str) -> dict[str, Any]:
-        """The adapter's peft config as it saved it."""
-        return self.model.peft_config[name].to_dict()
-
     @contextlib.contextmanager
     def use(self, name: Optional[str]) -> Iterator[Any]:
         """The model with adapter ``name`` active (``None``: the base, every adapter off)."""

@@ -8,12 +8,13 @@ from __future__ import annotations
 import atexit
 import json
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 from peftlab.errors import ConfigError
 from peftlab.runs.files import remove_stale_temps
-from peftlab.runs.locks import LOCK_NAME, check_not_held, lock_folder
+from peftlab.runs.locks import LOCK_NAME, check_not_held, folder_lock, lock_folder
 
 # files whose presence means a folder holds a finished (or partly saved) run or evaluation
 FINISHED_MARKERS = ("metrics.json", "adapter", "eval.json")
@@ -28,6 +29,16 @@ def check_fresh_run_dir(run_dir: Path, key: str = "hydra.run.dir", resuming: boo
     if found:
         raise ConfigError(f"{key}: {run_dir} already holds a run ({', '.join(found)}); it is never overwritten, "
                           "pick another folder")
+
+
+@contextmanager
+def fresh_output_folder(folder: Path) -> Iterator[Path]:
+    """A command's own output folder (peftlab-eval's, peftlab-combine's) for a block: locked for this
+    process, and refused when it already holds a finished run or evaluation."""
+    folder = Path(folder)
+    with folder_lock(folder):
+        check_fresh_run_dir(folder)
+        yield folder
 
 
 def check_claimable(folder: Path, key: str = "hydra.run.dir", resuming: bool = False) -> None:
