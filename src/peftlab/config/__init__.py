@@ -20,6 +20,7 @@ from peftlab.config.commands import (
     ReportSchema,
     TrainSchema,
 )
+from peftlab.config.rl import RLSchema
 from peftlab.config.schema import (
     DataSchema,
     HardwareSchema,
@@ -42,7 +43,8 @@ def register_schemas() -> None:
     cs = ConfigStore.instance()
     for group, node in (("model", ModelSchema), ("data", DataSchema), ("optim", OptimSchema),
                         ("precision", PrecisionSchema), ("hardware", HardwareSchema),
-                        ("trainer", TrainerSchema), ("paths", PathsSchema), ("preference", PreferenceSchema)):
+                        ("trainer", TrainerSchema), ("paths", PathsSchema), ("preference", PreferenceSchema),
+                        ("rl", RLSchema)):
         cs.store(group=f"schema/{group}", name="base", node=node)
     for name, node in (("train", TrainSchema), ("eval", EvalSchema), ("params", ParamsSchema),
                        ("merge", MergeSchema), ("report", ReportSchema), ("generate", GenerateSchema),

@@ -17,6 +17,7 @@ from omegaconf import MISSING
 from peftlab.config.checks import check as _check
 from peftlab.config.checks import one_of as _one_of
 from peftlab.config.plugins import task_types
+from peftlab.config.rl import RLSchema
 from peftlab.config.schema import (
     DataSchema,
     HardwareSchema,
@@ -59,6 +60,7 @@ class TrainSchema:
     logger: Dict[str, Any] = field(default_factory=dict)
     paths: PathsSchema = MISSING
     preference: Optional[PreferenceSchema] = None  # preference training settings (data of task type preference)
+    rl: Optional[RLSchema] = None  # online RL settings (data of task type rl)
     seed: int = 42
     zero_shot: bool = True  # test the untouched base model before training
     forgetting: Optional[ForgettingSchema] = None  # the loss on general text before and after (null: not measured)

@@ -121,6 +121,14 @@ def register_preference_loss(name: str, needs_reference: bool, reads: tuple[str,
     PREFERENCE_LOSSES[name] = PreferenceLossSpec(needs_reference, reads)
 
 
+REWARDS: list[str] = []  # the reward functions' names (tasks/rewards.py): rl.rewards.<name>=<weight>
+
+
+def register_reward(name: str) -> None:
+    if name not in REWARDS:
+        REWARDS.append(name)
+
+
 def register_task_type(name: str, generative: bool = False) -> None:
     if name not in TASK_TYPES:
         TASK_TYPES.append(name)

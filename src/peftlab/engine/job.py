@@ -56,6 +56,7 @@ class TrainingJob:
         self.conf, self.cfg, self.run_dir, self.task, self.objective = conf, cfg, Path(run_dir), task, objective
         self.writes = not SECONDARY
         self.dry = bool(conf.trainer.fast_dev_run)  # a smoke test: nothing is saved
+        task.run_dir, task.writes_records = self.run_dir, self.writes and not self.dry
         self.started = time.perf_counter()
         self.checkpoint: Optional[dict[str, Any]] = None
 

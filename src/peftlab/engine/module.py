@@ -115,6 +115,7 @@ class PeftLabModule(L.LightningModule):
 
     # ---------------------------------------------------------------------------------- steps
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        self.task.step = self.global_step
         total, count = self.task.loss(self.model, batch)
         # the mean over every answer token of the step, on every process: DDP averages the processes'
         # gradients, so each process scales its sum by world / (all tokens); with one process: total / count
@@ -123,6 +124,8 @@ class PeftLabModule(L.LightningModule):
         loss = total * world / count_all
         self.last_loss = (all_sum(total.detach()) / count_all).detach()  # for the log and the divergence guard
         self.log("train/loss", self.last_loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
+        for name, value in self.task.step_logs().items():
+            self.log(f"train/{name}", value, batch_size=batch["input_ids"].shape[0])
         if self.hooks is not None and self.hooks.loss_term is not None:
             # the same on every process, so DDP's average of the gradients keeps it as it is
             term = self.hooks.loss_term(self.model)

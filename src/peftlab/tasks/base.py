@@ -34,6 +34,7 @@ class Task:
     metric_names: ClassVar[tuple[str, ...]]  # what evaluation reports on a test split
     probe_name: ClassVar[str]  # what ``probe`` returns, in words (merge reports)
     takes_preference: ClassVar[bool] = False  # trains with the run's preference settings
+    takes_rl: ClassVar[bool] = False  # trains with the run's online RL settings
     # (tiny model, shipped data) the peft tuner probe (engine/probe.py) runs this task type on; None: not probed
     probe_setup: ClassVar[Optional[tuple[str, str]]] = None
 
@@ -47,12 +48,22 @@ class Task:
         self.data = data
         self._labels = labels
         self.run = run  # the run's whole validated config, for tasks that read more than the data
+        self.step = 0  # the optimizer step a training batch belongs to (set by the LightningModule)
+        self.run_dir: Any = None  # where a task may write records of its own (set by the training job)
+        self.writes_records = True  # False on every process but the first
 
     def check(self, run: Any) -> list[str]:
         """Problems with this task in ``run`` (one line each), before any work."""
         if getattr(run, "preference", None) is not None and not self.takes_preference:
             return [f"preference={run.preference.name}: data.task_type={self.name} trains on no preference pairs"]
+        if getattr(run, "rl", None) is not None and not self.takes_rl:
+            return [f"rl={run.rl.name}: data.task_type={self.name} is not online RL (use data of task type rl, "
+                    "e.g. data=date_prompts)"]
         return []
+
+    def step_logs(self) -> dict[str, float]:
+        """What the last training step measured beyond its loss, for the loggers (train/<key>)."""
+        return {}
 
     def settings_record(self) -> dict[str, Any]:
         """What the task trained with beyond the data config, for metrics.json."""

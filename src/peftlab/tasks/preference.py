@@ -10,12 +10,12 @@ only, with the output head on those positions alone (as for SFT).
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any, Callable, Optional
 
 from peftlab.data.tokenize import IGNORE_INDEX, PromptFormat, encode
 from peftlab.tasks.base import Task, register_task
 from peftlab.tasks.causal_lm import GeneratesText
+from peftlab.tasks.reference import as_reference, eval_mode, load_frozen, param_bytes
 
 
 @register_task
@@ -125,13 +125,11 @@ class PreferenceTask(GeneratesText, Task):
             import copy
 
             self.reference_model = copy.deepcopy(backbone).eval().requires_grad_(False)
-            self.reference_bytes = _bytes(self.reference_model.parameters())
+            self.reference_bytes = param_bytes(self.reference_model.parameters())
 
     def before_training(self, model: Any, data: Any) -> None:
-        if self.settings.reference == "frozen_adapter" and "reference" not in getattr(model, "peft_config", {}):
-            model.load_adapter(self.init_adapter, adapter_name="reference", is_trainable=False)
-            model.set_adapter("default")  # the policy trains; the reference stays as loaded
-            self.reference_bytes = _bytes(p for n, p in model.named_parameters() if ".reference." in n)
+        if self.settings.reference == "frozen_adapter":
+            self.reference_bytes = load_frozen(model, self.init_adapter)
         if self.settings.reference == "precomputed":
             self._precompute(model, data)
             self.reference_bytes = 16 * sum(len(split) for split in data.splits.values())  # two float64 a pair
@@ -142,7 +140,7 @@ class PreferenceTask(GeneratesText, Task):
         import torch
 
         collate = self.collator(data.tokenizer, evaluation=False)
-        with torch.no_grad(), _eval_mode(model):
+        with torch.no_grad(), eval_mode(model):
             for examples in data.splits.values():
                 for start in range(0, len(examples), data.cfg.eval_batch_size):
                     chunk = examples[start:start + data.cfg.eval_batch_size]
@@ -156,18 +154,11 @@ class PreferenceTask(GeneratesText, Task):
 
         if "ref_logps" in batch:
             return batch["ref_logps"].to(batch["input_ids"].device)
-        with torch.no_grad(), _eval_mode(model):  # the reference is frozen: no dropout, no random draws
+        with torch.no_grad(), eval_mode(model):  # the reference is frozen: no dropout, no random draws
             mode = self.settings.reference
             if mode == "separate" and self.reference_model is not None:
                 return self._logps(self.reference_model.to(batch["input_ids"].device), batch)[0]
-            if mode == "frozen_adapter" and "reference" in getattr(model, "peft_config", {}):
-                active = model.active_adapter
-                model.set_adapter("reference")
-                try:
-                    return self._logps(model, batch)[0]
-                finally:
-                    model.set_adapter(active)  # the policy's parameters train again
-            with _adapter_off(model):  # adapter_off (and the untouched base, where there is no adapter)
+            with as_reference(model, mode):
                 return self._logps(model, batch)[0]
 
     # ------------------------------------------------------------------------------- the loss
@@ -233,22 +224,3 @@ class PreferenceTask(GeneratesText, Task):
         if "exact_match" not in metrics.names:
             return []
         return self.score_generations(model, tokenizer, batch, m["exact_match"])
-
-
-@contextlib.contextmanager
-def _eval_mode(model: Any):
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)
-
-
-def _adapter_off(model: Any):
-    """The same weights with the adapter switched off; the model itself where it has no adapter."""
-    return model.disable_adapter() if hasattr(model, "disable_adapter") else contextlib.nullcontext()
-
-
-def _bytes(parameters) -> int:
-    return sum(p.numel() * p.element_size() for p in parameters)

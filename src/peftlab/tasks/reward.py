@@ -1,0 +1,176 @@
+"""Reward models: a scalar score head trained on preference pairs (prompt, chosen, rejected).
+
+The model is the causal LM's backbone with a sequence-classification head of one output (a
+``score`` layer on the last real token), trained with the Bradley-Terry loss
+``-log sigmoid(r_chosen - r_rejected - margin)`` (Ouyang et al., 2022; the per-pair margin of
+Llama 2, read from ``data.margin_field`` when it is set). The texts it scores are the prompt and
+the answer exactly as the policy sees them (chat template and system prompt), so an RL run scores
+its completions the way the reward model was trained. The same data configs as DPO serve it:
+``data=date_prefs data.task_type=reward``. Any method that serves classification trains it; peft
+saves the head with the adapter, so the folder reloads with plain transformers + peft.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+from peftlab.data.tokenize import PromptFormat, encode
+from peftlab.tasks.base import Task, register_task
+
+SCORES = ("pair_accuracy", "margin", "chosen_score", "rejected_score")
+
+
+@register_task
+class RewardTask(Task):
+    name = "reward"
+    peft_task_type = "SEQ_CLS"
+    generative = False
+    primary_metric = "pair_accuracy"
+    metric_names = (*SCORES, "loss")
+    probe_name = "preferred answers"
+
+    @classmethod
+    def auto_class(cls) -> Any:
+        from transformers import AutoModelForSequenceClassification
+
+        return AutoModelForSequenceClassification
+
+    @classmethod
+    def checkpoint_class(cls) -> Any:
+        from transformers import AutoModelForCausalLM
+
+        return AutoModelForCausalLM  # the base a policy shares; the score head is added at load time
+
+    def model_kwargs(self) -> dict[str, Any]:
+        return {"num_labels": 1}
+
+    # -------------------------------------------------------------------------------- the data
+    def fields(self) -> dict[str, str]:
+        d = self.data
+        fields = {"prompt_field": d.prompt_field, "chosen_field": d.chosen_field, "rejected_field": d.rejected_field}
+        return {**fields, **({"margin_field": d.margin_field} if d.margin_field else {})}
+
+    def encoder(self, tokenizer: Any) -> Callable[[dict[str, Any], str], dict[str, Any]]:
+        d = self.data
+        fmt = PromptFormat.for_tokenizer(tokenizer, d.prompt_format, d.system_prompt)
+
+        def encode_pair(row: dict[str, Any], where: str) -> dict[str, Any]:
+            from peftlab.errors import DataError
+
+            prompt = str(row[d.prompt_field])
+            chosen = encode(tokenizer, fmt, prompt, str(row[d.chosen_field]), d.max_length)
+            rejected = encode(tokenizer, fmt, prompt, str(row[d.rejected_field]), d.max_length)
+            margin = 0.0
+            if d.margin_field:
+                try:
+                    margin = float(row[d.margin_field])
+                except (TypeError, ValueError):
+                    raise DataError(f"{where}: {d.margin_field}={row[d.margin_field]!r} is not a number "
+                                    "(data.margin_field)") from None
+            return {"chosen": chosen["input_ids"], "rejected": rejected["input_ids"], "margin": margin,
+                    "answers": (str(row[d.chosen_field]), str(row[d.rejected_field])),
+                    "truncated": chosen["truncated"] or rejected["truncated"]}
+
+        return encode_pair
+
+    def unusable(self, record: dict[str, Any], example: dict[str, Any]) -> Optional[str]:
+        d = self.data
+        if not str(record[d.prompt_field]).strip():
+            return "blank prompt"
+        if not str(record[d.chosen_field]).strip() or not str(record[d.rejected_field]).strip():
+            return "empty answer"
+        if example["chosen"] == example["rejected"]:  # the same text, or cut to the same tokens by max_length
+            return "chosen equals rejected"
+        return None
+
+    def length(self, example: dict[str, Any]) -> int:
+        return max(len(example["chosen"]), len(example["rejected"]))
+
+    def collator(self, tokenizer: Any, evaluation: bool) -> Callable:
+        import torch
+
+        from peftlab.data.collators import counted, pad
+
+        def collate(examples: list[dict[str, Any]]) -> dict[str, Any]:
+            rows = [e[k] for k in ("chosen", "rejected") for e in examples]  # chosen rows, then rejected rows
+            return {"input_ids": pad(rows, tokenizer.pad_token_id),
+                    "attention_mask": pad([[1] * len(r) for r in rows], 0),
+                    "margin": torch.tensor([e["margin"] for e in examples], dtype=torch.float32),
+                    "answers": [e["answers"] for e in examples], "counted": counted(examples)}
+
+        return collate
+
+    # ---------------------------------------------------------------------- training, evaluation
+    @staticmethod
+    def scores(model: Any, input_ids: Any, attention_mask: Any) -> Any:
+        """One fp32 score per row: the head's output on the row's last real token."""
+        return model(input_ids=input_ids, attention_mask=attention_mask).logits[:, 0].float()
+
+    def _pairs(self, model, batch):
+        import torch.nn.functional as F
+
+        s = self.scores(model, batch["input_ids"], batch["attention_mask"])
+        b = len(s) // 2
+        chosen, rejected = s[:b], s[b:]
+        losses = -F.logsigmoid(chosen - rejected - batch["margin"].to(s.device))
+        return losses, chosen, rejected
+
+    def loss(self, model, batch):
+        losses, _, _ = self._pairs(model, batch)
+        keep = batch["counted"].to(losses.device)
+        return losses[keep].sum(), keep.sum()
+
+    def metrics(self, test: bool):
+        from torchmetrics import MeanMetric
+
+        from peftlab.tasks.metrics import SplitMetrics
+
+        return SplitMetrics({k: MeanMetric(nan_strategy="disable") for k in SCORES})
+
+    def evaluate_batch(self, model, tokenizer, batch, metrics) -> list[dict[str, Any]]:
+        import torch
+
+        with torch.no_grad():
+            losses, chosen, rejected = self._pairs(model, batch)
+        keep = batch["counted"].to(losses.device)
+        losses, chosen, rejected = losses[keep], chosen[keep], rejected[keep]
+        metrics.update_loss(losses.sum(), len(losses))
+        m = metrics.task
+        m["pair_accuracy"].update((chosen > rejected).double())
+        m["margin"].update(chosen - rejected)
+        m["chosen_score"].update(chosen)
+        m["rejected_score"].update(rejected)
+        answers = [a for a, k in zip(batch["answers"], keep.tolist(), strict=True) if k]
+        return [{"prediction": a[0] if c > r else a[1], "reference": a[0], "correct": c > r,
+                 "chosen_score": round(c, 4), "rejected_score": round(r, 4)}
+                for a, c, r in zip(answers, chosen.tolist(), rejected.tolist(), strict=True)]
+
+    def answer(self, model, tokenizer, prompts, options, streamer=None):
+        """The score of each text, read as a whole (a prompt followed by its answer)."""
+        import torch
+
+        from peftlab.data.collators import pad
+
+        out = []
+        for start in range(0, len(prompts), options.batch_size):
+            texts = prompts[start:start + options.batch_size]
+            ids = [tokenizer(t, truncation=True, max_length=self.data.max_length).input_ids for t in texts]
+            with torch.no_grad():
+                s = self.scores(model, pad(ids, tokenizer.pad_token_id), pad([[1] * len(i) for i in ids], 0))
+            out += [{"prompt": t, "score": round(float(v), 4)} for t, v in zip(texts, s.tolist(), strict=True)]
+        return out
+
+    # -------------------------------------------------------------------------- merge checks
+    def verification_logits(self, model, batch):
+        import torch
+
+        with torch.no_grad():
+            s = self.scores(model, batch["input_ids"], batch["attention_mask"])[:, None]
+        return {"all": s, "answer": s}
+
+    def probe(self, model, tokenizer, batch) -> list[str]:
+        import torch
+
+        with torch.no_grad():
+            _, chosen, rejected = self._pairs(model, batch)
+        return ["chosen" if c > r else "rejected" for c, r in zip(chosen.tolist(), rejected.tolist(), strict=True)]

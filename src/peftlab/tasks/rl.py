@@ -1,0 +1,276 @@
+"""Online RL with an adapter policy: GRPO and RLOO on prompts whose answers the rewards judge.
+
+Each training step samples ``rl.num_generations`` completions of every prompt in the batch from the
+current policy (eval mode, sampled at ``rl.temperature`` / ``rl.top_p``), scores them with the
+weighted rewards (tasks/rewards.py, and a trained reward model on the same base:
+tasks/reward_scorer.py), turns the rewards into advantages within each prompt's group, and takes the
+clipped policy-gradient loss per completion token plus ``beta`` times the k3 estimate of the KL
+divergence to the reference, ``exp(r - p) - (r - p) - 1`` with p, r the policy's and the reference's
+log-probabilities of the token. The loss is the mean over every completion token of the step (as
+SFT's over answer tokens). The completions are sampled once per step and trained on once, so the
+ratio to the sampling policy is 1 in value (its gradient the policy gradient) and the clip binds only
+where generation and training differ numerically.
+
+Evaluation is SFT's: greedy exact match and the loss of the reference answers on the test split.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from peftlab.config.rl import LEARNED
+from peftlab.data.tokenize import IGNORE_INDEX
+from peftlab.tasks.base import register_task
+from peftlab.tasks.causal_lm import CausalLMTask
+from peftlab.tasks.reference import as_reference, eval_mode, load_frozen
+from peftlab.tasks.rewards import REWARD_FUNCTIONS  # registers the shipped rewards with the config checks
+
+
+@register_task
+class RLTask(CausalLMTask):
+    name = "rl"
+    takes_rl = True
+    probe_setup = None
+
+    def __init__(self, data, labels=None, run=None):
+        super().__init__(data, labels, run)
+        from peftlab.config.rl import RLSchema
+
+        self.settings = getattr(run, "rl", None) or RLSchema(name="grpo")
+        self.init_adapter = getattr(run, "init_adapter", None)
+        self.scorer = None  # a trained reward model (rl.reward_model)
+        self.reference_bytes = 0
+        self.step_record: dict[str, float] = {}  # the last step's statistics, for the loggers
+
+    @property
+    def max_new_tokens(self) -> int:
+        return self.settings.max_new_tokens or self.data.max_new_tokens
+
+    def check(self, run: Any) -> list[str]:
+        problems = super().check(run)
+        s, can = self.settings, run.method.capabilities
+        if s.reference == "adapter_off" and not can.adapter:
+            problems.append(f"rl.reference=adapter_off: method={run.method.name} has no adapter to switch off; "
+                            "use rl.beta=0 rl.reference=none")
+        elif s.reference == "adapter_off" and run.init_adapter:
+            problems.append("rl.reference=adapter_off with init_adapter: the reference would be the base, not the "
+                            "model the policy starts from; use rl.reference=frozen_adapter")
+        elif s.reference == "adapter_off" and run.method.adapter_off_differs():
+            problems.append(f"rl.reference=adapter_off: {run.method.adapter_off_differs()}, so the base is not the "
+                            "model the run starts from; use rl.reference=none with rl.beta=0")
+        if s.reference == "frozen_adapter" and not run.init_adapter:
+            problems.append("rl.reference=frozen_adapter needs init_adapter=<run_dir>/adapter: the frozen copy is of "
+                            "the adapter the run starts from")
+        if s.reward_model:
+            problems += reward_model_problems(Path(s.reward_model).expanduser(), run)
+        return problems
+
+    def settings_record(self) -> dict[str, Any]:
+        import dataclasses
+
+        bytes_ = {"reference_bytes": self.reference_bytes,
+                  "reward_model_bytes": self.scorer.bytes if self.scorer is not None else 0}
+        return {"rl": {**dataclasses.asdict(self.settings), **bytes_}}
+
+    # -------------------------------------------------------------------------------- the data
+    def encoder(self, tokenizer: Any) -> Callable[[dict[str, Any], str], dict[str, Any]]:
+        from peftlab.data.tokenize import PromptFormat
+
+        encode_record = super().encoder(tokenizer)
+        fmt = PromptFormat.for_tokenizer(tokenizer, self.data.prompt_format, self.data.system_prompt)
+
+        def encode_prompt(row: dict[str, Any], where: str) -> dict[str, Any]:
+            prompt = str(row[self.data.prompt_field])
+            whole = tokenizer(fmt.prompt_text(tokenizer, prompt), add_special_tokens=not fmt.use_chat).input_ids
+            # the prompt is never cut: the policy answers it whole (unusable() refuses one with no room left)
+            return {**encode_record(row, where), "prompt": prompt, "prompt_ids": whole}
+
+        return encode_prompt
+
+    def unusable(self, record: dict[str, Any], example: dict[str, Any]) -> Optional[str]:
+        room = self.data.max_length - len(example["prompt_ids"])  # the whole prompt (encoder)
+        if room < self.max_new_tokens:
+            return (f"prompt leaves no room for {self.max_new_tokens} new tokens (rl.max_new_tokens) within "
+                    f"data.max_length={self.data.max_length}")
+        return super().unusable(record, example)
+
+    def collator(self, tokenizer: Any, evaluation: bool) -> Callable:
+        from peftlab.data.collators import CausalLMCollator
+
+        collate = CausalLMCollator(tokenizer.pad_token_id, generation=True)  # training samples from the prompts too
+        return lambda examples: {**collate(examples), "prompts": [e["prompt"] for e in examples]}
+
+    # ------------------------------------------------------------------------------ the models
+    def before_training(self, model: Any, data: Any) -> None:
+        s = self.settings
+        self.tokenizer = data.tokenizer
+        if s.reference == "frozen_adapter":
+            self.reference_bytes = load_frozen(model, self.init_adapter)
+        if s.reward_model and self.scorer is None:
+            from peftlab.tasks.reward_scorer import RewardScorer
+
+            self.scorer = RewardScorer(s.reward_model, model, data.tokenizer, self.data, s.reward_separate)
+
+    # ------------------------------------------------------------------------------- the step
+    def loss(self, model, batch):
+        import torch
+
+        s, G = self.settings, self.settings.num_generations
+        prompts = batch["gen_input_ids"].repeat_interleave(G, 0)
+        prompt_mask = batch["gen_attention_mask"].repeat_interleave(G, 0)
+        completion, done = self._sample(model, prompts, prompt_mask)
+        rewards, per_reward = self._rewards(model, batch, completion, done, G)
+        advantages = self._advantages(rewards.view(-1, G)).view(-1)
+
+        ids = torch.cat([prompts, completion], 1)
+        mask = torch.cat([prompt_mask, done.long()], 1)
+        labels = torch.cat([torch.full_like(prompts, IGNORE_INDEX), completion.masked_fill(~done, IGNORE_INDEX)], 1)
+        joint = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+        rows = (labels[:, 1:] != IGNORE_INDEX).nonzero()[:, 0]
+        logps = self._token_logps(model, joint)
+        ratio = torch.exp(logps - logps.detach())  # to the policy that sampled: one update per sample
+        a = advantages[rows].to(logps.dtype)
+        clipped = torch.clamp(ratio, 1 - s.epsilon, 1 + s.epsilon) * a
+        per_token = -torch.minimum(ratio * a, clipped)
+        kl = logps.new_zeros(logps.shape)
+        if s.beta > 0:
+            with torch.no_grad(), eval_mode(model), as_reference(model, s.reference):
+                ref = self._token_logps(model, joint)
+            diff = ref - logps
+            kl = torch.exp(diff) - diff - 1
+            per_token = per_token + s.beta * kl
+        self._record(batch, completion, done, rewards, per_reward, kl, (ratio * a > clipped).float(), G)
+        return per_token.sum(), rows.new_tensor(len(rows))
+
+    def evaluate_batch(self, model, tokenizer, batch, metrics) -> list[dict[str, Any]]:
+        if "exact_match" not in metrics.names:  # validation: the reference answers' loss, as SFT's (no sampling)
+            metrics.update_loss(*CausalLMTask.loss(self, model, batch))
+            return []
+        return super().evaluate_batch(model, tokenizer, batch, metrics)
+
+    def _sample(self, model, prompts, prompt_mask):
+        """Completions (rows, new tokens) and which of their positions are real: up to and with the
+        first end token."""
+        import torch
+        from transformers import GenerationConfig
+
+        from peftlab.tasks.generation import end_tokens
+
+        s, tok = self.settings, self.tokenizer
+        ends = end_tokens(model, tok)
+        config = GenerationConfig(max_new_tokens=self.max_new_tokens, do_sample=True, temperature=s.temperature,
+                                  top_p=s.top_p, top_k=0, pad_token_id=tok.pad_token_id, eos_token_id=ends)
+        with torch.no_grad(), eval_mode(model):
+            out = model.generate(input_ids=prompts, attention_mask=prompt_mask, generation_config=config)
+        completion = out[:, prompts.shape[1]:]
+        is_end = torch.isin(completion, torch.tensor(ends, device=completion.device))
+        after_end = (is_end.long().cumsum(1) - is_end.long()) > 0  # positions after the first end token
+        return completion, ~after_end
+
+    def _token_logps(self, model, batch):
+        """Log-probabilities of the completion tokens (every labelled position, row-major), with
+        each row's positions counted from its first real token as generation counts them."""
+        import torch.nn.functional as F
+
+        from peftlab.tasks.heads import answer_logits
+
+        config = getattr(model, "active_peft_config", None)
+        positions = None if getattr(config, "is_prompt_learning", False) else (
+            (batch["attention_mask"].cumsum(-1) - 1).clamp(min=0))
+        logits, targets = answer_logits(model, batch, position_ids=positions)
+        return -F.cross_entropy(logits, targets, reduction="none")
+
+    def _rewards(self, model, batch, completion, done, G):
+        import torch
+
+        real = completion.masked_fill(~done, self.tokenizer.pad_token_id)
+        texts = [t.strip() for t in self.tokenizer.batch_decode(real, skip_special_tokens=True)]
+        references = [r for r in batch["references"] for _ in range(G)]
+        lengths = done.sum(1).tolist()
+        per_reward = {}
+        for name in self.settings.rewards:
+            if name == LEARNED:
+                prompts = [p for p in batch["prompts"] for _ in range(G)]
+                per_reward[name] = self.scorer.score(model, prompts, texts).double().cpu()
+            else:
+                values = REWARD_FUNCTIONS[name](texts, references, lengths, self.settings)
+                per_reward[name] = torch.tensor(values, dtype=torch.float64)
+        total = sum(self.settings.rewards[k] * v for k, v in per_reward.items())
+        self._texts = texts
+        return total.to(completion.device), per_reward
+
+    def _advantages(self, rewards):
+        """(prompts, G) rewards -> advantages: GRPO's group-normalised, RLOO's leave-one-out."""
+        G = rewards.shape[1]
+        mean = rewards.mean(1, keepdim=True)
+        if self.settings.algorithm == "rloo":
+            return (rewards - (rewards.sum(1, keepdim=True) - rewards) / (G - 1))
+        centred = rewards - mean
+        return centred / (rewards.std(1, keepdim=True) + 1e-4) if self.settings.scale_rewards else centred
+
+    # ----------------------------------------------------------------------------- the records
+    def _record(self, batch, completion, done, rewards, per_reward, kl, clipped, G) -> None:
+        record = {"reward": float(rewards.mean()), "reward_std": float(rewards.std()),
+                  "kl": float(kl.detach().mean()) if kl.numel() else 0.0,
+                  "clip_fraction": float(clipped.mean()) if clipped.numel() else 0.0,
+                  "completion_length": float(done.sum(1).double().mean())}
+        record.update({f"reward/{k}": float(v.mean()) for k, v in per_reward.items()})
+        record.update({f"reward/{k}_std": float(v.std()) for k, v in per_reward.items()})
+        self.step_record = record
+        every, run_dir = self.settings.completions_every, getattr(self, "run_dir", None)
+        from peftlab.data.loaders import rank_and_world
+
+        first = rank_and_world()[0] == 0
+        if every and run_dir is not None and self.step % every == 0 and self.writes_records and first:
+            rows = [{"step": self.step, "prompt": batch["prompts"][0], "reference": batch["references"][0],
+                     "completion": self._texts[i], "reward": round(float(rewards[i]), 4),
+                     **{k: round(float(v[i]), 4) for k, v in per_reward.items()}} for i in range(G)]
+            with open(run_dir / "completions.jsonl", "a", encoding="utf-8") as f:
+                f.writelines(json.dumps(r) + "\n" for r in rows)
+
+    def step_logs(self) -> dict[str, float]:
+        return self.step_record
+
+
+def reward_model_problems(folder: Path, run: Any) -> list[str]:
+    """Why ``folder`` cannot score this run's completions, read from its files alone (no weights
+    loaded): not a reward model's adapter, no score head of one output, another base."""
+    from peftlab.models.adapters import base_identity
+
+    key = "rl.reward_model"
+    try:
+        config = json.loads((folder / "adapter_config.json").read_text())
+        header = _safetensors_header(folder / "adapter_model.safetensors")
+    except (OSError, ValueError) as err:
+        return [f"{key}: {folder} is not a readable adapter ({str(err).splitlines()[0]})"]
+    if config.get("task_type") != "SEQ_CLS":
+        return [f"{key}: {folder} is a {config.get('task_type')} adapter, not a reward model (train one with "
+                "data.task_type=reward)"]
+    head = [v["shape"] for k, v in header.items() if k.endswith("score.weight")]
+    if not head or head[0][0] != 1:
+        return [f"{key}: {folder} holds no score head of one output (train a reward model with data.task_type=reward)"]
+    if (folder.parent / "config.yaml").is_file() and hasattr(run, "model"):  # its run folder names its base
+        from peftlab.errors import ConfigError
+        from peftlab.runs.config import read_run_config
+
+        try:
+            theirs = base_identity(read_run_config(folder.parent).model)
+        except ConfigError as err:
+            return [f"{key}: {str(err).removeprefix('run_dir: ')}"]
+        ours = base_identity(run.model)
+        differ = sorted(k for k in ours if ours[k] != theirs.get(k))
+        if differ:
+            return [f"{key}: {folder} was trained on another base (model.{differ[0]}: {theirs.get(differ[0])!r}, the "
+                    f"policy's {ours[differ[0]]!r}): a reward model scores on the base it was trained on"]
+    return []
+
+
+def _safetensors_header(path: Path) -> dict[str, Any]:
+    """The tensor names and shapes of a safetensors file, from its header (no tensor is read)."""
+    with open(path, "rb") as f:
+        size = int.from_bytes(f.read(8), "little")
+        if not 0 < size < 100_000_000:
+            raise ValueError(f"{path.name} is not a safetensors file")
+        return {k: v for k, v in json.loads(f.read(size)).items() if k != "__metadata__"}

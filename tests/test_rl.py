@@ -1,0 +1,270 @@
+"""Reward models and online RL (GRPO, RLOO) on the tiny model: the Bradley-Terry loss and the GRPO
+loss against computations by hand from full logits, a reward model that reloads with plain
+transformers + peft, its scores on the policy's own base equal to a separate model's, learning, the
+run's records, and an exact resume. The refusals are in the bad-input matrix (test_bad_inputs.py)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from conftest import compose, run_cli
+
+REWARD = ["debug=tiny", "data=date_prefs", "data.task_type=reward", "data.max_eval_examples=16"]
+RL = ["debug=tiny", "data=date_prompts", "rl=grpo"]
+
+
+def setup(overrides: list[str], cache_dir):
+    """(task, model, data) as a run sets them up before its first step."""
+    from peftlab.config import validate
+    from peftlab.config.commands import TrainSchema
+    from peftlab.data.datamodule import TaskDataModule
+    from peftlab.methods import BuildContext, apply_method
+    from peftlab.models import load_backbone
+    from peftlab.tasks import make_task
+
+    conf = validate(compose(overrides), TrainSchema)
+    task = make_task(conf.data, run=conf)
+    assert task.check(conf) == []
+    backbone = load_backbone(conf.model, cache_dir, task)
+    data = TaskDataModule(task, backbone.tokenizer)
+    data.setup()
+    task.before_wrapping(backbone.model)
+    model = apply_method(backbone.model, conf.method, BuildContext(task, backbone.model, backbone.tokenizer,
+                                                                   backbone.path), conf.init_adapter)
+    task.before_training(model, data)
+    return task, model, data
+
+
+def _move(model, scale: float) -> None:
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(scale * torch.randn(p.shape, generator=g))
+
+
+# ----------------------------------------------------------------------------------- reward models
+def test_the_reward_loss_is_bradley_terry_from_the_model_s_own_scores(cache_dir):
+    task, model, data = setup(REWARD, cache_dir)
+    _move(model, 0.3)
+    model.eval()
+    batch = next(iter(data.val_dataloader()))
+    batch["margin"] = torch.linspace(0, 1, len(batch["margin"]))
+    total, count = task.loss(model, batch)
+    with torch.no_grad():
+        scores = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, 0].double()
+        b = len(scores) // 2
+        expected = -torch.nn.functional.logsigmoid(scores[:b] - scores[b:] - batch["margin"].double()).sum()
+    assert int(count) == b and float(total) == pytest.approx(float(expected), rel=1e-5)
+
+
+@pytest.fixture(scope="module")
+def reward_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("reward")
+    proc = run_cli("peftlab-train", *REWARD, "trainer.max_steps=40", "optim.lr=1e-2", "trainer.limit_test_batches=null",
+                   "forgetting=null", f"hydra.run.dir={root / 'rm'}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return root / "rm"
+
+
+def test_a_reward_model_trains_records_and_merges(reward_run):
+    m = json.loads((reward_run / "metrics.json").read_text())
+    assert (m["task_type"], m["primary_metric"]) == ("reward", "pair_accuracy")
+    assert set(m["test"]) == {"loss", "pair_accuracy", "margin", "chosen_score", "rejected_score"}
+    assert m["test"]["loss"] < m["zero_shot"]["loss"] and m["test"]["margin"] > m["zero_shot"]["margin"]
+    assert m["test"]["pair_accuracy"] > m["zero_shot"]["pair_accuracy"]
+    report = json.loads((reward_run / "merge_report.json").read_text())
+    assert report["passed"]
+
+
+def test_a_reward_adapter_reloads_with_plain_transformers_and_peft(reward_run):
+    """The saved folder (adapter and score head) gives the scores the run recorded."""
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    config = json.loads((reward_run / "adapter" / "adapter_config.json").read_text())
+    base = AutoModelForSequenceClassification.from_pretrained(config["base_model_name_or_path"], num_labels=1)
+    tokenizer = AutoTokenizer.from_pretrained(reward_run / "adapter")
+    base.config.pad_token_id = tokenizer.pad_token_id
+    model = PeftModel.from_pretrained(base, reward_run / "adapter").eval()
+    from peftlab.config import validate
+    from peftlab.data.datamodule import TaskDataModule
+    from peftlab.tasks import make_task
+
+    conf = validate(compose(REWARD))
+    task = make_task(conf.data, run=conf)
+    data = TaskDataModule(task, tokenizer)
+    data.setup()
+    batch = task.collator(tokenizer, evaluation=True)(data.splits["test"][:8])  # the first pairs, in the split's order
+    with torch.no_grad():
+        scores = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, 0]
+    recorded = [json.loads(line) for line in (reward_run / "test_predictions.jsonl").read_text().splitlines()]
+    b = len(scores) // 2
+    assert [r["chosen_score"] for r in recorded[:b]] == pytest.approx(scores[:b].tolist(), abs=2e-4)
+    assert [r["rejected_score"] for r in recorded[:b]] == pytest.approx(scores[b:].tolist(), abs=2e-4)
+
+
+def test_the_reward_model_on_the_policy_s_base_scores_as_a_separate_model(reward_run, cache_dir):
+    """One-base mode: the reward adapter beside the policy's, and the head on the last real token,
+    give the separate model's (plain transformers + peft) scores; the policy is left active."""
+    from peftlab.tasks.reward_scorer import RewardScorer
+
+    task, policy, data = setup(RL, cache_dir)
+    _move(policy, 0.3)
+    prompts, completions = ["Rewrite 3 May 2001", "Rewrite 1999/12/31"] * 2, ["2001-05-03", "1999-12-31", "x", ""]
+    one = RewardScorer(str(reward_run / "adapter"), policy, data.tokenizer, task.data, separate=False)
+    two = RewardScorer(str(reward_run / "adapter"), policy, data.tokenizer, task.data, separate=True)
+    assert policy.active_adapter == "default" and set(policy.peft_config) == {"default", "reward"}
+    a, b = one.score(policy, prompts, completions), two.score(policy, prompts, completions)
+    assert torch.allclose(a, b, atol=1e-5), (a, b)
+    assert a.std() > 0
+    # one base: the reward model adds its adapter and head, not a second base
+    assert one.bytes < 0.5 * two.bytes
+
+
+# ----------------------------------------------------------------------------------------- GRPO, RLOO
+def test_the_advantages_by_hand():
+    from peftlab.config.rl import RLSchema
+    from peftlab.tasks.rl import RLTask
+
+    r = torch.tensor([[1.0, 0.0, 0.0, 1.0], [0.25, 0.25, 0.25, 1.0]], dtype=torch.float64)
+    task = RLTask.__new__(RLTask)
+    task.settings = RLSchema(name="grpo")
+    grpo = task._advantages(r)
+    assert torch.allclose(grpo[0], torch.tensor([0.5, -0.5, -0.5, 0.5], dtype=torch.float64) / (r[0].std() + 1e-4))
+    task.settings = RLSchema(name="rloo", algorithm="rloo")
+    rloo = task._advantages(r)
+    assert rloo[1].tolist() == pytest.approx([0.25 - 0.5, 0.25 - 0.5, 0.25 - 0.5, 1.0 - 0.25])
+
+
+def test_the_grpo_loss_by_hand_from_full_logits(cache_dir):
+    """The step's loss: per completion token -A + beta * k3(KL), summed, with the completions the
+    step sampled, the rewards of their lengths, the group-normalised advantages and the reference
+    (the adapter off) all computed again here from the full logits."""
+    from peftlab.tasks.rewards import length_penalty
+
+    task, model, data = setup([*RL, "rl.beta=0.5", "rl.rewards={length_penalty: 1.0}", "rl.num_generations=3"],
+                              cache_dir)
+    _move(model, 0.3)
+    model.eval()
+    batch = next(iter(data.train_dataloader()))
+    G = 3
+    torch.manual_seed(7)
+    total, count = task.loss(model, batch)
+    torch.manual_seed(7)
+    prompts = batch["gen_input_ids"].repeat_interleave(G, 0)
+    prompt_mask = batch["gen_attention_mask"].repeat_interleave(G, 0)
+    completion, done = task._sample(model, prompts, prompt_mask)
+    lengths = done.sum(1).tolist()
+    rewards = torch.tensor(length_penalty([""] * len(lengths), [""] * len(lengths), lengths, task.settings),
+                           dtype=torch.float64).view(-1, G)
+    adv = ((rewards - rewards.mean(1, keepdim=True)) / (rewards.std(1, keepdim=True) + 1e-4)).view(-1)
+    ids = torch.cat([prompts, completion], 1)
+    mask = torch.cat([prompt_mask, done.long()], 1)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+
+    def token_logps(m):
+        with torch.no_grad():
+            logits = m(input_ids=ids, attention_mask=mask, position_ids=positions).logits.double()
+        w = prompts.shape[1]
+        lp = torch.log_softmax(logits[:, w - 1:-1], -1).gather(-1, completion.unsqueeze(-1)).squeeze(-1)
+        return lp
+
+    policy = token_logps(model)
+    with model.disable_adapter():
+        reference = token_logps(model)
+    d = reference - policy
+    per_token = -adv[:, None] + 0.5 * (torch.exp(d) - d - 1)
+    expected = (per_token * done).sum()
+    assert int(count) == int(done.sum())
+    assert float(total) == pytest.approx(float(expected), rel=1e-4, abs=1e-4)
+    assert task.step_logs()["kl"] > 0 and task.step_logs()["clip_fraction"] == 0
+    assert task.step_logs()["completion_length"] == pytest.approx(sum(lengths) / len(lengths))
+
+
+def ascii_share(completions, references, lengths, settings):
+    """A reward a random tiny model can earn: the share of its answer's characters that are ASCII."""
+    return [sum(ord(ch) < 128 for ch in c) / max(1, len(c)) for c in completions]
+
+
+@pytest.mark.parametrize("algorithm", ["grpo", "rloo"])
+def test_online_rl_raises_the_reward_it_is_given(algorithm, tmp_path, cache_dir):
+    """Each algorithm raises the mean reward of its samples, with a reward registered by a plug-in
+    (here, for this test's run only). Full fine-tuning, because a LoRA of the random tiny model
+    moves its nearly uniform output too slowly to see in a few steps (the SmolLM2 runs show LoRA)."""
+    from peftlab import api
+    from peftlab.config import plugins
+    from peftlab.tasks import rewards
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(rewards.REWARD_FUNCTIONS, "ascii_share", ascii_share)
+        mp.setattr(plugins, "REWARDS", [*plugins.REWARDS, "ascii_share"])
+        api.train([*RL, f"rl={algorithm}", "method=full", "rl.beta=0", "rl.reference=none",
+                   "rl.rewards={ascii_share: 1.0}", "rl.num_generations=8", "trainer.max_steps=30", "optim.lr=2e-3",
+                   "rl.completions_every=1", "zero_shot=false", "forgetting=null", f"hydra.run.dir={tmp_path / 'rl'}"])
+    rows = [json.loads(line) for line in (tmp_path / "rl" / "completions.jsonl").read_text().splitlines()]
+    first = [r["reward"] for r in rows if r["step"] < 6]
+    last = [r["reward"] for r in rows if r["step"] >= 24]
+    assert sum(last) / len(last) > sum(first) / len(first) + 0.1, (first, last)
+
+
+@pytest.fixture(scope="module")
+def rl_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("rl")
+    proc = run_cli("peftlab-train", *RL, "rl.rewards={date_exact: 1.0, length_penalty: 0.1}", "trainer.max_steps=6",
+                   "rl.completions_every=1", "trainer.log_every_n_steps=1", "forgetting=null",
+                   f"hydra.run.dir={root / 'grpo'}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return root / "grpo"
+
+
+def test_an_rl_run_records_its_steps_and_merges(rl_run):
+    m = json.loads((rl_run / "metrics.json").read_text())
+    assert (m["task_type"], m["primary_metric"]) == ("rl", "exact_match")
+    assert m["rl"]["algorithm"] == "grpo" and m["rl"]["rewards"] == {"date_exact": 1.0, "length_penalty": 0.1}
+    assert m["rl"]["reference_bytes"] == 0 and m["rl"]["reward_model_bytes"] == 0
+    assert set(m["test"]) == {"loss", "exact_match", "perplexity"}
+    rows = [json.loads(line) for line in (rl_run / "completions.jsonl").read_text().splitlines()]
+    assert {r["step"] for r in rows} == set(range(6)) and len(rows) == 6 * 4
+    assert set(rows[0]) == {"step", "prompt", "reference", "completion", "reward", "date_exact", "length_penalty"}
+    assert all(r["reward"] == pytest.approx(r["date_exact"] + 0.1 * r["length_penalty"], abs=1e-3) for r in rows)
+    header = (rl_run / "logs" / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert {"train/reward", "train/reward_std", "train/kl", "train/clip_fraction", "train/completion_length",
+            "train/reward/date_exact", "train/reward/length_penalty"} <= set(header)
+    assert json.loads((rl_run / "merge_report.json").read_text())["passed"]
+
+
+def test_rl_from_an_sft_adapter_against_a_learned_reward_on_one_base(reward_run, tmp_path):
+    """The RLHF chain's last step: the policy starts from an adapter (the frozen reference beside
+    it), and a reward model trained on the same base scores its completions as a third adapter."""
+    start = reward_run.parent / "sft"
+    if not start.exists():
+        sft = run_cli("peftlab-train", "debug=tiny", "merge_after=false", "forgetting=null", f"hydra.run.dir={start}")
+        assert sft.returncode == 0, sft.stderr[-3000:]
+    proc = run_cli("peftlab-train", *RL, "rl.reference=frozen_adapter", f"init_adapter={start / 'adapter'}",
+                   "rl.rewards={reward_model: 1.0, date_exact: 1.0}", f"rl.reward_model={reward_run / 'adapter'}",
+                   "trainer.max_steps=2", "merge_after=false", "forgetting=null", f"hydra.run.dir={tmp_path / 'rlhf'}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    m = json.loads((tmp_path / "rlhf" / "metrics.json").read_text())
+    assert m["rl"]["reference_bytes"] > 0 and m["rl"]["reward_model_bytes"] > 0
+    assert sorted(p.name for p in (tmp_path / "rlhf" / "adapter").iterdir() if p.is_dir()) == []  # the policy alone
+    rows = [json.loads(line) for line in (tmp_path / "rlhf" / "completions.jsonl").read_text().splitlines()]
+    assert {"reward_model", "date_exact"} <= set(rows[0])
+
+
+def test_a_resumed_rl_run_ends_bitwise_equal(tmp_path):
+    """Sampling draws from the generators the checkpoint saves: a resumed run samples what the
+    uninterrupted one sampled, and ends with its adapter."""
+    common = [*RL, "rl.rewards={length_penalty: 1.0}", "trainer.max_steps=4", "optim.lr=1e-2",
+              "callbacks.checkpoint.every_n_train_steps=2", "callbacks.checkpoint.save_top_k=-1", "merge_after=false",
+              "zero_shot=false", "forgetting=null"]
+    full = run_cli("peftlab-train", *common, f"hydra.run.dir={tmp_path / 'full'}")
+    assert full.returncode == 0, full.stderr[-3000:]
+    (ckpt,) = (tmp_path / "full" / "checkpoints").glob("step-2*.ckpt")
+    again = run_cli("peftlab-train", *common, f"resume_from={ckpt}", f"hydra.run.dir={tmp_path / 'again'}")
+    assert again.returncode == 0, again.stderr[-3000:]
+    weights = [(tmp_path / d / "adapter" / "adapter_model.safetensors").read_bytes() for d in ("full", "again")]
+    assert weights[0] == weights[1]
