@@ -57,6 +57,8 @@ def _data_files(root: Path) -> dict[str, Path]:
     p["no_rejected"] = jsonl(root / "no_rejected.jsonl", [pairs[0], {"prompt": "a", "chosen": "b"}])
     p["same_pair"] = jsonl(root / "same_pair.jsonl", [{**r, "rejected": r["chosen"]} for r in pairs])
     p["empty_chosen"] = jsonl(root / "empty_chosen.jsonl", [{**r, "chosen": ""} for r in pairs])
+    p["bad_margin"] = jsonl(root / "bad_margin.jsonl", [{**r, "margin": 1.0 if i != 1 else "big"}
+                                                        for i, r in enumerate(pairs)])
     p["random_ckpt"] = root / "random.ckpt"
     p["random_ckpt"].write_bytes(bytes(range(256)) * 40)
     return p
@@ -100,6 +102,29 @@ def _run_folders(root: Path, finished: Path) -> dict[str, Path]:
     p["old_report"] = root / "old_report"
     p["old_report"].mkdir()
     (p["old_report"] / "report.json").write_text("{}")
+    p.update(_reward_models(root, finished))
+    return p
+
+
+def _reward_models(root: Path, finished: Path) -> dict[str, Path]:
+    """Reward-model run folders made from the finished run: one without a score head, and one with a
+    head whose run names another base (another init seed of the tiny model)."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    p = {}
+    for name, head, seed in (("headless_rm", False, 0), ("other_base_rm", True, 1)):
+        p[name] = root / name
+        shutil.copytree(finished, p[name], ignore=shutil.ignore_patterns(".lock"))
+        adapter = p[name] / "adapter"
+        config = json.loads((adapter / "adapter_config.json").read_text())
+        (adapter / "adapter_config.json").write_text(json.dumps({**config, "task_type": "SEQ_CLS"}))
+        state = load_file(adapter / "adapter_model.safetensors")
+        if head:
+            state["base_model.model.score.weight"] = torch.zeros(1, 64)
+        save_file(state, adapter / "adapter_model.safetensors")
+        run_config = p[name] / "config.yaml"
+        run_config.write_text(run_config.read_text().replace("  init_seed: 0\n", f"  init_seed: {seed}\n"))
     return p
 
 
@@ -233,6 +258,44 @@ CASES = [
      "init_adapter: {finished}/adapter is a LORA adapter; method=ia3 trains IA3"),
     ("unknown reference", "peftlab-train", ["data=date_prefs", "preference=dpo", "preference.reference=base"],
      "preference.reference must be one of adapter_off, frozen_adapter, precomputed, separate, none, got 'base'"),
+    # online RL and reward models
+    ("rl on an sft task", "peftlab-train", ["rl=grpo"],
+     "rl=grpo: data.task_type=causal_lm is not online RL (use data of task type rl, e.g. data=date_prompts)"),
+    ("rl setting without rl", "peftlab-train", ["data=date_prompts", "rl.beta=0.1"],
+     "rl.beta: no rl config is chosen, so there is nothing to set (choose one first: rl=<grpo, rloo>)"),
+    ("preference setting without preference", "peftlab-train", ["data=date_prefs", "preference.beta=0.5"],
+     "preference.beta: no preference config is chosen, so there is nothing to set (choose one first: "
+     "preference=<dpo, ipo, orpo, simpo>)"),
+    ("unknown reward", "peftlab-train", ["data=date_prompts", "rl=grpo", "rl.rewards={{date_exakt: 1}}"],
+     "rl.rewards must be one of date_exact, length_penalty, reward_model, got 'date_exakt'"),
+    ("reward weight not a number", "peftlab-train", ["data=date_prompts", "rl=grpo", "rl.rewards={{date_exact: lots}}"],
+     "rl.rewards.date_exact must be a finite number (the reward's weight), got 'lots'"),
+    ("one generation per prompt", "peftlab-train", ["data=date_prompts", "rl=rloo", "rl.num_generations=1"],
+     "rl.num_generations must be >= 2: rloo compares the completions of one prompt with each other, got 1"),
+    ("no kl and a reference", "peftlab-train", ["data=date_prompts", "rl=grpo", "rl.beta=0"],
+     "rl.reference must be none exactly when rl.beta=0"),
+    ("rl full with adapter_off", "peftlab-train", ["data=date_prompts", "method=full"],
+     "rl.reference=adapter_off: method=full has no adapter to switch off; use rl.beta=0 rl.reference=none"),
+    ("rl adapter_off after sft", "peftlab-train", ["data=date_prompts", "init_adapter={finished}/adapter"],
+     "rl.reference=adapter_off with init_adapter: the reference would be the base"),
+    ("reward model without its weight", "peftlab-train", ["data=date_prompts", "rl=grpo",
+                                                         "rl.reward_model={finished}/adapter"],
+     "rl.reward_model and rl.rewards.reward_model go together"),
+    ("reward model of another task", "peftlab-train", ["data=date_prompts", "rl=grpo", "rl.rewards={{reward_model: 1}}",
+                                                      "rl.reward_model={finished}/adapter"],
+     "rl.reward_model: {finished}/adapter is a CAUSAL_LM adapter, not a reward model"),
+    ("reward model without a head", "peftlab-train", ["data=date_prompts", "rl=grpo", "rl.rewards={{reward_model: 1}}",
+                                                     "rl.reward_model={headless_rm}/adapter"],
+     "rl.reward_model: {headless_rm}/adapter holds no score head of one output"),
+    ("reward model of another base", "peftlab-train", ["data=date_prompts", "rl=grpo", "rl.rewards={{reward_model: 1}}",
+                                                      "rl.reward_model={other_base_rm}/adapter"],
+     "rl.reward_model: {other_base_rm}/adapter was trained on another base (model.init_seed: 1, the policy's 0)"),
+    ("no room to generate", "peftlab-train", ["data=date_prompts", "data.max_length=150"],
+     "would train or test nothing (prompt leaves no room for 12 new tokens (rl.max_new_tokens) within "
+     "data.max_length=150"),
+    ("margin not a number", "peftlab-train", ["data=date_prefs", "data.task_type=reward", "data.path={bad_margin}",
+                                             "data.margin_field=margin"],
+     "{bad_margin} line 2: margin='big' is not a number (data.margin_field)"),
     ("pair without rejected", "peftlab-train", ["data=date_prefs", "data.path={no_rejected}"],
      "{no_rejected} line 2: missing field 'rejected' (data.rejected_field"),
     ("chosen equals rejected", "peftlab-train", ["data=date_prefs", "data.path={same_pair}"],
@@ -298,7 +361,7 @@ AS_COMMANDS = {
     "the user's own folder", "a finished sweep's folder", "a function as optimizer",
     "resume with other settings", "malformed json", "adapter_off after sft", "missing model folder",
     "eval corrupt config", "merge broken adapter", "report over a report", "generate without a prompt",
-    "generate from a missing file",
+    "generate from a missing file", "reward model of another base", "no room to generate", "rl setting without rl",
 }
 # what only the command line has (the API takes its prompts as a list)
 COMMAND_LINE_ONLY = {"generate without a prompt", "generate from a missing file", "a finished sweep's folder"}

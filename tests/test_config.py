@@ -20,7 +20,7 @@ from conftest import CONF, ROOT, compose, run_cli
 # options that need a value the user must give
 REQUIRED = {"model/hf": ["model.name_or_path=/some/folder"], "data/custom": ["data.path=/some/file.jsonl"]}
 GROUPS = ["model", "method", "data", "optim", "precision", "hardware", "trainer", "callbacks", "logger", "paths",
-          "recipe", "experiment"]
+          "recipe", "experiment", "rl"]
 # models that serve classification only are composed with the classification task
 CLASSIFIERS = {"minilm_l6", "tiny_bert", "roberta_base", "roberta_large"}
 

@@ -44,7 +44,7 @@ def compose(command: str, overrides: Overrides = None) -> DictConfig:
     import peftlab.methods  # noqa: F401  (registers the method plug-ins)
     import peftlab.tasks  # noqa: F401  (registers the task plug-ins)
     from peftlab.config import CONF_DIR
-    from peftlab.config.messages import describe, user_errors
+    from peftlab.config.messages import describe, unchosen_group, user_errors
 
     overrides = list(overrides or [])
     if any(o in ("-m", "--multirun") for o in overrides):
@@ -56,8 +56,8 @@ def compose(command: str, overrides: Overrides = None) -> DictConfig:
     except PeftlabError:
         raise
     except Exception as err:
-        if isinstance(err, user_errors()):
-            raise ConfigError(describe(err)) from None
+        if isinstance(err, user_errors()) or unchosen_group(err, overrides):
+            raise ConfigError(describe(err, overrides)) from None
         raise
 
 

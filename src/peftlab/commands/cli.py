@@ -20,7 +20,7 @@ import peftlab.methods  # noqa: F401
 import peftlab.tasks  # noqa: F401
 from hydra_plugins.peftlab_sweeps import register as _register_sweep_plugins
 from peftlab.config import CONF_DIR
-from peftlab.config.messages import describe, user_errors
+from peftlab.config.messages import describe, unchosen_group, user_errors
 from peftlab.engine.distributed import SECONDARY, launched_world_size
 from peftlab.errors import ConfigError
 from peftlab.runs.folders import claim_run_dir, discard_unstarted_run_dir, resuming_into
@@ -92,10 +92,12 @@ def run_app(hydra_main: Callable[[], object], prog: str,
             check_rerun_file(sys.argv[1:])
             held = _explicit_run_dir(sys.argv[1:])
         hydra_main()
-    except user_errors() as err:
+    except (*user_errors(), AssertionError) as err:
+        if isinstance(err, AssertionError) and not unchosen_group(err, sys.argv[1:]):
+            raise  # a bug, not the user's
         if held is not None:  # this process's folder: what Hydra wrote for a run that never started goes
             discard_unstarted_run_dir(held)
-        print(f"{prog}: error: {describe(err)}", file=stderr)
+        print(f"{prog}: error: {describe(err, sys.argv[1:])}", file=stderr)
         sys.exit(2)
     finally:
         sys.stderr = stderr

@@ -8,6 +8,7 @@ key and the bad value. Any other exception is a bug and keeps its full traceback
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 from omegaconf.errors import OmegaConfBaseException
 
@@ -18,10 +19,14 @@ _NOT_FOUND = re.compile(r"Could not find '(?P<group>[\w/]+)/(?P<choice>[^']+)'")
 _OPTIONS = re.compile(r"Available options in '[\w/]+':\n((?:\t.*\n?)*)")
 
 
-def describe(err: BaseException) -> str:
-    """One line for a user-facing error from Hydra, OmegaConf or peftlab."""
+def describe(err: BaseException, overrides: Sequence[str] = ()) -> str:
+    """One line for a user-facing error from Hydra, OmegaConf or peftlab (``overrides``: the command
+    line, which names the key of an error that does not)."""
     if isinstance(err, PeftlabError):
         return str(err)
+    unchosen = unchosen_group(err, overrides)
+    if unchosen:
+        return unchosen
     text = str(err)
     m = _NOT_FOUND.search(text)
     if m:
@@ -36,6 +41,25 @@ def describe(err: BaseException) -> str:
         return omegaconf_message(err)
     lines = [line.strip() for line in text.splitlines() if line.strip() and "HYDRA_FULL_ERROR" not in line]
     return " ".join(lines[:3]) if lines else type(err).__name__
+
+
+def unchosen_group(err: BaseException, overrides: Sequence[str]) -> str:
+    """The line for a key set inside an optional group nobody chose (``rl.beta=0`` without ``rl=...``):
+    Hydra 1.3 fails there with a bare AssertionError from OmegaConf ("" for any other error)."""
+    if not (isinstance(err, AssertionError) and "Unexpected type for root: NoneType" in str(err)):
+        return ""
+    from peftlab.config import CONF_DIR
+
+    chosen = {o.split("=", 1)[0].lstrip("+") for o in overrides if "=" in o and "." not in o.split("=", 1)[0]}
+    for override in overrides:
+        key = override.split("=", 1)[0]
+        group = key.split(".", 1)[0]
+        if "." in key and not key.startswith(("+", "~", "hydra.")) and group not in chosen \
+                and (CONF_DIR / group).is_dir():
+            options = ", ".join(sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml")))
+            return (f"{key}: no {group} config is chosen, so there is nothing to set (choose one first: "
+                    f"{group}=<{options}>)")
+    return ""
 
 
 def user_errors() -> tuple[type, ...]:

@@ -11,8 +11,8 @@ token, weighted by ``beta`` (0: no reference is computed).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Optional
 
 from omegaconf import MISSING
@@ -34,7 +34,8 @@ class RLSchema:
     epsilon: float = 0.2  # the ratio's clip range
     scale_rewards: bool = True  # grpo: divide by the group's standard deviation
     # adapter_off: the base (a fresh adapter); frozen_adapter: the adapter the run starts from
-    # (init_adapter), frozen beside the policy's; none: with beta=0
+    # (init_adapter), frozen beside the policy's; separate: a second full copy (the way without PEFT);
+    # none: with beta=0
     reference: str = "adapter_off"
     # the rewards by registered name (tasks/rewards.py) and their weights, e.g. {date_exact: 1.0,
     # length_penalty: 0.1}; reward_model: rl.reward_model's score. null: {date_exact: 1.0} (left null in
@@ -62,7 +63,7 @@ class RLSchema:
         check(self.beta >= 0 and math.isfinite(self.beta), "rl.beta", "must be a finite number >= 0", self.beta)
         check(0 < self.epsilon < 1, "rl.epsilon", "must be in (0, 1)", self.epsilon)
         check(self.completions_every >= 0, "rl.completions_every", "must be >= 0", self.completions_every)
-        one_of("rl.reference", self.reference, ("adapter_off", "frozen_adapter", "none"))
+        one_of("rl.reference", self.reference, ("adapter_off", "frozen_adapter", "separate", "none"))
         check((self.reference == "none") == (self.beta == 0), "rl.reference",
               "must be none exactly when rl.beta=0 (a reference is only read for the KL penalty)", self.reference)
         check(self.rewards is None or isinstance(self.rewards, Mapping), "rl.rewards",

@@ -12,6 +12,8 @@ saves the head with the adapter, so the folder reloads with plain transformers +
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any, Callable, Optional
 
 from peftlab.data.tokenize import PromptFormat, encode
@@ -174,3 +176,46 @@ class RewardTask(Task):
         with torch.no_grad():
             _, chosen, rejected = self._pairs(model, batch)
         return ["chosen" if c > r else "rejected" for c, r in zip(chosen.tolist(), rejected.tolist(), strict=True)]
+
+
+def reward_model_problems(folder: Path, run: Any) -> list[str]:
+    """Why ``folder`` cannot score this run's completions, read from its files alone (no weights
+    loaded): not a reward model's adapter, no score head of one output, another base."""
+    from peftlab.models.adapters import base_identity
+
+    key = "rl.reward_model"
+    try:
+        config = json.loads((folder / "adapter_config.json").read_text())
+        header = _safetensors_header(folder / "adapter_model.safetensors")
+    except (OSError, ValueError) as err:
+        return [f"{key}: {folder} is not a readable adapter ({str(err).splitlines()[0]})"]
+    if config.get("task_type") != "SEQ_CLS":
+        return [f"{key}: {folder} is a {config.get('task_type')} adapter, not a reward model (train one with "
+                "data.task_type=reward)"]
+    head = [v["shape"] for k, v in header.items() if k.endswith("score.weight")]
+    if not head or head[0][0] != 1:
+        return [f"{key}: {folder} holds no score head of one output (train a reward model with data.task_type=reward)"]
+    if (folder.parent / "config.yaml").is_file() and hasattr(run, "model"):  # its run folder names its base
+        from peftlab.errors import ConfigError
+        from peftlab.runs.config import read_run_config
+
+        try:
+            theirs = base_identity(read_run_config(folder.parent).model)
+        except ConfigError as err:
+            return [f"{key}: {str(err).removeprefix('run_dir: ')}"]
+        ours = base_identity(run.model)
+        differ = sorted(k for k in ours if ours[k] != theirs.get(k))
+        if differ:
+            return [f"{key}: {folder} was trained on another base (model.{differ[0]}: {theirs.get(differ[0])!r}, the "
+                    f"policy's {ours[differ[0]]!r}): a reward model scores on the base it was trained on"]
+    return []
+
+
+def _safetensors_header(path: Path) -> dict[str, Any]:
+    """The tensor names and shapes of a safetensors file, from its header (no tensor is read)."""
+    with open(path, "rb") as f:
+        size = int.from_bytes(f.read(8), "little")
+        if not 0 < size < 100_000_000:
+            raise ValueError(f"{path.name} is not a safetensors file")
+        return {k: v for k, v in json.loads(f.read(size)).items() if k != "__metadata__"}
+

@@ -41,7 +41,9 @@ class RLTask(CausalLMTask):
         self.settings = getattr(run, "rl", None) or RLSchema(name="grpo")
         self.init_adapter = getattr(run, "init_adapter", None)
         self.scorer = None  # a trained reward model (rl.reward_model)
+        self.reference_model = None  # rl.reference=separate: a frozen copy of the backbone
         self.reference_bytes = 0
+        self.seconds = dict.fromkeys(("generate", "reward", "policy_forward", "reference"), 0.0)  # per phase, summed
         self.step_record: dict[str, float] = {}  # the last step's statistics, for the loggers
 
     @property
@@ -63,7 +65,12 @@ class RLTask(CausalLMTask):
         if s.reference == "frozen_adapter" and not run.init_adapter:
             problems.append("rl.reference=frozen_adapter needs init_adapter=<run_dir>/adapter: the frozen copy is of "
                             "the adapter the run starts from")
+        if s.reference == "separate" and run.init_adapter:
+            problems.append("rl.reference=separate with init_adapter: the copy is of the base, not the model the "
+                            "policy starts from; use rl.reference=frozen_adapter")
         if s.reward_model:
+            from peftlab.tasks.reward import reward_model_problems
+
             problems += reward_model_problems(Path(s.reward_model).expanduser(), run)
         return problems
 
@@ -72,7 +79,8 @@ class RLTask(CausalLMTask):
 
         bytes_ = {"reference_bytes": self.reference_bytes,
                   "reward_model_bytes": self.scorer.bytes if self.scorer is not None else 0}
-        return {"rl": {**dataclasses.asdict(self.settings), **bytes_}}
+        seconds = {k: round(v, 3) for k, v in self.seconds.items()}
+        return {"rl": {**dataclasses.asdict(self.settings), **bytes_, "seconds": seconds}}
 
     # -------------------------------------------------------------------------------- the data
     def encoder(self, tokenizer: Any) -> Callable[[dict[str, Any], str], dict[str, Any]]:
@@ -103,6 +111,15 @@ class RLTask(CausalLMTask):
         return lambda examples: {**collate(examples), "prompts": [e["prompt"] for e in examples]}
 
     # ------------------------------------------------------------------------------ the models
+    def before_wrapping(self, backbone: Any) -> None:
+        if self.settings.reference == "separate":  # the way without PEFT: a second full copy
+            import copy
+
+            from peftlab.tasks.reference import param_bytes
+
+            self.reference_model = copy.deepcopy(backbone).eval().requires_grad_(False)
+            self.reference_bytes = param_bytes(self.reference_model.parameters())
+
     def before_training(self, model: Any, data: Any) -> None:
         s = self.settings
         self.tokenizer = data.tokenizer
@@ -120,8 +137,9 @@ class RLTask(CausalLMTask):
         s, G = self.settings, self.settings.num_generations
         prompts = batch["gen_input_ids"].repeat_interleave(G, 0)
         prompt_mask = batch["gen_attention_mask"].repeat_interleave(G, 0)
-        completion, done = self._sample(model, prompts, prompt_mask)
-        rewards, per_reward = self._rewards(model, batch, completion, done, G)
+        clock = _Clock(self.seconds)
+        completion, done = clock("generate", self._sample, model, prompts, prompt_mask)
+        rewards, per_reward = clock("reward", self._rewards, model, batch, completion, done, G)
         advantages = self._advantages(rewards.view(-1, G)).view(-1)
 
         ids = torch.cat([prompts, completion], 1)
@@ -129,7 +147,7 @@ class RLTask(CausalLMTask):
         labels = torch.cat([torch.full_like(prompts, IGNORE_INDEX), completion.masked_fill(~done, IGNORE_INDEX)], 1)
         joint = {"input_ids": ids, "attention_mask": mask, "labels": labels}
         rows = (labels[:, 1:] != IGNORE_INDEX).nonzero()[:, 0]
-        logps = self._token_logps(model, joint)
+        logps = clock("policy_forward", self._token_logps, model, joint)
         ratio = torch.exp(logps - logps.detach())  # to the policy that sampled: one update per sample
         a = advantages[rows].to(logps.dtype)
         clipped = torch.clamp(ratio, 1 - s.epsilon, 1 + s.epsilon) * a
@@ -137,7 +155,8 @@ class RLTask(CausalLMTask):
         kl = logps.new_zeros(logps.shape)
         if s.beta > 0:
             with torch.no_grad(), eval_mode(model), as_reference(model, s.reference):
-                ref = self._token_logps(model, joint)
+                reference = self.reference_model.to(ids.device) if self.reference_model is not None else model
+                ref = clock("reference", self._token_logps, reference, joint)
             diff = ref - logps
             kl = torch.exp(diff) - diff - 1
             per_token = per_token + s.beta * kl
@@ -234,43 +253,17 @@ class RLTask(CausalLMTask):
         return self.step_record
 
 
-def reward_model_problems(folder: Path, run: Any) -> list[str]:
-    """Why ``folder`` cannot score this run's completions, read from its files alone (no weights
-    loaded): not a reward model's adapter, no score head of one output, another base."""
-    from peftlab.models.adapters import base_identity
+class _Clock:
+    """Adds each call's wall time to its phase in ``seconds``."""
 
-    key = "rl.reward_model"
-    try:
-        config = json.loads((folder / "adapter_config.json").read_text())
-        header = _safetensors_header(folder / "adapter_model.safetensors")
-    except (OSError, ValueError) as err:
-        return [f"{key}: {folder} is not a readable adapter ({str(err).splitlines()[0]})"]
-    if config.get("task_type") != "SEQ_CLS":
-        return [f"{key}: {folder} is a {config.get('task_type')} adapter, not a reward model (train one with "
-                "data.task_type=reward)"]
-    head = [v["shape"] for k, v in header.items() if k.endswith("score.weight")]
-    if not head or head[0][0] != 1:
-        return [f"{key}: {folder} holds no score head of one output (train a reward model with data.task_type=reward)"]
-    if (folder.parent / "config.yaml").is_file() and hasattr(run, "model"):  # its run folder names its base
-        from peftlab.errors import ConfigError
-        from peftlab.runs.config import read_run_config
+    def __init__(self, seconds: dict[str, float]):
+        self.seconds = seconds
 
+    def __call__(self, phase: str, fn: Callable, *args: Any) -> Any:
+        import time
+
+        start = time.perf_counter()
         try:
-            theirs = base_identity(read_run_config(folder.parent).model)
-        except ConfigError as err:
-            return [f"{key}: {str(err).removeprefix('run_dir: ')}"]
-        ours = base_identity(run.model)
-        differ = sorted(k for k in ours if ours[k] != theirs.get(k))
-        if differ:
-            return [f"{key}: {folder} was trained on another base (model.{differ[0]}: {theirs.get(differ[0])!r}, the "
-                    f"policy's {ours[differ[0]]!r}): a reward model scores on the base it was trained on"]
-    return []
-
-
-def _safetensors_header(path: Path) -> dict[str, Any]:
-    """The tensor names and shapes of a safetensors file, from its header (no tensor is read)."""
-    with open(path, "rb") as f:
-        size = int.from_bytes(f.read(8), "little")
-        if not 0 < size < 100_000_000:
-            raise ValueError(f"{path.name} is not a safetensors file")
-        return {k: v for k, v in json.loads(f.read(size)).items() if k != "__metadata__"}
+            return fn(*args)
+        finally:
+            self.seconds[phase] += time.perf_counter() - start
