@@ -258,6 +258,10 @@ CASES = [
      "init_adapter: {finished}/adapter is a LORA adapter; method=ia3 trains IA3"),
     ("unknown reference", "peftlab-train", ["data=date_prefs", "preference=dpo", "preference.reference=base"],
      "preference.reference must be one of adapter_off, frozen_adapter, precomputed, separate, none, got 'base'"),
+    ("kto with a precomputed reference", "peftlab-train", ["data=date_prefs", "preference=kto",
+                                                          "preference.reference=precomputed"],
+     "preference.reference=precomputed: kto estimates the KL divergence from each batch's prompts paired with other "
+     "answers"),
     # online RL and reward models
     ("rl on an sft task", "peftlab-train", ["rl=grpo"],
      "rl=grpo: data.task_type=causal_lm is not online RL (use data of task type rl, e.g. data=date_prompts)"),

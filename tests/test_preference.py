@@ -286,16 +286,46 @@ def test_the_reference_free_losses_by_hand_from_full_logits(loss, cache_dir):
     torch.testing.assert_close(pairs["rejected_reward"], beta * mean[b:], atol=1e-5, rtol=1e-5)
 
 
+def test_kto_by_hand_from_full_logits(cache_dir):
+    """KTO: the chosen answer desirable, the rejected undesirable, each against z, the batch's mean
+    log-ratio of prompts paired with the next example's chosen answer (at least 0, no gradient)."""
+    task, model, batch = setup(["preference=kto"], cache_dir, perturb=0.1)
+    assert "kl" in batch
+    with torch.no_grad():
+        pairs = task._pairs(model, batch)
+        policy, _ = _answer_logps(model, batch)
+        kl_policy, _ = _answer_logps(model, batch["kl"])
+        with model.disable_adapter():
+            reference, _ = _answer_logps(model, batch)
+            kl_reference, _ = _answer_logps(model, batch["kl"])
+    b = len(policy) // 2
+    ratio = policy - reference
+    z = (kl_policy - kl_reference).mean().clamp(min=0)
+    assert float((kl_policy - kl_reference).mean()) != 0
+    beta = 0.1
+    expected = (1 - torch.sigmoid(beta * (ratio[:b] - z))) + (1 - torch.sigmoid(beta * (z - ratio[b:])))
+    torch.testing.assert_close(pairs["losses"], expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(pairs["chosen_reward"], beta * ratio[:b], atol=1e-5, rtol=1e-5)
+    # the mismatched rows: each prompt with the next example's answer
+    first = batch["kl"]["input_ids"][0][batch["kl"]["labels"][0] != -100]
+    second = batch["input_ids"][1][batch["labels"][1] != -100]
+    assert first.tolist() == second.tolist()
+
+
 @pytest.mark.parametrize("overrides,message", [
     (["preference=simpo", "preference.reference=adapter_off"],
      "preference.reference must be none for preference.loss=simpo, which uses no reference, got 'adapter_off'"),
     (["preference=dpo", "preference.reference=none"],
      "preference.reference cannot be none for preference.loss=sigmoid, which compares the policy with a reference"),
-    (["preference=dpo", "preference.gamma=0.5"], "preference.gamma applies to preference.loss=simpo only, not sigmoid"),
+    (["preference=dpo", "preference.gamma=0.5"], "preference.gamma does not apply to preference.loss=sigmoid, got 0.5"),
+    (["preference=simpo", "preference.desirable_weight=2"],
+     "preference.desirable_weight does not apply to preference.loss=simpo, got 2.0"),
+    (["preference=kto", "preference.undesirable_weight=-1"],
+     "preference.undesirable_weight must be a finite number >= 0 for preference.loss=kto, got -1.0"),
     (["preference=orpo", "preference.sft_weight=1"], "preference.sft_weight does not apply to preference.loss=orpo"),
     (["preference=simpo", "preference.gamma=null"],
-     "preference.gamma must be a finite number for preference.loss=simpo"),
-    (["preference=dpo", "preference.loss=kto"], "preference.loss"),
+     "preference.gamma must be a finite number >= 0 for preference.loss=simpo"),
+    (["preference=dpo", "preference.loss=kpo"], "preference.loss"),
 ])
 def test_preference_settings_that_do_not_fit_their_loss_are_refused_with_one_line(overrides, message):
     from peftlab.config import validate

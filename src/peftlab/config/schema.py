@@ -132,7 +132,7 @@ class DataSchema:
 # ----------------------------------------------------------------------------------- preference
 @dataclass
 class PreferenceSchema:
-    """Preference training on (prompt, chosen, rejected) pairs: DPO, IPO, and the reference-free
+    """Preference training on (prompt, chosen, rejected) pairs: DPO, IPO, KTO, and the reference-free
     SimPO and ORPO (the losses: tasks/preference_losses.py).
 
     reference: what the policy is compared with
@@ -146,13 +146,15 @@ class PreferenceSchema:
     """
 
     name: str = MISSING
-    loss: str = "sigmoid"  # a registered loss (tasks/preference_losses.py): sigmoid (DPO), ipo, simpo, orpo
+    loss: str = "sigmoid"  # a registered loss (tasks/preference_losses.py): sigmoid (DPO), ipo, kto, simpo, orpo
     beta: float = 0.1  # DPO/IPO/SimPO's beta; ORPO's lambda (the odds-ratio term's weight)
     label_smoothing: float = 0.0  # sigmoid only: conservative DPO's assumed share of flipped labels
     # weight of the chosen answers' own loss (mean NLL per token) added to the DPO loss (RPO, Pang et al.,
     # 2024): keeps the chosen answers likely while the margin grows; 0 is plain DPO
     sft_weight: float = 0.0
     gamma: Optional[float] = None  # simpo only: the target reward margin (its file: 0.5)
+    desirable_weight: Optional[float] = None  # kto only: lambda_D, the desirable answers' weight (its file: 1.0)
+    undesirable_weight: Optional[float] = None  # kto only: lambda_U, the undesirable answers' weight (its file: 1.0)
     reference: str = "adapter_off"  # none: the reference-free losses (simpo, orpo)
 
     def __post_init__(self) -> None:
@@ -171,11 +173,12 @@ class PreferenceSchema:
         _check(self.sft_weight == 0 or self.loss != "orpo", "preference.sft_weight",
                "does not apply to preference.loss=orpo, whose loss holds the chosen answers' NLL already",
                self.sft_weight)
-        reads_gamma = spec is not None and "gamma" in spec.reads
-        _check(self.gamma is None or reads_gamma, "preference.gamma", f"applies to preference.loss=simpo only, "
-               f"not {self.loss}", self.gamma)
-        _check(not reads_gamma or (self.gamma is not None and math.isfinite(self.gamma)), "preference.gamma",
-               f"must be a finite number for preference.loss={self.loss}", self.gamma)
+        for key in ("gamma", "desirable_weight", "undesirable_weight"):  # each read by one loss only
+            value, reads = getattr(self, key), spec is not None and key in spec.reads
+            _check(value is None or reads, f"preference.{key}", f"does not apply to preference.loss={self.loss}",
+                   value)
+            _check(not reads or (value is not None and math.isfinite(value) and value >= 0), f"preference.{key}",
+                   f"must be a finite number >= 0 for preference.loss={self.loss}", value)
         _one_of("preference.reference", self.reference,
                 ("adapter_off", "frozen_adapter", "precomputed", "separate", "none"))
         if spec is not None and spec.needs_reference:

@@ -54,10 +54,20 @@ class PreferenceTask(GeneratesText, Task):
             problems.append("preference.reference=adapter_off with init_adapter: the reference would be the base, "
                             "not the model the policy starts from; use preference.reference=frozen_adapter "
                             "(or precomputed)")
+        if mode == "precomputed" and self._needs_kl:
+            problems.append(f"preference.reference=precomputed: {self.settings.loss} estimates the KL divergence from "
+                            "each batch's prompts paired with other answers, which no precomputation knows; use "
+                            "adapter_off or frozen_adapter")
         if mode == "frozen_adapter" and not run.init_adapter:
             problems.append("preference.reference=frozen_adapter needs init_adapter=<run_dir>/adapter: the frozen "
                             "copy is of the adapter the run starts from")
         return problems
+
+    @property
+    def _needs_kl(self) -> bool:
+        from peftlab.tasks.preference_losses import LOSSES
+
+        return LOSSES[self.settings.loss].needs_kl
 
     def settings_record(self) -> dict[str, Any]:
         import dataclasses
@@ -112,6 +122,8 @@ class PreferenceTask(GeneratesText, Task):
             if all("ref_logps" in e for e in examples):
                 batch["ref_logps"] = torch.tensor([e["ref_logps"][i] for i in (0, 1) for e in examples],
                                                   dtype=torch.float64)
+            if self._needs_kl:  # each prompt with the next example's chosen answer: KTO's KL estimate
+                batch["kl"] = pairs([_mismatched(e, examples[(i + 1) % len(examples)]) for i, e in enumerate(examples)])
             if evaluation:
                 gen = prompts([{**e["chosen"], "pad": e.get("pad", False)} for e in examples])
                 batch.update({k: gen[k] for k in ("gen_input_ids", "gen_attention_mask", "references", "counted")})
@@ -188,11 +200,22 @@ class PreferenceTask(GeneratesText, Task):
         reference = (self._reference_logps(model, batch).to(policy.dtype) if LOSSES[s.loss].needs_reference
                      else policy.new_zeros(policy.shape))
         b = len(policy) // 2
-        losses, chosen_reward, rejected_reward = LOSSES[s.loss].compute(PairLogps(policy, reference, lengths), s)
+        kl = self._kl(model, batch["kl"]) if LOSSES[s.loss].needs_kl else None
+        losses, chosen_reward, rejected_reward = LOSSES[s.loss].compute(PairLogps(policy, reference, lengths, kl), s)
         if s.sft_weight:
             losses = losses + s.sft_weight * (-policy[:b] / lengths[:b].clamp(min=1))  # chosen NLL per token
         return {"losses": losses, "chosen_reward": chosen_reward.detach(), "rejected_reward": rejected_reward.detach(),
                 "chosen_logp": policy[:b].detach(), "rejected_logp": policy[b:].detach()}
+
+    def _kl(self, model: Any, rows: dict[str, Any]):
+        """The batch's estimate of KL(policy || reference): the mean log-ratio of answers to prompts
+        they were not written for, without gradient (KTO's reference point)."""
+        import torch
+
+        with torch.no_grad():
+            policy = self._logps(model, rows)[0]
+        real = (rows["labels"] != IGNORE_INDEX).any(1)  # not a shard's padding copy
+        return (policy - self._reference_logps(model, rows))[real].mean()
 
     def loss(self, model, batch):
         losses = self._pairs(model, batch)["losses"]
@@ -224,3 +247,13 @@ class PreferenceTask(GeneratesText, Task):
         if "exact_match" not in metrics.names:
             return []
         return self.score_generations(model, tokenizer, batch, m["exact_match"])
+
+
+def _mismatched(example: dict[str, Any], other: dict[str, Any]) -> dict[str, Any]:
+    """``example``'s prompt followed by ``other``'s chosen answer, labelled on the answer."""
+    from peftlab.data.tokenize import IGNORE_INDEX
+
+    prompt = example["chosen"]["prompt_ids"]
+    answer = other["chosen"]["input_ids"][len(other["chosen"]["prompt_ids"]):]
+    return {"input_ids": prompt + answer, "labels": [IGNORE_INDEX] * len(prompt) + answer,
+            "pad": example.get("pad", False)}

@@ -7,6 +7,11 @@ the implicit rewards the metrics report (reward accuracy: chosen above rejected)
 - ``sigmoid`` (DPO, Rafailov et al., 2023): -log σ(β·h), h the margin of the log-ratios to the
   reference, with conservative DPO's label smoothing.
 - ``ipo`` (Azar et al., 2023): (h - 1/(2β))², on per-token means.
+- ``kto`` (Ethayarajh et al., 2024): each pair as one desirable and one undesirable answer, judged
+  on its own against a reference point z, the batch's estimate of the policy's KL divergence from
+  the reference (each prompt with another example's answer, no gradient, at least 0):
+  λ_D·(1 - σ(β·(r_c - z))) + λ_U·(1 - σ(β·(z - r_r))), r the log-ratio. Paper defaults β 0.1,
+  λ_D = λ_U = 1 (conf/preference/kto.yaml).
 - ``simpo`` (Meng et al., 2024): no reference; the reward is β times the mean log-probability per
   answer token, and the loss -log σ(β·(mean_c - mean_r) - γ), with the target margin γ. Paper
   defaults: β 2.0, γ 0.5 (conf/preference/simpo.yaml).
@@ -18,7 +23,7 @@ the implicit rewards the metrics report (reward accuracy: chosen above rejected)
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from peftlab.config.plugins import register_preference_loss
 
@@ -33,6 +38,7 @@ class PairLogps:
     policy: torch.Tensor
     reference: torch.Tensor  # zeros for the losses without a reference
     lengths: torch.Tensor
+    kl: Optional[torch.Tensor] = None  # kto: the batch's estimate of KL(policy || reference), detached
 
     def split(self, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         b = len(values) // 2
@@ -57,6 +63,16 @@ def _ipo(x: PairLogps, s: Any):
     chosen, rejected = (a - b for a, b in zip(x.split(x.policy / per_token), x.split(x.reference / per_token),
                                                strict=True))
     return (chosen - rejected - 1 / (2 * s.beta)) ** 2, s.beta * chosen, s.beta * rejected
+
+
+def _kto(x: PairLogps, s: Any):
+    import torch
+
+    chosen, rejected = (a - b for a, b in zip(x.split(x.policy), x.split(x.reference), strict=True))
+    z = x.kl.clamp(min=0).detach()
+    losses = (s.desirable_weight * (1 - torch.sigmoid(s.beta * (chosen - z)))
+              + s.undesirable_weight * (1 - torch.sigmoid(s.beta * (z - rejected))))
+    return losses, s.beta * chosen, s.beta * rejected
 
 
 def _simpo(x: PairLogps, s: Any):
@@ -85,11 +101,13 @@ class PreferenceLoss:
     compute: Callable[[PairLogps, Any], tuple]  # (pairs, settings) -> (losses, chosen reward, rejected reward)
     needs_reference: bool
     reads: tuple[str, ...] = ()  # the settings beyond beta that only this loss reads
+    needs_kl: bool = False  # reads the batch's KL estimate (PairLogps.kl)
 
 
 LOSSES = {loss.name: loss for loss in (
     PreferenceLoss("sigmoid", _sigmoid, True, ("label_smoothing",)),
     PreferenceLoss("ipo", _ipo, True),
+    PreferenceLoss("kto", _kto, True, ("desirable_weight", "undesirable_weight"), needs_kl=True),
     PreferenceLoss("simpo", _simpo, False, ("gamma",)),
     PreferenceLoss("orpo", _orpo, False),
 )}
