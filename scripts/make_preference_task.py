@@ -1,10 +1,12 @@
-"""Generate the shipped preference task from the date task (deterministic; the output is committed).
+"""Generate the shipped preference tasks from the date task (deterministic; the output is committed).
 
-Each pair keeps a date prompt of the date task; ``chosen`` is the right ISO date and ``rejected`` a
-plausible mistake: day and month swapped, a two-digit year, the wrong separator, or a day off.
+``date_prefs``: each pair keeps a date prompt of the date task; ``chosen`` is the right ISO date and
+``rejected`` a plausible mistake: day and month swapped, a two-digit year, the wrong separator, or a
+day off. ``date_feedback`` (unpaired, for KTO): each prompt once, with either its right answer
+(``label`` true) or one such mistake (``label`` false), about half each; no prompt has both.
 Train, val and test come from the date task's own splits, so their dates stay disjoint.
 
-    python scripts/make_preference_task.py       # writes src/peftlab/data/files/date_prefs/*.jsonl
+    python scripts/make_preference_task.py   # writes src/peftlab/data/files/{date_prefs,date_feedback}/*.jsonl
 """
 
 from __future__ import annotations
@@ -31,11 +33,28 @@ def mistake(iso: str, kind: str, rng: random.Random) -> tuple[str, str]:
     return (d + dt.timedelta(days=rng.choice([-1, 1]))).isoformat(), "off_by_one"
 
 
+def write_feedback(out: Path, rng: random.Random) -> None:
+    """Unpaired answers labelled good or bad: each prompt once, its right answer or a mistake."""
+    out.mkdir(parents=True, exist_ok=True)
+    for split in ("train", "val", "test"):
+        rows = [json.loads(line) for line in (FILES / "dates" / f"{split}.jsonl").read_text().splitlines()]
+        with open(out / f"{split}.jsonl", "w") as f:
+            for row in rows:
+                good = rng.random() < 0.5
+                answer, kind = ((row["response"], "none") if good
+                                else mistake(row["response"], rng.choice(MISTAKES), rng))
+                record = {"prompt": row["prompt"], "response": answer, "label": good, "mistake": kind}
+                f.write(json.dumps(record) + "\n")
+        print(f"{split}: {len(rows)} labelled answers -> {out / (split + '.jsonl')}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=FILES / "date_prefs")
+    ap.add_argument("--feedback-out", type=Path, default=FILES / "date_feedback")
     ap.add_argument("--seed", type=int, default=20261129)
     args = ap.parse_args()
+    write_feedback(args.feedback_out, random.Random(args.seed + 1))
     rng = random.Random(args.seed)
     args.out.mkdir(parents=True, exist_ok=True)
     for split in ("train", "val", "test"):

@@ -57,6 +57,9 @@ def _data_files(root: Path) -> dict[str, Path]:
     p["no_rejected"] = jsonl(root / "no_rejected.jsonl", [pairs[0], {"prompt": "a", "chosen": "b"}])
     p["same_pair"] = jsonl(root / "same_pair.jsonl", [{**r, "rejected": r["chosen"]} for r in pairs])
     p["empty_chosen"] = jsonl(root / "empty_chosen.jsonl", [{**r, "chosen": ""} for r in pairs])
+    p["bad_label"] = jsonl(root / "bad_label.jsonl", [{"prompt": r["prompt"], "response": r["chosen"],
+                                                       "label": "maybe" if i == 2 else i % 2 == 0}
+                                                      for i, r in enumerate(pairs)])
     p["bad_margin"] = jsonl(root / "bad_margin.jsonl", [{**r, "margin": 1.0 if i != 1 else "big"}
                                                         for i, r in enumerate(pairs)])
     p["random_ckpt"] = root / "random.ckpt"
@@ -262,6 +265,11 @@ CASES = [
                                                           "preference.reference=precomputed"],
      "preference.reference=precomputed: kto estimates the KL divergence from each batch's prompts paired with other "
      "answers"),
+    ("unpaired answers with dpo", "peftlab-train", ["data=date_feedback", "preference=dpo"],
+     "data.task_type=unpaired: preference.loss=sigmoid compares answers in pairs; single answers labelled good or "
+     "bad train with preference=kto"),
+    ("label neither true nor false", "peftlab-train", ["data=date_feedback", "data.path={bad_label}"],
+     "{bad_label} line 3: label='maybe' is not true or false (data.label_field"),
     # online RL and reward models
     ("rl on an sft task", "peftlab-train", ["rl=grpo"],
      "rl=grpo: data.task_type=causal_lm is not online RL (use data of task type rl, e.g. data=date_prompts)"),

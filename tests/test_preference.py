@@ -334,3 +334,42 @@ def test_preference_settings_that_do_not_fit_their_loss_are_refused_with_one_lin
     with pytest.raises(ConfigError) as err:
         validate(compose([*PAIRS, *overrides]))
     assert message in str(err.value) and "\n" not in str(err.value), str(err.value)
+
+
+def test_unpaired_kto_by_hand_from_full_logits(cache_dir):
+    """Single answers labelled good or bad: each against z, the batch's mean log-ratio of prompts with
+    the next example's answer; the desirable ones pulled above it, the undesirable pushed below."""
+    task, model, batch = setup(["data=date_feedback"], cache_dir, perturb=0.1)
+    assert task.settings.loss == "kto" and task.name == "unpaired"
+    good = batch["desirable"]
+    assert good.any() and (~good).any()
+    with torch.no_grad():
+        out = task._answers(model, batch)
+        policy, _ = _answer_logps(model, batch)
+        kl_policy, _ = _answer_logps(model, batch["kl"])
+        with model.disable_adapter():
+            reference, _ = _answer_logps(model, batch)
+            kl_reference, _ = _answer_logps(model, batch["kl"])
+    ratio = policy - reference
+    z = (kl_policy - kl_reference).mean().clamp(min=0)
+    beta = 0.1
+    expected = torch.where(good, 1 - torch.sigmoid(beta * (ratio - z)), 1 - torch.sigmoid(beta * (z - ratio)))
+    torch.testing.assert_close(out["losses"], expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out["reward"], beta * ratio, atol=1e-5, rtol=1e-5)
+
+
+def test_an_unpaired_kto_run_from_the_command_line(tmp_path):
+    proc = run_cli("peftlab-train", "debug=tiny", "data=date_feedback", "trainer.max_steps=8", "optim.lr=1e-2",
+                   "forgetting=null", f"hydra.run.dir={tmp_path / 'kto'}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    m = json.loads((tmp_path / "kto" / "metrics.json").read_text())
+    assert (m["task_type"], m["primary_metric"], m["preference"]["loss"]) == ("unpaired", "reward_margin", "kto")
+    assert set(m["test"]) == {"loss", "reward_margin", "desirable_reward", "undesirable_reward", "kl",
+                              "desirable_logp", "exact_match"}
+    # from a fresh adapter the policy is its reference: every reward 0, every loss 1 - sigmoid(0)
+    assert m["zero_shot"]["loss"] == pytest.approx(0.5, abs=1e-6) and m["zero_shot"]["reward_margin"] == 0
+    assert m["test"]["reward_margin"] > 0 and m["test"]["loss"] < 0.5
+    rows = [json.loads(line) for line in (tmp_path / "kto" / "test_predictions.jsonl").read_text().splitlines()]
+    assert {r["desirable"] for r in rows} == {True, False}
+    assert all(r["correct"] is None for r in rows if not r["desirable"])
+    assert json.loads((tmp_path / "kto" / "merge_report.json").read_text())["passed"]

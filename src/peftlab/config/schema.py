@@ -87,6 +87,7 @@ class DataSchema:
     chosen_field: str = "chosen"  # preference pairs: the preferred answer
     rejected_field: str = "rejected"  # preference pairs: the answer to move away from
     margin_field: Optional[str] = None  # reward models: a per-pair margin the chosen score must clear (Llama 2)
+    label_field: str = "label"  # unpaired answers (KTO): true for a desirable answer, false for an undesirable one
     labels: Optional[List[str]] = None  # seq_cls: the label names in id order (null: sorted from train)
     system_prompt: Optional[str] = None
     prompt_format: str = "auto"  # auto: the chat template when the tokenizer has one, else plain

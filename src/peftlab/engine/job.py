@@ -226,7 +226,7 @@ class TrainingJob:
             "threads": torch.get_num_threads(),
             "overrides": _overrides(),
             "versions": versions(),
-        })
+        }, **self.task.settings_record())  # again: what the task measured while training (RL's phase times)
         return record
 
 

@@ -8,7 +8,7 @@ import gc
 from pathlib import Path
 from typing import Any, Optional
 
-from peftlab.export.verify import Evaluation, Reference, compare, forward_ms, iter_logits, score_split
+from peftlab.export.verify import Evaluation, Reference, compare, forward_ms, iter_logits, rows, score_split
 from peftlab.models import load_backbone
 from peftlab.models.quantized import device_map, quantization_config
 from peftlab.tasks import make_task
@@ -18,7 +18,7 @@ QUANTIZATION_SLACK = 0.02  # see quantization_gap
 
 
 def head(batch: dict[str, Any], n: int) -> dict[str, Any]:
-    return {k: v[:n] for k, v in batch.items()}
+    return rows(batch, 0, n)
 
 
 class RunModels:

@@ -62,8 +62,9 @@ class Reference:
     latency: dict[str, float] = field(default_factory=dict)
 
 
-def _rows(batch: dict[str, Any], start: int, stop: int) -> dict[str, Any]:
-    return {k: v[start:stop] for k, v in batch.items()}
+def rows(batch: dict[str, Any], start: int, stop: int) -> dict[str, Any]:
+    """Rows ``start:stop`` of every field of a batch (of a nested one too: KTO's mismatched answers)."""
+    return {k: rows(v, start, stop) if isinstance(v, dict) else v[start:stop] for k, v in batch.items()}
 
 
 def iter_logits(model, task, batches: list[dict[str, Any]], chunk: int = 8) -> Iterator[dict[str, torch.Tensor]]:
@@ -71,7 +72,7 @@ def iter_logits(model, task, batches: list[dict[str, Any]], chunk: int = 8) -> I
     batch's logits take hundreds of MiB, so only one chunk of them is in memory at a time."""
     for batch in batches:
         for start in range(0, len(batch["input_ids"]), chunk):
-            yield task.verification_logits(model, _rows(batch, start, start + chunk))
+            yield task.verification_logits(model, rows(batch, start, start + chunk))
 
 
 def compare(reference: list[dict[str, torch.Tensor]], other: Iterable[dict[str, torch.Tensor]]) -> dict[str, float]:
