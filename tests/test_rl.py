@@ -268,3 +268,26 @@ def test_a_resumed_rl_run_ends_bitwise_equal(tmp_path):
     assert again.returncode == 0, again.stderr[-3000:]
     weights = [(tmp_path / d / "adapter" / "adapter_model.safetensors").read_bytes() for d in ("full", "again")]
     assert weights[0] == weights[1]
+
+
+def test_a_reward_that_breaks_its_contract_is_named(tmp_path, cache_dir):
+    from peftlab import api
+    from peftlab.config import plugins
+    from peftlab.tasks import rewards
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(rewards.REWARD_FUNCTIONS, "broken", lambda completions, *rest: [float("nan")] * len(completions))
+        mp.setattr(plugins, "REWARDS", [*plugins.REWARDS, "broken"])
+        with pytest.raises(ValueError, match=r"reward 'broken' must give one finite number per completion; it gave "
+                                             r"\[nan, nan"):
+            api.train([*RL, "rl.rewards={broken: 1.0}", "trainer.max_steps=1", "zero_shot=false",
+                       "forgetting=null", f"hydra.run.dir={tmp_path / 'rl'}"])
+
+
+def test_a_diverging_rl_run_stops_with_one_line(tmp_path):
+    proc = run_cli("peftlab-train", *RL, "rl.rewards={length_penalty: 1.0}", "optim.lr=1e30", "trainer.max_steps=6",
+                   "zero_shot=false", f"hydra.run.dir={tmp_path / 'rl'}")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("peftlab-train: error: training diverged at step") and "Traceback" not in proc.stderr
+    assert json.loads((tmp_path / "rl" / "metrics.json").read_text())["status"] == "diverged"

@@ -72,3 +72,33 @@ def test_default_job_reaches_the_target(tmp_path):
     from peftlab.export.merge import folder_mb
 
     assert report["sizes_mb"]["merged"] < 0.6 * folder_mb(run_dir / "merged")
+
+
+def test_a_smollm2_reward_model_ranks_the_held_out_pairs(tmp_path):
+    """SmolLM2 + LoRA with a score head on date_prefs (about 5 min on 2 cores): held-out pair accuracy
+    >= 0.95 (0.9922 measured, from 0.289 for the untrained head)."""
+    run_dir = tmp_path / "reward"
+    proc = run_cli("peftlab-train", "data=date_prefs", "data.task_type=reward", "trainer.max_steps=120",
+                   "trainer.val_check_interval=60", "optim.lr=5e-4", "forgetting=null", "merge_after=false",
+                   "trainer.enable_progress_bar=false", f"hydra.run.dir={run_dir}",
+                   env={"PEFTLAB_CACHE_DIR": str(USER_CACHE)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    m = json.loads((run_dir / "metrics.json").read_text())
+    assert m["test"]["pair_accuracy"] >= 0.95 and m["zero_shot"]["pair_accuracy"] < 0.8
+
+
+def test_smollm2_grpo_from_an_under_trained_sft_adapter(tmp_path):
+    """experiment=sft_then_grpo on one seed (about 12 min on 2 cores): GRPO with date_exact raises held-out
+    exact match by at least 0.10 over the SFT adapter it starts from, or to at least 0.93."""
+    env = {"PEFTLAB_CACHE_DIR": str(USER_CACHE)}
+    sft = run_cli("peftlab-train", "trainer.max_steps=6", "trainer.val_check_interval=6", "merge_after=false",
+                  "forgetting=null", "seed=1", "trainer.enable_progress_bar=false", f"hydra.run.dir={tmp_path / 'sft'}",
+                  env=env)
+    assert sft.returncode == 0, sft.stderr[-3000:]
+    grpo = run_cli("peftlab-train", "experiment=sft_then_grpo", f"init_adapter={tmp_path / 'sft' / 'adapter'}",
+                   "seed=1", "forgetting=null", "merge_after=false", "trainer.enable_progress_bar=false",
+                   f"hydra.run.dir={tmp_path / 'grpo'}", env=env, timeout=1800)
+    assert grpo.returncode == 0, grpo.stderr[-3000:]
+    m = json.loads((tmp_path / "grpo" / "metrics.json").read_text())
+    before, after = m["zero_shot"]["exact_match"], m["test"]["exact_match"]
+    assert after >= before + 0.10 or after >= 0.93, (before, after)

@@ -4,6 +4,10 @@ Entry points print its message as one line and exit with status 2; anything else
 keeps its traceback.
 """
 
+from __future__ import annotations
+
+from typing import Any, Optional
+
 
 class PeftlabError(Exception):
     """A user-facing error: its message is complete on one line."""
@@ -15,3 +19,14 @@ class ConfigError(PeftlabError):
 
 class DataError(PeftlabError):
     """A data file or data set cannot be used: missing, malformed, a field or split absent."""
+
+
+class Diverged(PeftlabError):
+    """Training met a non-finite loss or gradient. The job adds what metrics.json then says
+    (``record``) and what the user is told beyond the cause (``note``)."""
+
+    def __init__(self, step: int, what: str):
+        super().__init__(f"training diverged at step {step}: {what}")
+        self.step, self.what = step, what
+        self.record: Optional[dict[str, Any]] = None
+        self.note = ""

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import time
-from typing import Any, Optional
+from typing import Any
 
 import lightning as L
 import torch
 
 from peftlab.engine.distributed import all_sum
-from peftlab.errors import PeftlabError
+from peftlab.errors import Diverged  # noqa: F401  (raised here; its home is errors.py, where tasks reach it)
 from peftlab.runs.memory import peak_rss_mb
 
 
@@ -48,17 +48,6 @@ class TrainingMeter(L.Callback):
                                 padding_share=round(1 - self._tokens / max(self._slots, 1), 4))
         if torch.cuda.is_available():
             self.summary["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
-
-
-class Diverged(PeftlabError):
-    """Training met a non-finite loss or gradient. The job adds what metrics.json then says
-    (``record``) and what the user is told beyond the cause (``note``)."""
-
-    def __init__(self, step: int, what: str):
-        super().__init__(f"training diverged at step {step}: {what}")
-        self.step, self.what = step, what
-        self.record: Optional[dict[str, Any]] = None
-        self.note = ""
 
 
 class DivergenceGuard(L.Callback):

@@ -22,6 +22,7 @@ from typing import Any, Callable, Optional
 
 from peftlab.config.rl import LEARNED
 from peftlab.data.tokenize import IGNORE_INDEX
+from peftlab.errors import Diverged
 from peftlab.tasks.base import register_task
 from peftlab.tasks.causal_lm import CausalLMTask
 from peftlab.tasks.reference import as_reference, eval_mode, load_frozen
@@ -182,7 +183,13 @@ class RLTask(CausalLMTask):
         config = GenerationConfig(max_new_tokens=self.max_new_tokens, do_sample=True, temperature=s.temperature,
                                   top_p=s.top_p, top_k=0, pad_token_id=tok.pad_token_id, eos_token_id=ends)
         with torch.no_grad(), eval_mode(model):
-            out = model.generate(input_ids=prompts, attention_mask=prompt_mask, generation_config=config)
+            try:
+                out = model.generate(input_ids=prompts, attention_mask=prompt_mask, generation_config=config)
+            except RuntimeError as err:  # torch.multinomial on what overflowed in the last update
+                if "probability tensor contains" not in str(err):
+                    raise
+                raise Diverged(self.step + 1, "sampling met probabilities that are not finite (the policy's "
+                               "logits overflowed)") from None
         completion = out[:, prompts.shape[1]:]
         is_end = torch.isin(completion, torch.tensor(ends, device=completion.device))
         after_end = (is_end.long().cumsum(1) - is_end.long()) > 0  # positions after the first end token
@@ -214,8 +221,12 @@ class RLTask(CausalLMTask):
                 prompts = [p for p in batch["prompts"] for _ in range(G)]
                 per_reward[name] = self.scorer.score(model, prompts, texts).double().cpu()
             else:
-                values = REWARD_FUNCTIONS[name](texts, references, lengths, self.settings)
-                per_reward[name] = torch.tensor(values, dtype=torch.float64)
+                values = torch.tensor(REWARD_FUNCTIONS[name](texts, references, lengths, self.settings),
+                                      dtype=torch.float64)
+                if values.shape != (len(texts),) or not torch.isfinite(values).all():
+                    raise ValueError(f"reward {name!r} must give one finite number per completion; it gave "
+                                     f"{values.tolist()[:8]} for {len(texts)} completions")
+                per_reward[name] = values
         total = sum(self.settings.rewards[k] * v for k, v in per_reward.items())
         self._texts = texts
         return total.to(completion.device), per_reward
