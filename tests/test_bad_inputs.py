@@ -116,7 +116,7 @@ def _reward_models(root: Path, finished: Path) -> dict[str, Path]:
     from safetensors.torch import load_file, save_file
 
     p = {}
-    for name, head, seed in (("headless_rm", False, 0), ("other_base_rm", True, 1)):
+    for name, head, seed in (("headless_rm", False, 0), ("other_base_rm", True, 1), ("tiny_rm", True, 0)):
         p[name] = root / name
         shutil.copytree(finished, p[name], ignore=shutil.ignore_patterns(".lock"))
         adapter = p[name] / "adapter"
@@ -273,11 +273,11 @@ CASES = [
     # online RL and reward models
     ("rl on an sft task", "peftlab-train", ["rl=grpo"],
      "rl=grpo: data.task_type=causal_lm is not online RL (use data of task type rl, e.g. data=date_prompts)"),
-    ("rl setting without rl", "peftlab-train", ["data=date_prompts", "rl.beta=0.1"],
+    ("rl setting without rl", "peftlab-train", ["data=date_prompts", "data.batch_size=2", "rl.beta=0.1"],
      "rl.beta: no rl config is chosen, so there is nothing to set (choose one first: rl=<grpo, rloo>)"),
     ("preference setting without preference", "peftlab-train", ["data=date_prefs", "preference.beta=0.5"],
      "preference.beta: no preference config is chosen, so there is nothing to set (choose one first: "
-     "preference=<dpo, ipo, orpo, simpo>)"),
+     "preference=<dpo, ipo, kto, orpo, simpo>)"),
     ("unknown reward", "peftlab-train", ["data=date_prompts", "rl=grpo", "rl.rewards={{date_exakt: 1}}"],
      "rl.rewards must be one of date_exact, length_penalty, reward_model, got 'date_exakt'"),
     ("reward weight not a number", "peftlab-train", ["data=date_prompts", "rl=grpo", "rl.rewards={{date_exact: lots}}"],
@@ -302,6 +302,26 @@ CASES = [
     ("reward model of another base", "peftlab-train", ["data=date_prompts", "rl=grpo", "rl.rewards={{reward_model: 1}}",
                                                       "rl.reward_model={other_base_rm}/adapter"],
      "rl.reward_model: {other_base_rm}/adapter was trained on another base (model.init_seed: 1, the policy's 0)"),
+    ("reward model beside full fine-tuning", "peftlab-train",
+     ["data=date_prompts", "rl=grpo", "method=full", "rl.beta=0", "rl.reference=none",
+      "rl.rewards={{reward_model: 1}}", "rl.reward_model={tiny_rm}/adapter"],
+     "rl.reward_model: method=full has no adapter for the reward model's to sit beside; use rl.reward_separate=true"),
+    ("reward model of another method", "peftlab-train",
+     ["data=date_prompts", "rl=grpo", "method=ia3", "rl.rewards={{reward_model: 1}}",
+      "rl.reward_model={tiny_rm}/adapter"],
+     "rl.reward_model: {tiny_rm}/adapter is a method=lora adapter and the policy trains method=ia3"),
+    ("reward model beside a pissa policy", "peftlab-train",
+     ["data=date_prompts", "rl=grpo", "method.init=pissa", "rl.beta=0", "rl.reference=none",
+      "rl.rewards={{reward_model: 1}}", "rl.reward_model={tiny_rm}/adapter"],
+     "rl.reward_model on the policy's base: method.init=pissa moves part of every targeted weight into the adapter"),
+    ("reward weight a boolean", "peftlab-train", ["data=date_prompts", "rl=grpo", "rl.rewards={{date_exact: true}}"],
+     "rl.rewards.date_exact must be a finite number (the reward's weight), got True"),
+    ("kto with one example a batch", "peftlab-train", ["data=date_prefs", "preference=kto", "data.batch_size=1"],
+     "data.batch_size must be >= 2 for preference.loss=kto: its KL estimate pairs each prompt with another example's "
+     "answer, got 1"),
+    ("unpaired answers with an sft weight", "peftlab-train", ["data=date_feedback", "preference=kto",
+                                                             "preference.sft_weight=1"],
+     "preference.sft_weight does not apply to data.task_type=unpaired"),
     ("no room to generate", "peftlab-train", ["data=date_prompts", "data.max_length=150"],
      "would train or test nothing (prompt leaves no room for 12 new tokens (rl.max_new_tokens) within "
      "data.max_length=150"),

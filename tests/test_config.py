@@ -18,7 +18,8 @@ from peftlab.methods import METHODS
 from conftest import CONF, ROOT, compose, run_cli
 
 # options that need a value the user must give
-REQUIRED = {"model/hf": ["model.name_or_path=/some/folder"], "data/custom": ["data.path=/some/file.jsonl"]}
+REQUIRED = {"model/hf": ["model.name_or_path=/some/folder"], "data/custom": ["data.path=/some/file.jsonl"],
+            "experiment/rlhf": ["rl.reward_model=/some/reward_run/adapter"]}
 GROUPS = ["model", "method", "data", "optim", "precision", "hardware", "trainer", "callbacks", "logger", "paths",
           "recipe", "experiment", "rl"]
 # models that serve classification only are composed with the classification task

@@ -62,7 +62,7 @@ def test_the_reward_loss_is_bradley_terry_from_the_model_s_own_scores(cache_dir)
 
 
 @pytest.fixture(scope="module")
-def reward_run(tmp_path_factory):
+def reward_run(tmp_path_factory, cache_dir):
     root = tmp_path_factory.mktemp("reward")
     proc = run_cli("peftlab-train", *REWARD, "trainer.max_steps=40", "optim.lr=1e-2", "trainer.limit_test_batches=null",
                    "forgetting=null", f"hydra.run.dir={root / 'rm'}")
@@ -212,7 +212,7 @@ def test_online_rl_raises_the_reward_it_is_given(algorithm, tmp_path, cache_dir)
 
 
 @pytest.fixture(scope="module")
-def rl_run(tmp_path_factory):
+def rl_run(tmp_path_factory, cache_dir):
     root = tmp_path_factory.mktemp("rl")
     proc = run_cli("peftlab-train", *RL, "rl.rewards={date_exact: 1.0, length_penalty: 0.1}", "trainer.max_steps=6",
                    "rl.completions_every=1", "trainer.log_every_n_steps=1", "forgetting=null",
@@ -255,7 +255,7 @@ def test_rl_from_an_sft_adapter_against_a_learned_reward_on_one_base(reward_run,
     assert {"reward_model", "date_exact"} <= set(rows[0])
 
 
-def test_a_resumed_rl_run_ends_bitwise_equal(tmp_path):
+def test_a_resumed_rl_run_ends_bitwise_equal(tmp_path, cache_dir):
     """Sampling draws from the generators the checkpoint saves: a resumed run samples what the
     uninterrupted one sampled, and ends with its adapter."""
     common = [*RL, "rl.rewards={length_penalty: 1.0}", "trainer.max_steps=4", "optim.lr=1e-2",
@@ -273,18 +273,19 @@ def test_a_resumed_rl_run_ends_bitwise_equal(tmp_path):
 def test_a_reward_that_breaks_its_contract_is_named(tmp_path, cache_dir):
     from peftlab import api
     from peftlab.config import plugins
+    from peftlab.errors import ConfigError
     from peftlab.tasks import rewards
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setitem(rewards.REWARD_FUNCTIONS, "broken", lambda completions, *rest: [float("nan")] * len(completions))
         mp.setattr(plugins, "REWARDS", [*plugins.REWARDS, "broken"])
-        with pytest.raises(ValueError, match=r"reward 'broken' must give one finite number per completion; it gave "
-                                             r"\[nan, nan"):
+        with pytest.raises(ConfigError, match=r"rl.rewards.broken: the reward must give one finite number per "
+                                              r"completion; it gave \[nan, nan"):
             api.train([*RL, "rl.rewards={broken: 1.0}", "trainer.max_steps=1", "zero_shot=false",
                        "forgetting=null", f"hydra.run.dir={tmp_path / 'rl'}"])
 
 
-def test_a_diverging_rl_run_stops_with_one_line(tmp_path):
+def test_a_diverging_rl_run_stops_with_one_line(tmp_path, cache_dir):
     proc = run_cli("peftlab-train", *RL, "rl.rewards={length_penalty: 1.0}", "optim.lr=1e30", "trainer.max_steps=6",
                    "zero_shot=false", f"hydra.run.dir={tmp_path / 'rl'}")
     assert proc.returncode == 2, proc.stderr[-2000:]

@@ -48,14 +48,18 @@ def unchosen_group(err: BaseException, overrides: Sequence[str]) -> str:
     Hydra 1.3 fails there with a bare AssertionError from OmegaConf ("" for any other error)."""
     if not (isinstance(err, AssertionError) and "Unexpected type for root: NoneType" in str(err)):
         return ""
+    import yaml
+
     from peftlab.config import CONF_DIR
 
+    # the groups the primary config leaves unchosen (``- rl: null``), and those the command line chose
+    defaults = yaml.safe_load((CONF_DIR / "train.yaml").read_text())["defaults"]
+    optional = {k for d in defaults if isinstance(d, dict) for k, v in d.items() if v is None}
     chosen = {o.split("=", 1)[0].lstrip("+") for o in overrides if "=" in o and "." not in o.split("=", 1)[0]}
     for override in overrides:
         key = override.split("=", 1)[0]
         group = key.split(".", 1)[0]
-        if "." in key and not key.startswith(("+", "~", "hydra.")) and group not in chosen \
-                and (CONF_DIR / group).is_dir():
+        if "." in key and group in optional and group not in chosen and (CONF_DIR / group).is_dir():
             options = ", ".join(sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml")))
             return (f"{key}: no {group} config is chosen, so there is nothing to set (choose one first: "
                     f"{group}=<{options}>)")

@@ -75,7 +75,8 @@ class RLSchema:
         for name, weight in self.rewards.items():
             if REWARDS:  # registered with the task plug-ins; a bare config check has none
                 one_of("rl.rewards", name, known)
-            check(isinstance(weight, (int, float)) and math.isfinite(weight), f"rl.rewards.{name}",
+            check(isinstance(weight, (int, float)) and not isinstance(weight, bool) and math.isfinite(weight),
+                  f"rl.rewards.{name}",
                   "must be a finite number (the reward's weight)", weight)
         check((LEARNED in self.rewards) == (self.reward_model is not None), "rl.reward_model",
               f"and rl.rewards.{LEARNED} go together: the weight of a trained reward model's score, and its adapter",

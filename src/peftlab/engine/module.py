@@ -125,7 +125,7 @@ class PeftLabModule(L.LightningModule):
         self.last_loss = (all_sum(total.detach()) / count_all).detach()  # for the log and the divergence guard
         self.log("train/loss", self.last_loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
         for name, value in self.task.step_logs().items():
-            self.log(f"train/{name}", value, batch_size=batch["input_ids"].shape[0])
+            self.log(f"train/{name}", value, batch_size=batch["input_ids"].shape[0], sync_dist=True)  # every process's
         if self.hooks is not None and self.hooks.loss_term is not None:
             # the same on every process, so DDP's average of the gradients keeps it as it is
             term = self.hooks.loss_term(self.model)

@@ -58,6 +58,9 @@ class PreferenceTask(GeneratesText, Task):
             problems.append(f"preference.reference=precomputed: {self.settings.loss} estimates the KL divergence from "
                             "each batch's prompts paired with other answers, which no precomputation knows; use "
                             "adapter_off or frozen_adapter")
+        if self._needs_kl and run.data.batch_size < 2:
+            problems.append(f"data.batch_size must be >= 2 for preference.loss={self.settings.loss}: its KL estimate "
+                            f"pairs each prompt with another example's answer, got {run.data.batch_size}")
         if mode == "frozen_adapter" and not run.init_adapter:
             problems.append("preference.reference=frozen_adapter needs init_adapter=<run_dir>/adapter: the frozen "
                             "copy is of the adapter the run starts from")
@@ -212,9 +215,11 @@ class PreferenceTask(GeneratesText, Task):
         they were not written for, without gradient (KTO's reference point)."""
         import torch
 
+        real = (rows["labels"] != IGNORE_INDEX).any(1)  # not a shard's padding copy
+        if int(real.sum()) < 2:  # one example (a last evaluation batch) has no other answer: no estimate
+            return rows["labels"].new_zeros((), dtype=torch.float64)
         with torch.no_grad():
             policy = self._logps(model, rows)[0]
-        real = (rows["labels"] != IGNORE_INDEX).any(1)  # not a shard's padding copy
         return (policy - self._reference_logps(model, rows))[real].mean()
 
     def loss(self, model, batch):

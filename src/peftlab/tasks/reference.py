@@ -44,7 +44,9 @@ def use_adapter(model: Any, name: str) -> Iterator[None]:
 def as_reference(model: Any, mode: str):
     """The policy's weights as its reference: the frozen starting adapter where one was loaded, else
     the adapter switched off (and the untouched model, where there is no adapter)."""
-    if mode == "frozen_adapter" and FROZEN in getattr(model, "peft_config", {}):
+    if mode == "frozen_adapter":
+        if FROZEN not in getattr(model, "peft_config", {}):
+            raise RuntimeError("the frozen reference adapter is not loaded (before_training loads it)")
         return use_adapter(model, FROZEN)
     return adapter_off(model)
 

@@ -219,3 +219,32 @@ def _safetensors_header(path: Path) -> dict[str, Any]:
             raise ValueError(f"{path.name} is not a safetensors file")
         return {k: v for k, v in json.loads(f.read(size)).items() if k != "__metadata__"}
 
+
+
+def one_base_problems(folder: Path, run: Any) -> list[str]:
+    """Why the reward model in ``folder`` cannot sit as a second adapter on this run's policy base
+    (``rl.reward_separate=true`` loads it as a model of its own instead)."""
+    from peftlab.errors import ConfigError
+    from peftlab.runs.config import read_run_config
+
+    key, separate = "rl.reward_model", "; use rl.reward_separate=true"
+    method = run.method
+    if not method.capabilities.adapter:
+        return [f"{key}: method={method.name} has no adapter for the reward model's to sit beside{separate}"]
+    if method.adapter_off_differs():
+        return [f"{key} on the policy's base: {method.adapter_off_differs()}, so the weights under the adapters are "
+                f"not the base the reward model was trained on{separate}"]
+    if run.hardware.strategy == "fsdp":
+        return [f"{key} on the policy's base with hardware.strategy=fsdp: the reward model reads the decoder outside "
+                f"its sharded forward{separate}"]
+    try:
+        trained = read_run_config(folder.parent) if (folder.parent / "config.yaml").is_file() else None
+    except ConfigError:
+        return []  # reward_model_problems says why
+    if trained is not None and trained.method.name != method.name:
+        return [f"{key}: {folder} is a method={trained.method.name} adapter and the policy trains "
+                f"method={method.name}: adapters of one kind share a base (peft mixes no others){separate}"]
+    if trained is not None and trained.method.adapter_off_differs():
+        return [f"{key}: {folder} was trained with {trained.method.adapter_off_differs()}: its adapter needs the "
+                f"base it changed{separate}"]
+    return []

@@ -64,7 +64,7 @@ class RewardScorer:
             self.model = PeftModel.from_pretrained(backbone, self.folder).eval().requires_grad_(False)
             self.bytes = param_bytes(self.model.parameters())
             return
-        if not hasattr(policy, "load_adapter"):
+        if not hasattr(policy, "peft_config"):  # (a transformers model has load_adapter too)
             raise ConfigError("rl.reward_model: the policy has no adapter to put the reward model's beside; "
                               "use rl.reward_separate=true")
         self.head = {k: v.to(next(policy.parameters()).dtype) for k, v in head.items()}
@@ -85,8 +85,9 @@ class RewardScorer:
         with eval_mode(policy), use_adapter(policy, NAME):
             decoder = policy.get_base_model().base_model
             hidden = decoder(input_ids=input_ids, attention_mask=mask).last_hidden_state
-        # the last token that is not padding, as transformers' sequence classification models pool
-        real = (input_ids != self.tokenizer.pad_token_id).int()
+        # the last token that is not padding, as transformers' sequence classification models pool: by
+        # the model config's pad id, which the reward model trained with (the same base's)
+        real = (input_ids != policy.config.pad_token_id).int()
         last = (torch.arange(input_ids.shape[1], device=device) * real).argmax(-1)
         pooled = hidden[torch.arange(len(last), device=device), last]
         head = {k: v.to(device) for k, v in self.head.items()}

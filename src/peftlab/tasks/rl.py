@@ -7,9 +7,10 @@ tasks/reward_scorer.py), turns the rewards into advantages within each prompt's 
 clipped policy-gradient loss per completion token plus ``beta`` times the k3 estimate of the KL
 divergence to the reference, ``exp(r - p) - (r - p) - 1`` with p, r the policy's and the reference's
 log-probabilities of the token. The loss is the mean over every completion token of the step (as
-SFT's over answer tokens). The completions are sampled once per step and trained on once, so the
-ratio to the sampling policy is 1 in value (its gradient the policy gradient) and the clip binds only
-where generation and training differ numerically.
+SFT's over answer tokens). The completions are sampled once per step and trained on once (TRL's
+``num_iterations=1``): the ratio to the sampling policy is then exactly 1 in value, its gradient the
+policy gradient, and the clip never binds (``clip_fraction`` 0); the clipped form is kept so that
+the loss is GRPO's, and several updates per sample would make it bind.
 
 Evaluation is SFT's: greedy exact match and the loss of the reference answers on the test split.
 """
@@ -22,7 +23,7 @@ from typing import Any, Callable, Optional
 
 from peftlab.config.rl import LEARNED
 from peftlab.data.tokenize import IGNORE_INDEX
-from peftlab.errors import Diverged
+from peftlab.errors import ConfigError, Diverged
 from peftlab.tasks.base import register_task
 from peftlab.tasks.causal_lm import CausalLMTask
 from peftlab.tasks.reference import as_reference, eval_mode, load_frozen
@@ -40,6 +41,8 @@ class RLTask(CausalLMTask):
         from peftlab.config.rl import RLSchema
 
         self.settings = getattr(run, "rl", None) or RLSchema(name="grpo")
+        if self.settings.max_new_tokens is None:  # what the run samples with, recorded and read by the rewards
+            self.settings.max_new_tokens = data.max_new_tokens
         self.init_adapter = getattr(run, "init_adapter", None)
         self.scorer = None  # a trained reward model (rl.reward_model)
         self.reference_model = None  # rl.reference=separate: a frozen copy of the backbone
@@ -49,7 +52,7 @@ class RLTask(CausalLMTask):
 
     @property
     def max_new_tokens(self) -> int:
-        return self.settings.max_new_tokens or self.data.max_new_tokens
+        return self.settings.max_new_tokens
 
     def check(self, run: Any) -> list[str]:
         problems = super().check(run)
@@ -70,9 +73,11 @@ class RLTask(CausalLMTask):
             problems.append("rl.reference=separate with init_adapter: the copy is of the base, not the model the "
                             "policy starts from; use rl.reference=frozen_adapter")
         if s.reward_model:
-            from peftlab.tasks.reward import reward_model_problems
+            from peftlab.tasks.reward import one_base_problems, reward_model_problems
 
             problems += reward_model_problems(Path(s.reward_model).expanduser(), run)
+            if not s.reward_separate:
+                problems += one_base_problems(Path(s.reward_model).expanduser(), run)
         return problems
 
     def settings_record(self) -> dict[str, Any]:
@@ -103,6 +108,8 @@ class RLTask(CausalLMTask):
         if room < self.max_new_tokens:
             return (f"prompt leaves no room for {self.max_new_tokens} new tokens (rl.max_new_tokens) within "
                     f"data.max_length={self.data.max_length}")
+        if example["truncated"]:  # the test loss scores the reference answer after the whole prompt
+            return f"prompt and reference answer longer than data.max_length={self.data.max_length}"
         return super().unusable(record, example)
 
     def collator(self, tokenizer: Any, evaluation: bool) -> Callable:
@@ -176,15 +183,22 @@ class RLTask(CausalLMTask):
         import torch
         from transformers import GenerationConfig
 
+        from peftlab.data.loaders import rank_and_world
         from peftlab.tasks.generation import end_tokens
 
         s, tok = self.settings, self.tokenizer
         ends = end_tokens(model, tok)
+        # every sampling setting stated: transformers fills what is left unset from the model's own
+        # generation config (a repetition penalty, min_p, ...), which would reshape the distribution
         config = GenerationConfig(max_new_tokens=self.max_new_tokens, do_sample=True, temperature=s.temperature,
-                                  top_p=s.top_p, top_k=0, pad_token_id=tok.pad_token_id, eos_token_id=ends)
+                                  top_p=s.top_p, top_k=0, min_p=0.0, typical_p=1.0, repetition_penalty=1.0,
+                                  no_repeat_ngram_size=0, num_beams=1, num_return_sequences=1,
+                                  pad_token_id=tok.pad_token_id, eos_token_id=ends)
+        synced = rank_and_world()[1] > 1  # a sharded forward is collective: every process decodes to the end
         with torch.no_grad(), eval_mode(model):
             try:
-                out = model.generate(input_ids=prompts, attention_mask=prompt_mask, generation_config=config)
+                out = model.generate(input_ids=prompts, attention_mask=prompt_mask, generation_config=config,
+                                     synced_gpus=synced)
             except RuntimeError as err:  # torch.multinomial on what overflowed in the last update
                 if "probability tensor contains" not in str(err):
                     raise
@@ -206,7 +220,8 @@ class RLTask(CausalLMTask):
         positions = None if getattr(config, "is_prompt_learning", False) else (
             (batch["attention_mask"].cumsum(-1) - 1).clamp(min=0))
         logits, targets = answer_logits(model, batch, position_ids=positions)
-        return -F.cross_entropy(logits, targets, reduction="none")
+        # the distribution the tokens were sampled from: the logits at rl.temperature
+        return -F.cross_entropy(logits / self.settings.temperature, targets, reduction="none")
 
     def _rewards(self, model, batch, completion, done, G):
         import torch
@@ -224,8 +239,8 @@ class RLTask(CausalLMTask):
                 values = torch.tensor(REWARD_FUNCTIONS[name](texts, references, lengths, self.settings),
                                       dtype=torch.float64)
                 if values.shape != (len(texts),) or not torch.isfinite(values).all():
-                    raise ValueError(f"reward {name!r} must give one finite number per completion; it gave "
-                                     f"{values.tolist()[:8]} for {len(texts)} completions")
+                    raise ConfigError(f"rl.rewards.{name}: the reward must give one finite number per completion; "
+                                      f"it gave {values.tolist()[:8]} for {len(texts)} completions")
                 per_reward[name] = values
         total = sum(self.settings.rewards[k] * v for k, v in per_reward.items())
         self._texts = texts
@@ -253,12 +268,19 @@ class RLTask(CausalLMTask):
         from peftlab.data.loaders import rank_and_world
 
         first = rank_and_world()[0] == 0
-        if every and run_dir is not None and self.step % every == 0 and self.writes_records and first:
+        written = getattr(self, "_written_step", None)
+        if every and run_dir is not None and self.step % every == 0 and self.writes_records and first \
+                and self.step != written:  # once per optimizer step (not per accumulated batch)
             rows = [{"step": self.step, "prompt": batch["prompts"][0], "reference": batch["references"][0],
                      "completion": self._texts[i], "reward": round(float(rewards[i]), 4),
                      **{k: round(float(v[i]), 4) for k, v in per_reward.items()}} for i in range(G)]
-            with open(run_dir / "completions.jsonl", "a", encoding="utf-8") as f:
+            path = run_dir / "completions.jsonl"
+            if written is None and path.exists():  # a resumed run: the rows of the steps it replays go
+                kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] < self.step]
+                path.write_text("".join(line + "\n" for line in kept))
+            with open(path, "a", encoding="utf-8") as f:
                 f.writelines(json.dumps(r) + "\n" for r in rows)
+            self._written_step = self.step
 
     def step_logs(self) -> dict[str, float]:
         return self.step_record
@@ -273,8 +295,12 @@ class _Clock:
     def __call__(self, phase: str, fn: Callable, *args: Any) -> Any:
         import time
 
+        import torch
+
         start = time.perf_counter()
         try:
             return fn(*args)
         finally:
+            if torch.cuda.is_available():  # the phase's kernels, not only their launch
+                torch.cuda.synchronize()
             self.seconds[phase] += time.perf_counter() - start

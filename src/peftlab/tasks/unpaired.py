@@ -23,7 +23,8 @@ LABELS = {True: True, False: False, "true": True, "false": False, "1": True, "0"
 class UnpairedPreferenceTask(PreferenceTask):
     name = "unpaired"
     primary_metric = "reward_margin"
-    metric_names = ("reward_margin", "desirable_reward", "undesirable_reward", "kl", "exact_match", "loss")
+    metric_names = ("reward_margin", "desirable_reward", "undesirable_reward", "kl", "desirable_logp", "exact_match",
+                    "loss")
 
     def __init__(self, data, labels=None, run=None):
         super().__init__(data, labels, run)
@@ -38,6 +39,9 @@ class UnpairedPreferenceTask(PreferenceTask):
 
     def check(self, run: Any) -> list[str]:
         problems = super().check(run)
+        if self.settings.sft_weight:
+            problems.append(f"preference.sft_weight does not apply to data.task_type=unpaired (KTO weighs the "
+                            f"desirable answers with preference.desirable_weight), got {self.settings.sft_weight}")
         if self.settings.loss != "kto":
             problems.append(f"data.task_type=unpaired: preference.loss={self.settings.loss} compares answers in "
                             "pairs; single answers labelled good or bad train with preference=kto")
@@ -145,7 +149,8 @@ class UnpairedPreferenceTask(PreferenceTask):
         m["desirable_reward"].update(out["reward"][keep & good])
         m["undesirable_reward"].update(out["reward"][keep & ~good])
         m["desirable_logp"].update(out["logp"][keep & good])
-        m["kl"].update(out["kl"])
+        if keep.any():  # a batch of padding copies alone estimates nothing
+            m["kl"].update(out["kl"])
         if "exact_match" not in metrics.names:
             return []
         # greedy answers to every prompt; exact match against the desirable answers only
