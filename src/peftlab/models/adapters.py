@@ -76,10 +76,11 @@ class AdapterBank:
 
 
 def base_identity(model_cfg: ModelSchema) -> dict[str, Any]:
-    """What identifies a base model (not the switches a reader sets: remote code, local files)."""
+    """What identifies a base model's weights: not the switches a reader sets (remote code, local
+    files), nor what peftlab says the model serves or how it trains (task types, checkpointing)."""
     import dataclasses
 
-    reader = ("trust_remote_code", "local_files_only")
+    reader = ("trust_remote_code", "local_files_only", "tasks", "gradient_checkpointing")
     return {k: v for k, v in dataclasses.asdict(model_cfg).items() if k not in reader}
 
 

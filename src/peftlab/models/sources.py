@@ -125,7 +125,9 @@ def build_random(cfg: ModelSchema, cache_dir: Path) -> Path:
     """Save a random-init model once, as its first task's checkpoint class: with the LM head for a
     causal LM; the bare backbone when task heads are added at load time (sized to the labels)."""
     arch = dict(cfg.arch)
-    key = _fingerprint(arch, cfg.init_seed, cfg.tokenizer, cfg.chat_template, cfg.tasks)
+    # what the saved weights depend on: the architecture, the seed, the tokenizer and the class saved
+    # (the first task type's; the others the model serves change nothing on disk)
+    key = _fingerprint(arch, cfg.init_seed, cfg.tokenizer, cfg.chat_template, cfg.tasks[0])
     final = cache_dir / "models" / f"{cfg.name}-{key}"
 
     def build(tmp: Path) -> None:

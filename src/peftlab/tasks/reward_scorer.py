@@ -49,7 +49,10 @@ class RewardScorer:
                               "model (train one with data.task_type=reward)")
         base = policy.peft_config[policy.active_adapter].base_model_name_or_path if hasattr(policy, "peft_config") \
             else policy.config.name_or_path
-        if Path(str(config.get("base_model_name_or_path"))).resolve() != Path(str(base)).resolve():
+        # a reward run's folder names its base, which the config checks compared (reward_model_problems); a
+        # bare adapter folder has only the path it was trained from
+        bare = not (self.folder.parent / "config.yaml").is_file()
+        if bare and Path(str(config.get("base_model_name_or_path"))).resolve() != Path(str(base)).resolve():
             raise ConfigError(f"rl.reward_model: {self.folder} was trained on {config.get('base_model_name_or_path')}, "
                               f"the policy's base is {base}: a reward model scores on the base it was trained on")
         head = read_head(self.folder)
