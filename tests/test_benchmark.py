@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import run_cli
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -118,3 +120,21 @@ def test_the_many_adapters_benchmark_compares_both_routes_on_the_same_scores(cac
     assert lines[1].startswith("  separate evaluations: ") and lines[2].startswith("  one base, adapters switched: ")
     assert lines[3].startswith("  time ratio separate/one base: ") and lines[3].endswith("the same test losses: True")
     assert lines[4].startswith("  forward of 8 rows per adapter: switched ")
+
+
+@pytest.mark.integration
+def test_the_rl_benchmark_runs_every_route_on_the_tiny_model(tmp_path, cache_dir):
+    """Each route of scripts/benchmark_rl.py end to end (the figures come from SmolLM2 runs)."""
+    reward = run_cli("peftlab-train", "debug=tiny", "data=date_prefs", "data.task_type=reward", "trainer.max_steps=2",
+                     "merge_after=false", "zero_shot=false", "forgetting=null", f"hydra.run.dir={tmp_path / 'rm'}")
+    assert reward.returncode == 0, reward.stderr[-3000:]
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "benchmark_rl.py"), "--model", "tiny_llama",
+                           "--steps", "2", "--reward-model", str(tmp_path / "rm" / "adapter")],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    one_base = next(line for line in lines if line.startswith("| one_base | 0.00 MiB |"))
+    assert float(one_base.split("|")[4].strip().rstrip("%")) < 100  # the reward model beside the policy: no base
+    assert any(line.startswith("| separate |") for line in lines)
+    assert any(line.startswith("| trl | ") for line in lines)
+    assert lines[-1].startswith("peftlab's step rate over TRL's: ")
