@@ -173,21 +173,44 @@ def test_the_loss_is_dpo_from_summed_answer_log_probabilities(cache_dir):
     torch.testing.assert_close(pairs["losses"], expected, atol=1e-4, rtol=1e-5)
 
 
-def test_the_shipped_preference_set():
-    """date_prefs: train/val/test pairs of the date task; chosen is the right ISO date, rejected one
-    of four plausible mistakes, never equal to it."""
+FOUR = {"swapped", "two_digit_year", "separator", "off_by_one"}
+
+
+@pytest.mark.parametrize("name,mistakes", [("date_prefs", FOUR),
+                                           ("date_rewards", FOUR | {"century", "month", "day", "unpadded"})])
+def test_the_shipped_preference_sets(name, mistakes):
+    """date_prefs (and date_rewards, for reward models): train/val/test pairs of the date task; chosen
+    is the right ISO date, rejected a plausible mistake of the kinds named, never equal to it."""
+    import datetime as dt
+
     from peftlab.data.sources import BUILTIN_DIR
 
-    folder = BUILTIN_DIR / "date_prefs"
+    folder = BUILTIN_DIR / name
     rows = {s: [json.loads(line) for line in (folder / f"{s}.jsonl").read_text().splitlines()]
             for s in ("train", "val", "test")}
     assert {s: len(r) for s, r in rows.items()} == {"train": 2000, "val": 64, "test": 128}
     for split in rows.values():
         for r in split:
             assert r["chosen"] != r["rejected"] and len(r["chosen"]) == 10 and r["chosen"][4] == "-"
-    assert {r["mistake"] for r in rows["train"]} == {"swapped", "two_digit_year", "separator", "off_by_one"}
+            if r["mistake"] == "century":
+                assert abs(int(r["rejected"][:4]) - int(r["chosen"][:4])) == 100
+            if r["mistake"] == "unpadded":
+                assert dt.date.fromisoformat(r["chosen"]) == dt.date(*map(int, r["rejected"].split("-")))
+    assert {r["mistake"] for r in rows["train"]} == mistakes
     prompts = {s: {r["prompt"] for r in split} for s, split in rows.items()}
     assert not prompts["test"] & prompts["train"]
+
+
+def test_the_shipped_unpaired_set():
+    """date_feedback: each date prompt once, its right answer (label true) or a mistake (false)."""
+    from peftlab.data.sources import BUILTIN_DIR
+
+    rows = [json.loads(line) for line in (BUILTIN_DIR / "date_feedback" / "train.jsonl").read_text().splitlines()]
+    dates = {json.loads(line)["prompt"]: json.loads(line)["response"]
+             for line in (BUILTIN_DIR / "dates" / "train.jsonl").read_text().splitlines()}
+    assert len(rows) == len({r["prompt"] for r in rows}) == 2000
+    assert all((r["response"] == dates[r["prompt"]]) == r["label"] for r in rows)
+    assert 0.4 < sum(r["label"] for r in rows) / len(rows) < 0.6
 
 
 @pytest.fixture(scope="module")
