@@ -16,7 +16,8 @@ from typing import Any, Optional
 from peftlab.engine.forgetting import mean_token_loss, read_text, windows
 from peftlab.errors import ConfigError
 from peftlab.export.verify import Evaluation, score_split
-from peftlab.models.adapters import AdapterBank, base_identity, read_adapter_config
+from peftlab.models.adapters import AdapterBank
+from peftlab.runs.config import base_identity, read_adapter_config
 
 log = logging.getLogger("peftlab.adapters")
 

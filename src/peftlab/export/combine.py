@@ -18,8 +18,8 @@ from typing import Any
 from peftlab.config.commands import EQUAL_RANKS, PRUNING, SIGN_ELECTING, CombineSchema
 from peftlab.errors import ConfigError
 from peftlab.models import display_name
-from peftlab.models.adapters import AdapterBank, adapter_rank, base_identity, read_adapter_config
-from peftlab.runs.config import read_run_config
+from peftlab.models.adapters import AdapterBank, adapter_rank
+from peftlab.runs.config import base_identity, read_adapter_config, read_run_config
 from peftlab.runs.files import atomic_path
 
 COMBINED = "combined"  # the combination's adapter name in the shared base

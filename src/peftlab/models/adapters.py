@@ -8,7 +8,6 @@ for the methods whose layers take ``adapter_names``)."""
 from __future__ import annotations
 
 import contextlib
-import json
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
@@ -75,23 +74,6 @@ class AdapterBank:
             yield self.model
 
 
-def base_identity(model_cfg: ModelSchema) -> dict[str, Any]:
-    """What identifies a base model's weights: not the switches a reader sets (remote code, local
-    files), nor what peftlab says the model serves or how it trains (task types, checkpointing)."""
-    import dataclasses
-
-    reader = ("trust_remote_code", "local_files_only", "tasks", "gradient_checkpointing")
-    return {k: v for k, v in dataclasses.asdict(model_cfg).items() if k not in reader}
-
-
 def adapter_rank(config: dict[str, Any]) -> tuple[int, dict[str, int]]:
     """A LoRA adapter's rank and per-module ranks, from its saved config."""
     return int(config.get("r") or 0), dict(config.get("rank_pattern") or {})
-
-
-def read_adapter_config(folder: Path) -> dict[str, Any]:
-    path = Path(folder) / "adapter_config.json"
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise ConfigError(f"runs: {path} is not a readable adapter config ({str(err).splitlines()[0]})") from None

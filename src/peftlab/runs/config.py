@@ -5,7 +5,9 @@ schemas that must already be registered (``import peftlab.methods`` in the calle
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import yaml
 from omegaconf import OmegaConf
@@ -14,6 +16,7 @@ from omegaconf.errors import OmegaConfBaseException
 from peftlab.config import validate
 from peftlab.config.commands import TrainSchema
 from peftlab.config.instantiate import disallowed_resolvers
+from peftlab.config.schema import ModelSchema
 from peftlab.errors import ConfigError
 from peftlab.runs.folders import run_status
 
@@ -48,3 +51,21 @@ def read_run_config(run_dir: Path, trust_remote_code: bool = False):
     run.model.trust_remote_code = trust_remote_code
     run.model.local_files_only = True  # a hub model it names comes from the local cache, never the network
     return run
+
+
+def base_identity(model_cfg: ModelSchema) -> dict[str, Any]:
+    """What identifies a base model's weights: not the switches a reader sets (remote code, local
+    files), nor what peftlab says the model serves or how it trains (task types, checkpointing)."""
+    import dataclasses
+
+    reader = ("trust_remote_code", "local_files_only", "tasks", "gradient_checkpointing")
+    return {k: v for k, v in dataclasses.asdict(model_cfg).items() if k not in reader}
+
+
+def read_adapter_config(folder: Path, key: str = "runs") -> dict[str, Any]:
+    """A saved adapter's ``adapter_config.json`` (``key``: the setting that named the folder, for errors)."""
+    path = Path(folder) / "adapter_config.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"{key}: {path} is not a readable adapter config ({str(err).splitlines()[0]})") from None

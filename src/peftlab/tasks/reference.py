@@ -10,7 +10,7 @@ random draws.
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 FROZEN = "reference"  # the name of the frozen starting adapter beside the policy's
 
@@ -62,3 +62,23 @@ def load_frozen(model: Any, folder: str, name: str = FROZEN) -> int:
 
 def param_bytes(parameters: Iterable[Any]) -> int:
     return sum(p.numel() * p.element_size() for p in parameters)
+
+
+class Clock:
+    """Adds each call's wall time to its phase in ``seconds`` (where an RL step's time goes)."""
+
+    def __init__(self, seconds: dict[str, float]):
+        self.seconds = seconds
+
+    def __call__(self, phase: str, fn: Callable, *args: Any) -> Any:
+        import time
+
+        import torch
+
+        start = time.perf_counter()
+        try:
+            return fn(*args)
+        finally:
+            if torch.cuda.is_available():  # the phase's kernels, not only their launch
+                torch.cuda.synchronize()
+            self.seconds[phase] += time.perf_counter() - start

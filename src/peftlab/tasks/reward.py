@@ -181,7 +181,7 @@ class RewardTask(Task):
 def reward_model_problems(folder: Path, run: Any) -> list[str]:
     """Why ``folder`` cannot score this run's completions, read from its files alone (no weights
     loaded): not a reward model's adapter, no score head of one output, another base."""
-    from peftlab.models.adapters import base_identity
+    from peftlab.runs.config import base_identity
 
     key = "rl.reward_model"
     try:

@@ -40,10 +40,10 @@ def read_head(folder: Path) -> dict[str, torch.Tensor]:
 
 class RewardScorer:
     def __init__(self, folder: str, policy: Any, tokenizer: Any, data: Any, separate: bool):
-        from peftlab.models.adapters import read_adapter_config
+        from peftlab.runs.config import read_adapter_config
 
         self.folder, self.tokenizer, self.separate = Path(folder).expanduser(), tokenizer, separate
-        config = read_adapter_config(self.folder)
+        config = read_adapter_config(self.folder, "rl.reward_model")
         if config.get("task_type") != "SEQ_CLS":
             raise ConfigError(f"rl.reward_model: {self.folder} is a {config.get('task_type')} adapter, not a reward "
                               "model (train one with data.task_type=reward)")

@@ -26,7 +26,7 @@ from peftlab.data.tokenize import IGNORE_INDEX
 from peftlab.errors import ConfigError, Diverged
 from peftlab.tasks.base import register_task
 from peftlab.tasks.causal_lm import CausalLMTask
-from peftlab.tasks.reference import as_reference, eval_mode, load_frozen
+from peftlab.tasks.reference import Clock, as_reference, eval_mode, load_frozen
 from peftlab.tasks.rewards import REWARD_FUNCTIONS  # registers the shipped rewards with the config checks
 
 
@@ -145,7 +145,7 @@ class RLTask(CausalLMTask):
         s, G = self.settings, self.settings.num_generations
         prompts = batch["gen_input_ids"].repeat_interleave(G, 0)
         prompt_mask = batch["gen_attention_mask"].repeat_interleave(G, 0)
-        clock = _Clock(self.seconds)
+        clock = Clock(self.seconds)
         completion, done = clock("generate", self._sample, model, prompts, prompt_mask)
         rewards, per_reward = clock("reward", self._rewards, model, batch, completion, done, G)
         advantages = self._advantages(rewards.view(-1, G)).view(-1)
@@ -285,22 +285,3 @@ class RLTask(CausalLMTask):
     def step_logs(self) -> dict[str, float]:
         return self.step_record
 
-
-class _Clock:
-    """Adds each call's wall time to its phase in ``seconds``."""
-
-    def __init__(self, seconds: dict[str, float]):
-        self.seconds = seconds
-
-    def __call__(self, phase: str, fn: Callable, *args: Any) -> Any:
-        import time
-
-        import torch
-
-        start = time.perf_counter()
-        try:
-            return fn(*args)
-        finally:
-            if torch.cuda.is_available():  # the phase's kernels, not only their launch
-                torch.cuda.synchronize()
-            self.seconds[phase] += time.perf_counter() - start
