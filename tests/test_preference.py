@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from conftest import compose, run_cli
+from conftest import compose, resume_ends_equal, run_cli
 
 PAIRS = ["model=tiny_llama", "data=date_prefs", "data.max_eval_examples=8"]
 
@@ -262,14 +262,8 @@ def test_a_resumed_preference_run_ends_bitwise_equal(mode, sft_then_dpo, tmp_pat
               "trainer.max_steps=8", "callbacks.checkpoint.every_n_train_steps=4", "callbacks.checkpoint.save_top_k=-1",
               "optim.lr=1e-2",
               "merge_after=false", "zero_shot=false", f"init_adapter={sft_then_dpo / 'sft' / 'adapter'}"]
-    full = run_cli("peftlab-train", *common, f"hydra.run.dir={tmp_path / 'full'}")
-    assert full.returncode == 0, full.stderr[-3000:]
-    (ckpt,) = (tmp_path / "full" / "checkpoints").glob("step-4*.ckpt")
-    again = run_cli("peftlab-train", *common, f"resume_from={ckpt}", f"hydra.run.dir={tmp_path / 'again'}")
-    assert again.returncode == 0, again.stderr[-3000:]
-    weights = [(tmp_path / d / "adapter" / "adapter_model.safetensors").read_bytes() for d in ("full", "again")]
-    assert weights[0] == weights[1]
-    a, b = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("full", "again"))
+    full, again = resume_ends_equal(common, tmp_path, step=4)
+    a, b = (json.loads((d / "metrics.json").read_text()) for d in (full, again))
     assert a["test"] == b["test"]
 
 

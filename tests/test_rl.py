@@ -10,7 +10,7 @@ import json
 import pytest
 import torch
 
-from conftest import compose, run_cli
+from conftest import compose, resume_ends_equal, run_cli
 
 REWARD = ["debug=tiny", "data=date_prefs", "data.task_type=reward", "data.max_eval_examples=16"]
 RL = ["debug=tiny", "data=date_prompts", "rl=grpo"]
@@ -261,13 +261,7 @@ def test_a_resumed_rl_run_ends_bitwise_equal(tmp_path, cache_dir):
     common = [*RL, "rl.rewards={length_penalty: 1.0}", "trainer.max_steps=4", "optim.lr=1e-2",
               "callbacks.checkpoint.every_n_train_steps=2", "callbacks.checkpoint.save_top_k=-1", "merge_after=false",
               "zero_shot=false", "forgetting=null"]
-    full = run_cli("peftlab-train", *common, f"hydra.run.dir={tmp_path / 'full'}")
-    assert full.returncode == 0, full.stderr[-3000:]
-    (ckpt,) = (tmp_path / "full" / "checkpoints").glob("step-2*.ckpt")
-    again = run_cli("peftlab-train", *common, f"resume_from={ckpt}", f"hydra.run.dir={tmp_path / 'again'}")
-    assert again.returncode == 0, again.stderr[-3000:]
-    weights = [(tmp_path / d / "adapter" / "adapter_model.safetensors").read_bytes() for d in ("full", "again")]
-    assert weights[0] == weights[1]
+    resume_ends_equal(common, tmp_path, step=2)
 
 
 def test_a_reward_that_breaks_its_contract_is_named(tmp_path, cache_dir):

@@ -178,15 +178,19 @@ class RewardTask(Task):
         return ["chosen" if c > r else "rejected" for c, r in zip(chosen.tolist(), rejected.tolist(), strict=True)]
 
 
-def reward_model_problems(folder: Path, run: Any) -> list[str]:
+def reward_model_problems(folder: Path, run: Any, one_base: bool) -> list[str]:
     """Why ``folder`` cannot score this run's completions, read from its files alone (no weights
-    loaded): not a reward model's adapter, no score head of one output, another base."""
-    from peftlab.runs.config import base_identity
+    loaded): not a reward model's adapter, no score head of one output, another base; and with
+    ``one_base``, why it cannot sit as a second adapter on the policy's base."""
+    from peftlab.errors import ConfigError
+    from peftlab.runs.config import base_identity, read_adapter_config, read_run_config
 
     key = "rl.reward_model"
     try:
-        config = json.loads((folder / "adapter_config.json").read_text())
+        config = read_adapter_config(folder, key)
         header = _safetensors_header(folder / "adapter_model.safetensors")
+    except ConfigError as err:
+        return [str(err)]
     except (OSError, ValueError) as err:
         return [f"{key}: {folder} is not a readable adapter ({str(err).splitlines()[0]})"]
     if config.get("task_type") != "SEQ_CLS":
@@ -195,38 +199,23 @@ def reward_model_problems(folder: Path, run: Any) -> list[str]:
     head = [v["shape"] for k, v in header.items() if k.endswith("score.weight")]
     if not head or head[0][0] != 1:
         return [f"{key}: {folder} holds no score head of one output (train a reward model with data.task_type=reward)"]
-    if (folder.parent / "config.yaml").is_file() and hasattr(run, "model"):  # its run folder names its base
-        from peftlab.errors import ConfigError
-        from peftlab.runs.config import read_run_config
-
+    trained = None
+    if (folder.parent / "config.yaml").is_file():  # its run folder names its base and method
         try:
-            theirs = base_identity(read_run_config(folder.parent).model)
+            trained = read_run_config(folder.parent)
         except ConfigError as err:
             return [f"{key}: {str(err).removeprefix('run_dir: ')}"]
-        ours = base_identity(run.model)
+        theirs, ours = base_identity(trained.model), base_identity(run.model)
         differ = sorted(k for k in ours if ours[k] != theirs.get(k))
         if differ:
             return [f"{key}: {folder} was trained on another base (model.{differ[0]}: {theirs.get(differ[0])!r}, the "
                     f"policy's {ours[differ[0]]!r}): a reward model scores on the base it was trained on"]
-    return []
+    return _one_base_problems(folder, run, trained) if one_base else []
 
 
-def _safetensors_header(path: Path) -> dict[str, Any]:
-    """The tensor names and shapes of a safetensors file, from its header (no tensor is read)."""
-    with open(path, "rb") as f:
-        size = int.from_bytes(f.read(8), "little")
-        if not 0 < size < 100_000_000:
-            raise ValueError(f"{path.name} is not a safetensors file")
-        return {k: v for k, v in json.loads(f.read(size)).items() if k != "__metadata__"}
-
-
-
-def one_base_problems(folder: Path, run: Any) -> list[str]:
-    """Why the reward model in ``folder`` cannot sit as a second adapter on this run's policy base
-    (``rl.reward_separate=true`` loads it as a model of its own instead)."""
-    from peftlab.errors import ConfigError
-    from peftlab.runs.config import read_run_config
-
+def _one_base_problems(folder: Path, run: Any, trained: Any) -> list[str]:
+    """Why the reward model in ``folder`` (``trained``: its run's config, if it has one) cannot sit as
+    a second adapter on this run's policy base (``rl.reward_separate=true`` loads it on its own)."""
     key, separate = "rl.reward_model", "; use rl.reward_separate=true"
     method = run.method
     if not method.capabilities.adapter:
@@ -237,10 +226,6 @@ def one_base_problems(folder: Path, run: Any) -> list[str]:
     if run.hardware.strategy == "fsdp":
         return [f"{key} on the policy's base with hardware.strategy=fsdp: the reward model reads the decoder outside "
                 f"its sharded forward{separate}"]
-    try:
-        trained = read_run_config(folder.parent) if (folder.parent / "config.yaml").is_file() else None
-    except ConfigError:
-        return []  # reward_model_problems says why
     if trained is not None and trained.method.name != method.name:
         return [f"{key}: {folder} is a method={trained.method.name} adapter and the policy trains "
                 f"method={method.name}: adapters of one kind share a base (peft mixes no others){separate}"]
@@ -248,3 +233,12 @@ def one_base_problems(folder: Path, run: Any) -> list[str]:
         return [f"{key}: {folder} was trained with {trained.method.adapter_off_differs()}: its adapter needs the "
                 f"base it changed{separate}"]
     return []
+
+
+def _safetensors_header(path: Path) -> dict[str, Any]:
+    """The tensor names and shapes of a safetensors file, from its header (no tensor is read)."""
+    with open(path, "rb") as f:
+        size = int.from_bytes(f.read(8), "little")
+        if not 0 < size < 100_000_000:
+            raise ValueError(f"{path.name} is not a safetensors file")
+        return {k: v for k, v in json.loads(f.read(size)).items() if k != "__metadata__"}

@@ -73,11 +73,9 @@ class RLTask(CausalLMTask):
             problems.append("rl.reference=separate with init_adapter: the copy is of the base, not the model the "
                             "policy starts from; use rl.reference=frozen_adapter")
         if s.reward_model:
-            from peftlab.tasks.reward import one_base_problems, reward_model_problems
+            from peftlab.tasks.reward import reward_model_problems
 
-            problems += reward_model_problems(Path(s.reward_model).expanduser(), run)
-            if not s.reward_separate:
-                problems += one_base_problems(Path(s.reward_model).expanduser(), run)
+            problems += reward_model_problems(Path(s.reward_model).expanduser(), run, one_base=not s.reward_separate)
         return problems
 
     def settings_record(self) -> dict[str, Any]:
