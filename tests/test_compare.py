@@ -23,25 +23,36 @@ def group(name: str, values: list[float], seeds=None) -> Group:
 
 
 def test_a_paired_comparison_is_scipys_paired_t_test_with_cohens_dz():
-    a, b = [0.90, 0.88, 0.91, 0.87], [0.93, 0.90, 0.95, 0.89]
+    a, b = [0.90, 0.88, 0.91, 0.87, 0.89], [0.93, 0.90, 0.95, 0.89, 0.90]
     r = pair_test(group("a", a), group("b", b), "test.exact_match")
-    assert r.test == "paired t (4 seeds)"
+    assert r.test == "paired t (5 seeds)"
     assert r.p == pytest.approx(stats.ttest_rel(b, a).pvalue, rel=1e-9)
     d = [y - x for x, y in zip(a, b, strict=True)]
-    half = stats.t.ppf(0.975, 3) * stats.sem(d)
+    half = stats.t.ppf(0.975, 4) * stats.sem(d)
     assert r.ci95 == pytest.approx((statistics.fmean(d) - half, statistics.fmean(d) + half))
     dz = statistics.fmean(d) / statistics.stdev(d)
-    se = math.sqrt(1 / 4 + dz**2 / 8)
-    assert r.effect == pytest.approx(dz) and r.effect_ci95 == pytest.approx((dz - 1.959964 * se, dz + 1.959964 * se))
+    assert r.effect == pytest.approx(dz)
+    # the exact interval: at each end, the observed t sits at the noncentral t's 2.5% / 97.5% point
+    t_obs, low, high = dz * math.sqrt(5), *r.effect_ci95
+    assert stats.nct.cdf(t_obs, 4, low * math.sqrt(5)) == pytest.approx(0.975, abs=1e-6)
+    assert stats.nct.cdf(t_obs, 4, high * math.sqrt(5)) == pytest.approx(0.025, abs=1e-6)
+
+
+def test_no_effect_size_from_fewer_than_five_seeds():
+    r = pair_test(group("a", [0.90, 0.88, 0.91]), group("b", [0.93, 0.90, 0.95]), "test.exact_match")
+    assert r.effect is None and r.effect_ci95 is None and r.effect_note == "no d_z: 3 seeds, fewer than 5"
 
 
 def test_groups_of_different_seeds_are_compared_by_welchs_test():
-    a, b = [0.90, 0.88, 0.91], [0.80, 0.84, 0.79, 0.83]
-    r = pair_test(group("a", a, [1, 2, 3]), group("b", b, [4, 5, 6, 7]), "test.exact_match")
-    assert r.test == "Welch t" and r.n == (3, 4)
+    a, b = [0.90, 0.88, 0.91, 0.86, 0.89], [0.80, 0.84, 0.79, 0.83, 0.82, 0.81]
+    r = pair_test(group("a", a, [1, 2, 3, 4, 5]), group("b", b, [6, 7, 8, 9, 10, 11]), "test.exact_match")
+    assert r.test == "Welch t" and r.n == (5, 6)
     assert r.p == pytest.approx(stats.ttest_ind(b, a, equal_var=False).pvalue, rel=1e-9)
-    d = (statistics.fmean(b) - statistics.fmean(a)) / math.sqrt((statistics.variance(a) + statistics.variance(b)) / 2)
+    pooled = math.sqrt((4 * statistics.variance(a) + 5 * statistics.variance(b)) / 9)
+    d = (statistics.fmean(b) - statistics.fmean(a)) / pooled
     assert r.effect == pytest.approx(d)
+    scale = math.sqrt(5 * 6 / 11)
+    assert stats.nct.cdf(d * scale, 9, r.effect_ci95[0] * scale) == pytest.approx(0.975, abs=1e-6)
 
 
 def test_holm_on_a_textbook_family():
@@ -90,6 +101,7 @@ def test_the_report_carries_the_comparisons_and_the_letters(tmp_path):
     assert [g["letters"] for g in report["groups"]] == ["a", "a", "b"]
     assert [c["separated"] for c in report["comparisons"]] == [False, True, True]
     md = (tmp_path / "report" / "results.md").read_text()
-    assert "Holm's correction over the family of 3 pairs" in md and "| method=lora |" in md
+    assert "Holm's correction over each family of 3 pairs" in md and "| method=lora |" in md
+    assert "Letters and *separated* read the seeds tests." in md  # no answers item by item here
     tex = (tmp_path / "report" / "results.tex").read_text()
     assert r"\textsuperscript{a}" in tex and r"\textsuperscript{b}" in tex

@@ -120,7 +120,8 @@ CLI_CASES = {
     "trainer.max_steps=-3": "trainer.max_steps must be > 0 (or -1 for epochs), got -3",
     "optim.lr=0": "optim.lr must be a finite number > 0, got 0.0",
     "objective=test.exact_matc": "objective: 'test.exact_matc' is not a number this run reports (known: "
-                                 "test.exact_match, test.loss, test.perplexity, zero_shot.exact_match",
+                                 "val.exact_match, val.loss, val.perplexity, test.exact_match, test.loss, "
+                                 "test.perplexity, zero_shot.exact_match",
     "method.target_modules=[nonexistent]": "method.target_modules: no module named 'nonexistent' in the model "
                                            "(its targetable modules: down_proj, embed_tokens, gate_proj, k_proj, "
                                            "lm_head, o_proj, q_proj, up_proj, v_proj)",

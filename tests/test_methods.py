@@ -284,7 +284,7 @@ def test_zero_shot_of_classification_prompt_learning_is_the_untouched_base(cache
                              "logger=none"], run_dir=run_dir))
     L.seed_everything(42)  # the seed train() loads the backbone (and its new head) under
     conf, task, bb, data = setup_cell("prompt", "bert_cls", cache_dir, ["data.max_eval_examples=16"])
-    split = task.metrics(test=True)
+    split = task.metrics(full=True)
     with torch.no_grad():
         for batch in data.test_dataloader():
             task.evaluate_batch(bb.model.eval(), bb.tokenizer, batch, split)

@@ -231,7 +231,7 @@ def test_sft_then_dpo_from_the_command_line(sft_then_dpo):
     root = sft_then_dpo
     m = json.loads((root / "dpo" / "metrics.json").read_text())
     assert (m["task_type"], m["primary_metric"], m["objective"]) == ("preference", "reward_accuracy",
-                                                                     "test.reward_accuracy")
+                                                                     "val.reward_accuracy")
     assert m["init_adapter"] == str(root / "sft" / "adapter")
     assert m["preference"]["reference"] == "frozen_adapter" and m["preference"]["beta"] == 0.1
     assert set(m["test"]) == {"loss", "reward_accuracy", "reward_margin", "chosen_reward", "rejected_reward",

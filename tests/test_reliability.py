@@ -19,8 +19,11 @@ import torch
 from conftest import run_cli
 
 EXE = Path(sys.executable).parent
+# validation.select=best: the best check's weights are tested and saved; a kill after that check must
+# not lose it (the tiny model's exact match is 0 at every check: the first check, step 20, is the best)
 RESUMABLE = ["debug=tiny", "trainer.max_steps=40", "trainer.val_check_interval=20", "trainer.limit_val_batches=1",
-             "callbacks.checkpoint.every_n_train_steps=10", "merge_after=false", "optim.lr=5e-3"]
+             "callbacks.checkpoint.every_n_train_steps=10", "merge_after=false", "optim.lr=5e-3",
+             "validation.select=best"]
 
 
 # --- exact resume ---------------------------------------------------------------------------------
@@ -103,6 +106,8 @@ def test_a_run_killed_and_resumed_ends_bitwise_equal(uninterrupted, kill_after, 
     assert again["train"]["resumed_from"].startswith(str(run_dir / "checkpoints"))
     for key in ("zero_shot", "test", "val", "params"):
         assert again[key] == full[key], key
+    chosen = ("select", "step", "score")
+    assert [again["selection"][k] for k in chosen] == [full["selection"][k] for k in chosen] == ["best", 20, 0.0]
     assert again["train"]["steps"] == full["train"]["steps"] == 40
     assert (run_dir / "adapter" / "adapter_model.safetensors").read_bytes() == \
         (uninterrupted / "adapter" / "adapter_model.safetensors").read_bytes()

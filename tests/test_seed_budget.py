@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import math
+import statistics
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from scipy import stats
 
 from peftlab.errors import ConfigError
-from peftlab.reporting.runs import t95
 from peftlab.reporting.seed_budget import Budget, first_seeds, run_rounds
 
 from conftest import run_cli
@@ -41,26 +43,34 @@ def fake_launcher(tmp_path: Path, values: dict[tuple[str, int], float], failing:
     return launch, launched
 
 
-def test_seeds_are_added_only_to_groups_whose_interval_is_still_too_wide(tmp_path):
-    # group a: 0.50 at every seed (interval 0 after round 1); group b: spread, narrowing with seed 4
-    values = {("method=a", s): 0.5 for s in range(1, 7)}
-    values.update({("method=b", 1): 0.40, ("method=b", 2): 0.60, ("method=b", 3): 0.50, ("method=b", 4): 0.50,
-                   ("method=b", 5): 0.50, ("method=b", 6): 0.50})
+def test_the_pilots_spread_decides_each_groups_seeds_in_one_more_round(tmp_path):
+    """Stein's two-stage rule: n = ceil((t(n0-1) s0 / h)^2), capped at max_seeds; the interval is
+    the mean of all n seeds, half-width t(n0-1) s0 / sqrt(n)."""
+    pilots = {"method=a": [0.5, 0.5, 0.5], "method=b": [0.40, 0.60, 0.50], "method=c": [0.50, 0.55, 0.60]}
+    values = {(g, s): v for g, pilot in pilots.items() for s, v in enumerate(pilot + [0.5, 0.45, 0.55], 1)}
     launch, launched = fake_launcher(tmp_path, values)
     budget = Budget(half_width=0.1, min_seeds=3, max_seeds=6)
-    run_rounds([["method=a"], ["method=b"]], first_seeds(None, budget), budget, tmp_path, launch)
+    run_rounds([["method=a"], ["method=b"], ["method=c"]], first_seeds(None, budget), budget, tmp_path, launch)
 
-    # b after 3 seeds: sd 0.1, half-width t95(2)*0.1/sqrt(3) = 0.248; 4: sd 0.0816 -> 0.130; 5: 0.0707 -> 0.088
-    assert t95(2) * 0.1 / 3 ** 0.5 > 0.1 and t95(4) * 0.0707107 / 5 ** 0.5 < 0.1
-    assert launched == [["method=a", "seed=1"], ["method=a", "seed=2"], ["method=a", "seed=3"],
-                        ["method=b", "seed=1"], ["method=b", "seed=2"], ["method=b", "seed=3"],
-                        ["method=b", "seed=4"], ["method=b", "seed=5"]]
+    t2 = stats.t.ppf(0.975, 2)
+    # a: no spread, the pilot suffices; b: sd 0.1 asks for (4.30 * 0.1 / 0.1)^2 = 18.5 -> the cap, 6;
+    # c: sd 0.05 asks for (4.30 * 0.05 / 0.1)^2 = 4.6 -> 5 seeds
+    assert math.ceil((t2 * 0.1 / 0.1) ** 2) == 19 and math.ceil((t2 * 0.05 / 0.1) ** 2) == 5
+    pilot = [[g, f"seed={s}"] for g in pilots for s in (1, 2, 3)]
+    assert launched == pilot + [["method=b", "seed=4"], ["method=b", "seed=5"], ["method=b", "seed=6"],
+                                ["method=c", "seed=4"], ["method=c", "seed=5"]]
     record = json.loads((tmp_path / "seed_budget.json").read_text())
-    assert record["metric"] == "test.exact_match" and record["finished"] is True
+    assert record["metric"] == "test.exact_match" and record["finished"] is True and record["rule"].startswith(
+        "two-stage (Stein)")
     assert [[g["decision"] for g in r["groups"]] for r in record["rounds"]] == [
-        ["met", "one more seed"], ["met", "one more seed"], ["met", "met"]]
-    last = record["rounds"][-1]["groups"][1]
-    assert last["seeds"] == [1, 2, 3, 4, 5] and last["half_width"] == pytest.approx(t95(4) * 0.0707107 / 5 ** 0.5)
+        ["met", "more seeds", "more seeds"], ["met", "max seeds", "met"]]
+    a, b, c = record["rounds"][-1]["groups"]
+    assert a["half_width"] == 0 and a["needed"] == 3 and a["pilot"] == {"seeds": 3, "sd": 0.0}
+    assert b["seeds"] == [1, 2, 3, 4, 5, 6] and b["needed"] == 6
+    assert b["half_width"] == pytest.approx(t2 * 0.1 / math.sqrt(6))
+    assert b["mean"] == pytest.approx(statistics.fmean(pilots["method=b"] + [0.5, 0.45, 0.55]))
+    assert c["needed"] == 5 and c["half_width"] == pytest.approx(t2 * 0.05 / math.sqrt(5)) and c["half_width"] < 0.1
+    assert c["folders"] == [str(tmp_path / str(j)) for j in (6, 7, 8, 12, 13)]
 
 
 def test_a_group_stops_at_max_seeds_and_at_a_failed_job(tmp_path):
@@ -85,7 +95,7 @@ def test_a_metric_that_is_not_a_number_stops_its_group(tmp_path):
     assert record["rounds"][-1]["groups"][0]["decision"] == "stopped: a job failed"
 
 
-def test_the_grid_may_name_the_first_rounds_seeds():
+def test_the_grid_may_name_the_pilots_seeds():
     budget = Budget(half_width=0.02, min_seeds=3, max_seeds=5)
     assert first_seeds(None, budget) == [1, 2, 3]
     assert first_seeds(["7", "8"], budget) == [7, 8]
@@ -96,6 +106,9 @@ def test_the_grid_may_name_the_first_rounds_seeds():
     (dict(half_width=float("nan")), "hydra.sweeper.half_width must be a number > 0, got nan"),
     (dict(min_seeds=1), "hydra.sweeper.min_seeds must be >= 2 (an interval needs two seeds), got 1"),
     (dict(max_seeds=2), "hydra.sweeper.max_seeds must be >= min_seeds (3), got 2"),
+    (dict(max_seeds=10**6), "hydra.sweeper.max_seeds must be <= 1000, got 1000000"),
+    (dict(metric="exact_match"), "hydra.sweeper.metric must be a dotted metrics.json key (test.exact_match, "
+                                 "val.loss, forgetting.delta, ...) or null, got 'exact_match'"),
 ])
 def test_bad_budgets_are_refused(settings, message):
     with pytest.raises(ConfigError) as err:
@@ -107,6 +120,7 @@ def test_bad_budgets_are_refused(settings, message):
     (["1", "x"], "seed: the seed budget needs whole numbers, got 1,x"),
     (["1", "1"], "seed must not repeat a seed, got '1,1'"),
     (["1", "2", "3", "4"], "seed names more seeds than hydra.sweeper.max_seeds (3), got '1,2,3,4'"),
+    (["7"], "seed must name at least two seeds (the pilot's spread needs two), got '7'"),
 ])
 def test_bad_first_seeds_are_refused(seeds, message):
     with pytest.raises(ConfigError) as err:
@@ -127,8 +141,8 @@ def test_a_real_seed_budget_sweep_adds_a_round_and_reports_its_decision(tmp_path
     seeds = [json.loads((folder / str(job) / "metrics.json").read_text())["seed"] for job in range(3)]
     assert seeds == [1, 2, 3] and not (folder / "3").exists()
     record = json.loads((folder / "seed_budget.json").read_text())
-    assert [[g["decision"] for g in r["groups"]] for r in record["rounds"]] == [["one more seed"], ["max seeds"]]
-    assert "seed budget: 3 jobs over 2 round(s); 0 group(s) met the target, 1 reached max_seeds" in proc.stdout
+    assert [[g["decision"] for g in r["groups"]] for r in record["rounds"]] == [["more seeds"], ["max seeds"]]
+    assert "seed budget: 3 jobs in 2 round(s); 0 group(s) met the target, 1 reached max_seeds" in proc.stdout
     assert (folder / "multirun.yaml").exists()
 
 

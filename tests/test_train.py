@@ -49,7 +49,10 @@ def test_metrics_json_contract(tiny_run):
     assert m["adapter_mb"] == round(weights.stat().st_size / 2**20, 3) > 0
     assert {"python", "torch", "transformers", "peft", "lightning", "peftlab", "git_commit"} <= set(m["versions"])
     assert m["overrides"][0] == "debug=tiny"
-    assert (m["task_type"], m["primary_metric"], m["objective"]) == ("causal_lm", "exact_match", "test.exact_match")
+    assert (m["task_type"], m["primary_metric"], m["objective"]) == ("causal_lm", "exact_match", "val.exact_match")
+    # validation measures what the test split measures, on the weights tested (the last ones)
+    assert set(m["val"]) == set(m["test"]) and m["selection"] == {"select": "last", "step": 8}
+    assert m["tune_on_test"] is False
 
 
 def test_training_lowers_the_test_loss(tiny_run):
@@ -197,7 +200,9 @@ def test_eval_of_a_base_model_and_of_a_val_split(tiny_run, tmp_path, cache_dir):
     (tmp_path / "val").mkdir()
     val = evaluate_cfg(compose([f"run_dir={run_dir}", "split=val"], config_name="eval", run_dir=tmp_path / "val"))
     assert val["split"] == "val" and val["examples"] == 8
-    assert val["metrics"]["loss"] == pytest.approx(trained["val"]["loss"], rel=1e-5)  # validated at the last step
+    # the run's validation measured what peftlab-eval measures on the split, on the weights it saved
+    assert val["metrics"]["loss"] == pytest.approx(trained["val"]["loss"], rel=1e-5)
+    assert val["metrics"]["exact_match"] == trained["val"]["exact_match"]
 
 
 def test_a_local_model_folder_with_a_tilde(tmp_path, cache_dir, monkeypatch):

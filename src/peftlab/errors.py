@@ -30,3 +30,13 @@ class Diverged(PeftlabError):
         self.step, self.what = step, what
         self.record: Optional[dict[str, Any]] = None
         self.note = ""
+
+
+class SweepRefused(BaseException):
+    """A sweep refused before its first job, from a Hydra callback. Hydra's callback runner turns any
+    ``Exception`` into a warning and goes on, so this one is a ``BaseException``; the entry points
+    print ``error`` (a ``ConfigError``) as one line and exit with status 2."""
+
+    def __init__(self, error: ConfigError):
+        super().__init__(str(error))
+        self.error = error

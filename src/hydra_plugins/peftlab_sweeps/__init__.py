@@ -1,9 +1,10 @@
 """peftlab's Hydra plug-ins. Hydra looks for plug-ins only in the ``hydra_plugins`` namespace, so
 they are declared here; the work is done in
-``peftlab.runs.launcher`` and ``peftlab.reporting.seed_budget``.
+``peftlab.runs.launcher``, ``peftlab.reporting.seed_budget`` and ``peftlab.reporting.protocol``.
 
 - ``hydra/launcher=process`` (the default of ``peftlab-train -m``): every job in a fresh process.
-- ``hydra/sweeper=seed_budget``: adds seeds to each group of a grid until its interval is narrow enough.
+- ``hydra/sweeper=seed_budget``: a pilot of seeds, then the seeds each group needs for a narrow interval.
+- ``hydra/sweeper=tune_then_test``: every group searched alike on validation, its choice tested on fresh seeds.
 """
 
 
@@ -16,6 +17,7 @@ def register() -> None:
 
     from hydra_plugins.peftlab_sweeps.process_launcher import ProcessLauncher
     from hydra_plugins.peftlab_sweeps.seed_budget_sweeper import SeedBudgetSweeper
+    from hydra_plugins.peftlab_sweeps.tune_then_test_sweeper import TuneThenTestSweeper
 
-    for plugin in (ProcessLauncher, SeedBudgetSweeper):
+    for plugin in (ProcessLauncher, SeedBudgetSweeper, TuneThenTestSweeper):
         Plugins.instance().register(plugin)

@@ -1,6 +1,7 @@
-"""``hydra/sweeper=seed_budget``: a grid sweep that adds seeds, one round at a time, to every group
-whose 95% interval is still wider than a target (peftlab.reporting.seed_budget decides). It hands each
-round to whatever launcher the sweep uses, so it composes with every launcher.
+"""``hydra/sweeper=seed_budget``: a grid sweep in two rounds: a pilot of seeds for every group, then
+as many more seeds as each group's pilot spread says its 95% interval needs to reach a target
+(Stein's two-stage rule: peftlab.reporting.seed_budget decides). It hands each round to whatever
+launcher the sweep uses, so it composes with every launcher.
 
     peftlab-train -m hydra/sweeper=seed_budget method=lora,ia3 hydra.sweeper.half_width=0.02
 """
@@ -28,11 +29,11 @@ log = logging.getLogger("peftlab.sweeps")
 @dataclass
 class SeedBudgetSweeperConf:
     _target_: str = "hydra_plugins.peftlab_sweeps.seed_budget_sweeper.SeedBudgetSweeper"
-    # the grid, as the basic sweeper's (method: lora,ia3); a seed entry names the first round's seeds
+    # the grid, as the basic sweeper's (method: lora,ia3); a seed entry names the pilot's seeds
     params: Optional[Dict[str, str]] = None
     metric: Optional[str] = None  # a metrics.json key; null: the task's primary test metric
-    half_width: float = 0.02  # stop adding seeds to a group once its 95% CI is within ±half_width
-    min_seeds: int = 3  # the first round: seeds 1..min_seeds
+    half_width: float = 0.02  # the target: each group's 95% CI within ±half_width
+    min_seeds: int = 3  # the pilot: seeds 1..min_seeds
     max_seeds: int = 10  # and never more than this many per group
 
 

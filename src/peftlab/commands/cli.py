@@ -22,7 +22,7 @@ from hydra_plugins.peftlab_sweeps import register as _register_sweep_plugins
 from peftlab.config import CONF_DIR
 from peftlab.config.messages import describe, unchosen_group, user_errors
 from peftlab.engine.distributed import SECONDARY, launched_world_size
-from peftlab.errors import ConfigError
+from peftlab.errors import ConfigError, SweepRefused
 from peftlab.runs.folders import claim_run_dir, discard_unstarted_run_dir, resuming_into
 from peftlab.runs.rerun import check_rerun_file
 
@@ -91,7 +91,10 @@ def run_app(hydra_main: Callable[[], object], prog: str,
                 sys.argv[1:] = prepare_argv(sys.argv[1:])
             check_rerun_file(sys.argv[1:])
             held = _explicit_run_dir(sys.argv[1:])
-        hydra_main()
+        try:
+            hydra_main()
+        except SweepRefused as refused:  # from a Hydra callback, before the sweep's first job
+            raise refused.error from None
     except (*user_errors(), AssertionError) as err:
         if isinstance(err, AssertionError) and not unchosen_group(err, sys.argv[1:]):
             raise  # a bug, not the user's

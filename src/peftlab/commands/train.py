@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from typing import Optional
 
 import hydra
@@ -34,8 +35,9 @@ def _hydra_main(cfg: DictConfig) -> Optional[float]:
             raise
         log.exception("job failed: %s", err)
         record_failure(output_dir(), err)
-        return float("nan")  # optuna records a NaN as a failed trial and goes on
-    return metric_at(metrics, metrics.get("objective") or "")
+        return None  # optuna records a trial without a value as failed and goes on (a NaN stops its sweep)
+    value = metric_at(metrics, metrics.get("objective") or "")
+    return value if value is not None and math.isfinite(value) else None
 
 
 def main() -> None:

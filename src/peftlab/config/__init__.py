@@ -50,9 +50,10 @@ def register_schemas() -> None:
                        ("merge", MergeSchema), ("report", ReportSchema), ("generate", GenerateSchema),
                        ("combine", CombineSchema)):
         cs.store(name=f"schema_{name}", node=node)
-    # hydra/launcher=process and hydra/sweeper=seed_budget: their modules store their configs
+    # hydra/launcher=process, hydra/sweeper=seed_budget and tune_then_test: their modules store their configs
     import hydra_plugins.peftlab_sweeps.process_launcher  # noqa: F401
     import hydra_plugins.peftlab_sweeps.seed_budget_sweeper  # noqa: F401
+    import hydra_plugins.peftlab_sweeps.tune_then_test_sweeper  # noqa: F401
 
 
 register_schemas()

@@ -46,6 +46,30 @@ class ForgettingSchema:
 
 
 @dataclass
+class ValidationSchema:
+    """What the validation split measures while a run trains, and which weights the test split
+    scores (engine/job.py). Selection and sweeps read the validation split; the test split is
+    scored once, on the weights chosen."""
+
+    # end: the task's metrics (generation included: exact match, accuracy, pair accuracy...) once, on
+    # the final weights, and the loss alone at every check (trainer.val_check_interval); every: the
+    # task's metrics at every check
+    metrics: str = "end"
+    # last: test the final weights; best: the weights of the check with the best val.<primary metric>
+    # (measured at every check, whatever validation.metrics says)
+    select: str = "last"
+
+    def __post_init__(self) -> None:
+        _one_of("validation.metrics", self.metrics, ("end", "every"))
+        _one_of("validation.select", self.select, ("last", "best"))
+
+    @property
+    def at_every_check(self) -> bool:
+        """Whether every check measures the task's metrics (not only the loss)."""
+        return self.metrics == "every" or self.select == "best"
+
+
+@dataclass
 class TrainSchema:
     """Everything ``peftlab-train`` reads. ``callbacks`` and ``logger`` are ``_target_`` leaves."""
 
@@ -63,12 +87,21 @@ class TrainSchema:
     rl: Optional[RLSchema] = None  # online RL settings (data of task type rl)
     seed: int = 42
     zero_shot: bool = True  # test the untouched base model before training
+    # score the test split after training; false: a run that never reads the test split (the search
+    # jobs of hydra/sweeper=tune_then_test), which needs zero_shot=false and merge_after=false too
+    test: bool = True
+    validation: ValidationSchema = field(default_factory=ValidationSchema)
     forgetting: Optional[ForgettingSchema] = None  # the loss on general text before and after (null: not measured)
     init_adapter: Optional[str] = None  # start from this adapter (<run_dir>/adapter of an SFT run)
     save_adapter: bool = True
     merge_after: bool = True  # mergeable methods (LoRA, IA3): merge and verify right after training
     resume_from: Optional[str] = None  # a local checkpoint file of an earlier run (<run_dir>/checkpoints/last.ckpt)
-    objective: Optional[str] = None  # dotted metrics.json key a sweeper optimises; null: the task's main metric
+    # dotted metrics.json key a sweeper optimises; null: the task's primary validation metric
+    # (val.exact_match, val.accuracy...), or its test metric where validation is off
+    objective: Optional[str] = None
+    # let a sweeper that chooses (optuna, tune_then_test, any but Hydra's grid) optimise a test.*
+    # objective: tuning on the test split; recorded in metrics.json and said on every report
+    tune_on_test: bool = False
     tags: List[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -80,6 +113,11 @@ class TrainSchema:
         if r is not None:
             _check("://" not in r, "resume_from", "must be a local checkpoint file (peftlab never downloads one)", r)
             _check(os.path.isfile(os.path.expanduser(r)), "resume_from", "must be an existing checkpoint file", r)
+        if not self.test:
+            reads_test = [k for k in ("zero_shot", "merge_after") if getattr(self, k)]
+            if reads_test:
+                raise ConfigError("test=false (a run that never reads the test split) needs "
+                                  + " and ".join(f"{k}=false" for k in reads_test) + ": they test on it")
 
 
 @dataclass
@@ -271,7 +309,8 @@ class ReportSchema:
             raise ConfigError(f"equivalence must be a margin or {{<metrics.json key>: <margin>, ...}}, got {value!r}")
         for key, margin in margins.items():
             name = f"equivalence.{key}" if key else "equivalence"
-            _check(_is_margin(margin) and margin > 0 and math.isfinite(margin), name, "must be a margin > 0", margin)
+            _check(_is_margin(margin) and margin > 0 and math.isfinite(margin), name, "must be a finite number > 0",
+                   margin)
 
     def margins(self, primary: str) -> dict[str, float]:
         """metrics.json key -> margin; a bare margin is the primary test metric's."""

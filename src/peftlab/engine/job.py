@@ -17,6 +17,7 @@ from typing import Any, Optional
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
+from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from peftlab.config.commands import TrainSchema
@@ -28,14 +29,14 @@ from peftlab.engine.distributed import SECONDARY, threads_per_parallel_job
 from peftlab.engine.forgetting import Forgetting
 from peftlab.engine.module import PeftLabModule
 from peftlab.engine.precision import autocast, keep_trained_weights, precision_record
-from peftlab.engine.trainer import finished_loggers, log_run_config, make_trainer, split_metrics
+from peftlab.engine.trainer import best_checkpoint, finished_loggers, log_run_config, make_trainer, split_metrics
 from peftlab.errors import ConfigError
 from peftlab.methods import BuildContext, apply_method, count_parameters, peft_config_for, save_adapter
 from peftlab.models import Backbone, display_name, enable_gradient_checkpointing, load_backbone
 from peftlab.models.quantized import device_map, quantization_config
 from peftlab.runs.files import atomic_path, remove_stale_temps, write_jsonl
 from peftlab.runs.memory import peak_rss_mb, reset_peak_rss
-from peftlab.runs.metrics import versions
+from peftlab.runs.metrics import machine, versions
 from peftlab.runs.rerun import write_rerun_config
 from peftlab.runs.resume import RESUME_MAY_SET
 from peftlab.tasks import Task
@@ -68,12 +69,14 @@ class TrainingJob:
         if self.conf.init_adapter:  # the adapter the run starts from is what it is compared with
             zero_shot = self.zero_shot(self.model)
         record = self.start_record(zero_shot)
-        trainer = make_trainer(self.conf)
+        best = self.best_checkpoint()
+        trainer = make_trainer(self.conf, extra=(best,) if best is not None else ())
         with finished_loggers(trainer):  # each logger's run ends with the job (a notebook's next run starts its own)
             log_run_config(trainer, self.cfg, record["params"])
             self.fit(trainer, record)
-            val = split_metrics(trainer.callback_metrics, "val")
-            test = self.test(trainer)
+            selection = self.select(trainer, best)
+            val = self.validate(trainer)
+            test = self.test(trainer) if self.conf.test else None
         forgotten = forgetting.record(self.model) if forgetting is not None else None  # every process (sharded)
         if self.dry:
             log.info("fast_dev_run: nothing saved; test on one batch: %s", test)
@@ -82,7 +85,7 @@ class TrainingJob:
         if not trainer.is_global_zero or not self.writes:
             return {"test": test}
         self.save(state)
-        return self.finish_record(record, trainer, test=test, val=val, forgetting=forgotten)
+        return self.finish_record(record, trainer, test=test, val=val, selection=selection, forgetting=forgotten)
 
     # ------------------------------------------------------------------------------------- steps
     def set_up(self) -> None:
@@ -156,6 +159,7 @@ class TrainingJob:
         self.module = PeftLabModule(self.model, self.task, self.backbone.tokenizer, conf.optim,
                                     shard=conf.hardware.strategy == "fsdp", method=conf.method)
         self.module.data_fingerprint = self.fingerprint
+        self.module.full_validation = conf.validation.at_every_check
         if self.checkpoint is not None:
             self.module.on_load_checkpoint(self.checkpoint)  # checks the checkpoint fits, before any training
             log.info("resuming from %s (step %d)", conf.resume_from, self.checkpoint["global_step"])
@@ -169,9 +173,11 @@ class TrainingJob:
                  f"{params['trainable']:,}", f"{params['total']:,}", params["trainable_pct"])
         return {"model": display_name(conf.model), "method": conf.method.name, "task": conf.data.name,
                 "task_type": task.name, "primary_metric": task.primary_metric,
-                "greater_is_better": task.greater_is_better, "objective": self.objective, "seed": conf.seed,
+                "greater_is_better": task.greater_is_better, "objective": self.objective,
+                "tune_on_test": conf.tune_on_test, "seed": conf.seed,
                 "status": "running", "params": params, "zero_shot": zero_shot, "init_adapter": conf.init_adapter,
-                "tags": list(conf.tags), "precision": precision_record(conf.precision), **task.settings_record()}
+                "tags": list(conf.tags), "precision": precision_record(conf.precision),
+                "started_at": _now(), **task.settings_record()}
 
     def fit(self, trainer: L.Trainer, record: dict[str, Any]) -> None:
         try:
@@ -185,6 +191,39 @@ class TrainingJob:
                 f"; the last good checkpoint: {last}" if last.exists() else "")
             raise
 
+    def best_checkpoint(self) -> Optional[ModelCheckpoint]:
+        """``validation.select=best``: the callback that keeps the best validation check's weights."""
+        if self.conf.validation.select != "best" or self.dry:
+            return None
+        return best_checkpoint(self.run_dir, self.task.primary_metric, self.task.greater_is_better)
+
+    def select(self, trainer: L.Trainer, best: Optional[ModelCheckpoint]) -> dict[str, Any]:
+        """The weights the test split scores: the final ones, or (``validation.select=best``) those of
+        the check with the best validation metric, put back in place; what metrics.json records of it."""
+        last = {"select": "last", "step": int(trainer.global_step)}
+        if best is None:
+            return last
+        trainer.strategy.barrier()  # the first process has written the file every process reads
+        if not best.best_model_path:  # no check ran (trainer.limit_val_batches=0 is refused before)
+            return {**last, "note": "no validation check ran: the final weights"}
+        checkpoint = read_checkpoint(best.best_model_path)
+        self.module.on_load_checkpoint(checkpoint)  # exactly this run's trainable parameters
+        self.module.load_state_dict(checkpoint["state_dict"], strict=False)
+        score = float(best.best_model_score) if best.best_model_score is not None else None
+        log.info("validation.select=best: the weights of step %d (%s %s; the run ended at step %d)",
+                 checkpoint["global_step"], best.monitor, score, trainer.global_step)
+        return {"select": "best", "step": int(checkpoint["global_step"]), "metric": best.monitor.replace("/", "."),
+                "score": score, "checkpoint": str(best.best_model_path), "last_step": int(trainer.global_step)}
+
+    def validate(self, trainer: L.Trainer) -> Optional[dict[str, float]]:
+        """The task's metrics on the validation split, on the weights the test scores (``val`` in
+        metrics.json, what sweeps select by); None where validation is off."""
+        if self.data.limits.get("val") == 0:
+            return None
+        self.module.full_validation = True
+        results = trainer.validate(self.module, datamodule=self.data, verbose=False)
+        return split_metrics(results[0], "val")
+
     def test(self, trainer: L.Trainer) -> dict[str, float]:
         return test_metrics(trainer, self.module, self.data)
 
@@ -193,7 +232,7 @@ class TrainingJob:
 
     def save(self, state: Optional[dict[str, torch.Tensor]]) -> None:
         """The adapter (peft format; the whole model for full fine-tuning) with the tokenizer, and
-        every test prediction."""
+        every test prediction (a run that tested)."""
         if self.conf.save_adapter:
             # overwrite: a resumed run replaces the adapter a kill left without its metrics.json
             with atomic_path(self.run_dir / "adapter", overwrite=True) as tmp:
@@ -202,7 +241,8 @@ class TrainingJob:
                 save_adapter(self.model, self.conf.method, tmp, **({"state_dict": state} if state is not None else {}),
                              **only)
                 self.backbone.tokenizer.save_pretrained(tmp)
-        write_jsonl(self.run_dir / "test_predictions.jsonl", self.module.predictions)
+        if self.conf.test:
+            write_jsonl(self.run_dir / "test_predictions.jsonl", self.module.predictions)
 
     def finish_record(self, record: dict[str, Any], trainer: L.Trainer, **results: Any) -> dict[str, Any]:
         """The finished run's metrics.json: results, training speed and memory, where things are."""
@@ -226,6 +266,8 @@ class TrainingJob:
             "threads": torch.get_num_threads(),
             "overrides": _overrides(),
             "versions": versions(),
+            "machine": machine(),
+            "finished_at": _now(),
         }, **self.task.settings_record())  # again: what the task measured while training (RL's phase times)
         return record
 
@@ -283,3 +325,10 @@ def full_state_dict(model: torch.nn.Module) -> Optional[dict[str, torch.Tensor]]
 
 def _overrides() -> list[str]:
     return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
+
+def _now() -> str:
+    """The time in UTC, to the second, as metrics.json records when a run started and finished."""
+    import datetime
+
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")

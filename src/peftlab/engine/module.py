@@ -67,8 +67,12 @@ class PeftLabModule(L.LightningModule):
         self.tokenizer = tokenizer
         self.optim = optim
         self.data_fingerprint: Optional[dict[str, str]] = None  # set by the training job
-        self.val_metrics = task.metrics(test=False)
-        self.test_metrics = task.metrics(test=True)
+        # validation measures the loss alone, or what the test split measures when ``full_validation``
+        # is set (every check, or the one after training: engine/job.py)
+        self.val_metrics = task.metrics(full=False)
+        self.val_full_metrics = task.metrics(full=True)
+        self.full_validation = False
+        self.test_metrics = task.metrics(full=True)
         self.predictions: list[dict[str, Any]] = []
         self.last_loss: Optional[torch.Tensor] = None
         self.strict_loading = False  # checkpoints hold the trainable parameters only: on_load_checkpoint checks
@@ -143,15 +147,18 @@ class PeftLabModule(L.LightningModule):
             self._hooked_step = step
             self.hooks.after_step(self.model, step - 1)
 
+    def _validation(self):
+        return self.val_full_metrics if self.full_validation else self.val_metrics
+
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self.task.evaluate_batch(self.model, self.tokenizer, batch, self.val_metrics)
+        self.task.evaluate_batch(self.model, self.tokenizer, batch, self._validation())
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         found = self.task.evaluate_batch(self.model, self.tokenizer, batch, self.test_metrics)
         self.predictions.extend(zip(batch["position"], found, strict=True))  # (position in the shard, prediction)
 
     def on_validation_epoch_end(self) -> None:
-        self._log_split("val", self.val_metrics)
+        self._log_split("val", self._validation())
 
     def on_test_epoch_start(self) -> None:
         self.predictions = []

@@ -11,8 +11,9 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 import peftlab.methods  # noqa: F401  (registers the method plug-ins)
@@ -21,7 +22,7 @@ from peftlab.config.commands import TrainSchema
 from peftlab.engine.distributed import SECONDARY
 from peftlab.engine.forgetting import text_path
 from peftlab.engine.precision import resolve_auto
-from peftlab.errors import ConfigError, PeftlabError
+from peftlab.errors import ConfigError, PeftlabError, SweepRefused
 from peftlab.runs.folders import check_fresh_run_dir, discard_unstarted_run_dir
 from peftlab.runs.locks import folder_lock
 from peftlab.runs.metrics import write_metrics
@@ -83,7 +84,7 @@ def checked(cfg: DictConfig) -> tuple[TrainSchema, Task, str]:
     be checked before any work has been: every problem found is in the one error."""
     conf = validate(resolve_auto(cfg), TrainSchema)
     task = make_task(conf.data, run=conf)
-    problems = [*one_process_per_job(conf), *task.check(conf)]
+    problems = [*one_process_per_job(conf), *task.check(conf), *validation_problems(conf)]
     if conf.forgetting is not None:
         try:
             text_path(conf.forgetting.text)
@@ -91,7 +92,14 @@ def checked(cfg: DictConfig) -> tuple[TrainSchema, Task, str]:
             problems.append(str(err))
     if problems:
         raise ConfigError("; ".join(problems))
-    return conf, task, objective_key(conf, task)
+    objective = objective_key(conf, task)
+    if in_multirun():
+        from hydra.core.hydra_config import HydraConfig
+
+        refused = tuning_on_test(objective, conf.tune_on_test, str(HydraConfig.get().sweeper.get("_target_", "")))
+        if refused:
+            raise ConfigError(refused)
+    return conf, task, objective
 
 
 def _job(conf: TrainSchema, cfg: DictConfig, run_dir: Path, task: Task, objective: str) -> dict[str, Any]:
@@ -107,15 +115,61 @@ def _job(conf: TrainSchema, cfg: DictConfig, run_dir: Path, task: Task, objectiv
 
 
 def objective_key(conf: TrainSchema, task: Task) -> str:
-    """The metrics.json key a sweeper optimises: ``objective``, or the task's primary test metric."""
+    """The metrics.json key a sweeper optimises: ``objective``, or the task's primary validation
+    metric (its test metric where validation is off)."""
+    validated = conf.trainer.limit_val_batches != 0
     if conf.objective is None:
-        return f"test.{task.primary_metric}"
-    splits = ("test", "zero_shot") if conf.zero_shot else ("test",)
-    known = [f"{s}.{m}" for s in splits for m in task.metric_names] + ["val.loss", *RUN_NUMBERS]
+        return f"{'val' if validated else 'test'}.{task.primary_metric}"
+    splits = [s for s, on in (("val", validated), ("test", conf.test), ("zero_shot", conf.zero_shot)) if on]
+    known = [f"{s}.{m}" for s in splits for m in task.metric_names] + list(RUN_NUMBERS)
     if conf.objective not in known:
         raise ConfigError(f"objective: {conf.objective!r} is not a number this run reports "
                           f"(known: {', '.join(known)})")
     return conf.objective
+
+
+# Hydra's sweepers that run every job they are given and choose none by its objective
+GRID_SWEEPERS = ("BasicSweeper",)
+
+
+def tuning_on_test(objective: str, allowed: bool, sweeper_target: str) -> Optional[str]:
+    """A sweeper that chooses (optuna, tune_then_test, any but a grid) must not choose by the test
+    split: the test figures of what it chose would be optimistic. ``tune_on_test=true`` (``allowed``)
+    lets it, said in metrics.json and on every report."""
+    sweeper = sweeper_target.rsplit(".", 1)[-1]
+    if allowed or not objective.startswith(("test.", "zero_shot.")) or sweeper in GRID_SWEEPERS:
+        return None
+    return (f"objective={objective}: the sweeper ({sweeper}) would choose by the test split, so the test "
+            "figures of what it chooses would be optimistic; optimise a validation metric (the default, val.<primary "
+            "metric>), or set tune_on_test=true to do it anyway (said in metrics.json and on every report)")
+
+
+class SweepObjectiveCheck(Callback):
+    """Before the first job of a sweep (a Hydra callback, set in conf/train.yaml): a sweeper that
+    chooses is not handed a test.* objective. Each job checks its own composed config again."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        objective = config.get("objective")
+        if objective is None and config.trainer.get("limit_val_batches") == 0:
+            objective = "test.<primary metric> (the default where validation is off)"
+        refused = tuning_on_test(str(objective or ""), bool(config.get("tune_on_test")),
+                                 str(config.hydra.sweeper.get("_target_", "")))
+        if refused:  # Hydra would turn a ConfigError from a callback into a warning and start the sweep
+            raise SweepRefused(ConfigError(refused))
+
+
+def validation_problems(conf: TrainSchema) -> list[str]:
+    """``validation.*`` settings that need validation checks, and what best-checkpoint selection cannot do."""
+    v, problems = conf.validation, []
+    if conf.trainer.limit_val_batches == 0:
+        for key, value, default in (("metrics", v.metrics, "end"), ("select", v.select, "last")):
+            if value != default:
+                problems.append(f"validation.{key}={value} needs validation checks, which "
+                                "trainer.limit_val_batches=0 switches off")
+    if v.select == "best" and conf.hardware.strategy == "fsdp":
+        problems.append("validation.select=best: hardware=fsdp shards the weights, which are not put back from the "
+                        "best check's file; use validation.select=last (or hardware=ddp)")
+    return problems
 
 
 def one_process_per_job(conf: TrainSchema) -> list[str]:
@@ -168,9 +222,18 @@ def summary(m: dict[str, Any], task: Task, run_dir: Path) -> str:
     lines = [f"{m['model']} + {m['method']} on {m['task']} (seed {m['seed']})",
              f"  trainable parameters: {p['trainable']:,} of {p['total']:,} ({p['trainable_pct']:.3f}%)"]
     for key in task.metric_names:
-        if key in m["test"]:
+        if key in (m["test"] or {}):
             before = f"zero-shot {m['zero_shot'][key]:.4f} -> " if m["zero_shot"] else ""
             lines.append(f"  test {key}: {before}fine-tuned {m['test'][key]:.4f}")
+    if m.get("val"):
+        chosen = m.get("selection") or {}
+        primary = m["primary_metric"]
+        where = (f"the best check, step {chosen['step']}" if chosen.get("select") == "best"
+                 else f"step {chosen.get('step')}")
+        lines.append(f"  validation {primary}: {m['val'].get(primary, float('nan')):.4f} ({where}; "
+                     f"a sweep optimises {m['objective']})")
+    if not m["test"]:
+        lines.append("  test: not scored (test=false)")
     precision = m.get("precision") or {}
     lines.append(f"  precision: {precision.get('name')}" + (f" (auto: {precision['auto']})" if precision.get("auto")
                                                              else ""))

@@ -71,11 +71,12 @@ def _placement(conf: TrainSchema | EvalSchema) -> dict[str, Any]:
                 use_distributed_sampler=False)  # peftlab's loaders shard the data themselves
 
 
-def make_trainer(conf: TrainSchema, evaluation: bool = False) -> L.Trainer:
-    """The Trainer of a run; ``evaluation=True`` gives one that only tests (no logger, no checkpoints)."""
+def make_trainer(conf: TrainSchema, evaluation: bool = False, extra: tuple[Any, ...] = ()) -> L.Trainer:
+    """The Trainer of a run; ``evaluation=True`` gives one that only tests (no logger, no checkpoints).
+    ``extra``: callbacks of the job's own (the best-checkpoint selection)."""
     quiet_lightning()
     t = conf.trainer
-    callbacks = _instantiate_all(conf.callbacks, "callbacks")
+    callbacks = _instantiate_all(conf.callbacks, "callbacks") + list(extra)
     if not t.enable_progress_bar:
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     if evaluation:
@@ -110,6 +111,16 @@ def make_trainer(conf: TrainSchema, evaluation: bool = False) -> L.Trainer:
         deterministic=t.deterministic,
         enable_progress_bar=t.enable_progress_bar,
     )
+
+
+def best_checkpoint(run_dir: Any, metric: str, greater_is_better: bool) -> ModelCheckpoint:
+    """The checkpoint of the validation check with the best ``val/<metric>`` (``validation.select=best``):
+    ``checkpoints/best-<step>.ckpt``, the trainable weights only; an equal later score keeps the earlier."""
+    from pathlib import Path
+
+    return ModelCheckpoint(dirpath=Path(run_dir) / "checkpoints", filename="best-{step}", monitor=f"val/{metric}",
+                           mode="max" if greater_is_better else "min", save_top_k=1, save_last=False,
+                           save_weights_only=True, auto_insert_metric_name=False, save_on_train_epoch_end=False)
 
 
 def make_eval_trainer(conf: EvalSchema) -> L.Trainer:

@@ -106,7 +106,7 @@ def score_split(model, task, tokenizer, loader) -> Evaluation:
     """The task metrics of ``model`` on every batch of ``loader``, and its predictions."""
     from peftlab.data.loaders import InSplitOrder
 
-    metrics, predictions = task.metrics(test=True), []
+    metrics, predictions = task.metrics(full=True), []
     with torch.no_grad():
         for batch in loader:
             found = task.evaluate_batch(model, tokenizer, batch, metrics)

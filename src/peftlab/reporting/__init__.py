@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -14,15 +15,19 @@ from omegaconf import DictConfig
 from peftlab.config import validate
 from peftlab.config.commands import ReportSchema
 from peftlab.errors import ConfigError
-from peftlab.reporting import html, scores, spectra, subspace
+from peftlab.reporting import html, protocol, scores, spectra, subspace
 from peftlab.reporting.compare import as_records as pair_records
 from peftlab.reporting.compare import compare as pairwise
 from peftlab.reporting.compare import letters
 from peftlab.reporting.compare import to_markdown as pairs_markdown
 from peftlab.reporting.equivalence import Tost, as_records, equivalence
 from peftlab.reporting.equivalence import to_markdown as tost_markdown
+from peftlab.reporting.items import item_table
 from peftlab.reporting.plots import PLOT_FILES, plot
+from peftlab.reporting.provenance import provenance
+from peftlab.reporting.provenance import to_markdown as provenance_markdown
 from peftlab.reporting.runs import Group, Run, find_runs, group_runs, primary_metric
+from peftlab.reporting.seed_budget import two_stage_groups
 from peftlab.reporting.tables import table_rows, to_csv, to_latex, to_markdown
 from peftlab.runs.files import atomic_path, write_json
 from peftlab.runs.folders import run_status
@@ -84,23 +89,11 @@ def write_report(inputs: list[Path], out_dir: Path, options: Optional[ReportSche
         what = "a report" if "report.json" in existing else f"files a report writes ({', '.join(existing)})"
         raise ConfigError(f"out_dir: {out_dir} already holds {what}; it is never overwritten "
                           "(overwrite=true replaces it, or give another out_dir=)")
-    runs = find_runs(inputs)
-    scored = scores.attach(runs, list(o.scores))
-    groups = group_runs(runs)
-    metric, greater_is_better = primary_metric(runs)
-    rows = table_rows(groups, metric)
-    pairs = pairwise(groups, f"test.{metric}") if o.compare else []
-    if o.compare:
-        cld = letters(groups, pairs, f"test.{metric}", greater_is_better)
-        for row in rows:
-            row["letters"] = cld.get(row["setting"], "")
-    md = to_markdown(rows, metric) + (pairs_markdown(pairs, metric) if o.compare else "")
-    md += scores.to_markdown(groups, scored)
-    tests = equivalence_tests(runs, groups, o.margins(metric))
-    md += tost_markdown(tests) if tests else ""
+    f = analyse(inputs, o)
+    groups, rows, metric, md = f.groups, f.rows, f.metric, f.markdown
     # every analysis is computed (and every mistake found) before the first file is written
     analyses = ([spectra.analyse(groups)] if o.spectra else []) + (
-        [subspace.analyse(runs, list(o.subspace))] if o.subspace else [])
+        [subspace.analyse(f.runs, list(o.subspace))] if o.subspace else [])
     out_dir.mkdir(parents=True, exist_ok=True)
     files = []
     for analysis in analyses:
@@ -111,30 +104,93 @@ def write_report(inputs: list[Path], out_dir: Path, options: Optional[ReportSche
             tmp.write_text(text)
     files += ["results.md", "results.csv", "results.tex"]
     if o.plots:
-        files += plot(groups, rows, metric, out_dir, greater_is_better)
+        files += plot(groups, rows, metric, out_dir, f.greater_is_better)
     if o.html:
-        data = html.page_data(groups, rows, metric, greater_is_better, pair_records(pairs), as_records(tests))
+        data = html.page_data(groups, rows, metric, f.greater_is_better, pair_records(f.pairs), as_records(f.tests))
         files.append(html.write(out_dir, data, f"peftlab report: {', '.join(str(p) for p in inputs)}"))
     # an earlier report's files this one does not write (overwrite=true) would pass for its own
     for name in REPORT_FILES:
         if name not in files and name != "report.json" and (out_dir / name).exists():
             (out_dir / name).unlink()
     # last: a report.json says the report is complete
-    write_json(out_dir / "report.json", {**_summary(inputs, runs, groups, rows, metric, greater_is_better, files),
-                                         **({"equivalence": as_records(tests)} if tests else {}),
-                                         **({"comparisons": pair_records(pairs)} if o.compare else {})})
+    write_json(out_dir / "report.json", {**_summary(inputs, f.runs, groups, rows, metric, f.greater_is_better, files),
+                                         "provenance": f.origin,
+                                         **({"protocols": [r.data for r in f.records]} if f.records else {}),
+                                         **({"equivalence": as_records(f.tests)} if f.tests else {}),
+                                         **({"comparisons": pair_records(f.pairs)} if o.compare else {})})
     print(md, end="")
-    log.info("%d runs in %d groups -> %s", len(runs), len(groups), out_dir)
+    log.info("%d runs in %d groups -> %s", len(f.runs), len(groups), out_dir)
     return json.loads((out_dir / "report.json").read_text())
 
 
-def equivalence_tests(runs: list[Run], groups: list[Group], margins: dict[str, float]) -> list[Tost]:
+@dataclass
+class Findings:
+    """What a report says, computed before any file is written."""
+
+    runs: list[Run]
+    groups: list[Group]
+    metric: str
+    greater_is_better: bool
+    rows: list[dict[str, Any]]
+    pairs: list[Any]
+    tests: list[Tost]
+    records: list[Any]  # tune_then_test protocols
+    origin: dict[str, Any]
+    markdown: str
+
+
+def analyse(inputs: list[Path], o: ReportSchema) -> Findings:
+    """Read the runs and compute every table and test of the report (results.md's text with them)."""
+    records = protocol.read_records(inputs)
+    runs = protocol.without_search_jobs(find_runs(inputs), records)  # the search jobs never read the test split
+    scored = scores.attach(runs, list(o.scores))
+    groups = group_runs(runs)
+    metric, greater_is_better = primary_metric(runs)
+    tables = {g.setting: item_table(g, metric) for g in groups}
+    rows = table_rows(groups, metric, tables, two_stage_groups(inputs))
+    pairs = pairwise(groups, f"test.{metric}", tables) if o.compare else []
+    if o.compare:
+        cld = letters(groups, pairs, f"test.{metric}", greater_is_better)
+        for row in rows:
+            row["letters"] = cld.get(row["setting"], "")
+    origin = provenance(inputs, runs, report_command(inputs, o))
+    md = provenance_markdown(origin) + to_markdown(rows, metric) + protocol.to_markdown(records)
+    md += pairs_markdown(pairs, metric) if o.compare else ""
+    md += scores.to_markdown(groups, scored)
+    stated = protocol.stated_margins(records)
+    tests = equivalence_tests(runs, groups, {**stated, **o.margins(metric)}, stated)
+    md += tost_markdown(tests) if tests else ""
+    return Findings(runs, groups, metric, greater_is_better, rows, pairs, tests, records, origin, md)
+
+
+def report_command(inputs: list[Path], options: ReportSchema) -> str:
+    """The command line that makes this report: its inputs and every option not at its default."""
+    import dataclasses
+
+    set_ = [f"{f.name}={_option_text(getattr(options, f.name))}" for f in dataclasses.fields(ReportSchema)
+            if f.name not in ("inputs", "overwrite", "out_dir")
+            and getattr(options, f.name) != (f.default_factory() if f.default is dataclasses.MISSING else f.default)]
+    return " ".join(["peftlab-report", *map(str, inputs), *set_])
+
+
+def _option_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(map(str, value)) + "]"
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{k}:{v}" for k, v in value.items()) + "}"
+    return str(value)
+
+
+def equivalence_tests(runs: list[Run], groups: list[Group], margins: dict[str, float],
+                      stated: Optional[dict[str, float]] = None) -> list[Tost]:
     """TOST for every pair of groups, each key checked to be a number some run reports."""
     for key in margins:
         if not any(metric_at(r.metrics, key) is not None for r in runs if r.metrics):
             raise ConfigError(f"equivalence.{key}: no run reports this number in its metrics.json "
                               "(a dotted key: test.<metric>, forgetting.delta, train.tokens_per_s, ...)")
-    return equivalence(groups, margins)
+    return equivalence(groups, margins, stated)
 
 
 def _summary(inputs, runs, groups, rows, metric, greater_is_better, files) -> dict[str, Any]:

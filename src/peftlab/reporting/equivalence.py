@@ -37,6 +37,9 @@ class Tost:
     p_tost: Optional[float]  # the larger of the two one-sided p-values
     p_difference: Optional[float]  # two-sided, zero difference
     verdict: str
+    # whether the margin was stated before the runs (a protocol's); a margin chosen after seeing the
+    # results makes "equivalent" a description, not a finding: the table says "post hoc"
+    stated_before: bool = False
 
 
 def tost(first: Group, second: Group, key: str, margin: float) -> Tost:
@@ -62,22 +65,30 @@ def tost(first: Group, second: Group, key: str, margin: float) -> Tost:
                 p_diff, verdict)
 
 
-def equivalence(groups: list[Group], margins: dict[str, float]) -> list[Tost]:
-    """TOST for every pair of groups and every ``key: margin``."""
-    return [tost(g, h, key, m) for key, m in margins.items()
-            for i, g in enumerate(groups) for h in groups[i + 1:]]
+def equivalence(groups: list[Group], margins: dict[str, float],
+                stated: Optional[dict[str, float]] = None) -> list[Tost]:
+    """TOST for every pair of groups and every ``key: margin``; ``stated``: the margins set before the runs."""
+    results = [tost(g, h, key, m) for key, m in margins.items() for i, g in enumerate(groups) for h in groups[i + 1:]]
+    for r in results:
+        r.stated_before = (stated or {}).get(r.key) == r.margin
+    return results
 
 
 def to_markdown(results: list[Tost]) -> str:
+    """The TOST table. A margin given to the report (after the runs) marks its verdict "post hoc"."""
     lines = ["", "Equivalence (two one-sided t tests at 0.05: equivalent when the 90% interval of the "
              "difference lies inside ±margin; different when a zero difference is rejected at 0.05; "
-             "otherwise not resolved)", "",
-             "| metric | first | second | margin | test | difference (second − first) | 90% CI | p (TOST) "
-             "| p (difference) | verdict |",
-             "|---|---|---|---:|---|---:|---|---:|---:|---|"]
+             "otherwise not resolved). Only *equivalent* at a margin set before the runs says that two groups "
+             "perform alike; at a margin given after them the verdict is marked post hoc.", "",
+             "| metric | first | second | margin | margin set | test | difference (second − first) | 90% CI "
+             "| p (TOST) | p (difference) | verdict |",
+             "|---|---|---|---:|---|---|---:|---|---:|---:|---|"]
     for r in results:
-        lines.append(f"| {r.key} | {r.first} | {r.second} | ±{r.margin:g} | {r.test} | {signed(r.difference)} "
-                     f"| {interval_cell(r.ci90)} | {p_cell(r.p_tost)} | {p_cell(r.p_difference)} | **{r.verdict}** |")
+        when = "before the runs" if r.stated_before else "after the runs"
+        verdict = r.verdict + ("" if r.stated_before or r.verdict != "equivalent" else " (post hoc)")
+        lines.append(f"| {r.key} | {r.first} | {r.second} | ±{r.margin:g} | {when} | {r.test} "
+                     f"| {signed(r.difference)} | {interval_cell(r.ci90)} | {p_cell(r.p_tost)} "
+                     f"| {p_cell(r.p_difference)} | **{verdict}** |")
     return "\n".join(lines) + "\n"
 
 

@@ -22,11 +22,9 @@ _NOT_A_SETTING = ("seed=", "hydra.", "trainer.enable_progress_bar=", "paths.", "
 
 def t95(df: int) -> float:
     """The two-sided 95% quantile of Student's t with ``df`` degrees of freedom."""
-    if df <= 0:
-        return float("nan")
-    from scipy.stats import t
+    from peftlab.reporting.intervals import t_quantile
 
-    return float(t.ppf(0.975, df))
+    return t_quantile(df)
 
 
 @dataclass
@@ -108,16 +106,17 @@ def _read_file(path: Path, parse, kind: type) -> Any:
 
 
 def stats(values: list[float]) -> dict[str, Any]:
-    """Mean, standard deviation, n and the 95% interval's half-width of the finite values (a NaN or
-    infinity a run reports is not a number to average)."""
+    """Mean, standard deviation, n and the 95% interval's half-width over seeds (Student t,
+    reporting/intervals.py) of the finite values (a NaN or infinity a run reports is not a number to
+    average)."""
+    from peftlab.reporting.intervals import seeds_interval
+
     values = [v for v in values if math.isfinite(v)]
     n = len(values)
     if n == 0:
         return {"mean": None, "std": None, "n": 0, "ci95": None}
-    mean = statistics.fmean(values)
-    std = statistics.stdev(values) if n > 1 else 0.0
-    half = t95(n - 1) * std / math.sqrt(n) if n > 1 else None
-    return {"mean": mean, "std": std, "n": n, "ci95": half}
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if n > 1 else 0.0, "n": n,
+            "ci95": seeds_interval(values).half}
 
 
 @dataclass

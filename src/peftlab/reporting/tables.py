@@ -6,7 +6,9 @@ import csv
 import io
 from typing import Any, Optional
 
+from peftlab.reporting.intervals import crossed_interval, two_stage_interval
 from peftlab.reporting.runs import Group
+from peftlab.runs.metrics import metric_at
 
 
 def _fmt(s: dict[str, Any], digits: int = 4) -> str:
@@ -17,46 +19,76 @@ def _fmt(s: dict[str, Any], digits: int = 4) -> str:
     return f"{s['mean']:.{digits}f}"
 
 
-def table_rows(groups: list[Group], metric: str) -> list[dict[str, Any]]:
+def table_rows(groups: list[Group], metric: str, tables: Optional[dict[str, Any]] = None,
+               budgets: Optional[dict[str, dict[str, Any]]] = None) -> list[dict[str, Any]]:
+    """One row per group. ``tables``: each group's seeds x items table (reporting/items.py), for the
+    interval over seeds and items; ``budgets``: the seed-budget groups by job folder
+    (reporting/seed_budget.py), whose interval over seeds is the two-stage one."""
     rows = []
     for g in groups:
         m, zs, forgot = g.stat(f"test.{metric}"), g.stat(f"zero_shot.{metric}"), g.stat("forgetting.delta")
+        seeds_ci, rule = _seeds_interval(g, f"test.{metric}", m, budgets or {})
+        table = (tables or {}).get(g.setting)
+        items = crossed_interval(table.rows) if table is not None else None
         rows.append({
             "setting": g.setting, "method": g.label, "status": g.status, "n": m["n"],
             "trainable": g.stat("params.trainable")["mean"], "trainable_pct": g.stat("params.trainable_pct")["mean"],
-            f"{metric}_mean": m["mean"], f"{metric}_std": m["std"], f"{metric}_ci95": m["ci95"],
-            f"zero_shot_{metric}_mean": zs["mean"], "test_loss_mean": g.stat("test.loss")["mean"],
+            f"{metric}_mean": m["mean"], f"{metric}_std": m["std"], f"{metric}_ci95": seeds_ci,
+            f"{metric}_ci95_rule": rule,
+            # the interval counting the test items as a sample too (None: the runs' answers are not per item)
+            f"{metric}_ci95_items": None if items is None else items.half,
+            f"zero_shot_{metric}_mean": zs["mean"], f"val_{metric}_mean": g.stat(f"val.{metric}")["mean"],
+            "test_loss_mean": g.stat("test.loss")["mean"],
             "train_wall_s_mean": g.stat("train.wall_s")["mean"],
             "tokens_per_s_mean": g.stat("train.tokens_per_s")["mean"],
             "peak_rss_mb_mean": g.stat("memory.peak_rss_mb")["mean"],
             "adapter_mb_mean": g.stat("adapter_mb")["mean"],
             # the change in loss on general text (metrics.json forgetting.delta; language models)
             "forgetting_mean": forgot["mean"], "forgetting_ci95": forgot["ci95"],
-            "_metric": m, "_zero_shot": zs, "_forgetting": forgot,
+            "_metric": m, "_zero_shot": zs, "_forgetting": forgot, "_val": g.stat(f"val.{metric}"),
         })
     return rows
+
+
+def _seeds_interval(group: Group, key: str, found: dict[str, Any],
+                    budgets: dict[str, dict[str, Any]]) -> tuple[Optional[float], str]:
+    """The half-width over seeds and its rule: Stein's two-stage interval for a group the seed budget
+    ran (every run of it in one budget group), Student t otherwise."""
+    recorded = [budgets.get(str(r.path.resolve())) for r in group.finished]
+    if recorded and all(recorded) and len({b["group"] for b in recorded}) == 1 and found["n"]:
+        values = [v for r in group.finished if (v := metric_at(r.metrics, key)) is not None]
+        return two_stage_interval(values, recorded[0]["pilot_sd"], recorded[0]["pilot_seeds"]).half, "two-stage"
+    return found["ci95"], "t"
 
 
 def to_markdown(rows: list[dict[str, Any]], metric: str) -> str:
     """The group table; with a ``letters`` column when the report compared the groups (groups that
     share a letter are not separated)."""
     cld = bool(rows) and "letters" in rows[0]
-    head = (f"| setting | trainable params | trainable % | adapter MiB | zero-shot {metric} "
-            f"| test {metric} (mean ± std) | 95% CI | n |{' letters |' if cld else ''} "
-            "forgetting (Δ loss, mean ± std) | train s | tokens/s | peak RSS MiB | status |")
-    lines = [head, "|---|---:|---:|---:|---:|---:|---:|---:|" + (":---:|" if cld else "")
+    head = (f"| setting | trainable params | trainable % | adapter MiB | zero-shot {metric} | val {metric} "
+            f"| test {metric} (mean ± std) | 95% CI (seeds) | 95% CI (seeds + items) | n |"
+            f"{' letters |' if cld else ''} forgetting (Δ loss, mean ± std) | train s | tokens/s | peak RSS MiB "
+            "| status |")
+    lines = [head, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + (":---:|" if cld else "")
              + "---:|---:|---:|---:|---|"]
     for r in rows:
-        ci = f"± {r[f'{metric}_ci95']:.4f}" if r[f"{metric}_ci95"] is not None else "—"
+        ci = _half(r[f"{metric}_ci95"]) + (" (two-stage)" if r[f"{metric}_ci95_rule"] == "two-stage" else "")
         letters = f" {r['letters'] or '—'} |" if cld else ""
         lines.append(
             f"| {r['setting']} | {_num(r['trainable'], 0)} | {_num(r['trainable_pct'], 3)} "
-            f"| {_num(r['adapter_mb_mean'], 2)} | {_fmt(r['_zero_shot'])} "
-            f"| {_fmt(r['_metric'])} | {ci} | {r['n']} |{letters} "
+            f"| {_num(r['adapter_mb_mean'], 2)} | {_fmt(r['_zero_shot'])} | {_fmt(r['_val'])} "
+            f"| {_fmt(r['_metric'])} | {ci} | {_half(r[f'{metric}_ci95_items'])} | {r['n']} |{letters} "
             f"{_fmt(r['_forgetting'], 3)} "
             f"| {_num(r['train_wall_s_mean'], 1)} | {_num(r['tokens_per_s_mean'], 0)} "
             f"| {_num(r['peak_rss_mb_mean'], 0)} | {r['status']} |")
-    return "\n".join(lines) + "\n"
+    notes = ("\n95% CI (seeds): Student t over the seeds, the test items fixed (two-stage: the seed budget's "
+             "interval from its pilot's spread). 95% CI (seeds + items): the test items counted as a sample too "
+             "(crossed mean squares; — where the runs' answers are not scored item by item).\n")
+    return "\n".join(lines) + "\n" + notes
+
+
+def _half(value: Optional[float]) -> str:
+    return "—" if value is None else f"± {value:.4f}"
 
 
 def _num(v: Optional[float], digits: int) -> str:

@@ -30,13 +30,24 @@ def metric_at(metrics: Any, dotted: str) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
-def git_commit() -> str | None:
+def _git(*args: str) -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
-                             capture_output=True, text=True, timeout=5)
-        return out.stdout.strip() or None if out.returncode == 0 else None
+        out = subprocess.run(["git", *args], cwd=Path(__file__).resolve().parent, capture_output=True, text=True,
+                             timeout=5)
+        return out.stdout.strip() if out.returncode == 0 else None
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+def git_commit() -> str | None:
+    return _git("rev-parse", "HEAD") or None
+
+
+def git_dirty() -> bool | None:
+    """Whether the checkout peftlab runs from has changes to tracked files (its commit then does not
+    say exactly which code ran); None outside a git checkout (an installed wheel)."""
+    status = _git("status", "--porcelain", "--untracked-files=no")
+    return None if status is None else bool(status)
 
 
 def versions() -> dict[str, Any]:
@@ -44,9 +55,43 @@ def versions() -> dict[str, Any]:
     import importlib
 
     libraries = ("torch", "transformers", "peft", "lightning")
+    commit = git_commit()
     return {"python": platform.python_version(),
             **{name: importlib.import_module(name).__version__ for name in libraries},
-            "peftlab": _installed_version("peftlab"), "git_commit": git_commit()}
+            "peftlab": _installed_version("peftlab"), "git_commit": commit,
+            "git_dirty": git_dirty() if commit else None}
+
+
+def machine() -> dict[str, Any]:
+    """The machine a run ran on, as reports and results pages state it: the CPU's model and logical
+    cores, the memory, the GPU (if any) and the operating system. Nothing that names the host."""
+    import os
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    memory = None
+    try:
+        memory = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    except (ValueError, OSError, AttributeError):
+        pass
+    gpu = None
+    import torch
+
+    if torch.cuda.is_available():
+        gpu = f"{torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}"
+    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": memory, "gpu": gpu, "os": platform.platform()}
+
+
+def describe_machine(m: dict[str, Any]) -> str:
+    """A machine record in a few words: "AMD EPYC 9R14 (2 cores, 23.4 GiB), no GPU"."""
+    parts = [f"{m.get('cores')} cores"] + ([f"{m['memory_gib']} GiB"] if m.get("memory_gib") else [])
+    return f"{m.get('cpu') or 'unknown CPU'} ({', '.join(parts)}), " + (m.get("gpu") or "no GPU")
 
 
 def _installed_version(name: str) -> str | None:

@@ -129,7 +129,10 @@ class Task:
         """(summed loss, count it averages over) for one batch."""
         raise NotImplementedError
 
-    def metrics(self, test: bool) -> SplitMetrics:
+    def metrics(self, full: bool) -> SplitMetrics:
+        """A split's metrics: ``full``, every metric the task reports (generation included: what the
+        test split measures, and validation where a selection reads it); else the loss and what
+        costs no more than the loss."""
         raise NotImplementedError
 
     def evaluate_batch(self, model: torch.nn.Module, tokenizer: Any, batch: dict[str, Any],

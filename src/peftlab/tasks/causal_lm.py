@@ -99,10 +99,10 @@ class CausalLMTask(GeneratesText, Task):
         logits, targets = answer_logits(model, batch)
         return F.cross_entropy(logits, targets, reduction="sum"), targets.new_tensor(len(targets))
 
-    def metrics(self, test: bool):
+    def metrics(self, full: bool):
         from peftlab.tasks.metrics import ExactMatch, SplitMetrics, perplexity
 
-        return SplitMetrics({"exact_match": ExactMatch()} if test else None, derived=perplexity)
+        return SplitMetrics({"exact_match": ExactMatch()} if full else None, derived=perplexity)
 
     def evaluate_batch(self, model, tokenizer, batch, metrics) -> list[dict[str, Any]]:
         if "exact_match" not in metrics.names:

@@ -69,7 +69,7 @@ class ClassificationTask(Task):
         logits = self._logits(model, batch)
         return F.cross_entropy(logits, batch["labels"], reduction="sum"), batch["labels"].new_tensor(len(logits))
 
-    def metrics(self, test: bool):
+    def metrics(self, full: bool):
         from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
         from peftlab.tasks.metrics import SplitMetrics

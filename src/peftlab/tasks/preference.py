@@ -227,7 +227,7 @@ class PreferenceTask(GeneratesText, Task):
         return losses.sum().float(), batch["input_ids"].new_tensor(len(losses))
 
     # ------------------------------------------------------------------------------ evaluation
-    def metrics(self, test: bool):
+    def metrics(self, full: bool):
         from torchmetrics import MeanMetric
 
         from peftlab.tasks.metrics import ExactMatch, SplitMetrics
@@ -235,7 +235,7 @@ class PreferenceTask(GeneratesText, Task):
         # per-pair means over every pair; "disable" keeps a NaN visible instead of dropping it
         names = ("reward_accuracy", "reward_margin", "chosen_reward", "rejected_reward", "chosen_logp", "rejected_logp")
         means = {k: MeanMetric(nan_strategy="disable") for k in names}
-        return SplitMetrics({**means, **({"exact_match": ExactMatch()} if test else {})})
+        return SplitMetrics({**means, **({"exact_match": ExactMatch()} if full else {})})
 
     def evaluate_batch(self, model, tokenizer, batch, metrics) -> list[dict[str, Any]]:
         import torch

@@ -122,7 +122,7 @@ class RewardTask(Task):
         keep = batch["counted"].to(losses.device)
         return losses[keep].sum(), keep.sum()
 
-    def metrics(self, test: bool):
+    def metrics(self, full: bool):
         from torchmetrics import MeanMetric
 
         from peftlab.tasks.metrics import SplitMetrics

@@ -123,7 +123,7 @@ class UnpairedPreferenceTask(PreferenceTask):
         return losses[real].sum().float(), real.sum()
 
     # ------------------------------------------------------------------------------ evaluation
-    def metrics(self, test: bool):
+    def metrics(self, full: bool):
         from torchmetrics import MeanMetric
 
         from peftlab.tasks.metrics import ExactMatch, SplitMetrics
@@ -134,7 +134,7 @@ class UnpairedPreferenceTask(PreferenceTask):
         def margin(values: dict[str, float]) -> dict[str, float]:
             return {"reward_margin": values["desirable_reward"] - values["undesirable_reward"]}
 
-        return SplitMetrics({**means, **({"exact_match": ExactMatch()} if test else {})}, derived=margin)
+        return SplitMetrics({**means, **({"exact_match": ExactMatch()} if full else {})}, derived=margin)
 
     def evaluate_batch(self, model, tokenizer, batch, metrics) -> list[dict[str, Any]]:
         import torch
