@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import statistics
 
 import pytest
 import torch
+from scipy import stats
 
 from peftlab.config import validate
 from peftlab.data.sources import PROSE_DIR
-from peftlab.engine.forgetting import Forgetting, mean_token_loss, read_text, windows
+from peftlab.engine.forgetting import Forgetting, mean_token_loss, read_text, window_losses, windows
 from peftlab.errors import ConfigError
 
 from conftest import build, compose, wrap
@@ -41,10 +43,17 @@ def test_a_fresh_adapter_forgets_nothing_and_training_moves_it(cache_dir):
     fresh = meter.record(model)
     assert fresh["delta"] == 0.0 and fresh["loss_before"] == fresh["loss_after"]
     assert fresh["tokens"] == conf.forgetting.tokens and fresh["window"] == 256
+    assert fresh["delta_ci95"] == 0.0 and fresh["windows"] == 16
     for n, p in model.named_parameters():
         if "lora_B" in n:
             p.data.normal_(0, 0.05)
-    assert meter.record(model)["delta"] != 0.0
+    moved = meter.record(model)
+    assert moved["delta"] != 0.0
+    # the interval over the windows: Student t on each window's change in loss
+    changes = [a - b for a, b in zip(window_losses(model, meter.rows), meter.before, strict=True)]
+    half = stats.t.ppf(0.975, 15) * statistics.stdev(changes) / 4
+    assert moved["delta_ci95"] == pytest.approx(half, abs=2e-6) and moved["delta"] == pytest.approx(
+        statistics.fmean(changes), abs=2e-6)
 
 
 def test_bad_forgetting_settings_are_refused(tmp_path):

@@ -55,18 +55,18 @@ def windows(text: str, tokenizer: Any, tokens: int, window: int) -> torch.Tensor
     return torch.tensor(ids[: rows * window]).view(rows, window)
 
 
-def mean_token_loss(model: torch.nn.Module, rows: torch.Tensor, batch_size: int = 2,
-                    autocast: Callable[[], ContextManager] = contextlib.nullcontext) -> float:
-    """The mean next-token cross-entropy over every predicted token of ``rows`` (full windows, no
+def window_losses(model: torch.nn.Module, rows: torch.Tensor, batch_size: int = 2,
+                  autocast: Callable[[], ContextManager] = contextlib.nullcontext) -> list[float]:
+    """Each window's mean next-token cross-entropy over its predicted tokens (full windows, no
     padding), in evaluation mode; the model's own mode is restored. ``batch_size`` windows at a
-    time: a window's full-vocabulary logits take 50 MiB in fp32 (SmolLM2: 256 x 49,152), and
-    the loss holds them twice more."""
+    time: a window's full-vocabulary logits take 50 MiB in fp32 (SmolLM2: 256 x 49,152), and the
+    loss holds them twice more."""
     import torch
 
     was_training = model.training
     model.eval()
     device = next(p.device for p in model.parameters())
-    total, count = 0.0, 0
+    losses: list[float] = []
     try:
         for start in range(0, rows.shape[0], batch_size):
             batch = rows[start:start + batch_size].to(device)
@@ -74,17 +74,27 @@ def mean_token_loss(model: torch.nn.Module, rows: torch.Tensor, batch_size: int 
                 out = model(input_ids=batch, attention_mask=torch.ones_like(batch))
             logits = out.logits[:, -batch.shape[1]:-1].float()  # prompt-learning models put virtual tokens first
             targets = batch[:, 1:]
-            total += torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
-                                                       reduction="sum").item()
-            count += targets.numel()
+            each = torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
+            losses += each.double().mean(1).tolist()
     finally:
         model.train(was_training)
-    return total / count
+    return losses
+
+
+def mean_token_loss(model: torch.nn.Module, rows: torch.Tensor, batch_size: int = 2,
+                    autocast: Callable[[], ContextManager] = contextlib.nullcontext) -> float:
+    """The mean next-token cross-entropy over every predicted token of ``rows`` (every window
+    predicts as many tokens, so it is the mean of the windows' means)."""
+    losses = window_losses(model, rows, batch_size, autocast)
+    return sum(losses) / len(losses)
 
 
 class Forgetting:
     """Measures the base before the method is applied and the trained model after; ``record`` is
-    what metrics.json holds under ``forgetting``."""
+    what metrics.json holds under ``forgetting``: the change in loss with its 95% interval over the
+    text's windows (Student t on the windows' paired changes; the windows are a sample of general
+    text, and neighbouring windows of one text are not independent, so it is a lower bound on the
+    spread another text would show)."""
 
     def __init__(self, cfg: Any, tokenizer: Any, model: torch.nn.Module,
                  autocast: Callable[[], ContextManager] = contextlib.nullcontext):
@@ -93,10 +103,15 @@ class Forgetting:
         self.cfg = cfg
         self.rows = windows(read_text(cfg.text), tokenizer, cfg.tokens, window)
         self.autocast = autocast  # the forward runs as training's does (bf16_base: under bf16 autocast)
-        self.before = mean_token_loss(model, self.rows, autocast=autocast)
+        self.before = window_losses(model, self.rows, autocast=autocast)
 
     def record(self, trained: torch.nn.Module) -> dict[str, Any]:
-        after = mean_token_loss(trained, self.rows, autocast=self.autocast)
+        from peftlab.reporting.intervals import seeds_interval
+
+        after = window_losses(trained, self.rows, autocast=self.autocast)
+        before_mean, after_mean = sum(self.before) / len(self.before), sum(after) / len(after)
+        change = seeds_interval([a - b for a, b in zip(after, self.before, strict=True)])
         return {"text": self.cfg.text, "tokens": int(self.rows.numel()), "window": int(self.rows.shape[1]),
-                "loss_before": round(self.before, 6), "loss_after": round(after, 6),
-                "delta": round(after - self.before, 6)}
+                "windows": len(after), "loss_before": round(before_mean, 6), "loss_after": round(after_mean, 6),
+                "delta": round(after_mean - before_mean, 6),
+                "delta_ci95": None if change.half is None else round(change.half, 6)}

@@ -241,8 +241,9 @@ def summary(m: dict[str, Any], task: Task, run_dir: Path) -> str:
                  f"({m['train']['tokens_per_s']} tokens/s), peak RSS {m['memory']['peak_rss_mb']} MiB")
     if m.get("forgetting"):
         f = m["forgetting"]
+        spread = f" ± {f['delta_ci95']:.4f} over {f['windows']} windows" if f.get("delta_ci95") is not None else ""
         lines.append(f"  forgetting: loss on {f['text']} {f['loss_before']:.4f} -> {f['loss_after']:.4f} "
-                     f"({f['delta']:+.4f})")
+                     f"({f['delta']:+.4f}{spread})")
     if m["adapter"]:
         lines.append(f"  adapter: {m['adapter']}")
     lines.append(f"  metrics: {run_dir / 'metrics.json'}")
