@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures as futures
 import dataclasses
+import json
 import re
 import sys
 from pathlib import Path
@@ -170,10 +171,14 @@ def test_every_experiment_runs_its_launch_command(experiment, tmp_path, cache_di
     under outputs/ go to a temporary folder."""
     commands = launch_commands(experiment)
     assert f"experiment={experiment}" in commands[-1]
+    # a fair comparison: two groups, two settings each, two test seeds (its own seeds, never seed=)
+    protocol = "tune_then_test" in (CONF / "experiment" / f"{experiment}.yaml").read_text()
+    smaller = ["hydra.sweeper.params.recipe='lora,ia3'", "hydra.sweeper.search={optim.lr: 'x1,x3'}",
+               "hydra.sweeper.test_seeds=[2,3]"] if protocol else ["seed=1"]
     for command in commands:
         command = [c.replace("=outputs/", f"={tmp_path}/") for c in command if not c.startswith("seed=")]
         if command[0] == "peftlab-train":
-            command += ["debug=tiny", "seed=1", "trainer.max_steps=1", "zero_shot=false", "merge_after=false",
+            command += ["debug=tiny", *smaller, "trainer.max_steps=1", "zero_shot=false", "merge_after=false",
                         "trainer.limit_test_batches=1", "trainer.limit_val_batches=1"]
         sweep = "-m" in command
         proc = run_cli(*command, *([f"hydra.sweep.dir={tmp_path}"] if sweep else []))
@@ -182,6 +187,13 @@ def test_every_experiment_runs_its_launch_command(experiment, tmp_path, cache_di
     if sweep:
         jobs = sorted(p for p in tmp_path.iterdir() if p.is_dir())
         assert len(jobs) > 1 and all((job / result).exists() for job in jobs)
+        if protocol:  # 2 x 2 search jobs that never read the test split, then 2 x 2 test jobs
+            record = json.loads((tmp_path / "protocol.json").read_text())
+            assert record["stage"] == "tested" and len(jobs) == 8
+            assert all(len(g["search"]) == 2 and len(g["test_folders"]) == 2 for g in record["groups"])
+            report = run_cli("peftlab-report", str(tmp_path), "compare=true", "plots=false")
+            assert report.returncode == 0, report.stderr[-3000:]
+            assert "Selection on validation" in (tmp_path / "report" / "results.md").read_text()
     else:
         run_dir = next(c.split("=", 1)[1] for c in command if c.startswith("hydra.run.dir="))
         assert (Path(run_dir) / result).exists()
