@@ -1,8 +1,8 @@
 """Every interval a report prints keeps its stated coverage, checked by simulation: groups drawn from
 known distributions (2,000 of each), the interval computed by the code the report runs, and the share
 that covers the truth. Normal values, and a skewed distribution (gamma of shape 16, skewness 0.5:
-seed-to-seed spreads of a metric are rarely symmetric); at skewness 1 and more the Student t
-interval of 3-10 seeds covers about 0.93 (scripts/interval_coverage.py prints the table).
+seed-to-seed spreads of a metric are rarely symmetric); at skewness 1 the Student t interval of
+3-10 seeds covers 0.93-0.95, at 2 under 0.90 (scripts/interval_coverage.py prints the table).
 
 The seed budget's check could fail: the rule before the two-stage one (one more seed until the
 interval of the seeds run so far is narrow enough) covered 0.91 here, and the same simulation
