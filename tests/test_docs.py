@@ -127,3 +127,67 @@ def test_the_readme_is_short_and_generated_parts_are_current():
     guide = (ROOT / "docs" / "guides" / "adding-a-method.md").read_text()
     for path in script.SHOWN:  # the guide shows the real files, byte for byte
         assert f"## `{path}`\n\n```" in guide and (ROOT / path).read_text() in guide
+
+
+# --- results pages name their code, and one fact has one figure -----------------------------------
+RESULTS = sorted((ROOT / "docs" / "results").glob("*.md"))
+RUNS_LINE = re.compile(r"^> \*\*Runs\*\*: (?P<text>.*)$", re.M)
+
+
+def _in_history(commit: str) -> bool | None:
+    """Whether ``commit`` is in this checkout's history (None: no history to ask, a shallow clone)."""
+    import subprocess
+
+    shallow = subprocess.run(["git", "rev-parse", "--is-shallow-repository"], cwd=ROOT, capture_output=True,
+                             text=True)
+    if shallow.returncode != 0 or shallow.stdout.strip() == "true":
+        return None
+    found = subprocess.run(["git", "cat-file", "-e", f"{commit}^{{commit}}"], cwd=ROOT, capture_output=True)
+    return found.returncode == 0
+
+
+@pytest.mark.parametrize("page", RESULTS, ids=[p.name for p in RESULTS])
+def test_every_results_page_names_the_code_machine_date_and_command_of_its_runs(page):
+    found = RUNS_LINE.search(page.read_text())
+    assert found, f"{page.name}: no '> **Runs**:' line"
+    text = found.group("text")
+    commits = re.findall(r"commits? `([0-9a-f]{7,40})`", text) + re.findall(r"and `([0-9a-f]{7,40})`", text)
+    assert commits, f"{page.name}: the runs line names no commit"
+    assert all(_in_history(c) is not False for c in commits), commits
+    assert re.search(r"\d{4}-\d{2}-\d{2}", text) and "machine" in text
+    assert re.search(r"`(peftlab-\w+|python scripts/)[^`]*`", text), f"{page.name}: no command"
+
+
+DURATION = re.compile(r"(?:about )?\d+ min(?: \d+ s)?")
+
+
+FACTS = ("make run", "make test")
+
+
+def _names(text: str) -> list[str]:
+    """The make targets ``text`` names (``make test``, ``make test-all``, ...)."""
+    return sorted(set(re.findall(r"(?<![\w-])(make [\w-]+)", text)))
+
+
+def _figures(fact: str) -> dict[str, set[str]]:
+    """Every duration stated about ``fact`` (make run, make test) in the README, the docs and the
+    Makefile, by file: in a paragraph that names that fact and no other, or on a line that does."""
+    found: dict[str, set[str]] = {}
+    for path in [ROOT / "README.md", ROOT / "Makefile", *sorted((ROOT / "docs").rglob("*.md"))]:
+        for paragraph in re.split(r"\n\s*\n", path.read_text()):
+            named = _names(paragraph)
+            if named == [fact]:
+                found.setdefault(path.name, set()).update(DURATION.findall(paragraph))
+            elif fact in named:
+                for line in paragraph.splitlines():
+                    if _names(line) == [fact]:
+                        found.setdefault(path.name, set()).update(DURATION.findall(line))
+    return {k: v for k, v in found.items() if v}
+
+
+@pytest.mark.parametrize("fact", ["make run", "make test"])
+def test_the_readme_and_the_docs_give_one_figure_for_each_timing(fact):
+    figures = _figures(fact)
+    rounded = {f for found in figures.values() for f in found if f.startswith("about")}
+    measured = {f for found in figures.values() for f in found if not f.startswith("about")}
+    assert "README.md" in figures and len(rounded) <= 1 and len(measured) <= 1, figures
