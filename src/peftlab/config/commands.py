@@ -102,6 +102,9 @@ class TrainSchema:
     # let a sweeper that chooses (optuna, tune_then_test, any but Hydra's grid) optimise a test.*
     # objective: tuning on the test split; recorded in metrics.json and said on every report
     tune_on_test: bool = False
+    # equivalence margins stated before the runs ({test.exact_match: 0.03}), recorded in metrics.json:
+    # peftlab-report's TOST reads them as set before the runs (an experiment file states them)
+    margins: Any = None
     tags: List[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -113,6 +116,7 @@ class TrainSchema:
         if r is not None:
             _check("://" not in r, "resume_from", "must be a local checkpoint file (peftlab never downloads one)", r)
             _check(os.path.isfile(os.path.expanduser(r)), "resume_from", "must be an existing checkpoint file", r)
+        check_margins("margins", self.margins)
         if not self.test:
             reads_test = [k for k in ("zero_shot", "merge_after") if getattr(self, k)]
             if reads_test:
@@ -319,6 +323,18 @@ class ReportSchema:
         if _is_margin(self.equivalence):
             return {f"test.{primary}": float(self.equivalence)}
         return {k: float(v) for k, v in self.equivalence.items()}
+
+
+def check_margins(key: str, value: Any) -> None:
+    """Null, or a mapping of dotted metrics.json keys to finite margins > 0."""
+    if value is None:
+        return
+    if not isinstance(value, Mapping) or not all(isinstance(k, str) and "." in k for k in value):
+        raise ConfigError(f"{key} must be {{<dotted metrics.json key>: <margin>, ...}} (such as "
+                          f"{{test.exact_match: 0.03}}) or null, got {value!r}")
+    for name, margin in value.items():
+        _check(_is_margin(margin) and margin > 0 and math.isfinite(margin), f"{key}.{name}",
+               "must be a finite number > 0", margin)
 
 
 def _is_margin(value: Any) -> bool:

@@ -174,7 +174,7 @@ class TrainingJob:
         return {"model": display_name(conf.model), "method": conf.method.name, "task": conf.data.name,
                 "task_type": task.name, "primary_metric": task.primary_metric,
                 "greater_is_better": task.greater_is_better, "objective": self.objective,
-                "tune_on_test": conf.tune_on_test, "seed": conf.seed,
+                "tune_on_test": conf.tune_on_test, "margins": dict(conf.margins or {}), "seed": conf.seed,
                 "status": "running", "params": params, "zero_shot": zero_shot, "init_adapter": conf.init_adapter,
                 "tags": list(conf.tags), "precision": precision_record(conf.precision),
                 "started_at": _now(), **task.settings_record()}

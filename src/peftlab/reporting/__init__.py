@@ -157,7 +157,7 @@ def analyse(inputs: list[Path], o: ReportSchema) -> Findings:
     md = provenance_markdown(origin) + to_markdown(rows, metric) + protocol.to_markdown(records)
     md += pairs_markdown(pairs, metric) if o.compare else ""
     md += scores.to_markdown(groups, scored)
-    stated = protocol.stated_margins(records)
+    stated = protocol.stated_margins(records, runs)
     tests = equivalence_tests(runs, groups, {**stated, **o.margins(metric)}, stated)
     md += tost_markdown(tests) if tests else ""
     return Findings(runs, groups, metric, greater_is_better, rows, pairs, tests, records, origin, md)

@@ -303,9 +303,13 @@ def _score_cell(group: dict[str, Any], setting: list[str]) -> str:
     return f"{' '.join(o.split('=', 1)[1] for o in setting)}: {shown or '—'}"
 
 
-def stated_margins(records: list[Record]) -> dict[str, float]:
-    """The equivalence margins the protocols stated before their runs."""
+def stated_margins(records: list[Record], runs: list[Run]) -> dict[str, float]:
+    """The equivalence margins stated before the runs: those of the protocols, and those every
+    finished run recorded alike (``margins=`` in its config, an experiment file's)."""
     margins: dict[str, float] = {}
     for record in records:
         margins.update({str(k): float(v) for k, v in (record.data.get("margins") or {}).items()})
+    recorded = [r.metrics.get("margins") or {} for r in runs if r.status == "finished" and r.metrics]
+    if recorded and all(m == recorded[0] for m in recorded) and isinstance(recorded[0], dict):
+        margins.update({str(k): float(v) for k, v in recorded[0].items() if isinstance(v, (int, float))})
     return margins
