@@ -105,3 +105,66 @@ def test_the_report_carries_the_comparisons_and_the_letters(tmp_path):
     assert "Letters and *separated* read the seeds tests." in md  # no answers item by item here
     tex = (tmp_path / "report" / "results.tex").read_text()
     assert r"\textsuperscript{a}" in tex and r"\textsuperscript{b}" in tex
+
+
+def _run_with_answers(folder: Path, name: str, seed: int, correct: list[bool], **metrics) -> None:
+    folder.mkdir(parents=True)
+    (folder / ".hydra").mkdir()
+    (folder / ".hydra" / "overrides.yaml").write_text(f"- method={name}\n- seed={seed}\n")
+    (folder / "test_predictions.jsonl").write_text("".join(
+        json.dumps({"prediction": "x", "reference": f"answer {i}", "correct": c}) + "\n" for i, c in enumerate(correct)))
+    (folder / "metrics.json").write_text(json.dumps({
+        "status": "finished", "seed": seed, "method": name, "primary_metric": "exact_match", "greater_is_better": True,
+        "test": {"exact_match": sum(correct) / len(correct)}, "params": {"trainable": 1, "total": 2,
+                                                                          "trainable_pct": 50}, **metrics}))
+
+
+def test_the_report_counts_the_items_and_pairs_the_groups_item_by_item(tmp_path):
+    """Two methods that answered the same 40 items at the same 3 seeds: the seeds+items interval and
+    the item-paired test are the crossed ones on the predictions, and the provenance is the runs'."""
+    import numpy as np
+
+    from peftlab.config.commands import ReportSchema
+    from peftlab.reporting import write_report
+    from peftlab.reporting.intervals import crossed_interval
+
+    rng = np.random.default_rng(0)
+    easy = rng.random(40) < 0.7  # items most runs get right
+    tables = {}
+    for order, name, flip in ((0, "lora", 0.1), (1, "ia3", 0.3)):
+        rows = []
+        for seed in (1, 2, 3):
+            row = [bool(e) != bool(rng.random() < flip) for e in easy]
+            rows.append([float(c) for c in row])
+            _run_with_answers(tmp_path / "sweep" / f"{order}-{name}-{seed}", name, seed, row,
+                              versions={"peftlab": "9.9", "git_commit": "abcdef1234567890", "git_dirty": False},
+                              machine={"cpu": "Test CPU", "cores": 2, "memory_gib": 4.0, "gpu": None, "os": "x"},
+                              started_at="2026-01-01T00:00:00Z", finished_at="2026-01-01T00:01:00Z")
+        tables[name] = rows
+    report = write_report([tmp_path / "sweep"], tmp_path / "report", ReportSchema(plots=False, html=False,
+                                                                                  compare=True))
+    lora = next(g for g in report["groups"] if g["setting"] == "method=lora")
+    assert lora["exact_match_ci95_items"] == pytest.approx(crossed_interval(tables["lora"]).half)
+    [pair] = report["comparisons"]
+    diffs = [[b - a for a, b in zip(ra, rb, strict=True)] for ra, rb in zip(tables["lora"], tables["ia3"], strict=True)]
+    found = crossed_interval(diffs)
+    assert pair["items_test"] == "seeds x items (3 seeds, 40 items)"
+    assert pair["items_ci95"] == pytest.approx([found.low, found.high]) and pair["items_p"] == pytest.approx(
+        found.p_zero())
+    md = (tmp_path / "report" / "results.md").read_text()
+    assert md.startswith("- code: peftlab 9.9 at commit abcdef123456\n- runs: 2026-01-01T00:00:00Z to "
+                         "2026-01-01T00:01:00Z, on Test CPU (2 cores, 4.0 GiB), no GPU\n")
+    assert f"- report: `peftlab-report {tmp_path / 'sweep'} plots=false compare=true html=false`" in md
+    assert "Letters and *separated* read the item-paired tests." in md
+
+
+def test_a_report_says_when_its_runs_were_chosen_on_the_test_split(tmp_path):
+    from peftlab.config.commands import ReportSchema
+    from peftlab.reporting import write_report
+
+    for seed in (1, 2):
+        _run_with_answers(tmp_path / "sweep" / str(seed), "lora", seed, [True, False], tune_on_test=True)
+    report = write_report([tmp_path / "sweep"], tmp_path / "report", ReportSchema(plots=False, html=False))
+    assert report["provenance"]["tuned_on_test"] == 2
+    assert "**tuned on the test split**: 2 runs were chosen by a sweeper optimising a test.* objective" in (
+        tmp_path / "report" / "results.md").read_text()

@@ -100,3 +100,31 @@ def test_a_bare_margin_is_the_primary_metrics(tmp_path):
     assert ReportSchema(equivalence=0.03).margins("exact_match") == {"test.exact_match": 0.03}
     assert ReportSchema(equivalence={"forgetting.delta": 0.05}).margins("exact_match") == {"forgetting.delta": 0.05}
     assert ReportSchema().margins("exact_match") == {}
+
+
+def test_margins_the_runs_stated_before_they_ran_make_a_finding(tmp_path):
+    """The margin every run recorded (margins= in its config) is tested as set before the runs; the
+    same margin given only to the report is post hoc."""
+    from peftlab.config.commands import ReportSchema
+    from peftlab.reporting import write_report
+
+    def sweep(folder, stated):
+        for order, name, values in ((0, "fp32", FP32), (1, "bf16_base", BF16)):
+            for seed, v in enumerate(values, 1):
+                run = folder / f"{order}-{name}-{seed}"
+                (run / ".hydra").mkdir(parents=True)
+                (run / ".hydra" / "overrides.yaml").write_text(f"- precision={name}\n- seed={seed}\n")
+                (run / "metrics.json").write_text(json.dumps({
+                    "status": "finished", "seed": seed, "method": "lora", "primary_metric": "exact_match",
+                    "test": {"exact_match": v}, "margins": stated,
+                    "params": {"trainable": 1, "total": 2, "trainable_pct": 50}}))
+        return folder
+
+    before = write_report([sweep(tmp_path / "a", {"test.exact_match": 0.03})], tmp_path / "ra",
+                          ReportSchema(plots=False, html=False))
+    after = write_report([sweep(tmp_path / "b", {})], tmp_path / "rb",
+                         ReportSchema(plots=False, html=False, equivalence=0.03))
+    assert [r["stated_before"] for r in before["equivalence"]] == [True]
+    assert [r["stated_before"] for r in after["equivalence"]] == [False]
+    assert "| ±0.03 | before the runs |" in (tmp_path / "ra" / "results.md").read_text()
+    assert "**equivalent (post hoc)**" in (tmp_path / "rb" / "results.md").read_text()
