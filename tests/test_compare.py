@@ -111,8 +111,8 @@ def _run_with_answers(folder: Path, name: str, seed: int, correct: list[bool], *
     folder.mkdir(parents=True)
     (folder / ".hydra").mkdir()
     (folder / ".hydra" / "overrides.yaml").write_text(f"- method={name}\n- seed={seed}\n")
-    (folder / "test_predictions.jsonl").write_text("".join(
-        json.dumps({"prediction": "x", "reference": f"answer {i}", "correct": c}) + "\n" for i, c in enumerate(correct)))
+    rows = [{"prediction": "x", "reference": f"answer {i}", "correct": c} for i, c in enumerate(correct)]
+    (folder / "test_predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (folder / "metrics.json").write_text(json.dumps({
         "status": "finished", "seed": seed, "method": name, "primary_metric": "exact_match", "greater_is_better": True,
         "test": {"exact_match": sum(correct) / len(correct)}, "params": {"trainable": 1, "total": 2,

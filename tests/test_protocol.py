@@ -63,7 +63,7 @@ def test_each_group_searches_its_own_lr_range_and_its_best_setting_is_tested_on_
     # lora: best at 0.004; full: 0.0001 and 0.0002 tie on exact match, the lower loss (0.0002) wins
     scores = {"0.001": (0.5, 1.0), "0.002": (0.6, 1.0), "0.004": (0.7, 1.0),
               "5e-05": (0.4, 1.0), "0.0001": (0.8, 0.9), "0.0002": (0.8, 0.5)}
-    launch, launched = fake_launcher(tmp_path, lambda o: scores[next(x for x in o if x.startswith("optim")).split("=")[1]])
+    launch, launched = fake_launcher(tmp_path, lambda o: scores[next(x for x in o if x.startswith("optim.lr="))[9:]])
     Protocol(p, gs, tmp_path).run(launch)
     search, test = launched[:6], launched[6:]
     assert all(o[-len(SEARCH_JOB):] == SEARCH_JOB and "seed=1" in o for o in search)  # never the test split

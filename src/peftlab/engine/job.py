@@ -29,8 +29,8 @@ from peftlab.engine.distributed import SECONDARY, threads_per_parallel_job
 from peftlab.engine.forgetting import Forgetting
 from peftlab.engine.module import PeftLabModule
 from peftlab.engine.precision import autocast, keep_trained_weights, precision_record
+from peftlab.engine.selection import select_weights, validate_chosen
 from peftlab.engine.trainer import best_checkpoint, finished_loggers, log_run_config, make_trainer, split_metrics
-from peftlab.errors import ConfigError
 from peftlab.methods import BuildContext, apply_method, count_parameters, peft_config_for, save_adapter
 from peftlab.models import Backbone, display_name, enable_gradient_checkpointing, load_backbone
 from peftlab.models.quantized import device_map, quantization_config
@@ -38,7 +38,7 @@ from peftlab.runs.files import atomic_path, remove_stale_temps, write_jsonl
 from peftlab.runs.memory import peak_rss_mb, reset_peak_rss
 from peftlab.runs.metrics import machine, versions
 from peftlab.runs.rerun import write_rerun_config
-from peftlab.runs.resume import RESUME_MAY_SET
+from peftlab.runs.resume import check_same_config, check_same_data
 from peftlab.tasks import Task
 
 log = logging.getLogger("peftlab.train")
@@ -198,31 +198,10 @@ class TrainingJob:
         return best_checkpoint(self.run_dir, self.task.primary_metric, self.task.greater_is_better)
 
     def select(self, trainer: L.Trainer, best: Optional[ModelCheckpoint]) -> dict[str, Any]:
-        """The weights the test split scores: the final ones, or (``validation.select=best``) those of
-        the check with the best validation metric, put back in place; what metrics.json records of it."""
-        last = {"select": "last", "step": int(trainer.global_step)}
-        if best is None:
-            return last
-        trainer.strategy.barrier()  # the first process has written the file every process reads
-        if not best.best_model_path:  # no check ran (trainer.limit_val_batches=0 is refused before)
-            return {**last, "note": "no validation check ran: the final weights"}
-        checkpoint = read_checkpoint(best.best_model_path)
-        self.module.on_load_checkpoint(checkpoint)  # exactly this run's trainable parameters
-        self.module.load_state_dict(checkpoint["state_dict"], strict=False)
-        score = float(best.best_model_score) if best.best_model_score is not None else None
-        log.info("validation.select=best: the weights of step %d (%s %s; the run ended at step %d)",
-                 checkpoint["global_step"], best.monitor, score, trainer.global_step)
-        return {"select": "best", "step": int(checkpoint["global_step"]), "metric": best.monitor.replace("/", "."),
-                "score": score, "checkpoint": str(best.best_model_path), "last_step": int(trainer.global_step)}
+        return select_weights(trainer, self.module, best)
 
     def validate(self, trainer: L.Trainer) -> Optional[dict[str, float]]:
-        """The task's metrics on the validation split, on the weights the test scores (``val`` in
-        metrics.json, what sweeps select by); None where validation is off."""
-        if self.data.limits.get("val") == 0:
-            return None
-        self.module.full_validation = True
-        results = trainer.validate(self.module, datamodule=self.data, verbose=False)
-        return split_metrics(results[0], "val")
+        return None if self.data.limits.get("val") == 0 else validate_chosen(trainer, self.module, self.data)
 
     def test(self, trainer: L.Trainer) -> dict[str, float]:
         return test_metrics(trainer, self.module, self.data)
@@ -277,38 +256,6 @@ def test_metrics(trainer: L.Trainer, module: PeftLabModule, data: TaskDataModule
     """``module``'s metrics on the data module's test split."""
     results = trainer.test(module, datamodule=data, verbose=False)
     return split_metrics(results[0], "test")
-
-
-def check_same_config(cfg: DictConfig, run_dir: Path) -> None:
-    """Resuming in place: the composed config must be the one the run started with, but for what
-    ``resume=`` lets the command line change (runs/resume.py's RESUME_MAY_SET)."""
-    saved = OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml"))
-    now = OmegaConf.to_container(cfg, resolve=True)
-    may_change = {m.rstrip("=") for m in RESUME_MAY_SET}
-
-    def first_difference(a: Any, b: Any, key: str = "") -> Optional[str]:
-        if isinstance(a, dict) and isinstance(b, dict):
-            for k in sorted(set(a) | set(b), key=str):
-                full = f"{key}.{k}" if key else str(k)
-                if full not in ("resume_from", *may_change):
-                    found = first_difference(a.get(k), b.get(k), full)
-                    if found:
-                        return found
-            return None
-        return None if a == b else f"{key} ({a!r} then, {b!r} now)"
-
-    diff = first_difference(saved, now)
-    if diff:
-        raise ConfigError(f"resume: the config differs from the one {run_dir} started with: {diff}")
-
-
-def check_same_data(saved: Optional[dict[str, str]], now: dict[str, str]) -> None:
-    """Resuming in place: every data file the checkpoint was trained on, unchanged (sha256)."""
-    for path, digest in (saved or {}).items():
-        if now.get(path) != digest:
-            what = "changed" if path in now else "is no longer read (missing, or data.path differs)"
-            raise ConfigError(f"resume: the data file {path} {what} since the checkpoint was written; a resumed run "
-                              "reads the data it started with (restore the file, or start a new run with resume_from=)")
 
 
 def full_state_dict(model: torch.nn.Module) -> Optional[dict[str, torch.Tensor]]:

@@ -71,7 +71,7 @@ def resume_command_line(argv: list[str]) -> list[str]:
     if resumed is not argv:
         from peftlab.data.sources import file_sha256
         from peftlab.engine.checkpoints import read_checkpoint
-        from peftlab.engine.job import check_same_data
+        from peftlab.runs.resume import check_same_data
 
         checkpoint = next(a.split("=", 1)[1] for a in resumed if a.startswith("resume_from="))
         saved = read_checkpoint(checkpoint).get("data_fingerprint") or {}

@@ -15,7 +15,8 @@ from omegaconf import DictConfig
 from peftlab.config import validate
 from peftlab.config.commands import ReportSchema
 from peftlab.errors import ConfigError
-from peftlab.reporting import html, protocol, scores, spectra, subspace
+from peftlab.reporting import html, scores, spectra, subspace
+from peftlab.reporting import protocol_report as protocol
 from peftlab.reporting.compare import as_records as pair_records
 from peftlab.reporting.compare import compare as pairwise
 from peftlab.reporting.compare import letters

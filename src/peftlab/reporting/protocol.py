@@ -8,16 +8,13 @@ recipe's learning rate), run at the search seeds as jobs that never read the tes
 (``test=false``). Each group's setting with the best mean validation metric is then run at fresh
 test seeds, scored on the test split once. ``protocol.json`` in the sweep folder states the plan
 (spaces, budget, metric, equivalence margins) before the first job, then every search score, the
-choices and the test jobs; ``peftlab-report`` reads it: the search jobs stay out of the test
-comparison, and the report states each group's space, budget, choice and validation score, and the
-equivalence tests at the margins set before the runs.
+choices and the test jobs; ``peftlab-report`` reads it (reporting/protocol_report.py).
 """
 
 from __future__ import annotations
 
 import datetime
 import itertools
-import json
 import logging
 import math
 import statistics
@@ -27,7 +24,7 @@ from typing import Any, Callable, Optional, Sequence
 
 from peftlab.config.checks import check
 from peftlab.errors import ConfigError
-from peftlab.reporting.runs import Run, read_run
+from peftlab.reporting.runs import read_run
 from peftlab.runs.files import write_json
 from peftlab.runs.metrics import metric_at
 
@@ -236,80 +233,3 @@ def job_folder(ret: Any) -> Optional[Path]:
         return Path(hydra_cfg.hydra.runtime.output_dir)
     working_dir = getattr(ret, "working_dir", None)
     return Path(working_dir) if working_dir else None
-
-
-# ------------------------------------------------------------------------------ reading it back
-@dataclass
-class Record:
-    """What reports read of a protocol.json."""
-
-    path: Path
-    data: dict[str, Any]
-
-    @property
-    def search_folders(self) -> set[Path]:
-        return {Path(s["folder"]).resolve() for g in self.data["groups"] for s in g["search"]}
-
-
-def read_records(inputs: Sequence[Path]) -> list[Record]:
-    """Every protocol.json under the inputs, read as data (one line naming a file it cannot read)."""
-    found = []
-    for root in inputs:
-        for path in sorted(Path(root).rglob(FILE)):
-            try:
-                data = json.loads(path.read_text())
-                groups = data["groups"]
-                assert isinstance(groups, list) and all(isinstance(g.get("search"), list) for g in groups)
-                assert isinstance(data.get("margins", {}), dict)
-            except (ValueError, KeyError, TypeError, AssertionError, AttributeError, OSError):
-                raise ConfigError(f"{path}: not a readable tune_then_test record") from None
-            found.append(Record(path, data))
-    return found
-
-
-def without_search_jobs(runs: list[Run], records: list[Record]) -> list[Run]:
-    """The runs a test comparison reads: not the search jobs, which never read the test split."""
-    search = set().union(*(r.search_folders for r in records)) if records else set()
-    return [r for r in runs if r.path.resolve() not in search]
-
-
-def to_markdown(records: list[Record]) -> str:
-    """Each group's search space, budget, choice and validation score."""
-    out = []
-    for record in records:
-        d = record.data
-        lines = ["", f"Selection on validation (hydra/sweeper=tune_then_test, {record.path}): every group searched "
-                 f"{d['budget']} jobs (its settings at search seeds {d['search_seeds']}), none of which read the test "
-                 f"split; the best mean {d['metric']} (of equal ones, the lower validation loss) chose the setting run "
-                 f"at test seeds {d['test_seeds']}. "
-                 f"Stated before the runs ({d['stated_at']}): the spaces, the budget, the metric"
-                 + (" and the equivalence margins." if d.get("margins") else "."), "",
-                 f"| group | search space | budget (jobs) | chosen | {d['metric']} of the chosen (search mean) "
-                 "| every setting's score |", "|---|---|---:|---|---:|---|"]
-        for g in d["groups"]:
-            space = "; ".join(f"{k}: {', '.join(v)}" for k, v in g["space"].items())
-            chosen = " ".join(g["chosen"]) if g["chosen"] else "— (no search job finished)"
-            score = "—" if g["chosen_score"] is None else f"{g['chosen_score']:.4f}"
-            each = ", ".join(_score_cell(g, setting) for setting in g["settings"])
-            lines.append(f"| {g['group']} | {space} | {g['budget'] * len(d['search_seeds'])} | {chosen} | {score} "
-                         f"| {each} |")
-        out.append("\n".join(lines) + "\n")
-    return "".join(out)
-
-
-def _score_cell(group: dict[str, Any], setting: list[str]) -> str:
-    values = [s["value"] for s in group["search"] if s["setting"] == setting]
-    shown = "/".join("failed" if v is None else f"{v:.4f}" for v in values)
-    return f"{' '.join(o.split('=', 1)[1] for o in setting)}: {shown or '—'}"
-
-
-def stated_margins(records: list[Record], runs: list[Run]) -> dict[str, float]:
-    """The equivalence margins stated before the runs: those of the protocols, and those every
-    finished run recorded alike (``margins=`` in its config, an experiment file's)."""
-    margins: dict[str, float] = {}
-    for record in records:
-        margins.update({str(k): float(v) for k, v in (record.data.get("margins") or {}).items()})
-    recorded = [r.metrics.get("margins") or {} for r in runs if r.status == "finished" and r.metrics]
-    if recorded and all(m == recorded[0] for m in recorded) and isinstance(recorded[0], dict):
-        margins.update({str(k): float(v) for k, v in recorded[0].items() if isinstance(v, (int, float))})
-    return margins

@@ -5,8 +5,10 @@ which may configure Hydra."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Optional
 
 import yaml
+from omegaconf import DictConfig, OmegaConf
 
 from peftlab.config.instantiate import disallowed_resolvers
 from peftlab.errors import ConfigError
@@ -66,3 +68,35 @@ def _check_as_data(overrides: list[str], path: Path, argv: list[str]) -> None:
     if wants_code and "model.trust_remote_code=true" not in argv:
         raise ConfigError(f"resume: {path} turns on model.trust_remote_code, which is not obeyed from a file; add "
                           "model.trust_remote_code=true to the command line if you trust that model's code")
+
+
+def check_same_config(cfg: DictConfig, run_dir: Path) -> None:
+    """Resuming in place: the composed config must be the one the run started with, but for what
+    ``resume=`` lets the command line change (runs/resume.py's RESUME_MAY_SET)."""
+    saved = OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml"))
+    now = OmegaConf.to_container(cfg, resolve=True)
+    may_change = {m.rstrip("=") for m in RESUME_MAY_SET}
+
+    def first_difference(a: Any, b: Any, key: str = "") -> Optional[str]:
+        if isinstance(a, dict) and isinstance(b, dict):
+            for k in sorted(set(a) | set(b), key=str):
+                full = f"{key}.{k}" if key else str(k)
+                if full not in ("resume_from", *may_change):
+                    found = first_difference(a.get(k), b.get(k), full)
+                    if found:
+                        return found
+            return None
+        return None if a == b else f"{key} ({a!r} then, {b!r} now)"
+
+    diff = first_difference(saved, now)
+    if diff:
+        raise ConfigError(f"resume: the config differs from the one {run_dir} started with: {diff}")
+
+
+def check_same_data(saved: Optional[dict[str, str]], now: dict[str, str]) -> None:
+    """Resuming in place: every data file the checkpoint was trained on, unchanged (sha256)."""
+    for path, digest in (saved or {}).items():
+        if now.get(path) != digest:
+            what = "changed" if path in now else "is no longer read (missing, or data.path differs)"
+            raise ConfigError(f"resume: the data file {path} {what} since the checkpoint was written; a resumed run "
+                              "reads the data it started with (restore the file, or start a new run with resume_from=)")
