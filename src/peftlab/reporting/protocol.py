@@ -27,6 +27,7 @@ from peftlab.errors import ConfigError
 from peftlab.reporting.runs import read_run
 from peftlab.runs.files import write_json
 from peftlab.runs.metrics import metric_at
+from peftlab.runs.sweeps import job_folder
 
 log = logging.getLogger("peftlab.sweeps")
 
@@ -224,12 +225,3 @@ class Protocol:
             score = f" ({self.key} {g.chosen_score:.4f})" if g.chosen_score is not None else ""
             lines.append(f"  {g.name}: {chosen}{score}")
         return "\n".join(lines)
-
-
-def job_folder(ret: Any) -> Optional[Path]:
-    """The folder a Hydra job ran in (run_job records it in the job's Hydra config)."""
-    hydra_cfg = getattr(ret, "hydra_cfg", None)
-    if hydra_cfg is not None:
-        return Path(hydra_cfg.hydra.runtime.output_dir)
-    working_dir = getattr(ret, "working_dir", None)
-    return Path(working_dir) if working_dir else None

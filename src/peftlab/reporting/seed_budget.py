@@ -28,6 +28,7 @@ from peftlab.reporting.intervals import Interval, two_stage_interval, two_stage_
 from peftlab.reporting.runs import read_run
 from peftlab.runs.files import write_json
 from peftlab.runs.metrics import metric_at
+from peftlab.runs.sweeps import job_folder
 
 log = logging.getLogger("peftlab.sweeps")
 
@@ -197,7 +198,7 @@ def _launch_round(groups: list[GroupBudget], pending: list[tuple[GroupBudget, in
     state["job"] += len(batch)
     for (g, s), ret in zip(pending, results, strict=True):
         g.seeds.append(s)
-        run_dir = _job_folder(ret)
+        run_dir = job_folder(ret)
         g.folders.append(str(run_dir) if run_dir else f"seed {s} (no folder)")
         value, state["key"] = job_value(run_dir, budget.metric)
         if value is None:
@@ -205,15 +206,6 @@ def _launch_round(groups: list[GroupBudget], pending: list[tuple[GroupBudget, in
         else:
             g.values.append(value)
     return results
-
-
-def _job_folder(ret: Any) -> Optional[Path]:
-    """The folder a Hydra job ran in (run_job records it in the job's Hydra config)."""
-    hydra_cfg = getattr(ret, "hydra_cfg", None)
-    if hydra_cfg is not None:
-        return Path(hydra_cfg.hydra.runtime.output_dir)
-    working_dir = getattr(ret, "working_dir", None)
-    return Path(working_dir) if working_dir else None
 
 
 def two_stage_groups(folders: Sequence[Path]) -> dict[str, dict[str, Any]]:

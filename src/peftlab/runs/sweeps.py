@@ -14,7 +14,7 @@ import logging
 import time
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
@@ -46,6 +46,15 @@ def record_lost_job(sweep_config: DictConfig, run_dir: Path, err: BaseException)
     _append_index(Path(str(sweep_config.hydra.sweep.dir)),
                   {"job": sweep_config.hydra.job.num, "event": "end", "status": "failed",
                    "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "run_dir": str(run_dir)})
+
+
+def job_folder(ret: Any) -> Optional[Path]:
+    """The folder a Hydra job ran in, from the job's return (run_job records it in the job's config)."""
+    hydra_cfg = getattr(ret, "hydra_cfg", None)
+    if hydra_cfg is not None:
+        return Path(hydra_cfg.hydra.runtime.output_dir)
+    working_dir = getattr(ret, "working_dir", None)
+    return Path(working_dir) if working_dir else None
 
 
 def _append_index(sweep: Path, row: dict[str, Any]) -> None:
