@@ -136,6 +136,7 @@ def _peak(folder: Path, job: int) -> float:
     return json.loads((folder / str(job) / "metrics.json").read_text())["memory"]["peak_rss_mb"]
 
 
+@pytest.mark.integration
 def test_each_job_has_a_process_of_its_own_so_what_one_keeps_or_how_it_dies_does_not_reach_the_next(tmp_path,
                                                                                                    cache_dir):
     """The same small job first and last; between them a job that keeps 400 MiB and one that is

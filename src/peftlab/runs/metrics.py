@@ -44,9 +44,10 @@ def git_commit() -> str | None:
 
 
 def git_dirty() -> bool | None:
-    """Whether the checkout peftlab runs from has changes to tracked files (its commit then does not
-    say exactly which code ran); None outside a git checkout (an installed wheel)."""
-    status = _git("status", "--porcelain", "--untracked-files=no")
+    """Whether the code of the checkout peftlab runs from (``src/``, ``conf/``, ``pyproject.toml``)
+    differs from its commit, which then does not say exactly which code ran; None outside a git
+    checkout (an installed wheel). Changes to docs, tests or scripts do not count."""
+    status = _git("status", "--porcelain", "--untracked-files=all", "--", ":/src", ":/conf", ":/pyproject.toml")
     return None if status is None else bool(status)
 
 
