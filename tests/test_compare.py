@@ -168,3 +168,11 @@ def test_a_report_says_when_its_runs_were_chosen_on_the_test_split(tmp_path):
     assert report["provenance"]["tuned_on_test"] == 2
     assert "**tuned on the test split**: 2 runs were chosen by a sweeper optimising a test.* objective" in (
         tmp_path / "report" / "results.md").read_text()
+
+
+def test_one_item_is_no_table_to_test_over_items():
+    from peftlab.reporting.items import ItemTable
+
+    tables = {name: ItemTable((1, 2, 3), ("a",), ((1.0,), (0.0,), (1.0,))) for name in ("x", "y")}
+    r = pair_test(group("x", [1.0, 0.0, 1.0]), group("y", [1.0, 0.0, 1.0]), "test.exact_match", tables)
+    assert r.items_ci95 is None and r.items_p is None and r.items_test == "seeds x items (3 seeds, 1 items)"

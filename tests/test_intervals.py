@@ -146,3 +146,8 @@ def test_the_two_stage_rule_is_steins():
     assert two_stage_seeds(pilot, 0.02, 5) == 5 and two_stage_seeds([0.9, 0.9], 0.02, 5) == 2
     found = two_stage_interval(pilot + [0.91, 0.89], sd, 3)
     assert found.half == pytest.approx(t_quantile(2) * sd / math.sqrt(5)) and found.df == 2
+
+
+def test_no_interval_around_an_infinity_or_a_nan():
+    assert seeds_interval([0.1, float("inf"), 0.2]).half is None
+    assert seeds_interval([0.1, float("nan")]).half is None

@@ -126,3 +126,39 @@ def test_a_real_sweep_refuses_a_test_metric_before_any_job(tmp_path, cache_dir):
     assert proc.stderr.strip().splitlines()[-1].startswith(
         "peftlab-train: error: hydra.sweeper.metric=test.exact_match: the search would choose by the test split")
     assert not (sweep / "protocol.json").exists() and not any(p.is_dir() for p in sweep.glob("*"))
+
+
+def test_a_custom_metric_needs_its_direction_and_bad_spaces_are_one_line():
+    with pytest.raises(ConfigError, match=r"hydra.sweeper.direction: give maximize or minimize with "
+                                          r"hydra.sweeper.metric=val.perplexity"):
+        plan(metric="val.perplexity")
+    assert plan(metric="val.loss").metric == "val.loss"  # a loss is minimised
+    from peftlab.reporting.protocol import parse_groups, parse_space
+
+    with pytest.raises(ConfigError, match=r"^hydra.sweeper.search must be a mapping of settings to their values"):
+        parse_space("hydra.sweeper.search", "optim.lr")
+    with pytest.raises(ConfigError, match=r"^hydra.sweeper.margins must be a mapping by name, got 0.03"):
+        parse_groups(0.03, "margins")
+    with pytest.raises(ConfigError, match=r"^hydra.sweeper.search.optim.lr must be a list of values"):
+        parse_space("hydra.sweeper.search", {"optim.lr": {"a": 1}})
+
+
+def test_a_protocol_whose_groups_get_unequal_budgets_is_refused_before_any_job(tmp_path, cache_dir):
+    """A group's own space, named by its swept setting in an experiment file, must hold as many
+    settings as the others'."""
+    experiment = tmp_path / "conf" / "experiment"
+    experiment.mkdir(parents=True)
+    (experiment / "unfair.yaml").write_text(
+        "# @package _global_\n"
+        "defaults:\n  - override /hydra/sweeper: tune_then_test\n"
+        "hydra:\n  sweeper:\n    params:\n      method: lora,ia3\n"
+        "    search:\n      optim.lr: x1\n"
+        "    group_search:\n      method=ia3:\n        optim.lr: x1,x3\n")
+    sweep = tmp_path / "sweep"
+    proc = run_cli("peftlab-train", "-m", "--config-dir", str(tmp_path / "conf"), "experiment=unfair", "debug=tiny",
+                   f"hydra.sweep.dir={sweep}")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "peftlab-train: error: hydra.sweeper.group_search: the groups' search budgets differ (method=lora: 1, "
+        "method=ia3: 2 jobs); a fair comparison gives every group the same number of search jobs")
+    assert not (sweep / "protocol.json").exists() and not any(p.is_dir() for p in sweep.glob("*"))

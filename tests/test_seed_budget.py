@@ -154,3 +154,34 @@ def test_a_seed_budget_metric_the_runs_do_not_report_is_named(tmp_path, cache_di
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1] == (
         f"peftlab-train: error: hydra.sweeper.metric: 'test.nope' is not in {tmp_path / 's' / '0' / 'metrics.json'}")
+
+
+@pytest.mark.parametrize("metric, rule", [(None, "two-stage"), ("val.exact_match", "t")])
+def test_the_report_prints_the_two_stage_interval_of_the_budgets_own_metric(tmp_path, metric, rule):
+    """The report's interval over seeds is the two-stage one for the metric the budget ran on, and
+    Student's for any other (the pilot's spread of another metric says nothing of it)."""
+    from peftlab.config.commands import ReportSchema
+    from peftlab.reporting import write_report
+
+    values = {("method=a", s): v for s, v in enumerate([0.50, 0.58, 0.54, 0.52, 0.56, 0.55], 1)}
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    launch, _ = fake_launcher(sweep, values)
+
+    def with_val(batch, first_job):  # every job reports the same figure on validation too
+        returns = launch(batch, first_job)
+        for ret in returns:
+            path = Path(ret.working_dir) / "metrics.json"
+            m = json.loads(path.read_text())
+            path.write_text(json.dumps({**m, "val": m["test"]}))
+        return returns
+
+    budget = Budget(half_width=0.05, min_seeds=3, max_seeds=6, metric=metric)
+    run_rounds([["method=a"]], [1, 2, 3], budget, sweep, with_val)
+    report = write_report([sweep], tmp_path / "report", ReportSchema(plots=False, html=False))
+    [row] = report["groups"]
+    values_run = [values[("method=a", s)] for s in range(1, row["n"] + 1)]
+    assert row["exact_match_ci95_rule"] == rule
+    expected = stats.t.ppf(0.975, 2) * statistics.stdev(values_run[:3]) / math.sqrt(row["n"]) if rule == "two-stage" \
+        else stats.t.ppf(0.975, row["n"] - 1) * statistics.stdev(values_run) / math.sqrt(row["n"])
+    assert row["exact_match_ci95"] == pytest.approx(expected)

@@ -14,14 +14,16 @@ from safetensors.torch import load_file
 from conftest import compose, evaluate_cfg, run_cli, train
 
 BEST = ["debug=tiny", "model=tiny_bert", "data=reviews", "trainer.max_steps=8", "validation.select=best",
-        "optim.lr=0.05", "zero_shot=false", "merge_after=false", "logger=csv", "forgetting=null"]
+        "optim.lr=0.05", "zero_shot=false", "merge_after=false", "logger=csv", "forgetting=null",
+        "callbacks.checkpoint.every_n_train_steps=2", "callbacks.checkpoint.save_top_k=-1"]
 
 
 @pytest.fixture(scope="module")
 def best_run(tmp_path_factory, cache_dir):
+    from peftlab import api
+
     run_dir = tmp_path_factory.mktemp("select") / "best"
-    run_dir.mkdir()
-    return run_dir, train(compose(BEST, run_dir=run_dir))
+    return run_dir, api.train([*BEST, f"hydra.run.dir={run_dir}"])  # as the command writes it (.hydra/ too)
 
 
 def _checks(run_dir):
@@ -41,7 +43,9 @@ def test_the_best_checks_weights_are_the_ones_tested_and_saved(best_run, tmp_pat
     # the validation recorded is that check's, measured again on the weights put back
     assert m["val"]["accuracy"] == pytest.approx(best[1]) and m["val"]["loss"] == pytest.approx(best[2], rel=1e-5)
     # the saved adapter holds the best check's weights, not the last ones
-    chosen = torch.load(m["selection"]["checkpoint"], weights_only=True)["state_dict"]
+    assert m["selection"]["checkpoint"] == str(run_dir / "checkpoints" / "best" / f"step-{best[0]}.safetensors")
+    assert [p.name for p in (run_dir / "checkpoints" / "best").iterdir()] == [f"step-{best[0]}.safetensors"]
+    chosen = load_file(m["selection"]["checkpoint"])  # the LightningModule's names, as in a checkpoint
     last = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     saved = load_file(run_dir / "adapter" / "adapter_model.safetensors")
     as_saved = {k.removeprefix("model.").replace(".modules_to_save.default.", ".").replace(".default.", "."): k
@@ -103,3 +107,30 @@ def test_tuning_on_the_test_split_is_allowed_when_said_and_recorded(tmp_path, ca
     assert proc.returncode == 0, proc.stderr[-2000:]
     m = json.loads((sweep / "0" / "metrics.json").read_text())
     assert m["tune_on_test"] is True and m["objective"] == "test.loss"
+
+
+def test_a_run_resumed_from_a_checkpoint_written_before_its_check_makes_that_check_and_chooses_alike(
+        best_run, tmp_path):
+    """A step checkpoint is written before that step's validation, and a fit resumed from it skips
+    the validation: the run must make that check itself, or its choice could differ."""
+    import shutil
+
+    from peftlab import api
+
+    full_dir, full = best_run
+    killed = tmp_path / "killed"
+    api.train([*BEST, f"hydra.run.dir={killed}"])  # the same run, then undone to how a kill after step 4 leaves it
+    for done in ("metrics.json", "adapter", "test_predictions.jsonl", "logs"):  # a run killed after step 4
+        shutil.rmtree(killed / done) if (killed / done).is_dir() else (killed / done).unlink()
+    for late in ("step-6.ckpt", "step-8.ckpt", "last.ckpt"):
+        (killed / "checkpoints" / late).unlink(missing_ok=True)
+    for stale in (killed / "checkpoints" / "best").iterdir():
+        stale.unlink()
+    saved = torch.load(killed / "checkpoints" / "step-4.ckpt", weights_only=True)
+    assert saved["callbacks"]["BestCheck"]["checks"] == {2: pytest.approx(full["selection"]["checks"]["2"])}
+    again = api.train([f"resume={killed}"])
+    assert again["selection"]["checks"] == full["selection"]["checks"]  # the check at step 4 was made
+    assert (again["selection"]["step"], again["val"], again["test"]) == (full["selection"]["step"], full["val"],
+                                                                         full["test"])
+    assert (killed / "adapter" / "adapter_model.safetensors").read_bytes() == \
+        (full_dir / "adapter" / "adapter_model.safetensors").read_bytes()

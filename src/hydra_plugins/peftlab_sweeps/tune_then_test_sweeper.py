@@ -51,7 +51,8 @@ class TuneThenTestSweeper(Sweeper):
                  direction: Optional[str] = None, margins: Optional[Dict[str, float]] = None) -> None:
         self.params = dict(params or {})
         self.settings = dict(search=_plain(search), group_search=_plain(group_search),
-                             search_seeds=list(search_seeds or [1]), test_seeds=list(test_seeds or [2, 3, 4]),
+                             search_seeds=_plain([1] if search_seeds is None else search_seeds),
+                             test_seeds=_plain([2, 3, 4] if test_seeds is None else test_seeds),
                              metric=metric, direction=direction, margins=_plain(margins))
         self.hydra_context: Optional[HydraContext] = None
         self.config: Optional[DictConfig] = None
@@ -65,30 +66,32 @@ class TuneThenTestSweeper(Sweeper):
     def sweep(self, arguments: List[str]) -> List[Sequence[JobReturn]]:
         from hydra_plugins.peftlab_sweeps.seed_budget_sweeper import _grid
         from peftlab.errors import ConfigError
-        from peftlab.reporting.protocol import GroupPlan, Plan, Protocol, parse_values
+        from peftlab.reporting.protocol import GroupPlan, Plan, Protocol, parse_groups, parse_space
 
         assert self.config is not None and self.launcher is not None and self.hydra_context is not None
         s = self.settings
-        plan = Plan(search={k: parse_values(k, v) for k, v in s["search"].items()},
-                    group_search={g: {k: parse_values(k, v) for k, v in space.items()}
-                                  for g, space in s["group_search"].items()},
+        for key in ("search_seeds", "test_seeds"):
+            if not isinstance(s[key], list):
+                raise ConfigError(f"hydra.sweeper.{key} must be a list of seeds ([2, 3, 4]), got {s[key]!r}")
+        plan = Plan(search=parse_space("hydra.sweeper.search", s["search"] or {}),
+                    group_search={g: parse_space(f"hydra.sweeper.group_search.{g}", space)
+                                  for g, space in parse_groups(s["group_search"] or {}).items()},
                     search_seeds=s["search_seeds"], test_seeds=s["test_seeds"], metric=s["metric"],
-                    direction=s["direction"], margins={str(k): v for k, v in s["margins"].items()},
+                    direction=s["direction"], margins=parse_groups(s["margins"] or {}, "margins"),
                     tune_on_test=bool(self.config.get("tune_on_test")))
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
         overrides = parser.parse_overrides([f"{k}={v}" for k, v in self.params.items()] + list(arguments))
         if any(o.key_or_group == "seed" for o in overrides):
             raise ConfigError("seed: tune_then_test runs hydra.sweeper.search_seeds, then hydra.sweeper.test_seeds; "
                               "give those instead")
-        groups = [GroupPlan(g, {}) for g in _grid(overrides)]
         swept = {o.get_key_element() for o in overrides if o.is_sweep_override()}
-        names = {g.name: g for g in groups}
+        groups = [GroupPlan(g, {}, shown=[o for o in g if o.split("=", 1)[0] in swept]) for g in _grid(overrides)]
+        names = [g.name for g in groups]
         for name in plan.group_search:
             if name not in names:
                 raise ConfigError(f"hydra.sweeper.group_search: {name!r} is not a group of this sweep (its groups: "
                                   f"{', '.join(names)})")
         for g in groups:
-            g.shown = [o for o in g.overrides if o.split("=", 1)[0] in swept]
             g.space = plan.group_search.get(g.name, plan.search)
             g.resolve(self._own_value)
         sweep_dir = Path(self.config.hydra.sweep.dir)
@@ -109,7 +112,6 @@ class TuneThenTestSweeper(Sweeper):
         return self.launcher.launch(batch, initial_job_idx=initial_job_idx)
 
 
-def _plain(node: Any) -> Dict[str, Any]:
-    if node is None:
-        return {}
-    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else dict(node)
+def _plain(node: Any) -> Any:
+    """A config node as plain Python (what the plan checks, with one line for each mistake)."""
+    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node

@@ -17,7 +17,6 @@ from typing import Any, Optional
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
-from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from peftlab.config.commands import TrainSchema
@@ -29,8 +28,8 @@ from peftlab.engine.distributed import SECONDARY, threads_per_parallel_job
 from peftlab.engine.forgetting import Forgetting
 from peftlab.engine.module import PeftLabModule
 from peftlab.engine.precision import autocast, keep_trained_weights, precision_record
-from peftlab.engine.selection import select_weights, validate_chosen
-from peftlab.engine.trainer import best_checkpoint, finished_loggers, log_run_config, make_trainer, split_metrics
+from peftlab.engine.selection import BestCheck, select_weights, validate_chosen
+from peftlab.engine.trainer import finished_loggers, log_run_config, make_trainer, split_metrics
 from peftlab.methods import BuildContext, apply_method, count_parameters, peft_config_for, save_adapter
 from peftlab.models import Backbone, display_name, enable_gradient_checkpointing, load_backbone
 from peftlab.models.quantized import device_map, quantization_config
@@ -191,13 +190,13 @@ class TrainingJob:
                 f"; the last good checkpoint: {last}" if last.exists() else "")
             raise
 
-    def best_checkpoint(self) -> Optional[ModelCheckpoint]:
+    def best_checkpoint(self) -> Optional[BestCheck]:
         """``validation.select=best``: the callback that keeps the best validation check's weights."""
         if self.conf.validation.select != "best" or self.dry:
             return None
-        return best_checkpoint(self.run_dir, self.task.primary_metric, self.task.greater_is_better)
+        return BestCheck(self.run_dir, self.task.primary_metric, self.task.greater_is_better)
 
-    def select(self, trainer: L.Trainer, best: Optional[ModelCheckpoint]) -> dict[str, Any]:
+    def select(self, trainer: L.Trainer, best: Optional[BestCheck]) -> dict[str, Any]:
         return select_weights(trainer, self.module, best)
 
     def validate(self, trainer: L.Trainer) -> Optional[dict[str, float]]:

@@ -128,8 +128,9 @@ def objective_key(conf: TrainSchema, task: Task) -> str:
     return conf.objective
 
 
-# Hydra's sweepers that run every job they are given and choose none by its objective
-GRID_SWEEPERS = ("BasicSweeper",)
+# sweepers that never choose a setting by the objective: Hydra's grid, and the seed budget (which
+# decides how many seeds to run by its own metric, under a rule that keeps its intervals honest)
+GRID_SWEEPERS = ("BasicSweeper", "SeedBudgetSweeper")
 
 
 def tuning_on_test(objective: str, allowed: bool, sweeper_target: str) -> Optional[str]:

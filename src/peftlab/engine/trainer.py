@@ -113,16 +113,6 @@ def make_trainer(conf: TrainSchema, evaluation: bool = False, extra: tuple[Any, 
     )
 
 
-def best_checkpoint(run_dir: Any, metric: str, greater_is_better: bool) -> ModelCheckpoint:
-    """The checkpoint of the validation check with the best ``val/<metric>`` (``validation.select=best``):
-    ``checkpoints/best-<step>.ckpt``, the trainable weights only; an equal later score keeps the earlier."""
-    from pathlib import Path
-
-    return ModelCheckpoint(dirpath=Path(run_dir) / "checkpoints", filename="best-{step}", monitor=f"val/{metric}",
-                           mode="max" if greater_is_better else "min", save_top_k=1, save_last=False,
-                           save_weights_only=True, auto_insert_metric_name=False, save_on_train_epoch_end=False)
-
-
 def make_eval_trainer(conf: EvalSchema) -> L.Trainer:
     """A Trainer for ``peftlab-eval``: test only, no logger, no checkpoints."""
     quiet_lightning()

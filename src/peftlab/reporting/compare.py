@@ -77,7 +77,8 @@ def pair_test(first: Group, second: Group, key: str, tables: Optional[dict[str, 
     else:
         found = crossed_interval(table)
         pair.items_test = f"seeds x items ({len(table)} seeds, {len(table[0])} items)"
-        pair.items_ci95, pair.items_p = (found.low, found.high), found.p_zero()
+        pair.items_ci95 = None if found.half is None else (found.low, found.high)
+        pair.items_p = found.p_zero()
     return pair
 
 

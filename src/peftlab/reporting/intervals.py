@@ -71,7 +71,7 @@ def seeds_interval(values: Sequence[float], level: float = LEVEL) -> Interval:
     """Student's t interval of the mean of one value per seed (items fixed)."""
     n = len(values)
     mean = statistics.fmean(values) if n else float("nan")
-    if n < 2:
+    if n < 2 or not all(math.isfinite(v) for v in values):  # no interval around an infinity or a NaN
         return Interval(mean, None, None, n)
     return Interval(mean, t_quantile(n - 1, level) * statistics.stdev(values) / math.sqrt(n), n - 1, n)
 

@@ -71,13 +71,33 @@ class Plan:
         if self.direction is not None:
             check(self.direction in ("maximize", "minimize"), key + "direction", "must be maximize, minimize or null",
                   self.direction)
+        elif self.metric is not None and not self.metric.endswith("loss"):
+            raise ConfigError(f"{key}direction: give maximize or minimize with {key}metric={self.metric} (only the "
+                              "default metric's direction, the task's own, is known)")
         for name, margin in self.margins.items():
             check(isinstance(margin, (int, float)) and not isinstance(margin, bool) and math.isfinite(margin)
                   and margin > 0, f"{key}margins.{name}", "must be a finite number > 0", margin)
 
 
+def parse_groups(value: Any, key: str = "group_search") -> dict[str, Any]:
+    """A mapping by name (a group's space, a metric's margin), or one line naming ``key``."""
+    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+        raise ConfigError(f"hydra.sweeper.{key} must be a mapping by name, got {value!r}")
+    return dict(value)
+
+
+def parse_space(key: str, space: Any) -> dict[str, list[str]]:
+    """A search space: {setting: values}, each value list as parse_values reads it."""
+    if not isinstance(space, dict) or not all(isinstance(k, str) for k in space):
+        raise ConfigError(f"{key} must be a mapping of settings to their values ({{optim.lr: 'x0.3,x1,x3'}}), "
+                          f"got {space!r}")
+    return {k: parse_values(k, v) for k, v in space.items()}
+
+
 def parse_values(key: str, value: Any) -> list[str]:
     """A search space's values: a list, or Hydra's comma-separated form ("1e-4,3e-4" / "x0.3,x1,x3")."""
+    if not isinstance(value, (list, tuple, str, int, float)) or isinstance(value, bool):
+        raise ConfigError(f"hydra.sweeper.search.{key} must be a list of values or 'a,b,c', got {value!r}")
     values = [str(v).strip() for v in value] if isinstance(value, (list, tuple)) else [
         v.strip() for v in str(value).split(",")]
     check(bool(values) and all(values), f"hydra.sweeper.search.{key}", "must list at least one value", value)
@@ -170,11 +190,17 @@ class Protocol:
             "budget": len(self.groups[0].settings) * len(p.search_seeds) if self.groups else 0,
             "margins": p.margins, "tune_on_test": p.tune_on_test, "groups": [g.record() for g in self.groups]})
 
+    def search_job(self) -> list[str]:
+        """What a search job never does: read the test split (unless the search is let choose by it)."""
+        reads_test = (self.plan.metric or "").startswith(("test.", "zero_shot."))
+        return [o for o in SEARCH_JOB if not (reads_test and o.startswith(("test=", "zero_shot=")))]
+
     def run(self, launch: Callable[[list[list[str]], int], Sequence[Any]]) -> list[Sequence[Any]]:
         """Search every group (one round), choose, then test every choice (one round)."""
         self.write()
         jobs = [(g, setting, seed) for g in self.groups for setting in g.settings for seed in self.plan.search_seeds]
-        returns = [launch([g.overrides + setting + [f"seed={seed}", *SEARCH_JOB] for g, setting, seed in jobs], 0)]
+        search = self.search_job()
+        returns = [launch([g.overrides + setting + [f"seed={seed}", *search] for g, setting, seed in jobs], 0)]
         for (g, setting, seed), ret in zip(jobs, returns[0], strict=True):
             folder = job_folder(ret)
             value, loss = self._value(folder)
@@ -208,7 +234,7 @@ class Protocol:
         m = run.metrics
         if self.plan.metric is None:
             self.key = f"val.{m.get('primary_metric') or 'loss'}"
-        greater = bool(m.get("greater_is_better", True)) if self.key == f"val.{m.get('primary_metric')}" else \
+        greater = bool(m.get("greater_is_better", True)) if self.key.endswith(f".{m.get('primary_metric')}") else \
             not self.key.endswith("loss")
         self.greater_is_better = {"maximize": True, "minimize": False}.get(self.plan.direction or "", greater)
         value, loss = metric_at(m, self.key), metric_at(m, "val.loss")

@@ -210,7 +210,8 @@ def _launch_round(groups: list[GroupBudget], pending: list[tuple[GroupBudget, in
 
 def two_stage_groups(folders: Sequence[Path]) -> dict[str, dict[str, Any]]:
     """Every seed-budget group recorded under ``folders`` (their ``seed_budget.json``), by each of
-    its job folders: what a report needs for the two-stage interval (the pilot's seeds and spread)."""
+    its job folders: what a report needs for the two-stage interval (the pilot's seeds and spread,
+    and the metric the budget was run on)."""
     found: dict[str, dict[str, Any]] = {}
     for root in folders:
         for path in sorted(Path(root).rglob(FILE)):
@@ -224,6 +225,7 @@ def two_stage_groups(folders: Sequence[Path]) -> dict[str, dict[str, Any]]:
                 if not isinstance(pilot.get("sd"), (int, float)) or not isinstance(pilot.get("seeds"), int):
                     continue  # a record of the rule before the two-stage one: its groups get the plain interval
                 for folder in group.get("folders") or []:
-                    found[str(Path(folder).resolve())] = {"pilot_sd": float(pilot["sd"]),
-                                                          "pilot_seeds": pilot["seeds"], "group": group.get("group")}
+                    found[str(Path(folder).resolve())] = {
+                        "pilot_sd": float(pilot["sd"]), "pilot_seeds": pilot["seeds"], "metric": record.get("metric"),
+                        "group": (str(path), group.get("group"))}  # one budget group of one sweep
     return found

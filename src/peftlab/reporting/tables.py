@@ -55,7 +55,8 @@ def _seeds_interval(group: Group, key: str, found: dict[str, Any],
     """The half-width over seeds and its rule: Stein's two-stage interval for a group the seed budget
     ran (every run of it in one budget group), Student t otherwise."""
     recorded = [budgets.get(str(r.path.resolve())) for r in group.finished]
-    if recorded and all(recorded) and len({b["group"] for b in recorded}) == 1 and found["n"]:
+    one = bool(recorded) and all(recorded) and len({b["group"] for b in recorded}) == 1
+    if one and recorded[0]["metric"] == key and found["n"]:  # the budget's own metric, one group of one sweep
         values = [v for r in group.finished if (v := metric_at(r.metrics, key)) is not None]
         return two_stage_interval(values, recorded[0]["pilot_sd"], recorded[0]["pilot_seeds"]).half, "two-stage"
     return found["ci95"], "t"
