@@ -128,3 +128,17 @@ def test_margins_the_runs_stated_before_they_ran_make_a_finding(tmp_path):
     assert [r["stated_before"] for r in after["equivalence"]] == [False]
     assert "| ±0.03 | before the runs |" in (tmp_path / "ra" / "results.md").read_text()
     assert "**equivalent (post hoc)**" in (tmp_path / "rb" / "results.md").read_text()
+
+
+def test_the_verdicts_are_holm_corrected_over_the_pairs_of_a_metric():
+    """Three groups a little apart: a and b alone would be called different at 0.05 (p 0.044), not
+    within the family of three pairs (Holm: 0.089), as the pairwise comparisons say."""
+    from peftlab.reporting.compare import holm
+
+    groups = [group("a", [0.50, 0.52, 0.51]), group("b", [0.53, 0.545, 0.56]), group("c", [0.55, 0.58, 0.565])]
+    found = equivalence(groups, {"test.exact_match": 0.001})
+    raw = [r.p_difference for r in found]
+    assert [r.p_difference_holm for r in found] == pytest.approx(holm(raw))
+    assert [r.p_tost_holm for r in found] == pytest.approx(holm([r.p_tost for r in found]))
+    assert [p < 0.05 for p in raw].count(True) > [r.verdict == "different" for r in found].count(True)
+    assert all((r.verdict == "different") == (r.p_difference_holm < 0.05) for r in found)

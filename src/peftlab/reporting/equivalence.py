@@ -4,7 +4,9 @@ For every pair of groups, the difference (second minus first) of a metrics.json 
 against a margin ``m``: the two groups are *equivalent within ±m* when both one-sided tests reject
 (the difference is above -m and below +m at level 0.05, so the 90% interval of the difference lies
 inside ±m); *different* when they are not and the two-sided test rejects a zero difference at 0.05;
-*not resolved* otherwise (too few seeds, or too much spread, to say either).
+*not resolved* otherwise (too few seeds, or too much spread, to say either). Over several pairs, both
+p-values are Holm-corrected over the pairs of each metric (as the pairwise comparisons are), so that
+neither verdict is claimed for some pair of a family by chance.
 
 The test is paired by seed when both groups ran the same seeds (the difference of each seed's
 runs, Student t with n-1 degrees of freedom), Welch's unequal-variance test otherwise
@@ -16,6 +18,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Optional
 
+from peftlab.reporting.compare import holm
 from peftlab.reporting.differences import by_seed, difference, interval_cell, p_cell, signed
 from peftlab.reporting.runs import Group
 
@@ -36,10 +39,12 @@ class Tost:
     df: Optional[float]
     p_tost: Optional[float]  # the larger of the two one-sided p-values
     p_difference: Optional[float]  # two-sided, zero difference
-    verdict: str
+    verdict: str  # read from the Holm-corrected p-values over the pairs of this metric
     # whether the margin was stated before the runs (a protocol's); a margin chosen after seeing the
     # results makes "equivalent" a description, not a finding: the table says "post hoc"
     stated_before: bool = False
+    p_tost_holm: Optional[float] = None
+    p_difference_holm: Optional[float] = None
 
 
 def tost(first: Group, second: Group, key: str, margin: float) -> Tost:
@@ -68,9 +73,16 @@ def tost(first: Group, second: Group, key: str, margin: float) -> Tost:
 def equivalence(groups: list[Group], margins: dict[str, float],
                 stated: Optional[dict[str, float]] = None) -> list[Tost]:
     """TOST for every pair of groups and every ``key: margin``; ``stated``: the margins set before the runs."""
-    results = [tost(g, h, key, m) for key, m in margins.items() for i, g in enumerate(groups) for h in groups[i + 1:]]
-    for r in results:
-        r.stated_before = (stated or {}).get(r.key) == r.margin
+    results = []
+    for key, m in margins.items():
+        family = [tost(g, h, key, m) for i, g in enumerate(groups) for h in groups[i + 1:]]
+        for r, p_tost, p_diff in zip(family, holm([r.p_tost for r in family]), holm([r.p_difference for r in family]),
+                                     strict=True):
+            r.p_tost_holm, r.p_difference_holm = p_tost, p_diff
+            r.verdict = "equivalent" if p_tost is not None and p_tost < ALPHA else "different" if (
+                p_diff is not None and p_diff < ALPHA) else "not resolved"
+            r.stated_before = (stated or {}).get(key) == m
+        results += family
     return results
 
 
@@ -78,17 +90,18 @@ def to_markdown(results: list[Tost]) -> str:
     """The TOST table. A margin given to the report (after the runs) marks its verdict "post hoc"."""
     lines = ["", "Equivalence (two one-sided t tests at 0.05: equivalent when the 90% interval of the "
              "difference lies inside ±margin; different when a zero difference is rejected at 0.05; "
-             "otherwise not resolved). Only *equivalent* at a margin set before the runs says that two groups "
-             "perform alike; at a margin given after them the verdict is marked post hoc.", "",
+             "otherwise not resolved; both p-values Holm-corrected over the pairs of each metric). Only *equivalent* "
+             "at a margin set before the runs says that two groups perform alike; at a margin given after them the "
+             "verdict is marked post hoc.", "",
              "| metric | first | second | margin | margin set | test | difference (second − first) | 90% CI "
-             "| p (TOST) | p (difference) | verdict |",
+             "| p (TOST, Holm) | p (difference, Holm) | verdict |",
              "|---|---|---|---:|---|---|---:|---|---:|---:|---|"]
     for r in results:
         when = "before the runs" if r.stated_before else "after the runs"
         verdict = r.verdict + ("" if r.stated_before or r.verdict != "equivalent" else " (post hoc)")
         lines.append(f"| {r.key} | {r.first} | {r.second} | ±{r.margin:g} | {when} | {r.test} "
-                     f"| {signed(r.difference)} | {interval_cell(r.ci90)} | {p_cell(r.p_tost)} "
-                     f"| {p_cell(r.p_difference)} | **{verdict}** |")
+                     f"| {signed(r.difference)} | {interval_cell(r.ci90)} | {p_cell(r.p_tost_holm)} "
+                     f"| {p_cell(r.p_difference_holm)} | **{verdict}** |")
     return "\n".join(lines) + "\n"
 
 
