@@ -35,11 +35,12 @@ $(STAMP): pyproject.toml
 run: setup
 	$(VENV)/bin/peftlab-train $(ARGS)
 
+# loadfile: every test file on one worker, so that its module fixtures (a shared run, a sweep) run once
 test: setup
-	$(PY) -m pytest -q -n $(WORKERS) --durations=15 $(ARGS)
+	$(PY) -m pytest -q -n $(WORKERS) --dist loadfile --durations=15 $(ARGS)
 
 test-integration: setup browser
-	$(PY) -m pytest -q -n $(WORKERS) -m integration --durations=15 $(ARGS)
+	$(PY) -m pytest -q -n $(WORKERS) --dist loadfile -m integration --durations=15 $(ARGS)
 
 # results.html is tested in Debian's chromium: installed here where root and apt-get allow it,
 # otherwise that one test is skipped and says why
@@ -50,7 +51,7 @@ browser:
 	      --no-install-recommends chromium >/dev/null; }; } || echo "no chromium: the results page's browser test is skipped"; }
 
 test-all: setup browser
-	$(PY) -m pytest -q -n $(WORKERS) -m 'not slow and not gpu' --durations=15 $(ARGS)
+	$(PY) -m pytest -q -n $(WORKERS) --dist loadfile -m 'not slow and not gpu' --durations=15 $(ARGS)
 
 test-slow: setup
 	$(PY) -m pytest -q -m slow $(ARGS)

@@ -91,6 +91,7 @@ def test_evaluate_merge_and_report(runs, tmp_path):
     assert (tmp_path / "report" / "results.md").exists()
 
 
+@pytest.mark.integration  # a kill and a resume through the console script: CI's integration run
 def test_a_run_started_from_python_resumes_from_the_command_line(tmp_path, cache_dir):
     folder = tmp_path / "run"
     done = peftlab.train([*TINY, "merge_after=false", f"hydra.run.dir={folder}"])

@@ -98,6 +98,7 @@ def test_two_nodes_of_one_process_under_torchrun(tmp_path, cache_dir):
     assert metrics["train"]["steps"] == 6 and (run_dir / "adapter" / "adapter_model.safetensors").exists()
 
 
+@pytest.mark.integration  # a sweep of processes: CI's integration run
 def test_a_distributed_job_under_a_local_sweep_launcher_is_refused(tmp_path, cache_dir):
     proc = run_cli("peftlab-train", "-m", "debug=tiny", "hardware=ddp_cpu", "seed=1,2", f"hydra.sweep.dir={tmp_path}")
     assert proc.returncode != 0

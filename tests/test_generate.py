@@ -32,6 +32,7 @@ def test_the_answers_are_the_ones_the_test_saw(lm_run):
     assert merged == answers
 
 
+@pytest.mark.integration  # the console script end to end: CI's integration run
 def test_the_command_prints_one_answer_per_prompt(lm_run, tmp_path):
     prompt = json.loads((BUILTIN_DIR / "dates" / "test.jsonl").read_text().splitlines()[0])["prompt"]
     expected = peftlab.generate(lm_run, [prompt])[0]["answer"]

@@ -97,6 +97,7 @@ def test_mixed_adapter_batches_route_each_row_through_its_own_adapter(runs, cach
     assert not torch.allclose(alone[0], alone[2])  # the rows did go through different adapters
 
 
+@pytest.mark.integration  # each case through the console script: CI's integration run
 def test_bad_runs_give_one_line_and_exit_2(runs, tmp_path):
     cases = [([f"runs=[{runs['lora_dates']}]", f"run_dir={runs['lora_dates']}"], "runs and run_dir exclude each other"),
              ([f"runs=[{tmp_path}]"], "is neither a finished peftlab-train run folder"),

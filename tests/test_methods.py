@@ -33,6 +33,21 @@ FAMILIES = {  # family -> (model, data, extra overrides)
 }
 # GPT-2 has fused Conv1D layers, which some peft tuners refuse (with a clear message)
 MAY_REFUSE = {"gpt2"}
+# the fast suite runs every method on one causal LM and on classification; CI's integration run on
+# every family (the other architectures: fused Conv1D layers, sliding-window and tied-embedding models)
+FAST_FAMILIES = {"llama", "bert_cls"}
+
+
+def by_family(cells: list[tuple[str, str]], fast=FAST_FAMILIES) -> list:
+    """The cells, those of the families beyond ``fast`` marked for CI's integration run."""
+    return [pytest.param(m, f, marks=pytest.mark.integration) if f not in fast else (m, f) for m, f in cells]
+
+
+def fast_few(values: list, fast: set) -> list:
+    """``values``, those beyond ``fast`` marked for CI's integration run (a check repeated per method)."""
+    return [v if v in fast else pytest.param(v, marks=pytest.mark.integration) for v in values]
+# whole runs in the fast suite: one method of each kind on the causal LM (test_method_cell trains every method)
+FAST_RUNS = {"lora", "ia3", "prefix", "prompt", "full"}
 TASK_TYPES = {"dates": "causal_lm", "reviews": "seq_cls"}
 # the cells where the method serves the family's task (trainable tokens: language models only)
 CELLS = [(m, f) for m in sorted(METHODS) for f in FAMILIES
@@ -53,6 +68,13 @@ def _tuner_cells() -> list[tuple[str, str]]:
 
 
 TUNER_CELLS = _tuner_cells()
+# method=peft's own path, fast on a few tuners of different kinds; every probed tuner in CI's integration run
+FAST_TUNERS = {"peft:LORA", "peft:PROMPT_TUNING", "peft:BOFT", "peft:VBLORA"}
+
+
+def tuner_cells_by_speed(cells: list[tuple[str, str]]) -> list:
+    """The probed tuners' cells, those beyond FAST_TUNERS marked for CI's integration run."""
+    return [c if c[0] in FAST_TUNERS else pytest.param(*c, marks=pytest.mark.integration) for c in cells]
 
 
 def hydra_value(value) -> str:
@@ -103,7 +125,7 @@ def base_view(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
             for name, p in base.named_parameters(remove_duplicate=False)}
 
 
-@pytest.mark.parametrize("method,family", CELLS + TUNER_CELLS)
+@pytest.mark.parametrize("method,family", by_family(CELLS) + tuner_cells_by_speed(TUNER_CELLS))
 def test_method_cell(method, family, cache_dir, tmp_path):
     from peft import PeftModel
 
@@ -159,7 +181,9 @@ def test_method_cell(method, family, cache_dir, tmp_path):
     assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("method,family", [(m, f) for m, f in CELLS if f in ("llama", "gpt2", "bert_cls")])
+@pytest.mark.parametrize("method,family", [
+    c if c[1] == "llama" and c[0] in FAST_RUNS else pytest.param(*c, marks=pytest.mark.integration)
+    for c in CELLS if c[1] in ("llama", "gpt2", "bert_cls")])
 def test_training_run_and_eval_reproduce(method, family, cache_dir, tmp_path):
     """A real (in-process) training run per cell; peftlab-eval on its folder gives its test metrics.
     No merge and no forgetting measurement here: tests/test_merge.py merges every mergeable method
@@ -198,7 +222,8 @@ def test_prefix_refuses_gradient_checkpointing():
         validate(compose(["method=prefix", "model.gradient_checkpointing=true"]))
 
 
-@pytest.mark.parametrize("method", [m for m in sorted(METHODS) if m != "prefix"])
+@pytest.mark.parametrize("method", fast_few([m for m in sorted(METHODS) if m != "prefix"],
+                                            {"lora", "ia3", "prompt", "full", "vera"}))
 def test_gradient_checkpointing_still_trains(method, cache_dir):
     from peftlab.models import enable_gradient_checkpointing
 

@@ -42,7 +42,12 @@ class LayoutProbe(L.Callback):
                          for n, p in module.model.named_parameters() if p.requires_grad or id(p) in self.base_ids]
 
 
-@pytest.mark.parametrize("method,data", CELLS)
+# the fast suite: LoRA (causal LM and classification), IA3 and prompt tuning; CI's integration run every method
+FAST_CELLS = {("lora", "dates"), ("lora", "reviews"), ("ia3", "dates"), ("prompt", "dates")}
+
+
+@pytest.mark.parametrize("method,data", [c if c in FAST_CELLS else pytest.param(*c, marks=pytest.mark.integration)
+                                         for c in CELLS])
 def test_bf16_base_stores_the_base_in_bf16_and_trains_in_fp32(method, data, tmp_path, cache_dir):
     """The frozen base is bf16, every trained weight, its gradient and its AdamW moments fp32, no
     frozen weight gets a gradient, and the loss is finite."""

@@ -73,8 +73,13 @@ MODES = [("adapter_off", False), ("frozen_adapter", True), ("precomputed", False
          ("separate", False)]
 
 
-@pytest.mark.parametrize("loss", ["sigmoid", "ipo"])
-@pytest.mark.parametrize("mode,after_sft", MODES, ids=[f"{m}{'-after-sft' if s else ''}" for m, s in MODES])
+# every reference mode with DPO's loss; IPO's in one mode (in every mode in CI's integration run)
+STEP_0 = [(m, s, loss) for loss in ("sigmoid", "ipo") for m, s in MODES]
+
+
+@pytest.mark.parametrize("mode,after_sft,loss", [
+    c if c[2] == "sigmoid" or c[0] == "adapter_off" else pytest.param(*c, marks=pytest.mark.integration)
+    for c in STEP_0], ids=[f"{m}{'-after-sft' if s else ''}-{loss}" for m, s, loss in STEP_0])
 def test_at_step_0_the_policy_is_the_reference(mode, after_sft, loss, sft_adapter, cache_dir):
     """Before the first step the policy equals its reference in every mode: every reward is 0 and
     the loss is log 2 (DPO), or (1 / (2 beta))^2 (IPO)."""
@@ -112,7 +117,12 @@ def _adapter_methods():
             and "preference" in (s.capabilities.task_types or ("preference",))]
 
 
-@pytest.mark.parametrize("method", _adapter_methods())
+# one method of each kind in the fast suite; every one in CI's integration run
+FAST_SWITCH = {"lora", "loha", "ia3", "trainable_tokens"}
+
+
+@pytest.mark.parametrize("method", [m if m in FAST_SWITCH else pytest.param(m, marks=pytest.mark.integration)
+                                    for m in _adapter_methods()])
 def test_switching_the_adapter_off_gives_the_base(method, cache_dir):
     """For every method whose fresh adapter leaves the model unchanged: after the adapter's weights
     moved, the adapter_off reference still gives the untouched base's log-probabilities, and the
@@ -376,6 +386,7 @@ def test_unpaired_kto_by_hand_from_full_logits(cache_dir):
     torch.testing.assert_close(out["reward"], beta * ratio, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.integration  # the console script end to end (the API run is fast): CI's integration run
 def test_an_unpaired_kto_run_from_the_command_line(tmp_path):
     proc = run_cli("peftlab-train", "debug=tiny", "data=date_feedback", "trainer.max_steps=8", "optim.lr=1e-2",
                    "forgetting=null", f"hydra.run.dir={tmp_path / 'kto'}")

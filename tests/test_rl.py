@@ -237,6 +237,7 @@ def test_an_rl_run_records_its_steps_and_merges(rl_run):
     assert json.loads((rl_run / "merge_report.json").read_text())["passed"]
 
 
+@pytest.mark.integration  # the RLHF chain end to end: CI's integration run
 def test_rl_from_an_sft_adapter_against_a_learned_reward_on_one_base(reward_run, tmp_path):
     """The RLHF chain's last step: the policy starts from an adapter (the frozen reference beside
     it), and a reward model trained on the same base scores its completions as a third adapter."""

@@ -22,7 +22,10 @@ TINY = ["debug=tiny", "merge_after=false", "trainer.max_steps=3"]
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory, cache_dir):
     folder = tmp_path_factory.mktemp("sweep") / "methods"
-    proc = run_cli("peftlab-train", "-m", *TINY, "method=lora,ia3", "seed=1,2", f"hydra.sweep.dir={folder}")
+    # Hydra's basic launcher: the index and the folders are the sweep's, whichever launcher runs the
+    # jobs (the default one, a process each, runs in test_a_failed_job_is_recorded_and_reported)
+    proc = run_cli("peftlab-train", "-m", *TINY, "method=lora,ia3", "seed=1,2", "hydra/launcher=basic",
+                   f"hydra.sweep.dir={folder}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     return folder
 
@@ -60,10 +63,11 @@ def test_report_aggregates_over_seeds(sweep, tmp_path):
 
 
 def test_same_seed_same_metrics_and_rerun_from_saved_config(tmp_path, cache_dir):
+    from peftlab import api
+
     first, second, again = tmp_path / "a", tmp_path / "b", tmp_path / "c"
-    for folder in (first, second):
-        proc = run_cli("peftlab-train", *TINY, "seed=7", f"hydra.run.dir={folder}")
-        assert proc.returncode == 0, proc.stderr[-2000:]
+    for folder in (first, second):  # as the command runs them (the API writes the same folder)
+        api.train([*TINY, "seed=7", f"hydra.run.dir={folder}"])
     proc = run_cli("peftlab-train", "--config-dir", str(first), "--config-name", "rerun", f"hydra.run.dir={again}")
     assert proc.returncode == 0, proc.stderr[-2000:]
     m = [json.loads((f / "metrics.json").read_text()) for f in (first, second, again)]
