@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Optional
 
 from peftlab.reporting.differences import by_seed, difference, interval_cell, p_cell, signed
+from peftlab.reporting.escape import md
 from peftlab.reporting.intervals import MIN_EFFECT_UNITS, cohens_d, crossed_interval
 from peftlab.reporting.items import ItemTable, paired_table
 from peftlab.reporting.runs import Group
@@ -135,9 +136,9 @@ def letters(groups: list[Group], pairs: list[Pair], key: str, greater_is_better:
 def to_markdown(pairs: list[Pair], metric: str) -> str:
     items = by_items(pairs)
     family = sum(p.p is not None for p in pairs)
-    lines = ["", f"Pairwise comparisons of test {metric}, two-sided, Holm's correction over each family of {family} "
-             "pairs: over seeds (paired t where the groups ran the same seeds, Welch's otherwise; the test items "
-             "fixed) and over seeds and items (the item-paired differences, where the groups answered the same "
+    lines = ["", f"Pairwise comparisons of test {md(metric)}, two-sided, Holm's correction over each family of "
+             f"{family} pairs: over seeds (paired t where the groups ran the same seeds, Welch's otherwise; the test "
+             "items fixed) and over seeds and items (the item-paired differences, where the groups answered the same "
              f"items at the same seeds). Cohen's d only from {MIN_EFFECT_UNITS} or more seeds, with its exact "
              "(noncentral t) 95% interval. Letters and *separated* read the "
              + ("item-paired tests." if items else "seeds tests.")
@@ -149,7 +150,7 @@ def to_markdown(pairs: list[Pair], metric: str) -> str:
     for r in pairs:
         effect = "—" if r.effect is None else f"{r.effect:+.2f} {interval_cell(r.effect_ci95, 2)}"
         separated = r.items_separated if items else r.separated
-        lines.append(f"| {r.first} | {r.second} | {r.test} | {signed(r.difference)} | {interval_cell(r.ci95)} "
+        lines.append(f"| {md(r.first)} | {md(r.second)} | {r.test} | {signed(r.difference)} | {interval_cell(r.ci95)} "
                      f"| {p_cell(r.p_holm)} | {interval_cell(r.items_ci95)} | {p_cell(r.items_p_holm)} | {effect} "
                      f"| {'**yes**' if separated else 'no'} |")
     return "\n".join(lines) + "\n"

@@ -20,6 +20,7 @@ from typing import Any, Optional
 
 from peftlab.reporting.compare import holm
 from peftlab.reporting.differences import by_seed, difference, interval_cell, p_cell, signed
+from peftlab.reporting.escape import md
 from peftlab.reporting.runs import Group
 
 ALPHA = 0.05
@@ -99,7 +100,7 @@ def to_markdown(results: list[Tost]) -> str:
     for r in results:
         when = "before the runs" if r.stated_before else "after the runs"
         verdict = r.verdict + ("" if r.stated_before or r.verdict != "equivalent" else " (post hoc)")
-        lines.append(f"| {r.key} | {r.first} | {r.second} | ±{r.margin:g} | {when} | {r.test} "
+        lines.append(f"| {md(r.key)} | {md(r.first)} | {md(r.second)} | ±{r.margin:g} | {when} | {r.test} "
                      f"| {signed(r.difference)} | {interval_cell(r.ci90)} | {p_cell(r.p_tost_holm)} "
                      f"| {p_cell(r.p_difference_holm)} | **{verdict}** |")
     return "\n".join(lines) + "\n"

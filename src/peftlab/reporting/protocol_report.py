@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from peftlab.errors import ConfigError
+from peftlab.reporting.escape import md
 from peftlab.reporting.protocol import FILE
 from peftlab.reporting.runs import Run
 
@@ -49,27 +50,34 @@ def without_search_jobs(runs: list[Run], records: list[Record]) -> list[Run]:
 
 
 def to_markdown(records: list[Record]) -> str:
-    """Each group's search space, budget, choice and validation score."""
+    """Each group's search space, budget, choice and validation score (the record's text escaped:
+    a protocol.json is data)."""
     out = []
     for record in records:
         d = record.data
-        lines = ["", f"Selection on validation (hydra/sweeper=tune_then_test, {record.path}): every group searched "
-                 f"{d['budget']} jobs (its settings at search seeds {d['search_seeds']}), none of which read the test "
-                 f"split; the best mean {d['metric']} (of equal ones, the lower validation loss) chose the setting run "
-                 f"at test seeds {d['test_seeds']}. "
-                 f"Stated before the runs ({d['stated_at']}): the spaces, the budget, the metric"
+        metric, seeds = md(d["metric"]), _listed(d["search_seeds"])
+        lines = ["", f"Selection on validation (hydra/sweeper=tune_then_test, {md(record.path)}): every group "
+                 f"searched {md(d['budget'])} jobs (its settings at search seeds {seeds}), none of "
+                 f"which read the test split; the best mean {metric} (of equal ones, the lower validation loss) chose "
+                 f"the setting run at test seeds {_listed(d['test_seeds'])}. "
+                 f"Stated before the runs ({md(d['stated_at'])}): the spaces, the budget, the metric"
                  + (" and the equivalence margins." if d.get("margins") else "."), "",
-                 f"| group | search space | budget (jobs) | chosen | {d['metric']} of the chosen (search mean) "
+                 f"| group | search space | budget (jobs) | chosen | {metric} of the chosen (search mean) "
                  "| every setting's score |", "|---|---|---:|---|---:|---|"]
         for g in d["groups"]:
-            space = "; ".join(f"{k}: {', '.join(v)}" for k, v in g["space"].items())
-            chosen = " ".join(g["chosen"]) if g["chosen"] else "— (no search job finished)"
+            space = md("; ".join(f"{k}: {', '.join(map(str, v))}" for k, v in g["space"].items()))
+            chosen = md(" ".join(g["chosen"])) if g["chosen"] else "— (no search job finished)"
             score = "—" if g["chosen_score"] is None else f"{g['chosen_score']:.4f}"
-            each = ", ".join(_score_cell(g, setting) for setting in g["settings"])
-            lines.append(f"| {g['group']} | {space} | {g['budget'] * len(d['search_seeds'])} | {chosen} | {score} "
-                         f"| {each} |")
+            each = md(", ".join(_score_cell(g, setting) for setting in g["settings"]))
+            budget = md(g["budget"] * len(d["search_seeds"]))
+            lines.append(f"| {md(g['group'])} | {space} | {budget} | {chosen} | {score} | {each} |")
         out.append("\n".join(lines) + "\n")
     return "".join(out)
+
+
+def _listed(value: Any) -> str:
+    """A list from the record as Python writes it, each item escaped."""
+    return "[" + ", ".join(map(md, value)) + "]" if isinstance(value, list) else md(value)
 
 
 def _score_cell(group: dict[str, Any], setting: list[str]) -> str:

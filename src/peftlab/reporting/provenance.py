@@ -11,6 +11,7 @@ from typing import Any, Optional
 
 import yaml
 
+from peftlab.reporting.escape import md, md_code
 from peftlab.reporting.runs import Run
 from peftlab.runs.metrics import describe_machine
 
@@ -65,20 +66,21 @@ def _sweep_overrides(path: Path) -> Optional[list[str]]:
 
 
 def to_markdown(p: dict[str, Any]) -> str:
-    """The report's opening lines: code, dates, machines, commands."""
+    """The report's opening lines: code, dates, machines, commands (all read from the runs: escaped)."""
     def counted(counter: dict[str, int]) -> str:
         if len(counter) == 1:
-            return next(iter(counter))
-        return "; ".join(f"{what} ({n} runs)" for what, n in sorted(counter.items(), key=lambda kv: -kv[1]))
+            return md(next(iter(counter)))
+        return "; ".join(f"{md(what)} ({n} runs)" for what, n in sorted(counter.items(), key=lambda kv: -kv[1]))
 
-    dates = "not recorded" if not p["last_finish"] else f"{p['first_start'] or '?'} to {p['last_finish']}"
+    dates = ("not recorded" if not p["last_finish"]
+             else f"{md(p['first_start'] or '?')} to {md(p['last_finish'])}")
     if p["undated_runs"] and p["last_finish"]:
         dates += f" ({p['undated_runs']} runs undated)"
     lines = [f"- code: {counted(p['code']) or 'not recorded'}",
              f"- runs: {dates}, on {counted(p['machines']) or 'a machine not recorded'}",
-             *[f"- command: `{c}`" for c in p["commands"][:6]],
+             *[f"- command: {md_code(c)}" for c in p["commands"][:6]],
              *([f"- and {len(p['commands']) - 6} more commands (report.json)"] if len(p["commands"]) > 6 else []),
-             f"- report: `{p['report']}`"]
+             f"- report: {md_code(p['report'])}"]
     if p["tuned_on_test"]:
         lines.append(f"- **tuned on the test split**: {p['tuned_on_test']} runs were chosen by a sweeper optimising a "
                      "test.* objective (tune_on_test=true); their test figures are optimistic")

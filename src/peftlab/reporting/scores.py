@@ -10,6 +10,7 @@ import math
 from pathlib import Path
 
 from peftlab.errors import ConfigError
+from peftlab.reporting.escape import md
 from peftlab.reporting.runs import Group, Run, _read_file
 
 
@@ -47,11 +48,11 @@ def to_markdown(groups: list[Group], keys: list[str]) -> str:
     if not keys:
         return ""
     lines = ["", "Scores from peftlab-eval runs=[...] (mean ± std over seeds, n):", "",
-             "| setting | " + " | ".join(keys) + " |", "|---|" + "---:|" * len(keys)]
+             "| setting | " + " | ".join(map(md, keys)) + " |", "|---|" + "---:|" * len(keys)]
     for g in groups:
         cells = []
         for key in keys:
             s = g.stat(key)
             cells.append("—" if s["mean"] is None else f"{s['mean']:.4f} ± {s['std']:.4f} ({s['n']})")
-        lines.append(f"| {g.setting} | " + " | ".join(cells) + " |")
+        lines.append(f"| {md(g.setting)} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

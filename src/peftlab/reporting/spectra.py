@@ -9,8 +9,6 @@ of every module's weight update ΔW, and how many directions the update really u
 
 from __future__ import annotations
 
-import csv
-import io
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from peftlab.errors import ConfigError
 from peftlab.reporting.adapters import ANALYSED, module_updates, read_config
+from peftlab.reporting.escape import csv_text, md
 from peftlab.reporting.runs import Group
 
 if TYPE_CHECKING:  # torch loads when an analysis runs, not when reporting is imported
@@ -107,18 +106,14 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
              "| setting | rank r | runs | modules | effective rank | stable rank | top-1 energy |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     for s in summary(rows):
-        lines.append(f"| {s['setting']} | {s['rank']} | {s['runs']} | {s['modules']} | {s['effective_rank']:.2f} "
+        lines.append(f"| {md(s['setting'])} | {s['rank']} | {s['runs']} | {s['modules']} | {s['effective_rank']:.2f} "
                      f"| {s['stable_rank']:.2f} | {s['top1_energy']:.3f} |")
     return "\n".join(lines) + "\n"
 
 
 def to_csv(rows: list[dict[str, Any]]) -> str:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=_FIELDS, lineterminator="\n")
-    writer.writeheader()
-    for r in rows:
-        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
-    return buffer.getvalue()
+    return csv_text(list(_FIELDS), ([f"{v:.6g}" if isinstance(v, float) else v for v in map(r.get, _FIELDS)]
+                                     for r in rows))
 
 
 def plot(plt: Any, curves: dict[str, list[float]]):

@@ -14,8 +14,6 @@ the high rank at the same seed, and two seeds of the same rank.
 
 from __future__ import annotations
 
-import csv
-import io
 import itertools
 import statistics
 from dataclasses import dataclass
@@ -24,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from peftlab.errors import ConfigError
 from peftlab.reporting.adapters import module_updates, read_config
+from peftlab.reporting.escape import csv_text, md
 from peftlab.reporting.runs import Run
 
 if TYPE_CHECKING:  # torch loads when an analysis runs, not when reporting is imported
@@ -182,29 +181,27 @@ def to_markdown(comparisons: list[Comparison], low: int, high: int) -> str:
             name = kind or "all"
             for c in chosen:
                 phi = c.mean(kind)
-                lines.append(f"| {c.label} | {c.weight} | {name} | {len(c.modules(kind))} | "
+                lines.append(f"| {md(c.label)} | {c.weight} | {md(name)} | {len(c.modules(kind))} | "
                              + " | ".join(f"{_at(phi, i, j):.3f}" for _, i, j in columns(c, low)) + " |")
             for c in {(c.ranks, c.weight == "ΔW out"): c for c in chosen}.values():  # chance: per ranks and space
                 what = ("" if across == "ranks" else f", r={c.ranks[0]}") + (", outputs" if c.weight == "ΔW out"
                                                                              else ", inputs")
-                lines.append(f"| random subspaces{what} (expected) | | {name} | | "
+                lines.append(f"| random subspaces{what} (expected) | | {md(name)} | | "
                              + " | ".join(f"{c.chance(i, j, kind):.3f}" for _, i, j in columns(c, low)) + " |")
         lines.append("")
     return "\n".join(lines)
 
 
 def to_csv(comparisons: list[Comparison], low: int) -> str:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["pair", "weight", "module", "run_x", "run_y", "rank_x", "rank_y", "phi_1_1", "phi_1_rank_y",
-                     "phi_low_low", "phi_rank_x_rank_y"])
+    rows = []
     for c in comparisons:
         rx, ry = c.ranks
         lo = min(low, rx, ry)
         for module, x, y, phi in c.phis:
-            writer.writerow([c.label, c.weight, module, x, y, rx, ry,
-                             *(f"{_at(phi, i, j):.6f}" for i, j in ((1, 1), (1, ry), (lo, lo), (rx, ry)))])
-    return buffer.getvalue()
+            rows.append([c.label, c.weight, module, x, y, rx, ry,
+                         *(f"{_at(phi, i, j):.6f}" for i, j in ((1, 1), (1, ry), (lo, lo), (rx, ry)))])
+    return csv_text(["pair", "weight", "module", "run_x", "run_y", "rank_x", "rank_y", "phi_1_1", "phi_1_rank_y",
+                     "phi_low_low", "phi_rank_x_rank_y"], rows)
 
 
 def plot(plt: Any, comparisons: list[Comparison]):

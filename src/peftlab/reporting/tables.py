@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import csv
-import io
 from typing import Any, Optional
 
+from peftlab.reporting.escape import csv_text, md, tex
 from peftlab.reporting.intervals import crossed_interval, two_stage_interval
 from peftlab.reporting.runs import Group
 from peftlab.runs.metrics import metric_at
@@ -66,22 +65,23 @@ def to_markdown(rows: list[dict[str, Any]], metric: str) -> str:
     """The group table; with a ``letters`` column when the report compared the groups (groups that
     share a letter are not separated)."""
     cld = bool(rows) and "letters" in rows[0]
-    head = (f"| setting | trainable params | trainable % | adapter MiB | zero-shot {metric} | val {metric} "
-            f"| test {metric} (mean ± std) | 95% CI (seeds) | 95% CI (seeds + items) | n |"
+    shown = md(metric)
+    head = (f"| setting | trainable params | trainable % | adapter MiB | zero-shot {shown} | val {shown} "
+            f"| test {shown} (mean ± std) | 95% CI (seeds) | 95% CI (seeds + items) | n |"
             f"{' letters |' if cld else ''} forgetting (Δ loss, mean ± std) | train s | tokens/s | peak RSS MiB "
             "| status |")
     lines = [head, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + (":---:|" if cld else "")
              + "---:|---:|---:|---:|---|"]
     for r in rows:
         ci = _half(r[f"{metric}_ci95"]) + (" (two-stage)" if r[f"{metric}_ci95_rule"] == "two-stage" else "")
-        letters = f" {r['letters'] or '—'} |" if cld else ""
+        letters = f" {md(r['letters'] or '—')} |" if cld else ""
         lines.append(
-            f"| {r['setting']} | {_num(r['trainable'], 0)} | {_num(r['trainable_pct'], 3)} "
+            f"| {md(r['setting'])} | {_num(r['trainable'], 0)} | {_num(r['trainable_pct'], 3)} "
             f"| {_num(r['adapter_mb_mean'], 2)} | {_fmt(r['_zero_shot'])} | {_fmt(r['_val'])} "
             f"| {_fmt(r['_metric'])} | {ci} | {_half(r[f'{metric}_ci95_items'])} | {r['n']} |{letters} "
             f"{_fmt(r['_forgetting'], 3)} "
             f"| {_num(r['train_wall_s_mean'], 1)} | {_num(r['tokens_per_s_mean'], 0)} "
-            f"| {_num(r['peak_rss_mb_mean'], 0)} | {r['status']} |")
+            f"| {_num(r['peak_rss_mb_mean'], 0)} | {md(r['status'])} |")
     notes = ("\n95% CI (seeds): Student t over the seeds, the test items fixed (two-stage: the seed budget's "
              "interval from its pilot's spread). 95% CI (seeds + items): the test items counted as a sample too "
              "(crossed mean squares; — where the runs' answers are not scored item by item).\n")
@@ -98,28 +98,20 @@ def _num(v: Optional[float], digits: int) -> str:
 
 def to_csv(rows: list[dict[str, Any]]) -> str:
     keys = [k for k in rows[0] if not k.startswith("_")]
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=keys)
-    w.writeheader()
-    for r in rows:
-        w.writerow({k: r[k] for k in keys})
-    return buf.getvalue()
+    return csv_text(keys, ([r[k] for k in keys] for r in rows))
 
 
 def to_latex(rows: list[dict[str, Any]], metric: str) -> str:
-    def esc(text: str) -> str:
-        return "".join("\\" + c if c in "&%$#_{}" else c for c in text)
-
     lines = [r"\begin{tabular}{lrrl}", r"\toprule",
-             f"Setting & Trainable params & Trainable \\% & Test {esc(metric)} \\\\", r"\midrule"]
+             f"Setting & Trainable params & Trainable \\% & Test {tex(metric)} \\\\", r"\midrule"]
     for r in rows:
         m = r["_metric"]
         value = "--" if m["mean"] is None else (f"${m['mean']:.3f} \\pm {m['std']:.3f}$" if m["n"] > 1
                                                  else f"${m['mean']:.3f}$")
         if r.get("letters"):  # the compact letter display: groups sharing a letter are not separated
-            value += f"\\textsuperscript{{{r['letters']}}}"
+            value += f"\\textsuperscript{{{tex(r['letters'])}}}"
         if r["status"] != "ok":
-            value += f" ({esc(r['status'])})"
-        lines.append(f"{esc(r['setting'])} & {_num(r['trainable'], 0)} & {_num(r['trainable_pct'], 3)} & {value} \\\\")
+            value += f" ({tex(r['status'])})"
+        lines.append(f"{tex(r['setting'])} & {_num(r['trainable'], 0)} & {_num(r['trainable_pct'], 3)} & {value} \\\\")
     lines += [r"\bottomrule", r"\end{tabular}"]
     return "\n".join(lines) + "\n"
