@@ -92,6 +92,9 @@ class DataSchema:
     system_prompt: Optional[str] = None
     prompt_format: str = "auto"  # auto: the chat template when the tokenizer has one, else plain
     hub_config: Optional[str] = None
+    # a hub data set (hf://<id>) from the local cache only, never the network: set for the data a run
+    # folder names (eval, merge, generate read it as data)
+    local_files_only: bool = False
     train_split: str = "train"
     val_split: str = "val"
     test_split: str = "test"

@@ -1,2 +1,2 @@
-"""Tasks' data: reading examples (sources.py), prompt formats and tokenisation (tokenize.py),
-collators, and the LightningDataModule (datamodule.py)."""
+"""Tasks' data: reading examples (sources.py; one file, as written: records.py), prompt formats and
+tokenisation (tokenize.py), collators, and the LightningDataModule (datamodule.py)."""

@@ -1,26 +1,26 @@
 """Read a task's examples into train/val/test lists of records, with errors that name the file,
-the line and the field.
+the line and the field (records.py reads one file, as written).
 
 ``data.path`` is one of: ``builtin:<name>`` (shipped with peftlab), a local json/jsonl/csv/parquet
-file, a local folder of ``train.*``/``val.*``/``test.*`` files, or a hub data set named ``hf://<id>`` (network).
+file, a local folder of ``train.*``/``val.*``/``test.*`` files, or a hub data set named ``hf://<id>`` (network;
+with ``data.local_files_only``, set for the data a run folder names, the local cache only).
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import random
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 from peftlab.config.checks import hub_id
 from peftlab.config.schema import DataSchema
+from peftlab.data.records import SUFFIXES, WHERE, check_record, read_file
 from peftlab.errors import DataError
 
 BUILTIN_DIR = Path(__file__).resolve().parent / "files"
 PROSE_DIR = BUILTIN_DIR / "prose"  # general text for the forgetting measurement, not a task
-WHERE = "__where__"  # each record remembers its file and line, for errors about it later
-SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 SPLIT_NAMES = {"train": ("train",), "val": ("val", "validation", "valid", "dev"), "test": ("test",)}
 
 Splits = dict[str, list[dict[str, Any]]]
@@ -28,85 +28,6 @@ Splits = dict[str, list[dict[str, Any]]]
 
 def builtin_tasks() -> list[str]:
     return sorted(p.name for p in BUILTIN_DIR.iterdir() if p.is_dir() and p != PROSE_DIR)
-
-
-def _require(row: dict[str, Any], fields: dict[str, str], where: str) -> None:
-    for key, field in fields.items():
-        if field not in row or row[field] is None:
-            present = ", ".join(map(str, row))
-            raise DataError(f"{where}: missing field {field!r} (data.{key}; fields present: {present})")
-
-
-def _decode(raw: bytes, path: Path, lineno: int) -> str:
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise DataError(f"{path} line {lineno}: not UTF-8 text (byte {raw[err.start]:#04x} at column "
-                        f"{err.start + 1}); save the file as UTF-8") from None
-
-
-def read_jsonl(path: Path, fields: dict[str, str]) -> list[dict[str, Any]]:
-    rows = []
-    with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, 1):
-            line = _decode(raw, path, lineno)
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataError(f"{path} line {lineno}: malformed JSON ({err.msg} at column {err.colno})") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{path} line {lineno}: expected a JSON object, got {type(row).__name__}")
-            _require(row, fields, f"{path} line {lineno}")
-            rows.append({**row, WHERE: f"{path} line {lineno}"})
-    return rows
-
-
-def read_file(path: Path, fields: dict[str, str]) -> list[dict[str, Any]]:
-    """The records of one file; every record must hold ``fields`` (data key -> field name)."""
-    suffix = path.suffix.lower()
-    if suffix == ".jsonl":
-        return read_jsonl(path, fields)
-    rows = _read_other(path, suffix, fields)
-    if rows and WHERE in rows[0]:  # JSON lines in a .json file: read_jsonl has checked them
-        return rows
-    out = []
-    for i, row in enumerate(rows):
-        where = f"{path} {'record' if suffix == '.json' else 'row'} {i + 1}"
-        _require(row, fields, where)
-        out.append({**row, WHERE: where})
-    return out
-
-
-def _read_other(path: Path, suffix: str, fields: dict[str, str]) -> list[dict[str, Any]]:
-    if suffix == ".json":
-        raw = path.read_bytes()
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as err:
-            _decode(raw.splitlines()[raw[:err.start].count(b"\n")], path, raw[:err.start].count(b"\n") + 1)
-            raise
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as err:
-            if err.msg == "Extra data":  # JSON lines in a .json file
-                return read_jsonl(path, fields)
-            raise DataError(f"{path} line {err.lineno}: malformed JSON ({err.msg} at column {err.colno})") from None
-        if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), list):
-            data = next(iter(data.values()))  # {"data": [...]}
-        if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
-            raise DataError(f"{path}: expected a list of JSON objects (or one object per line)")
-        return data
-    if suffix in (".csv", ".parquet"):
-        import datasets
-
-        try:
-            ds = datasets.load_dataset(suffix[1:], data_files=str(path), split="train")
-        except Exception as err:  # datasets wraps parser errors in many types
-            raise DataError(f"{path}: cannot read as {suffix[1:]}: {str(err).splitlines()[0]}") from None
-        return ds.to_list()
-    raise DataError(f"{path}: unsupported file type {suffix!r} (use one of {', '.join(SUFFIXES)})")
 
 
 def _split_files(folder: Path) -> dict[str, Path]:
@@ -154,23 +75,51 @@ def _load_local(path: Path, cfg: DataSchema, fields: dict[str, str]) -> tuple[Sp
     return splits, where
 
 
-def _load_hub(cfg: DataSchema, fields: dict[str, str], name: str) -> tuple[Splits, dict[str, str]]:
+@contextmanager
+def hub_offline() -> Iterator[None]:
+    """Inside, every request to the hub is refused and a data set comes from the local cache only
+    (datasets and huggingface_hub read their offline switches when they are called)."""
+    import datasets.config
+    from huggingface_hub import constants
+
+    saved = datasets.config.HF_HUB_OFFLINE, constants.HF_HUB_OFFLINE
+    datasets.config.HF_HUB_OFFLINE = constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        datasets.config.HF_HUB_OFFLINE, constants.HF_HUB_OFFLINE = saved
+
+
+def _hub_data_set(cfg: DataSchema, name: str) -> Any:
+    """The hub data set ``name``; with ``data.local_files_only`` (a run folder's data) from the local
+    cache only, every request to the hub refused."""
     import datasets
 
     try:
-        dsd = datasets.load_dataset(name, cfg.hub_config)
-    except Exception as err:
+        if cfg.local_files_only:
+            with hub_offline():
+                return datasets.load_dataset(name, cfg.hub_config)
+        return datasets.load_dataset(name, cfg.hub_config)
+    except Exception as err:  # datasets wraps its errors in many types
+        if cfg.local_files_only:
+            raise DataError(f"data.path: the hub data set {name!r} that a run folder names is read from the local "
+                            "cache only, and it is not there (load it once with network, or give data.path= a "
+                            "local copy)") from None
         raise DataError(f"data.path: cannot load the data set {name!r}: {str(err).splitlines()[0]}") from None
+
+
+def _load_hub(cfg: DataSchema, fields: dict[str, str], name: str) -> tuple[Splits, dict[str, str]]:
+    dsd = _hub_data_set(cfg, name)
     wanted = {"train": cfg.train_split, "val": cfg.val_split, "test": cfg.test_split}
     splits, where = {}, {}
-    for split, name in wanted.items():
-        for candidate in (name, *SPLIT_NAMES[split]):
+    for split, split_name in wanted.items():
+        for candidate in (split_name, *SPLIT_NAMES[split]):
             if candidate in dsd:
                 splits[split], where[split] = dsd[candidate].to_list(), f"{name}[{candidate}]"
                 break
     for split, rows in splits.items():
         for i, row in enumerate(rows):
-            _require(row, fields, f"{where[split]} row {i + 1}")
+            check_record(row, fields, f"{where[split]} row {i + 1}")
             row[WHERE] = f"{where[split]} row {i + 1}"
     if "train" not in splits:
         raise DataError(f"data.train_split: {cfg.train_split!r} is not a split of {cfg.path!r} "
