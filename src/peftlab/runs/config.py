@@ -25,8 +25,8 @@ def read_run_config(run_dir: Path, trust_remote_code: bool = False):
     """The validated config (a ``TrainSchema``) a finished run folder was trained with.
 
     A run folder is data: its ``model.trust_remote_code`` is never obeyed (the caller passes the
-    user's own choice, the command's ``trust_remote_code=``), and a hub model it names is read from
-    the local cache only."""
+    user's own choice, the command's ``trust_remote_code=``), and a hub model or data set it names is
+    read from the local cache only."""
     run_dir = Path(run_dir)
     path = run_dir / "config.yaml"
     if run_status(run_dir) == "diverged":
@@ -50,6 +50,7 @@ def read_run_config(run_dir: Path, trust_remote_code: bool = False):
         raise ConfigError(f"run_dir: {path}: {err}") from None
     run.model.trust_remote_code = trust_remote_code
     run.model.local_files_only = True  # a hub model it names comes from the local cache, never the network
+    run.data.local_files_only = True  # and so does a hub data set
     return run
 
 
