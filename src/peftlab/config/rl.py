@@ -20,6 +20,19 @@ from omegaconf import MISSING
 from peftlab.config.checks import check, one_of
 
 LEARNED = "reward_model"  # the reward name of a trained reward model (rl.reward_model)
+# Below this temperature sampling is greedy in effect: a gap of 0.1 nats between the two likeliest
+# tokens becomes 10 (about 22000 to 1), so every completion of a group comes out the same, their
+# rewards are equal and every advantage is 0 (no gradient); the policy's log-probabilities, computed
+# at the same temperature, would also scale every gradient by 1/temperature.
+MIN_TEMPERATURE = 1e-2
+# Upper bounds on the counts: far beyond any published recipe (GRPO's 64 completions a prompt,
+# completions of a few thousand tokens), so a value above them is a typo that would exhaust memory
+MAX_GENERATIONS = 1024
+MAX_NEW_TOKENS = 32768
+MAX_COMPLETIONS_EVERY = 1_000_000  # steps
+# rl.reward_format: how the reward model's texts are formatted where its run's data.prompt_format or
+# data.system_prompt differ from the policy's
+REWARD_FORMATS = ("match", "reward_run", "policy")
 
 
 @dataclass
@@ -45,6 +58,10 @@ class RLSchema:
     # second adapter on the policy's base (its score head beside it); reward_separate: a model of its own
     reward_model: Optional[str] = None
     reward_separate: bool = False
+    # the prompt format and system prompt the reward model scores in. match: its run's data.prompt_format
+    # and data.system_prompt must be the policy's (refused before training otherwise); reward_run: its
+    # run's own, whatever the policy's; policy: the policy's, a difference accepted (recorded in metrics.json)
+    reward_format: str = "match"
     # write the sampled completions of one prompt with their rewards every this many steps (0: never)
     completions_every: int = 10
 
@@ -55,14 +72,19 @@ class RLSchema:
         check(self.num_generations >= 2, "rl.num_generations",
               f"must be >= 2: {self.algorithm} compares the completions of one prompt with each other",
               self.num_generations)
-        check(0 < self.temperature and math.isfinite(self.temperature), "rl.temperature", "must be a finite number > 0",
-              self.temperature)
+        check(self.num_generations <= MAX_GENERATIONS, "rl.num_generations",
+              f"must be <= {MAX_GENERATIONS} (completions sampled per prompt, all held at once)", self.num_generations)
+        check(math.isfinite(self.temperature) and self.temperature >= MIN_TEMPERATURE, "rl.temperature",
+              f"must be a finite number >= {MIN_TEMPERATURE:g}: below it sampling is greedy in effect, every "
+              "completion of a group the same and every advantage 0 (no gradient)", self.temperature)
         check(0 < self.top_p <= 1, "rl.top_p", "must be in (0, 1]", self.top_p)
-        check(self.max_new_tokens is None or self.max_new_tokens > 0, "rl.max_new_tokens", "must be > 0 or null",
-              self.max_new_tokens)
+        check(self.max_new_tokens is None or 0 < self.max_new_tokens <= MAX_NEW_TOKENS, "rl.max_new_tokens",
+              f"must be in [1, {MAX_NEW_TOKENS}] or null", self.max_new_tokens)
         check(self.beta >= 0 and math.isfinite(self.beta), "rl.beta", "must be a finite number >= 0", self.beta)
         check(0 < self.epsilon < 1, "rl.epsilon", "must be in (0, 1)", self.epsilon)
-        check(self.completions_every >= 0, "rl.completions_every", "must be >= 0", self.completions_every)
+        check(0 <= self.completions_every <= MAX_COMPLETIONS_EVERY, "rl.completions_every",
+              f"must be in [0, {MAX_COMPLETIONS_EVERY}] (steps; 0: never)", self.completions_every)
+        one_of("rl.reward_format", self.reward_format, REWARD_FORMATS)
         one_of("rl.reference", self.reference, ("adapter_off", "frozen_adapter", "separate", "none"))
         check((self.reference == "none") == (self.beta == 0), "rl.reference",
               "must be none exactly when rl.beta=0 (a reference is only read for the KL penalty)", self.reference)
@@ -78,8 +100,13 @@ class RLSchema:
             check(isinstance(weight, (int, float)) and not isinstance(weight, bool) and math.isfinite(weight),
                   f"rl.rewards.{name}",
                   "must be a finite number (the reward's weight)", weight)
+        check(any(w != 0 for w in self.rewards.values()), "rl.rewards",
+              "must give at least one reward a weight other than 0 (with every weight 0 every completion's reward is "
+              "0, every advantage 0: no gradient)", self.rewards)
         check((LEARNED in self.rewards) == (self.reward_model is not None), "rl.reward_model",
               f"and rl.rewards.{LEARNED} go together: the weight of a trained reward model's score, and its adapter",
               self.reward_model)
         check(not self.reward_separate or self.reward_model is not None, "rl.reward_separate",
               "needs rl.reward_model", self.reward_separate)
+        check(self.reward_format == "match" or self.reward_model is not None, "rl.reward_format",
+              "needs rl.reward_model (it says how the reward model's texts are formatted)", self.reward_format)

@@ -210,7 +210,30 @@ def reward_model_problems(folder: Path, run: Any, one_base: bool) -> list[str]:
         if differ:
             return [f"{key}: {folder} was trained on another base (model.{differ[0]}: {theirs.get(differ[0])!r}, the "
                     f"policy's {ours[differ[0]]!r}): a reward model scores on the base it was trained on"]
-    return _one_base_problems(folder, run, trained) if one_base else []
+    mode = getattr(getattr(run, "rl", None), "reward_format", "match")
+    return reward_format_problems(folder, run, trained, mode) + (_one_base_problems(folder, run, trained)
+                                                                 if one_base else [])
+
+
+def reward_format_problems(folder: Path, run: Any, trained: Any, mode: str) -> list[str]:
+    """Why the reward model in ``folder`` (``trained``: its run's config, if it has one) would score
+    texts formatted otherwise than it learned from (``mode``: rl.reward_format)."""
+    key = "rl.reward_model"
+    if mode == "policy":  # stated: the policy's format, whatever the reward run's
+        return []
+    if trained is None:
+        return [f"{key}: {folder} has no run config beside it ({folder.parent / 'config.yaml'}) to say the prompt "
+                f"format and system prompt it was trained with (rl.reward_format={mode}); set "
+                "rl.reward_format=policy to score in the policy's"]
+    if mode == "reward_run":  # its own format, whatever the policy's
+        return []
+    for name in ("prompt_format", "system_prompt"):
+        theirs, ours = getattr(trained.data, name), getattr(run.data, name)
+        if theirs != ours:
+            return [f"{key}: {folder} was trained with data.{name}={theirs!r} and the policy has {ours!r}: a reward "
+                    "model scores texts formatted as those it learned from; set rl.reward_format=reward_run to "
+                    "score in the reward run's format, or rl.reward_format=policy to score in the policy's anyway"]
+    return []
 
 
 def _one_base_problems(folder: Path, run: Any, trained: Any) -> list[str]:

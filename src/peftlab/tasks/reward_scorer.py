@@ -6,12 +6,18 @@ model are three models on the memory of one base. A completion is scored by the 
 the reward adapter active, the head applied to the last real token: what transformers' sequence
 classification model computes. ``rl.reward_separate=true`` loads the reward model as a model of its
 own, the way without PEFT.
+
+A text is what the reward model learned from: the prompt in its run's prompt format and system
+prompt (``rl.reward_format``), and the completion followed by the end of turn only where the policy
+ended it. A completion cut off by ``rl.max_new_tokens`` is scored as unfinished, without an end of
+turn. A text longer than ``data.max_length`` loses the start of its prompt, as the reward run's own
+texts did; ``score`` counts them (``cut``).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
 
@@ -39,7 +45,9 @@ def read_head(folder: Path) -> dict[str, torch.Tensor]:
 
 
 class RewardScorer:
-    def __init__(self, folder: str, policy: Any, tokenizer: Any, data: Any, separate: bool):
+    def __init__(self, folder: str, policy: Any, tokenizer: Any, data: Any, separate: bool, text_format: Any = None):
+        """``text_format``: the data config whose prompt format and system prompt the texts take (the
+        reward run's, with ``rl.reward_format=reward_run``); None: ``data``'s, the policy's."""
         from peftlab.runs.config import read_adapter_config
 
         self.folder, self.tokenizer, self.separate = Path(folder).expanduser(), tokenizer, separate
@@ -56,33 +64,57 @@ class RewardScorer:
             raise ConfigError(f"rl.reward_model: {self.folder} was trained on {config.get('base_model_name_or_path')}, "
                               f"the policy's base is {base}: a reward model scores on the base it was trained on")
         head = read_head(self.folder)
-        self.fmt = PromptFormat.for_tokenizer(tokenizer, data.prompt_format, data.system_prompt)
+        text_format = text_format if text_format is not None else data
+        self.fmt = PromptFormat.for_tokenizer(tokenizer, text_format.prompt_format, text_format.system_prompt)
+        self.text_format = {"prompt_format": text_format.prompt_format, "system_prompt": text_format.system_prompt}
         self.max_length = data.max_length
+        self.cut: list[bool] = []  # the last scored texts: which had to be cut (lost the start of their prompt)
         if separate:
-            from peft import PeftModel
             from transformers import AutoModelForSequenceClassification
+
+            from peftlab.runs.adapters import load_adapter
 
             backbone = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1, local_files_only=True,
                                                                           pad_token_id=tokenizer.pad_token_id)
-            self.model = PeftModel.from_pretrained(backbone, self.folder).eval().requires_grad_(False)
+            self.model = load_adapter(backbone, self.folder, "rl.reward_model").eval().requires_grad_(False)
             self.bytes = param_bytes(self.model.parameters())
             return
         if not hasattr(policy, "peft_config"):  # (a transformers model has load_adapter too)
             raise ConfigError("rl.reward_model: the policy has no adapter to put the reward model's beside; "
                               "use rl.reward_separate=true")
         self.head = {k: v.to(next(policy.parameters()).dtype) for k, v in head.items()}
-        self.bytes = load_frozen(policy, str(self.folder), NAME) + param_bytes(self.head.values())
+        self.bytes = load_frozen(policy, str(self.folder), NAME, "rl.reward_model") + param_bytes(self.head.values())
 
-    def texts(self, prompts: list[str], completions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """The prompt and completion as the reward model was trained on them, right-padded."""
-        ids = [encode(self.tokenizer, self.fmt, p, c, self.max_length)["input_ids"]
-               for p, c in zip(prompts, completions, strict=True)]
+    def text_ids(self, prompt: str, completion: str, finished: bool) -> tuple[list[int], bool]:
+        """The token ids of one text as the reward model was trained on them, and whether it had to
+        be cut: a finished completion is followed by its end of turn (the reward run's answers were),
+        an unfinished one is not: it is scored as what it is, an answer cut off."""
+        if finished:
+            encoded = encode(self.tokenizer, self.fmt, prompt, completion, self.max_length)
+            return encoded["input_ids"], encoded["truncated"]
+        tok = self.tokenizer
+        prompt_ids = tok(self.fmt.prompt_text(tok, prompt), add_special_tokens=not self.fmt.use_chat).input_ids
+        answer_ids = tok(completion, add_special_tokens=False).input_ids
+        cut = len(prompt_ids) + len(answer_ids) > self.max_length
+        if cut:  # as encode() cuts: the answer whole when possible, the prompt from the left
+            answer_ids = answer_ids[:self.max_length - 1]
+            prompt_ids = prompt_ids[-(self.max_length - len(answer_ids)):]
+        return prompt_ids + answer_ids, cut
+
+    def texts(self, prompts: list[str], completions: list[str],
+              finished: Optional[list[bool]] = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The prompts and completions as the reward model was trained on them, right-padded
+        (``finished``: which completions ended within the budget; None: all). Sets ``cut``."""
+        finished = [True] * len(completions) if finished is None else list(finished)
+        encoded = [self.text_ids(p, c, f) for p, c, f in zip(prompts, completions, finished, strict=True)]
+        ids, self.cut = [e[0] for e in encoded], [e[1] for e in encoded]
         return pad(ids, self.tokenizer.pad_token_id), pad([[1] * len(i) for i in ids], 0)
 
     @torch.no_grad()
-    def score(self, policy: Any, prompts: list[str], completions: list[str]) -> torch.Tensor:
+    def score(self, policy: Any, prompts: list[str], completions: list[str],
+              finished: Optional[list[bool]] = None) -> torch.Tensor:
         device = next(policy.parameters()).device
-        input_ids, mask = (t.to(device) for t in self.texts(prompts, completions))
+        input_ids, mask = (t.to(device) for t in self.texts(prompts, completions, finished))
         if self.separate:
             return self.model.to(device)(input_ids=input_ids, attention_mask=mask).logits[:, 0].float()
         with eval_mode(policy), use_adapter(policy, NAME):
