@@ -183,6 +183,10 @@ class PreferenceSchema:
                    value)
             _check(not reads or (value is not None and math.isfinite(value) and value >= 0), f"preference.{key}",
                    f"must be a finite number >= 0 for preference.loss={self.loss}", value)
+        if self.desirable_weight is not None and self.undesirable_weight is not None:  # kto: each answer weighs one
+            _check(self.desirable_weight > 0 or self.undesirable_weight > 0, "preference.desirable_weight",
+                   "and preference.undesirable_weight must not both be 0 (each answer's loss is weighted by one of "
+                   "them: every loss would be 0, no gradient)", (self.desirable_weight, self.undesirable_weight))
         _one_of("preference.reference", self.reference,
                 ("adapter_off", "frozen_adapter", "precomputed", "separate", "none"))
         if spec is not None and spec.needs_reference:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -35,12 +36,15 @@ from peftlab.models import Backbone, display_name, enable_gradient_checkpointing
 from peftlab.models.quantized import device_map, quantization_config
 from peftlab.runs.files import atomic_path, remove_stale_temps, write_jsonl
 from peftlab.runs.memory import peak_rss_mb, reset_peak_rss
-from peftlab.runs.metrics import machine, versions
+from peftlab.runs.metrics import machine, metric_at, versions
 from peftlab.runs.rerun import write_rerun_config
 from peftlab.runs.resume import check_same_config, check_same_data
 from peftlab.tasks import Task
 
 log = logging.getLogger("peftlab.train")
+# metrics.json status of a run that trained to the end but whose primary test metric (or objective) is
+# not a finite number: no result, so reports and sweeps never count it as finished
+NAN_METRIC = "nan_metric"
 
 
 class TrainingJob:
@@ -247,6 +251,12 @@ class TrainingJob:
             "machine": machine(),
             "finished_at": _now(),
         }, **self.task.settings_record())  # again: what the task measured while training (RL's phase times)
+        keys = dict.fromkeys([f"test.{self.task.primary_metric}", self.objective])
+        nan = [k for k in keys if (v := metric_at(record, k)) is not None and not math.isfinite(v)]
+        if nan:
+            record.update(status=NAN_METRIC, nan_metric=nan)
+            log.warning("%s is not a finite number: metrics.json says status: %s, and reports count the run as "
+                        "no result", " and ".join(nan), NAN_METRIC)
         return record
 
 

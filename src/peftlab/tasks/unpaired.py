@@ -5,7 +5,9 @@ KTO (Ethayarajh et al., 2024) needs no pairs: each record is a prompt, one answe
 is judged on its own against the batch's estimate of the policy's KL divergence from the reference
 (tasks/preference_losses.py). The reference modes, the log-probabilities and the KL estimate are the
 preference task's; only the data and the metrics differ. The shipped ``data=date_feedback`` has
-each date prompt once, with its right answer or a plausible mistake.
+each date prompt once, with its right answer or a plausible mistake. A split the run reads must hold
+both kinds: with one kind only, the reward margin (the primary metric) is undefined, so such data is
+refused before any model loads, naming its file.
 """
 
 from __future__ import annotations
@@ -17,6 +19,34 @@ from peftlab.tasks.base import register_task
 from peftlab.tasks.preference import PreferenceTask, _mismatched
 
 LABELS = {True: True, False: False, "true": True, "false": False, "1": True, "0": False}  # 1 and 0 equal True, False
+
+
+def parse_label(value: Any) -> Optional[bool]:
+    """Whether a record's label says desirable; None for anything that is not true or false."""
+    value = value.strip().lower() if isinstance(value, str) else value
+    if isinstance(value, float) or not isinstance(value, (bool, int, str)) or value not in LABELS:
+        return None
+    return LABELS[value]
+
+
+def one_kind_problem(splits: dict[str, list[dict[str, Any]]], field: str) -> Optional[str]:
+    """The first split whose answers are all desirable or all undesirable, as one line naming its file."""
+    from peftlab.data.records import WHERE
+
+    labels = {split: [parse_label(r.get(field)) for r in rows] for split, rows in splits.items()}
+    if any(None in found for found in labels.values()):
+        return None  # the encoder names the record whose label is neither true nor false
+    for split, rows in splits.items():
+        kinds = set(labels[split])
+        if len(kinds) == 1:
+            where = str(rows[0].get(WHERE, split))
+            source = where.rsplit(" line ", 1)[0].rsplit(" row ", 1)[0]
+            desirable = kinds.pop()
+            kind, value = ("desirable", "true") if desirable else ("undesirable", "false")
+            return (f"{source}: all {len(rows)} answers of the {split} split are {kind} ({field}={value}): KTO's "
+                    "reward margin, the primary metric, compares desirable with undesirable answers and is undefined "
+                    "with one kind only")
+    return None
 
 
 @register_task
@@ -45,7 +75,20 @@ class UnpairedPreferenceTask(PreferenceTask):
         if self.settings.loss != "kto":
             problems.append(f"data.task_type=unpaired: preference.loss={self.settings.loss} compares answers in "
                             "pairs; single answers labelled good or bad train with preference=kto")
-        return problems
+        return problems or self._label_problems(run)  # the data is read once the settings are sound
+
+    def _label_problems(self, run: Any) -> list[str]:
+        """The data read before any model loads: every split the run reads holds both kinds of answer."""
+        from peftlab.data.sources import load_splits
+        from peftlab.errors import DataError
+
+        splits = load_splits(self.data, self.fields())
+        read = {"train", *(["val"] if run.trainer.limit_val_batches != 0 else []),
+                *(["test"] if run.test or run.zero_shot else [])}
+        problem = one_kind_problem({k: v for k, v in splits.items() if k in read}, self.data.label_field)
+        if problem:
+            raise DataError(problem)
+        return []
 
     # -------------------------------------------------------------------------------- the data
     def fields(self) -> dict[str, str]:
@@ -59,13 +102,12 @@ class UnpairedPreferenceTask(PreferenceTask):
         fmt = PromptFormat.for_tokenizer(tokenizer, d.prompt_format, d.system_prompt)
 
         def encode_answer(row: dict[str, Any], where: str) -> dict[str, Any]:
-            label = row[d.label_field]
-            label = label.strip().lower() if isinstance(label, str) else label
-            if label not in LABELS or isinstance(label, float):
+            label = parse_label(row[d.label_field])
+            if label is None:
                 raise DataError(f"{where}: {d.label_field}={row[d.label_field]!r} is not true or false "
                                 "(data.label_field: whether the answer is desirable)")
             answer = encode(tokenizer, fmt, str(row[d.prompt_field]), str(row[d.response_field]), d.max_length)
-            return {"chosen": answer, "desirable": LABELS[label], "prompt_ids": answer["prompt_ids"],
+            return {"chosen": answer, "desirable": label, "prompt_ids": answer["prompt_ids"],
                     "reference": answer["reference"], "truncated": answer["truncated"]}
 
         return encode_answer
