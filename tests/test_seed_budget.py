@@ -152,8 +152,11 @@ def test_a_seed_budget_metric_the_runs_do_not_report_is_named(tmp_path, cache_di
                    "zero_shot=false", "forgetting=null", "merge_after=false", "save_adapter=false",
                    f"hydra.sweep.dir={tmp_path / 's'}")
     assert proc.returncode == 2
+    # before the first job (the runs' task and splits say what they report), and nothing is left behind
     assert proc.stderr.strip().splitlines()[-1] == (
-        f"peftlab-train: error: hydra.sweeper.metric: 'test.nope' is not in {tmp_path / 's' / '0' / 'metrics.json'}")
+        "peftlab-train: error: hydra.sweeper.metric: 'test.nope' is not a number the runs report (known: "
+        f"{', '.join(TINY_NUMBERS)})")
+    assert not (tmp_path / "s").exists()
 
 
 @pytest.mark.parametrize("metric, rule", [(None, "two-stage"), ("val.exact_match", "t")])
@@ -185,3 +188,37 @@ def test_the_report_prints_the_two_stage_interval_of_the_budgets_own_metric(tmp_
     expected = stats.t.ppf(0.975, 2) * statistics.stdev(values_run[:3]) / math.sqrt(row["n"]) if rule == "two-stage" \
         else stats.t.ppf(0.975, row["n"] - 1) * statistics.stdev(values_run) / math.sqrt(row["n"])
     assert row["exact_match_ci95"] == pytest.approx(expected)
+
+
+# ------------------------------------------------------------------------ checked before any job
+# what a debug=tiny run of the date task reports (zero_shot=false, forgetting=null): its metrics on
+# the validation and test splits, and the numbers of every run
+TINY_NUMBERS = [f"{split}.{m}" for split in ("val", "test") for m in ("exact_match", "loss", "perplexity")] + [
+    "train.steps", "train.wall_s", "train.tokens_per_s", "memory.peak_rss_mb", "params.trainable", "params.total",
+    "params.trainable_pct"]
+
+
+@pytest.mark.parametrize("settings, message", [
+    (["hydra.sweeper.half_width=-1"], "hydra.sweeper.half_width must be a number > 0, got -1.0"),
+    (["seed=1,4294967295"], "seed must be whole numbers in [0, 4294967285] (the second round adds seeds above the "
+                            "pilot's, up to hydra.sweeper.max_seeds), got '1,4294967295'"),
+    (["method=lora,ia3", "test=false"],
+     "hydra.sweeper.metric: null (the primary test metric, test.exact_match) is not a number the runs of "
+     "method=lora report (known: " + ", ".join(TINY_NUMBERS[:3] + TINY_NUMBERS[6:]) + ")"),
+])
+def test_a_bad_seed_budget_is_refused_before_any_job_leaving_nothing(tmp_path, cache_dir, settings, message):
+    folder = tmp_path / "sweep"
+    proc = run_cli("peftlab-train", "-m", "hydra/sweeper=seed_budget", "hydra/launcher=basic", *settings,
+                   "debug=tiny", "trainer.max_steps=1", "zero_shot=false", "forgetting=null", "merge_after=false",
+                   "save_adapter=false", f"hydra.sweep.dir={folder}")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1] == f"peftlab-train: error: {message}"
+    assert not folder.exists()  # no sweep folder: no .lock, no index.jsonl, no job
+
+
+def test_the_pilots_seeds_leave_room_for_the_second_round():
+    budget = Budget(half_width=0.02, min_seeds=2, max_seeds=10)
+    assert first_seeds(["0", str(2**32 - 11)], budget) == [0, 2**32 - 11]
+    for seeds in (["-1", "2"], ["1", str(2**32 - 10)]):
+        with pytest.raises(ConfigError, match=r"^seed must be whole numbers in \[0, 4294967285\]"):
+            first_seeds(seeds, budget)

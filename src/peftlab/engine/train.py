@@ -147,16 +147,24 @@ def tuning_on_test(objective: str, allowed: bool, sweeper_target: str) -> Option
 
 class SweepObjectiveCheck(Callback):
     """Before the first job of a sweep (a Hydra callback, set in conf/train.yaml): a sweeper that
-    chooses is not handed a test.* objective. Each job checks its own composed config again."""
+    chooses is not handed a test.* objective, and a seed budget's settings are checked. Each job
+    checks its own composed config again."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         objective = config.get("objective")
         if objective is None and config.trainer.get("limit_val_batches") == 0:
             objective = "test.<primary metric> (the default where validation is off)"
-        refused = tuning_on_test(str(objective or ""), bool(config.get("tune_on_test")),
-                                 str(config.hydra.sweeper.get("_target_", "")))
+        sweeper = str(config.hydra.sweeper.get("_target_", ""))
+        refused = tuning_on_test(str(objective or ""), bool(config.get("tune_on_test")), sweeper)
         if refused:  # Hydra would turn a ConfigError from a callback into a warning and start the sweep
             raise SweepRefused(ConfigError(refused))
+        if sweeper.endswith(".SeedBudgetSweeper"):  # its budget, grid, seeds and metric, before its sweep folder
+            from hydra_plugins.peftlab_sweeps.seed_budget_sweeper import check_before_sweep
+
+            try:
+                check_before_sweep(config)
+            except ConfigError as err:
+                raise SweepRefused(err) from None
 
 
 def validation_problems(conf: TrainSchema) -> list[str]:

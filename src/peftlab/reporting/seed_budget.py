@@ -36,6 +36,7 @@ FILE = "seed_budget.json"
 RULE = "two-stage (Stein): the pilot's spread decides the seeds; interval t(n0-1) s0 / sqrt(n)"
 MET, MAX_SEEDS, FAILED, MORE = "met", "max seeds", "stopped: a job failed", "more seeds"
 MAX_SEEDS_LIMIT = 1000  # a budget of more seeds than this per group is a typo
+MAX_SEED = 2**32 - 1  # the largest seed the random generators take (Lightning's seed_everything)
 
 
 @dataclass(frozen=True)
@@ -128,6 +129,9 @@ def first_seeds(seed_values: Optional[list[str]], budget: Budget) -> list[int]:
           ",".join(seed_values))
     check(len(seeds) <= budget.max_seeds, "seed", f"names more seeds than hydra.sweeper.max_seeds "
           f"({budget.max_seeds})", ",".join(seed_values))
+    top = MAX_SEED - budget.max_seeds  # the second round adds seeds above the pilot's largest
+    check(all(0 <= s <= top for s in seeds), "seed", f"must be whole numbers in [0, {top}] (the second round adds "
+          "seeds above the pilot's, up to hydra.sweeper.max_seeds)", ",".join(seed_values))
     return seeds
 
 
