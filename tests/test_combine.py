@@ -68,17 +68,51 @@ INPUTS = torch.tensor([[1, 15, 27, 99, 4, 8, 16, 23, 42]])
 
 @pytest.mark.parametrize("kind", ALL_TYPES)
 def test_every_combination_type_equals_peft_own_and_reloads_with_plain_peft(sources, tmp_path, kind):
+    from peftlab.export.verify import logits_tolerance
+
     runs, weights = [sources["dates"], sources["numbers"]], [0.7, 0.5]
     report = combine(tmp_path / "c", runs, f"combination_type={kind}", "weights=[0.7,0.5]", "density=0.6",
                      "evaluate=false")
-    assert report["check"] == {"reloaded_max_abs_error": 0.0}
+    check = report["check"]
+    assert set(check) == {"reloaded_max_abs_error", "tolerance"}
+    assert 0 < check["tolerance"] < 1e-4 and check["reloaded_max_abs_error"] <= check["tolerance"]
     uses_density = kind.startswith(("ties", "dare", "magnitude"))
     assert report["density"] == (0.6 if uses_density else None)
     kwargs = {"combination_type": kind, **({"density": 0.6} if uses_density else {})}
     with torch.no_grad():
-        ours = load_plain(tmp_path / "c" / "adapter")(input_ids=INPUTS).logits
+        plain = load_plain(tmp_path / "c" / "adapter")
+        ours = plain(input_ids=INPUTS).logits
         ref = peft_reference(runs, weights, **kwargs)(input_ids=INPUTS).logits
-    assert torch.equal(ours, ref)
+    if kind.endswith("svd"):  # peft's own lora_A is a column-major view: the kernels sum in another order
+        assert float((ours - ref).abs().max()) <= logits_tolerance(plain, ref)
+    else:  # the same bytes in the same layout through the same kernels, in one process
+        assert torch.equal(ours, ref)
+
+
+@pytest.mark.parametrize("kind", ["svd", "ties_svd"])
+def test_an_svd_combination_reloads_within_the_tolerance_and_a_perturbed_one_is_refused(sources, tmp_path,
+                                                                                        monkeypatch, kind):
+    """The gate allows the rounding of the model's forward, not a real difference: a reload whose
+    one lora_B is a thousandth off is refused, and nothing is kept."""
+    from peftlab.errors import ConfigError
+    from peftlab.models.adapters import AdapterBank
+
+    runs = [sources["dates"], sources["dates_r2"]]
+    report = combine(tmp_path / "ok", runs, f"combination_type={kind}", "evaluate=false")
+    assert report["check"]["reloaded_max_abs_error"] <= report["check"]["tolerance"]
+    add = AdapterBank.add
+
+    def perturbed(bank, name, *args, **kwargs):
+        add(bank, name, *args, **kwargs)
+        if name == "reloaded":
+            with torch.no_grad():
+                bank.model.base_model.model.model.layers[1].mlp.up_proj.lora_B["reloaded"].weight.mul_(1.001)
+
+    monkeypatch.setattr(AdapterBank, "add", perturbed)
+    with pytest.raises(ConfigError, match=r"the saved combination reloads with logits .* away from the one in "
+                                          r"memory \(more than .*\); nothing was kept"):
+        combine(tmp_path / "bad", runs, f"combination_type={kind}", "evaluate=false")
+    assert not (tmp_path / "bad" / "adapter").exists()
 
 
 def test_cat_is_the_exact_weighted_sum_of_the_updates(sources, tmp_path):
@@ -197,7 +231,7 @@ def test_ia3_vectors_combine_linearly(sources, tmp_path):
 def test_unequal_ranks_combine_by_cat_and_svd(sources, tmp_path):
     runs = [sources["dates"], sources["dates_r2"]]
     report = combine(tmp_path / "cat", runs, "combination_type=cat", "evaluate=false")
-    assert report["check"]["reloaded_max_abs_error"] == 0
+    assert report["check"]["reloaded_max_abs_error"] <= report["check"]["tolerance"]
     cfg = json.loads((tmp_path / "cat" / "adapter" / "adapter_config.json").read_text())
     assert cfg["r"] == 6
     combine(tmp_path / "svd", runs, "combination_type=svd", "svd_rank=3", "evaluate=false")
