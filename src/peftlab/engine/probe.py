@@ -6,6 +6,9 @@ training takes), see whether the fresh tuner leaves the logits as they were, tra
 one batch (the loss must fall), save, reload with plain transformers + peft (identical logits),
 switch it off (the base's logits again), and merge the reloaded model where peft offers it (the
 merged model must give the adapter's logits). ``passed``: it trained, reloaded and switched off.
+"The same logits" is within ``forward_tolerance`` (export/verify.py) of the reference's magnitude:
+a reload, a switched-off tuner or a merge computes the same function by other kernels or layouts,
+whose last bits differ between CPUs.
 scripts/probe_peft_tuners.py runs every tuner and writes methods/peft_tuners.json.
 """
 
@@ -71,19 +74,19 @@ def _probe(peft_type: str, task_type: str, cache_dir: str, options: dict, result
     backbone = load_backbone(conf.model, cache_dir, task)
     base = _logits(backbone.model.eval(), batch)
     model = _wrap(peft_type, options, backbone, task, batch)
-    result["starts_as_base"] = torch.allclose(_logits(model.eval(), batch), base, atol=1e-6)
+    result["starts_as_base"] = _same(_logits(model.eval(), batch), base, model)
     losses = _train(model, task, batch)
     result["trains"] = all(map(torch.isfinite, torch.tensor(losses))) and losses[-1] < losses[0]
     if not result["trains"]:
         return {**result, "reason": f"the loss did not fall in {STEPS} steps ({losses[0]:.4f} -> {losses[-1]:.4f})"}
     trained = _logits(model.eval(), batch)
     reloaded, fresh_base = _reload(model, conf, cache_dir, task, batch)
-    result["reloads"] = torch.equal(_logits(reloaded, batch), trained)
+    result["reloads"] = _same(_logits(reloaded, batch), trained, reloaded)
     if not result["reloads"]:
         return {**result, "reason": "the reloaded adapter gives other logits (is all it trained in the folder?)"}
     try:
         with reloaded.disable_adapter():
-            result["switches_off"] = torch.allclose(_logits(reloaded, batch), fresh_base, atol=1e-6)
+            result["switches_off"] = _same(_logits(reloaded, batch), fresh_base, reloaded)
     except Exception as err:  # noqa: BLE001
         result["switches_off"] = False
         return {**result, "reason": f"switching it off fails: {_first_line(err)}"}
@@ -152,7 +155,7 @@ def _merges(model, batch, expected) -> Any:
         merged = model.merge_and_unload().eval()
     except Exception:  # noqa: BLE001  (peft refuses merging for many tuners)
         return False
-    return torch.allclose(_logits(merged, batch), expected, atol=1e-4, rtol=1e-4)
+    return _same(_logits(merged, batch), expected, merged)
 
 
 @lru_cache(maxsize=None)
@@ -192,6 +195,13 @@ def _targets(task_type: str, cache_dir: str) -> list[str]:
     conf, task, _ = _setup(*probed_task_types()[task_type], cache_dir)
     names = {n.rsplit(".", 1)[-1] for n, _ in build_on_meta(conf.model, task, cache_dir).named_modules()}
     return next(t for t in TARGETS if set(t) <= names)
+
+
+def _same(got: torch.Tensor, expected: torch.Tensor, model) -> bool:
+    """Whether ``got`` is ``expected`` up to the rounding of ``model``'s forward (NaN never is)."""
+    from peftlab.export.verify import logits_tolerance
+
+    return got.shape == expected.shape and bool((got - expected).abs().max() <= logits_tolerance(model, expected))
 
 
 def _logits(model, batch) -> torch.Tensor:
