@@ -9,6 +9,7 @@ stderr, ``<command>: error: <the same message>``, exit status 2, no traceback.""
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 from pathlib import Path
@@ -106,6 +107,34 @@ def _run_folders(root: Path, finished: Path) -> dict[str, Path]:
     p["old_report"].mkdir()
     (p["old_report"] / "report.json").write_text("{}")
     p.update(_reward_models(root, finished))
+    p.update(_sources(root, finished))
+    return p
+
+
+def _sources(root: Path, finished: Path) -> dict[str, Path]:
+    """Run folders that are not finished sources, and folders a command may not write into."""
+    p: dict[str, Path] = {}
+    no_lock = shutil.ignore_patterns(".lock")
+    p["killed_after_adapter"] = root / "killed_after_adapter"  # killed between its adapter and metrics.json
+    shutil.copytree(finished, p["killed_after_adapter"], ignore=shutil.ignore_patterns(".lock", "metrics.json"))
+    p["pissa_config"] = root / "pissa_config"  # an adapter whose config names a base-moving initialisation
+    shutil.copytree(finished, p["pissa_config"], ignore=no_lock)
+    config = p["pissa_config"] / "adapter" / "adapter_config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "init_lora_weights": "pissa"}))
+    p["prompt_run"] = root / "prompt_run"  # a finished prompt-tuning run (its adapter only: nothing trains here)
+    shutil.copytree(finished, p["prompt_run"], ignore=shutil.ignore_patterns(".lock", "adapter"))
+    (p["prompt_run"] / "adapter").mkdir()
+    (p["prompt_run"] / "adapter" / "adapter_config.json").write_text(json.dumps(
+        {"peft_type": "PROMPT_TUNING", "task_type": "CAUSAL_LM", "num_virtual_tokens": 4, "token_dim": 64,
+         "num_transformer_submodules": 1, "num_attention_heads": 4, "num_layers": 2}))
+    shutil.copy(finished / "adapter" / "adapter_model.safetensors", p["prompt_run"] / "adapter")
+    p["twin"] = root / "twin"  # a run folder whose adapter is the finished run's, through a link
+    shutil.copytree(finished, p["twin"], ignore=shutil.ignore_patterns(".lock", "adapter"))
+    (p["twin"] / "adapter").symlink_to(finished / "adapter", target_is_directory=True)
+    p["linked_report"] = root / "linked_report"  # a finished run whose report/ points elsewhere
+    shutil.copytree(finished, p["linked_report"], ignore=shutil.ignore_patterns(".lock", "report"))
+    (root / "elsewhere").mkdir()
+    (p["linked_report"] / "report").symlink_to(root / "elsewhere", target_is_directory=True)
     return p
 
 
@@ -373,7 +402,7 @@ CASES = [
     ("a hub model a run folder names", "peftlab-eval", ["run_dir={hub_run}"],
      "model.name_or_path: cannot load 'nobody/nothing': a hub model that a run folder names is read from the local "
      "cache only"),
-    ("merge broken adapter", "peftlab-merge", ["run_dir={broken_adapter}"], "corrupted or truncated"),
+    ("merge broken adapter", "peftlab-merge", ["run_dir={broken_adapter}"], "is corrupted or truncated"),
     ("merge into existing folder", "peftlab-merge", ["run_dir={finished}", "out_dir={taken}"],
      "out_dir: {taken} already exists; it is never overwritten"),
     ("report over report files", "peftlab-report", ["{finished}", "out_dir={half_report}"],
@@ -398,6 +427,41 @@ CASES = [
     ("report over a report", "peftlab-report", ["{finished}", "out_dir={old_report}"],
      "out_dir: {old_report} already holds a report; it is never overwritten (overwrite=true replaces it"),
     ("report of nothing", "peftlab-report", ["{out}/nope"], "inputs: no such folder"),
+    ("report through a link", "peftlab-report", ["{linked_report}"],
+     "inputs: {linked_report}/report is a symbolic link; peftlab never writes through a link in a run folder"),
+    ("report into a run", "peftlab-report", ["{finished}", "out_dir={finished}/adapter/report"],
+     "out_dir: {finished}/adapter/report is inside {finished}, which holds a run"),
+    # sources: every command that takes a run reads it through one reader
+    ("eval a killed run", "peftlab-eval", ["run_dir={killed_after_adapter}"],
+     "run_dir: {killed_after_adapter} is not a finished run (no metrics.json: it was killed before the end"),
+    ("eval runs with a killed run", "peftlab-eval", ["runs=[{finished},{killed_after_adapter}]"],
+     "runs: {killed_after_adapter} is not a finished run (no metrics.json"),
+    ("eval an adapter that moves the base", "peftlab-eval", ["runs=[{finished},{pissa_config}]"],
+     "runs: {pissa_config}/adapter/adapter_config.json says init_lora_weights='pissa', which rewrites the base's "
+     "weights when the adapter is loaded"),
+    ("eval one adapter twice", "peftlab-eval", ["runs=[{finished},{twin}]"],
+     "runs: {finished}/adapter and {twin}/adapter are the same adapter files; name each source once"),
+    ("eval runs with a broken adapter", "peftlab-eval", ["runs=[{finished},{broken_adapter}]"],
+     "runs: {broken_adapter}/adapter/adapter_model.safetensors is corrupted or truncated"),
+    ("combine one adapter twice", "peftlab-combine", ["runs=[{finished},{twin}]"],
+     "runs: {finished}/adapter and {twin}/adapter are the same adapter files; name each source once"),
+    ("combine a killed run", "peftlab-combine", ["runs=[{finished},{killed_after_adapter}]"],
+     "runs: {killed_after_adapter} is not a finished run (no metrics.json"),
+    ("start from a killed run", "peftlab-train", ["init_adapter={killed_after_adapter}/adapter"],
+     "init_adapter: {killed_after_adapter} is not a finished run (no metrics.json"),
+    ("start from a broken adapter", "peftlab-train", ["init_adapter={broken_adapter}/adapter"],
+     "init_adapter: {broken_adapter}/adapter/adapter_model.safetensors is corrupted or truncated"),
+    ("start from an adapter that moves the base", "peftlab-train", ["init_adapter={pissa_config}/adapter"],
+     "init_adapter: {pissa_config}/adapter/adapter_config.json says init_lora_weights='pissa'"),
+    ("start from a prompt-learning adapter", "peftlab-train", ["method=prompt", "init_adapter={prompt_run}/adapter"],
+     "init_adapter: {prompt_run}/adapter is a PROMPT_TUNING adapter, which peft loads frozen only"),
+    ("start from another kind of adapter", "peftlab-train", ["method=prompt", "init_adapter={finished}/adapter"],
+     "init_adapter: {finished}/adapter is a LORA adapter; method=prompt trains PROMPT_TUNING"),
+    # outputs: never inside someone's folder
+    ("train inside a finished run", "peftlab-train", ["hydra.run.dir={finished}/adapter/new"],
+     "hydra.run.dir: {finished}/adapter/new is inside {finished}, which holds a run"),
+    ("merge into a run folder", "peftlab-merge", ["run_dir={finished}", "out_dir={finished}/export"],
+     "out_dir: {finished}/export is inside the run folder {finished}, where peftlab writes only {finished}/merged"),
     ("generate without a prompt", "peftlab-generate", ["run_dir={finished}"],
      "prompt: give exactly one of prompt=..., file=... or interactive=true (given: none)"),
     ("generate from a missing file", "peftlab-generate", ["run_dir={finished}", "file={out}/nope.jsonl"],
@@ -414,7 +478,12 @@ AS_COMMANDS = {
     "resume with other settings", "malformed json", "adapter_off after sft", "missing model folder",
     "eval corrupt config", "merge broken adapter", "report over a report", "generate without a prompt",
     "generate from a missing file", "reward model of another base", "no room to generate", "rl setting without rl",
+    "combine one adapter twice", "eval an adapter that moves the base", "train inside a finished run",
+    "report through a link",
 }
+# the fast suite runs one case of each command as the console script; CI's integration run every case
+FAST_COMMANDS = {"negative rank", "eval corrupt config", "merge broken adapter", "report over a report",
+                 "generate without a prompt"}
 # what only the command line has (the API takes its prompts as a list)
 COMMAND_LINE_ONLY = {"generate without a prompt", "generate from a missing file", "a finished sweep's folder"}
 
@@ -446,6 +515,8 @@ def _through_the_api(prog: str, argv: list[str]) -> None:
         api.evaluate(None, argv)
     elif prog == "peftlab-merge":
         api.merge(None, argv)
+    elif prog == "peftlab-combine":
+        api.combine([], argv)
     elif prog == "peftlab-report":
         api.report([a for a in argv if "=" not in a], [a for a in argv if "=" in a])
     elif prog == "peftlab-generate":
@@ -455,13 +526,23 @@ def _through_the_api(prog: str, argv: list[str]) -> None:
         raise AssertionError(prog)
 
 
-def _left_nothing(root: Path, out: Path) -> None:
-    assert not out.exists() or not any(out.iterdir()), sorted(p.name for p in out.iterdir())
-    assert [str(p.relative_to(root)) for p in root.rglob(".*.tmp-*")] == []
+def _snapshot(root: Path) -> dict[str, tuple]:
+    """Every file under ``root`` (size, modification time) and every folder: what a failed start must
+    leave as it was (the folders of earlier cases' commands are left out: each case checks its own)."""
+    return {str(p.relative_to(root)): None if p.is_dir() else (p.lstat().st_size, p.lstat().st_mtime_ns)
+            for p in root.rglob("*") if not (p.is_dir() and p.relative_to(root).parts[0] in ("api", "cli"))}
+
+
+def _left_nothing(root: Path, out: Path, before: dict[str, tuple]) -> None:
+    """A failed start leaves the tree as it was: its own folder gone (no .hydra/, .lock, config.yaml
+    or log), every input untouched, no temporary file anywhere."""
+    assert not out.exists(), sorted(p.name for p in out.rglob("*"))
+    after = _snapshot(root)
+    assert after == before, sorted(set(after.items()) ^ set(before.items()))
 
 
 def test_the_matrix_is_large():
-    assert len(CASES) >= 40 and len({c[0] for c in CASES}) == len(CASES)
+    assert len(CASES) >= 40 and len({c[0] for c in CASES}) == len(CASES) and FAST_COMMANDS <= AS_COMMANDS
     assert AS_COMMANDS <= {c[0] for c in CASES} and {c[1] for c in CASES} <= {c[1] for c in CASES
                                                                               if c[0] in AS_COMMANDS}
 
@@ -474,26 +555,29 @@ def test_bad_input_is_a_user_error_that_leaves_nothing(inputs, case):
     root, files = inputs
     out = root / "api" / case[0].replace(" ", "_")
     argv, fill = _argv(case, files, out)
+    before = _snapshot(root)
     with pytest.raises(user_errors()) as err:
         _through_the_api(case[1], argv)
     message = describe(err.value)
     assert "\n" not in message and case[3].format(**fill) in message, message
-    _left_nothing(root, out)
+    _left_nothing(root, out, before)
 
 
-@pytest.mark.parametrize("case", [c for c in CASES if c[0] in AS_COMMANDS],
+@pytest.mark.parametrize("case", [c if c[0] in FAST_COMMANDS else pytest.param(c, marks=pytest.mark.integration)
+                                  for c in CASES if c[0] in AS_COMMANDS],
                          ids=[c[0] for c in CASES if c[0] in AS_COMMANDS])
 def test_the_command_prints_one_line_and_exits_2(inputs, case):
     root, files = inputs
     out = root / "cli" / case[0].replace(" ", "_")
     argv, fill = _argv(case, files, out)
+    before = _snapshot(root)
     proc = run_cli(case[1], *argv)
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith(f"{case[1]}: error: "), last
     assert case[3].format(**fill) in last, last
-    _left_nothing(root, out)
+    _left_nothing(root, out, before)
 
 
 # --- generated from the schemas: every typed field refuses a value of the wrong kind, and every
@@ -551,15 +635,28 @@ def test_the_generated_cases_cover_every_kind_of_field():
 @pytest.mark.parametrize("command,pick,key,value", GENERATED, ids=[f"{c}:{'/'.join(p)}:{k}={v}"
                                                                    for c, p, k, v in GENERATED])
 def test_every_field_refuses_a_bad_value_by_name(command, pick, key, value):
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf, open_dict
+
     from peftlab.config import commands, validate
     from peftlab.config.messages import describe, user_errors
 
+    schema = getattr(commands, f"{command.capitalize()}Schema")
+    cfg = OmegaConf.create(OmegaConf.to_container(_composed(command, tuple(pick))))  # a copy, untyped as Hydra's
+    bad = OverridesParser.create().parse_override(f"{key}={value}").value()  # the value as Hydra reads it
+    with pytest.raises(user_errors()) as err:
+        with open_dict(cfg):
+            OmegaConf.update(cfg, key, bad, merge=True)
+        validate(cfg, schema)
+    assert key in describe(err.value)
+
+
+@functools.cache
+def _composed(command: str, pick: tuple[str, ...]):
+    """The command's config with ``pick``, composed once for every field of it."""
     from conftest import compose
 
-    schema = getattr(commands, f"{command.capitalize()}Schema")
-    with pytest.raises(user_errors()) as err:
-        validate(compose([*pick, f"{key}={value}"], config_name=command), schema)
-    assert key in describe(err.value)
+    return compose(list(pick), config_name=command)
 
 
 def test_the_reliability_guide_states_the_matrix_as_it_is():

@@ -118,9 +118,13 @@ def test_a_run_trained_in_bf16_merges_in_bf16(tmp_path, cache_dir):
 
 
 MERGEABLE = [[f"method={m}"] for m in sorted(METHODS) if METHODS[m].capabilities.mergeable]
+# the fast suite merges LoRA, DoRA and IA3 (a vector tuner); CI's integration run every mergeable method
+FAST_MERGES = {"method=lora", "method.use_dora=true", "method=ia3"}
 
 
-@pytest.mark.parametrize("overrides", [*MERGEABLE, ["method.use_dora=true"]], ids=lambda o: o[0])
+@pytest.mark.parametrize("overrides", [o if o[0] in FAST_MERGES else pytest.param(o, marks=pytest.mark.integration)
+                                       for o in [*MERGEABLE, ["method.use_dora=true"]]],
+                         ids=lambda o: o[0])
 def test_every_mergeable_method_merges_exactly(tmp_path, cache_dir, overrides):
     run = make_run(tmp_path, "run", *overrides)
     report = merge_run(run, read_run_config(run), tmp_path / "merged")
@@ -199,7 +203,7 @@ def test_bad_input_is_one_line_and_leaves_nothing(case, lora_run, prefix_run, tm
         path = run / "adapter" / "adapter_model.safetensors"
         data = path.read_bytes()
         path.write_bytes(data[: len(data) // 2] if case == "truncated" else b"\x00" * 64 + data[64:])
-        expected = f"{path}: corrupted or truncated ("
+        expected = f"run_dir: {path} is corrupted or truncated ("
     else:
         (tmp_path / "taken").mkdir()
         extra = [f"out_dir={tmp_path / 'taken'}"]

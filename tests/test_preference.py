@@ -118,7 +118,7 @@ def _adapter_methods():
 
 
 # one method of each kind in the fast suite; every one in CI's integration run
-FAST_SWITCH = {"lora", "loha", "ia3", "trainable_tokens"}
+FAST_SWITCH = {"lora", "ia3", "vera", "trainable_tokens"}
 
 
 @pytest.mark.parametrize("method", [m if m in FAST_SWITCH else pytest.param(m, marks=pytest.mark.integration)

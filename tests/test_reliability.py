@@ -318,12 +318,28 @@ def test_a_config_beside_the_rerun_file_is_refused(planted, tmp_path, cache_dir)
 
 
 # --- ownership: a refused command changes no byte of a folder it does not own --------------------
-STATES = ["finished", "killed", "diverged", "locked", "users_own", "finished_sweep"]
-COMMANDS = ["train", "train -m", "resume", "eval", "merge", "generate", "report"]
+STATES = ["finished", "killed", "diverged", "locked", "users_own", "finished_sweep",
+          "child_of_finished", "child_of_live", "linked_report", "linked_merged", "linked_checkpoints"]
+COMMANDS = ["train", "train -m", "resume", "eval", "eval runs=", "merge", "merge here", "combine", "generate",
+            "report", "report out_dir="]
 # what a command may legitimately do with a folder (and still must not change it, but for report)
-SUCCEEDS = {("finished", "eval"), ("finished", "merge"), ("finished", "generate")}
+SUCCEEDS = {("finished", "eval"), ("finished", "merge"), ("finished", "generate"), ("finished", "eval runs="),
+            ("finished", "combine"), ("linked_report", "eval"), ("linked_report", "merge"),
+            ("linked_report", "generate"), ("linked_report", "eval runs="), ("linked_report", "combine"),
+            ("linked_merged", "eval"), ("linked_merged", "merge"), ("linked_merged", "generate"),
+            ("linked_merged", "eval runs="), ("linked_merged", "combine"), ("finished_sweep", "eval runs=")}
 BY_DESIGN = {("finished", "report"), ("finished_sweep", "report"),  # the report goes into <input>/report
+             ("linked_merged", "report"),
+             ("finished", "merge here"), ("linked_report", "merge here"),  # the merged model into <run_dir>/merged
              ("killed", "resume")}  # continuing a killed run in its own folder is what resume is for
+# where a state's folder lies inside the folder it belongs to: what must not change is that owner
+CHILDREN = {"child_of_finished": "finished", "child_of_live": "locked"}
+# a diagonal of the matrix, each state and each command at least once, as console scripts in the
+# fast suite; CI's integration run runs every cell
+FAST_CELLS = {(s, COMMANDS[(i + 2) % len(COMMANDS)]) for i, s in enumerate(STATES)} | {
+    ("users_own", "report out_dir="), ("locked", "eval runs="), ("child_of_live", "combine"),
+    ("linked_report", "report"), ("linked_merged", "merge here"), ("linked_checkpoints", "resume"),
+    ("child_of_finished", "train")}
 
 
 @pytest.fixture(scope="module")
@@ -342,6 +358,13 @@ def folder_states(tmp_path_factory, finished_run):
     (root / "users_own" / "train.log").write_text("my notes\n")
     shutil.copytree(finished_run, root / "finished_sweep" / "0", ignore=no_lock)
     (root / "finished_sweep" / "multirun.yaml").write_text("hydra: {}\n")
+    (root / "elsewhere").mkdir()  # where the links point: no command may write there either
+    (root / "elsewhere" / "mine.txt").write_text("someone else's\n")
+    for name in ("report", "merged"):
+        shutil.copytree(finished_run, root / f"linked_{name}", ignore=no_lock)
+        (root / f"linked_{name}" / name).symlink_to(root / "elsewhere", target_is_directory=True)
+    shutil.copytree(root / "killed", root / "linked_checkpoints", ignore=shutil.ignore_patterns("checkpoints"))
+    (root / "linked_checkpoints" / "checkpoints").symlink_to(root / "killed" / "checkpoints", target_is_directory=True)
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; "
                                "from peftlab.runs.locks import lock_folder; lock_folder(Path(sys.argv[1])); "
                                "print('held', flush=True); time.sleep(900)", str(root / "locked")],
@@ -353,36 +376,56 @@ def folder_states(tmp_path_factory, finished_run):
 
 
 def _snapshot(folder: Path) -> dict[str, tuple]:
-    return {str(p.relative_to(folder)): (p.is_dir(), p.stat().st_mtime_ns, None if p.is_dir() else p.read_bytes())
+    return {str(p.relative_to(folder)): (p.is_symlink(), p.is_dir(), p.lstat().st_mtime_ns,
+                                         None if p.is_dir() or p.is_symlink() else p.read_bytes())
             for p in sorted(folder.rglob("*"))}
 
 
-def _command(command: str, folder: Path, elsewhere: Path) -> list[str]:
+def _command(command: str, folder: Path, elsewhere: Path, finished: Path) -> list[str]:
     return {
         "train": ["peftlab-train", "debug=tiny", f"hydra.run.dir={folder}"],
         "train -m": ["peftlab-train", "-m", "debug=tiny", "seed=1,2", f"hydra.sweep.dir={folder}"],
         "resume": ["peftlab-train", f"resume={folder}"],
         "eval": ["peftlab-eval", f"run_dir={folder}", f"hydra.run.dir={elsewhere / 'eval'}"],
+        "eval runs=": ["peftlab-eval", f"runs=[{folder}]", f"hydra.run.dir={elsewhere / 'eval'}"],
         "merge": ["peftlab-merge", f"run_dir={folder}", f"out_dir={elsewhere / 'merged'}",
                   f"hydra.run.dir={elsewhere / 'merge'}"],
+        "merge here": ["peftlab-merge", f"run_dir={folder}", f"hydra.run.dir={elsewhere / 'merge'}"],
+        "combine": ["peftlab-combine", f"runs=[{folder}]", f"hydra.run.dir={elsewhere / 'combine'}"],
         "generate": ["peftlab-generate", f"run_dir={folder}", "prompt=hi"],
         "report": ["peftlab-report", str(folder)],
+        "report out_dir=": ["peftlab-report", str(finished), f"out_dir={folder}", "plots=false", "html=false"],
     }[command]
 
 
-@pytest.mark.parametrize("state", STATES)
-@pytest.mark.parametrize("command", COMMANDS)
+OWNERSHIP_CELLS = [pytest.param(command, state, id=f"{command}-{state}",
+                                 marks=() if (state, command) in FAST_CELLS else pytest.mark.integration)
+                    for command in COMMANDS for state in STATES if (state, command) not in BY_DESIGN]
+
+
+def test_the_ownership_matrix_is_whole():
+    assert len(STATES) * len(COMMANDS) == len(OWNERSHIP_CELLS) + len(BY_DESIGN) == 121
+    assert {s for s, _ in FAST_CELLS} == set(STATES) and {c for _, c in FAST_CELLS} == set(COMMANDS)
+    assert not FAST_CELLS & BY_DESIGN
+
+
+@pytest.mark.parametrize("command,state", OWNERSHIP_CELLS)
 def test_a_command_changes_no_byte_of_a_folder_it_does_not_own(folder_states, state, command, tmp_path):
-    if (state, command) in BY_DESIGN:
-        pytest.skip("the command's own output goes there by design")
     folder = folder_states / state
-    before = _snapshot(folder)
-    proc = run_cli(*_command(command, folder, tmp_path), cwd=tmp_path)
+    if state in CHILDREN:
+        folder = folder_states / CHILDREN[state] / "adapter" / "child"
+    owner = folder_states / CHILDREN.get(state, state)
+    before, elsewhere = _snapshot(owner), _snapshot(folder_states / "elsewhere")
+    proc = run_cli(*_command(command, folder, tmp_path, folder_states / "finished_sweep" / "0"), cwd=tmp_path)
     expected = 0 if (state, command) in SUCCEEDS else 2
     assert proc.returncode == expected, proc.stderr[-2000:]
     if expected == 2:
-        assert proc.stderr.strip().splitlines()[-1].startswith(f"{_command(command, folder, tmp_path)[0]}: error: ")
-    assert _snapshot(folder) == before
+        assert proc.stderr.strip().splitlines()[-1].startswith(f"{_command(command, folder, tmp_path, owner)[0]}: "
+                                                               "error: ")
+        assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert _snapshot(owner) == before
+    assert _snapshot(folder_states / "elsewhere") == elsewhere
+    assert not folder.exists() or state not in CHILDREN
 
 
 def test_a_kill_between_the_adapter_and_metrics_json_is_resumed_to_the_end(tmp_path, cache_dir):
@@ -429,3 +472,16 @@ def test_the_reliability_guide_states_the_ownership_matrix_as_it_is():
     for figure in (f"for each of {len(COMMANDS)} commands", f"and {len(STATES)} folder states",
                    f"({len(STATES) * len(COMMANDS) - len(BY_DESIGN)} pairs; the other {len(BY_DESIGN)} are"):
         assert figure in guide, figure
+
+
+@pytest.mark.parametrize("command", [["peftlab-eval", "run_dir={killed}"], ["peftlab-combine", "runs=[{killed}]"]])
+def test_a_failed_start_in_a_default_folder_leaves_no_file(finished_run, tmp_path, command):
+    """Without hydra.run.dir the command's folder is Hydra's timestamped one: a refusal before the
+    work removes what was written there (.hydra/, the lock, the log), as for a folder named."""
+    killed = tmp_path / "killed"
+    shutil.copytree(finished_run, killed, ignore=shutil.ignore_patterns(".lock", "metrics.json"))
+    work = tmp_path / "work"
+    work.mkdir()
+    proc = run_cli(*[a.format(killed=killed) for a in command], cwd=work)
+    assert proc.returncode == 2 and "is not a finished run" in proc.stderr.strip().splitlines()[-1], proc.stderr
+    assert [str(p.relative_to(work)) for p in work.rglob("*") if not p.is_dir()] == []

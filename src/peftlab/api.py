@@ -110,8 +110,8 @@ def combine(run_dirs: Sequence[str | Path], overrides: Overrides = None) -> dict
         save_hydra()
         return combine_from_config(cfg, out)
 
-    runs = "runs=[" + ",".join(str(r) for r in run_dirs) + "]"
-    result, out = _call("combine", [runs, *(overrides or [])], work)
+    runs = ["runs=[" + ",".join(str(r) for r in run_dirs) + "]"] if run_dirs else []  # or runs= in the overrides
+    result, out = _call("combine", [*runs, *(overrides or [])], work)
     return {**result, "out_dir": str(out)}
 
 

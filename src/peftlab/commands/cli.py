@@ -31,11 +31,21 @@ __all__ = ["CONF_DIR", "run_app", "output_dir"]
 _register_sweep_plugins()  # hydra/launcher=process, hydra/sweeper=seed_budget
 
 
+# the folder Hydra made for this process's single run when the command line named none (its
+# timestamped default): a failed start removes what was written there, as for a named one
+_DEFAULT_FOLDER: list[Path] = []
+
+
 def output_dir() -> Path:
     """The folder Hydra gave this job (its run or sweep-job folder)."""
     from hydra.core.hydra_config import HydraConfig
 
-    return Path(HydraConfig.get().runtime.output_dir)
+    hc = HydraConfig.get()
+    folder = Path(hc.runtime.output_dir)
+    named = any(o.startswith("hydra.run.dir=") for o in hc.overrides.hydra)
+    if hc.mode.name == "RUN" and hc.output_subdir is not None and not named:  # a folder of its own, made now
+        _DEFAULT_FOLDER[:] = [folder]
+    return folder
 
 
 def _explicit_run_dir(argv: list[str]) -> Optional[Path]:
@@ -98,8 +108,8 @@ def run_app(hydra_main: Callable[[], object], prog: str,
     except (*user_errors(), AssertionError) as err:
         if isinstance(err, AssertionError) and not unchosen_group(err, sys.argv[1:]):
             raise  # a bug, not the user's
-        if held is not None:  # this process's folder: what Hydra wrote for a run that never started goes
-            discard_unstarted_run_dir(held)
+        for folder in [held] if held is not None else _DEFAULT_FOLDER:
+            discard_unstarted_run_dir(folder)  # this process's folder: what it wrote for a run that never started
         print(f"{prog}: error: {describe(err, sys.argv[1:])}", file=stderr)
         sys.exit(2)
     finally:

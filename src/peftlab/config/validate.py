@@ -32,6 +32,11 @@ _ARTICLE = {"Integer": "an integer", "Float": "a number", "Boolean": "a boolean 
 def _schema_of(group: str, node: Any, field_type: Any) -> Any:
     if group == "method":
         return method_schema(node.get("name") if isinstance(node, DictConfig) else None)
+    import typing
+
+    if typing.get_origin(field_type) is typing.Union:  # Optional[Schema]: an optional group (rl, preference)
+        found = [t for t in typing.get_args(field_type) if dataclasses.is_dataclass(t)]
+        field_type = found[0] if len(found) == 1 else None
     return field_type if dataclasses.is_dataclass(field_type) else None
 
 
@@ -100,6 +105,9 @@ def _typed_groups(cfg: DictConfig, schema: Any, errors: list[str]) -> dict[str, 
     for name in _field_names(schema):
         node = cfg._get_node(name) if name in cfg else None
         if not isinstance(node, DictConfig):
+            continue
+        if node._is_none():  # an optional group left out (preference: null)
+            groups[name] = None
             continue
         try:
             sub = _schema_of(name, node, hints.get(name))

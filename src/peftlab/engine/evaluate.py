@@ -14,8 +14,7 @@ import peftlab.methods  # noqa: F401  (registers the method schemas a run folder
 from peftlab.config import validate
 from peftlab.config.commands import EvalSchema, TrainSchema
 from peftlab.config.schema import DataSchema
-from peftlab.errors import ConfigError
-from peftlab.runs.config import read_run_config
+from peftlab.runs.config import read_run_config, same_files
 from peftlab.runs.files import atomic_path, write_json, write_jsonl
 from peftlab.runs.folders import fresh_output_folder
 from peftlab.runs.metrics import versions
@@ -86,10 +85,8 @@ def _evaluate_many(conf: EvalSchema, out_dir: Path, overrides: list[str]) -> dic
     from peftlab.engine.adapters import expand_runs, score_runs
 
     folders = expand_runs(conf.runs)
-    try:
-        runs = [read_run_config(d, trust_remote_code=conf.trust_remote_code) for d in folders]
-    except ConfigError as err:  # its messages name run_dir=, the key of one run
-        raise ConfigError("runs:" + str(err).removeprefix("run_dir:")) from None
+    runs = [read_run_config(d, trust_remote_code=conf.trust_remote_code, key="runs") for d in folders]
+    same_files([d / "adapter" for d in folders], "runs")
     data_given = any(o.startswith("data=") for o in overrides)
     tasks = [make_task(conf.data if data_given else _run_data(run, overrides), run=run) for run in runs]
     rows, loads = score_runs(conf, folders, runs, tasks)
@@ -107,9 +104,11 @@ def _evaluate_many(conf: EvalSchema, out_dir: Path, overrides: list[str]) -> dic
 
 
 def many_table(rows: list[dict[str, Any]]) -> str:
+    from peftlab.reporting.escape import md  # what a run folder names is text, never markup
+
     lines = ["| run | method | task | metric | value | loss |", "|---|---|---|---|---|---|"]
     for r in rows:
         m = r["primary_metric"]
-        lines.append(f"| {r['run_dir']} | {r['method']} | {r['task']} | {m} | {r['metrics'][m]:.4f} | "
+        lines.append(f"| {md(r['run_dir'])} | {md(r['method'])} | {md(r['task'])} | {m} | {r['metrics'][m]:.4f} | "
                      f"{r['metrics'].get('loss', float('nan')):.4f} |")
     return "\n".join(lines)

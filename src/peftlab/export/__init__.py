@@ -12,7 +12,9 @@ from omegaconf import DictConfig
 import peftlab.methods  # noqa: F401  (registers the method schemas a run folder's config names)
 from peftlab.config import validate
 from peftlab.config.commands import MergeSchema
+from peftlab.errors import ConfigError
 from peftlab.runs.config import read_run_config
+from peftlab.runs.folders import check_no_link, claim_output
 from peftlab.runs.locks import check_not_held, folder_lock
 
 
@@ -30,7 +32,12 @@ def merge_from_config(cfg: DictConfig, log_dir: Optional[Path] = None) -> dict[s
 
     out = Path(conf.out_dir) if conf.out_dir else run_dir / "merged"
     if not out.resolve().is_relative_to(run_dir.resolve()):  # the run folder is only read: no byte of it changes
+        claim_output(out, "out_dir")
         check_not_held(run_dir, key="run_dir")
         return merge_run(run_dir, run, out, options, log_dir)
+    if out.absolute() != (run_dir / "merged").absolute():
+        raise ConfigError(f"out_dir: {out} is inside the run folder {run_dir}, where peftlab writes only "
+                          f"{run_dir / 'merged'}; give a folder outside it")
+    check_no_link(run_dir, "merged", "out_dir")
     with folder_lock(run_dir, key="run_dir"):  # writing into the run folder: no other command there meanwhile
         return merge_run(run_dir, run, out, options, log_dir)

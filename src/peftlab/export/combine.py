@@ -27,7 +27,7 @@ from peftlab.config.commands import EQUAL_RANKS, PRUNING, SIGN_ELECTING, Combine
 from peftlab.errors import ConfigError
 from peftlab.models import display_name
 from peftlab.models.adapters import AdapterBank, adapter_rank
-from peftlab.runs.config import base_identity, read_adapter_config, read_run_config
+from peftlab.runs.config import base_identity, read_adapter_config, read_run_config, same_files
 from peftlab.runs.files import atomic_path
 
 COMBINED = "combined"  # the combination's adapter name in the shared base
@@ -57,11 +57,9 @@ def read_sources(conf: CombineSchema) -> list[Source]:
         if run_dir.resolve() in seen:
             raise ConfigError(f"runs: {folder} is named twice")
         seen.add(run_dir.resolve())
-        try:
-            run = read_run_config(run_dir, trust_remote_code=conf.trust_remote_code)
-        except ConfigError as err:  # its messages name run_dir=, the key of the one-run commands
-            raise ConfigError("runs:" + str(err).removeprefix("run_dir:")) from None
+        run = read_run_config(run_dir, trust_remote_code=conf.trust_remote_code, key="runs")
         sources.append(Source(run_dir, run, f"{i}_{run.data.name}", weight))
+    same_files([s.adapter for s in sources], "runs")
     return sources
 
 

@@ -37,6 +37,7 @@ from peftlab.export.verify import (
     tolerance,
 )
 from peftlab.models import DTYPES
+from peftlab.runs.config import check_adapter_files
 from peftlab.runs.files import atomic_path, remove_stale_temps, write_json
 from peftlab.runs.memory import peak_rss_mb, reset_peak_rss
 
@@ -51,21 +52,6 @@ def check_mergeable(run_dir: Path, run) -> None:
     if not run.method.capabilities.mergeable:
         raise ConfigError(f"run_dir: method={run.method.name} cannot be merged: {run.method.not_mergeable}; the "
                           f"adapter folder {run_dir / 'adapter'} is the deployable artefact")
-
-
-def check_adapter_file(adapter: Path) -> None:
-    """A truncated or corrupted safetensors file fails here with its name, not deep inside peft."""
-    from safetensors import safe_open
-
-    path = adapter / "adapter_model.safetensors"
-    if not path.is_file():
-        raise ConfigError(f"run_dir: {path} is missing")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            for key in f.keys():
-                f.get_tensor(key)
-    except Exception as err:  # safetensors raises several types for bad files
-        raise ConfigError(f"{path}: corrupted or truncated ({str(err).splitlines()[0]})") from None
 
 
 def folder_mb(path: Path) -> float:
@@ -130,7 +116,7 @@ class MergeJob:
         if self.out_dir.exists():
             raise ConfigError(f"out_dir: {self.out_dir} already exists; it is never overwritten")
         remove_stale_temps(self.out_dir.parent, self.out_dir.name)  # what a killed merge left (a whole model)
-        check_adapter_file(self.run_dir / "adapter")
+        check_adapter_files(self.run_dir / "adapter", "run_dir")
 
     def load(self) -> None:
         o = self.options

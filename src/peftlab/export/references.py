@@ -40,7 +40,8 @@ class RunModels:
     def adapter_model(self, dtype: str, quantized: bool = False):
         """The run's adapter on its base in ``dtype`` (``quantized``: on the 8/4-bit base it trained on)."""
         import torch
-        from peft import PeftModel
+
+        from peftlab.runs.adapters import load_adapter
 
         self.model = self.backbone = None  # one copy of the weights at a time
         gc.collect()
@@ -49,7 +50,7 @@ class RunModels:
         self.backbone = load_backbone(self.run.model, self.cache_dir, self.task, dtype,
                                       quantization_config(precision) if quantized else None,
                                       device_map(self.run.hardware))
-        self.model = PeftModel.from_pretrained(self.backbone.model, self.adapter).eval()
+        self.model = load_adapter(self.backbone.model, self.adapter, "run_dir").eval()
         return self.model
 
 

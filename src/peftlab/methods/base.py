@@ -9,6 +9,7 @@ package imports every module it holds, so adding a method is one module and one
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, Optional
 
 from peftlab.config.plugins import Capabilities, MethodSchema, method_schema, register_method_schema
@@ -124,16 +125,19 @@ def apply_method(backbone: nn.Module, cfg: MethodSchema, ctx: BuildContext,
 
 
 def _load_adapter(backbone: nn.Module, peft_config: Any, method: str, path: str) -> nn.Module:
-    import json
-    import os
+    """``init_adapter``: a finished run's adapter (or an adapter folder of its own), of this method's kind."""
+    from peftlab.runs.adapters import load_adapter
+    from peftlab.runs.config import read_adapter_config, read_source_adapter
 
-    from peft import PeftModel
-
-    saved = json.loads(open(os.path.join(os.path.expanduser(path), "adapter_config.json")).read())
+    read_source_adapter(path, "init_adapter")
+    saved = read_adapter_config(Path(path).expanduser(), "init_adapter")
     kind = getattr(peft_config.peft_type, "value", peft_config.peft_type)
     if saved.get("peft_type") != kind:
         raise ConfigError(f"init_adapter: {path} is a {saved.get('peft_type')} adapter; method={method} trains {kind}")
-    return PeftModel.from_pretrained(backbone, os.path.expanduser(path), is_trainable=True)
+    if getattr(peft_config, "is_prompt_learning", False):
+        raise ConfigError(f"init_adapter: {path} is a {kind} adapter, which peft loads frozen only: a run cannot "
+                          f"train on from it (method={method} starts fresh; its reference can be the base)")
+    return load_adapter(backbone, path, "init_adapter", trainable=True)
 
 
 def set_trainable(model: nn.Module, spec: MethodSpec) -> None:

@@ -26,6 +26,7 @@ from peftlab.config.plugins import Capabilities, MethodSchema
 from peftlab.errors import ConfigError
 from peftlab.methods.base import BuildContext, register_method
 from peftlab.methods.shared import plain
+from peftlab.runs.adapters import keeps_the_base
 
 PROBE_FILE = Path(__file__).with_name("peft_tuners.json")
 DEFAULT_TYPE = "DELORA"
@@ -86,6 +87,11 @@ class PeftSchema(MethodSchema):
                 raise ConfigError(f"method.options.{key}: not an option of peft's {cls.__name__} (its options: "
                                   f"{', '.join(sorted(fields - set(SET_BY_PEFTLAB)))})")
         self.capabilities = probed_capabilities(self.peft_type)  # this tuner's, not the default's
+        init = self.options.get("init_lora_weights")
+        if init is not None and not keeps_the_base(init):  # what method=lora refuses or converts, never silently
+            raise ConfigError(f"method.options.init_lora_weights={init!r} rewrites the base's weights, and method=peft "
+                              "saves the adapter of that changed base (method=lora method.init=pissa or olora converts "
+                              "it to one of the original base)")
 
     def check(self, run: Any) -> list[str]:
         data = getattr(run, "data", None)

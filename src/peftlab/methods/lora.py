@@ -31,6 +31,14 @@ from peftlab.methods.shared import TargetedSchema, peft_kwargs
 
 INITS = ("default", "gaussian", "pissa", "olora", "eva")
 MOVES_THE_BASE = ("pissa", "olora")  # initialisations that take part of W into the adapter
+def combine_refusal_of(use_dora: bool, use_rslora: bool) -> str:
+    """What LoRA's switches rule out in peft's add_weighted_adapter ("" when nothing)."""
+    if use_dora:
+        return "method.use_dora=true: peft's add_weighted_adapter combines B and A but not DoRA's magnitudes"
+    if use_rslora:
+        return ("method.use_rslora=true: peft's add_weighted_adapter gives the combination lora_alpha = r, which "
+                "rsLoRA scales by sqrt(r) instead of 1")
+    return ""
 
 
 @dataclass
@@ -71,13 +79,8 @@ class LoraSchema(TargetedSchema):
         return super().adapter_off_differs()
 
     def combine_refusal(self, combination_type: str, weights: list[float]) -> str:
-        found = super().combine_refusal(combination_type, weights)
-        if not found and self.use_dora:
-            found = "method.use_dora=true: peft's add_weighted_adapter combines B and A but not DoRA's magnitudes"
-        if not found and self.use_rslora:
-            found = ("method.use_rslora=true: peft's add_weighted_adapter gives the combination lora_alpha = r, which "
-                     "rsLoRA scales by sqrt(r) instead of 1")
-        return found
+        return super().combine_refusal(combination_type, weights) or combine_refusal_of(self.use_dora,
+                                                                                          self.use_rslora)
 
     def check(self, run: Any) -> list[str]:
         problems = super().check(run)

@@ -143,9 +143,9 @@ def load_run_model(model_cfg: ModelSchema, run_dir: Optional[Path], cache_dir: s
         return backbone.model, backbone.tokenizer
     adapter = Path(run_dir) / "adapter"
     if (adapter / "adapter_config.json").is_file():
-        from peft import PeftModel
+        from peftlab.runs.adapters import load_adapter
 
-        return PeftModel.from_pretrained(backbone.model, adapter), backbone.tokenizer
+        return load_adapter(backbone.model, adapter, "run_dir"), backbone.tokenizer
     if not (adapter / "config.json").is_file():
         raise ConfigError(f"run_dir: {adapter} holds neither a peft adapter (adapter_config.json) nor a whole "
                           "model (config.json)")

@@ -1,5 +1,6 @@
 """Many adapters on one base: the base model is loaded once and each adapter is added to it by
 name, so N adapters cost one base's memory and one load (peftlab-combine, ``peftlab-eval runs=``).
+Each is added with ``runs.adapters.load_adapter``, which leaves the shared base as it was.
 
 ``use(name)`` makes one adapter the active one (``None``: the base alone, every adapter off);
 ``mixed(names)`` runs each row of a batch through its own adapter (peft's mixed-adapter batches,
@@ -14,6 +15,7 @@ from typing import Any, Iterator, Optional
 from peftlab.config.schema import ModelSchema
 from peftlab.errors import ConfigError
 from peftlab.models import load_backbone
+from peftlab.runs.adapters import load_adapter
 
 
 class AdapterBank:
@@ -25,21 +27,12 @@ class AdapterBank:
 
     def add(self, name: str, folder: Path) -> None:
         """Load the peft adapter in ``folder`` as ``name`` (it must be of this base's kind)."""
-        from peft import PeftModel
-
         folder = Path(folder)
         if not (folder / "adapter_config.json").is_file():
             raise ConfigError(f"runs: {folder} holds no peft adapter (adapter_config.json); a run of a method "
                               "that saves a whole model cannot share a base")
-        try:
-            if self.model is None:
-                self.model = PeftModel.from_pretrained(self.backbone.model, folder, adapter_name=name).eval()
-            else:
-                self.model.load_adapter(folder, adapter_name=name)
-        except (ValueError, KeyError, RuntimeError) as err:
-            raise ConfigError(f"runs: cannot add the adapter {folder} to the shared base: "
-                              f"{str(err).splitlines()[0]}") from None
-        self.model.eval()
+        self.model = load_adapter(self.model if self.model is not None else self.backbone.model, folder, "runs",
+                                  name).eval()
         self.names.append(name)
 
     @contextlib.contextmanager

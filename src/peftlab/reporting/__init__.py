@@ -31,7 +31,7 @@ from peftlab.reporting.runs import Group, Run, find_runs, group_runs, primary_me
 from peftlab.reporting.seed_budget import two_stage_groups
 from peftlab.reporting.tables import table_rows, to_csv, to_latex, to_markdown
 from peftlab.runs.files import atomic_path, write_json
-from peftlab.runs.folders import run_status
+from peftlab.runs.folders import check_no_link, claim_output, run_status
 from peftlab.runs.locks import check_not_held
 from peftlab.runs.metrics import metric_at
 
@@ -54,11 +54,14 @@ def report_from_config(cfg: DictConfig, log_dir: Path) -> dict[str, Any]:
     if not conf.inputs:
         raise ConfigError("inputs: name at least one sweep or run folder (peftlab-report outputs/multiruns/<stamp>)")
     inputs = [Path(p) for p in conf.inputs]
-    if conf.out_dir:
+    home = inputs[0] / "report" if len(inputs) == 1 else None
+    if conf.out_dir and not (home and Path(conf.out_dir).absolute() == home.absolute()):
         out = Path(conf.out_dir)
-    elif len(inputs) == 1:
-        out = inputs[0] / "report"
+        claim_output(out, "out_dir", REPORT_FILES)
+    elif home:
+        out = home
         _check_report_home(inputs[0])
+        check_no_link(inputs[0], "report", "inputs")
     else:
         out = Path(log_dir)
     return write_report(inputs, out, conf)

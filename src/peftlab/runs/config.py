@@ -19,39 +19,99 @@ from peftlab.config.instantiate import disallowed_resolvers
 from peftlab.config.schema import ModelSchema
 from peftlab.errors import ConfigError
 from peftlab.runs.folders import run_status
+from peftlab.runs.locks import check_not_held
 
 
-def read_run_config(run_dir: Path, trust_remote_code: bool = False):
-    """The validated config (a ``TrainSchema``) a finished run folder was trained with.
+def read_run_config(run_dir: Path, trust_remote_code: bool = False, key: str = "run_dir"):
+    """The validated config (a ``TrainSchema``) of a finished run folder: the one reader every
+    command that takes a run as a source goes through (eval, combine, merge, generate, init_adapter,
+    rl.reward_model). Refused, with one line naming ``key`` and the folder or file: a folder another
+    process holds, a run without a metrics.json that says it finished (killed, still running,
+    diverged), a config that does not validate (every block, the optional ones too), and adapter
+    files that are missing, unreadable, truncated or corrupt.
 
     A run folder is data: its ``model.trust_remote_code`` is never obeyed (the caller passes the
     user's own choice, the command's ``trust_remote_code=``), and a hub model or data set it names is
     read from the local cache only."""
     run_dir = Path(run_dir)
     path = run_dir / "config.yaml"
-    if run_status(run_dir) == "diverged":
-        raise ConfigError(f"run_dir: {run_dir} diverged during training (see its metrics.json): it has no adapter")
+    status = run_status(run_dir)
+    if status == "diverged":
+        raise ConfigError(f"{key}: {run_dir} diverged during training (see its metrics.json): it has no adapter")
     if not path.is_file() or not (run_dir / "adapter").is_dir():
-        raise ConfigError(f"run_dir: {run_dir} is not a finished peftlab-train run folder "
+        raise ConfigError(f"{key}: {run_dir} is not a finished peftlab-train run folder "
                           "(it needs config.yaml and adapter/)")
+    check_not_held(run_dir, key)
+    if status not in ("finished", "nan_metric"):  # a metric that came out NaN says nothing against the adapter
+        why = ("no metrics.json: it was killed before the end, or is still being written (resume= continues a "
+               "killed run)") if status is None else f"its metrics.json says status {status!r}"
+        raise ConfigError(f"{key}: {run_dir} is not a finished run ({why})")
     try:
         cfg = OmegaConf.load(path)
     except (OmegaConfBaseException, ValueError, UnicodeDecodeError, yaml.YAMLError) as err:
         first = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
-        raise ConfigError(f"run_dir: {path} is not a readable run config ({first})") from None
+        raise ConfigError(f"{key}: {path} is not a readable run config ({first})") from None
     if not isinstance(cfg, dict) and not OmegaConf.is_dict(cfg):
-        raise ConfigError(f"run_dir: {path} is not a readable run config (not a mapping)")
+        raise ConfigError(f"{key}: {path} is not a readable run config (not a mapping)")
     bad = disallowed_resolvers(OmegaConf.to_container(cfg, resolve=False), "")
     if bad:  # peftlab writes config.yaml resolved: an interpolation that reads anything came from elsewhere
-        raise ConfigError(f"run_dir: {path}: {bad[0]}")
+        raise ConfigError(f"{key}: {path}: {bad[0]}")
     try:
         run = validate(cfg, TrainSchema)
     except ConfigError as err:
-        raise ConfigError(f"run_dir: {path}: {err}") from None
+        raise ConfigError(f"{key}: {path}: {err}") from None
+    check_adapter_files(run_dir / "adapter", key)
     run.model.trust_remote_code = trust_remote_code
     run.model.local_files_only = True  # a hub model it names comes from the local cache, never the network
     run.data.local_files_only = True  # and so does a hub data set
     return run
+
+
+def read_source_adapter(folder: Path, key: str):
+    """An adapter folder named as a source (``init_adapter=``, ``rl.reward_model=``): inside a run
+    folder (``<run_dir>/adapter``), that run must be finished (``read_run_config``), and its config
+    is returned; a folder of its own is checked alone (its adapter files), and None is returned."""
+    folder = Path(folder).expanduser()
+    if folder.name == "adapter" and (folder.parent / "config.yaml").is_file():
+        return read_run_config(folder.parent, key=key)
+    check_not_held(folder, key)
+    check_adapter_files(folder, key)
+    return None
+
+
+def check_adapter_files(folder: Path, key: str) -> None:
+    """Every weights file of a saved adapter (or whole model) reads back whole: a truncated or
+    corrupted file fails here with its name, not deep inside peft or halfway through a command."""
+    from safetensors import safe_open
+
+    folder = Path(folder)
+    if (folder / "adapter_config.json").exists():
+        read_adapter_config(folder, key)
+    files = sorted(folder.glob("*.safetensors"))
+    if not files and not list(folder.glob("*.bin")):
+        raise ConfigError(f"{key}: {folder} holds no weights file (*.safetensors)")
+    for path in files:
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                for name in f.keys():
+                    f.get_tensor(name)
+        except Exception as err:  # safetensors raises several types for bad files
+            raise ConfigError(f"{key}: {path} is corrupted or truncated ({str(err).splitlines()[0]})") from None
+
+
+def same_files(folders: list[Path], key: str) -> None:
+    """Refuse the same adapter files reached twice (two run folders whose ``adapter`` is one folder
+    through a link, a folder named twice): they are one source, not two."""
+    seen: dict[tuple[int, int], Path] = {}
+    for folder in folders:
+        weights = sorted(Path(folder).glob("*.safetensors"))
+        if not weights:
+            continue
+        st = weights[0].stat()
+        ident = (st.st_dev, st.st_ino)
+        if ident in seen:
+            raise ConfigError(f"{key}: {seen[ident]} and {folder} are the same adapter files; name each source once")
+        seen[ident] = Path(folder)
 
 
 def base_identity(model_cfg: ModelSchema) -> dict[str, Any]:

@@ -18,6 +18,83 @@ from peftlab.runs.locks import LOCK_NAME, check_not_held, folder_lock, lock_fold
 
 # files whose presence means a folder holds a finished (or partly saved) run or evaluation
 FINISHED_MARKERS = ("metrics.json", "adapter", "eval.json")
+# what marks a folder as someone's: a run (Hydra's .hydra/, a record), a sweep (its index), a lock
+OWNER_MARKERS = (LOCK_NAME, ".hydra", "metrics.json", "eval.json", "failed.json", "index.jsonl", "multirun.yaml",
+                 "report.json")
+# the entries of a run or sweep folder that peftlab itself writes into
+WRITTEN_ENTRIES = ("report", "merged", "checkpoints", "adapter", "predictions")
+
+
+def owner_above(folder: Path) -> Optional[tuple[Path, str]]:
+    """The nearest folder above ``folder`` that holds a run, a sweep, a report or a lock, with the
+    entry that says so; None when none does. Links are resolved: a path that reaches a run folder
+    through a link is inside it."""
+    for parent in Path(folder).expanduser().resolve().parents:
+        for marker in OWNER_MARKERS:
+            if (parent / marker).exists() and (marker != LOCK_NAME or _held_elsewhere(parent)):
+                return parent, marker
+    return None
+
+
+def _held_elsewhere(folder: Path) -> bool:
+    """Whether another peftlab process holds ``folder``'s lock (a lock file alone, which other tools
+    name alike, says nothing; one that is not peftlab's is never opened for writing)."""
+    try:
+        if not (folder / LOCK_NAME).read_text(errors="replace").startswith("pid "):
+            return False
+    except OSError:
+        return False
+    try:
+        check_not_held(folder)
+    except ConfigError:
+        return True
+    return False
+
+
+def check_nothing_above(folder: Path, key: str) -> None:
+    """Refuse an output folder inside a run, a sweep, a report or a locked folder: it belongs to
+    whoever made that one (reports would list it as a run, a resumed run would meet it)."""
+    found = owner_above(folder)
+    if found:
+        parent, marker = found
+        raise ConfigError(f"{key}: {folder} is inside {parent}, which holds {_what(marker)} ({marker}); "
+                          "peftlab writes only into a folder of its own, pick one outside it")
+
+
+def claim_output(folder: Path, key: str = "out_dir", own: tuple[str, ...] = ()) -> None:
+    """An explicit output folder (``out_dir=``): the same claim as a run folder's, for a folder that
+    may already hold this command's own earlier output (the names in ``own``, which the command
+    itself decides whether to replace): not a link, not inside a run, a sweep, a report or a locked
+    folder, not held by another process, and holding nothing else."""
+    folder = Path(folder)
+    if folder.is_symlink():
+        raise ConfigError(f"{key}: {folder} is a symbolic link; peftlab writes only into a folder of its own")
+    check_nothing_above(folder, key)
+    if not folder.exists():
+        return
+    if not folder.is_dir():
+        raise ConfigError(f"{key}: {folder} is a file, not a folder")
+    check_not_held(folder, key)
+    held = sorted(p.name for p in folder.iterdir() if p.name not in (*own, LOCK_NAME))
+    if held:
+        shown = ", ".join(held[:4]) + (", ..." if len(held) > 4 else "")
+        raise ConfigError(f"{key}: {folder} holds what this command did not write ({shown}); give a new or empty "
+                          "folder")
+
+
+def _what(marker: str) -> str:
+    return {LOCK_NAME: "a folder another peftlab command holds", "index.jsonl": "a sweep", "multirun.yaml": "a sweep",
+            "report.json": "a report"}.get(marker, "a run")
+
+
+def check_no_link(folder: Path, name: str, key: str) -> Path:
+    """``folder/name``, an entry peftlab writes into: refused when it is a symbolic link (a link in
+    someone's run folder would send the write wherever it points)."""
+    entry = Path(folder) / name
+    if entry.is_symlink():
+        raise ConfigError(f"{key}: {entry} is a symbolic link; peftlab never writes through a link in a run "
+                          "folder (remove it, or give another folder)")
+    return entry
 
 
 def check_fresh_run_dir(run_dir: Path, key: str = "hydra.run.dir", resuming: bool = False) -> None:
@@ -47,6 +124,13 @@ def check_claimable(folder: Path, key: str = "hydra.run.dir", resuming: bool = F
     diverged or killed run, a command still at work, the user's own files) and is refused before
     any byte in it changes."""
     folder = Path(folder)
+    if folder.is_symlink():
+        raise ConfigError(f"{key}: {folder} is a symbolic link; peftlab writes only into a folder of its own")
+    if not resuming:
+        check_nothing_above(folder, key)
+    else:  # a killed run continued in its own folder: what it writes into must be its own
+        for name in WRITTEN_ENTRIES:
+            check_no_link(folder, name, key)
     if not folder.exists():
         return
     if not folder.is_dir():

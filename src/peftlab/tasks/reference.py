@@ -51,12 +51,12 @@ def as_reference(model: Any, mode: str):
     return adapter_off(model)
 
 
-def load_frozen(model: Any, folder: str, name: str = FROZEN) -> int:
+def load_frozen(model: Any, folder: str, name: str = FROZEN, key: str = "init_adapter") -> int:
     """Load the adapter in ``folder`` beside the policy's as ``name``, frozen and inactive; its bytes."""
     if name not in getattr(model, "peft_config", {}):
-        active = model.active_adapter
-        model.load_adapter(folder, adapter_name=name, is_trainable=False)
-        model.set_adapter(active)  # the policy trains; the loaded adapter stays as loaded
+        from peftlab.runs.adapters import load_adapter
+
+        load_adapter(model, folder, key, name)  # the policy's adapter stays the active one
     return param_bytes(p for n, p in model.named_parameters() if f".{name}." in n)
 
 

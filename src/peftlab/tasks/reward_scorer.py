@@ -16,6 +16,7 @@ texts did; ``score`` counts them (``cut``).
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, Optional
 
@@ -25,6 +26,8 @@ from peftlab.data.collators import pad
 from peftlab.data.tokenize import PromptFormat, encode
 from peftlab.errors import ConfigError
 from peftlab.tasks.reference import eval_mode, load_frozen, param_bytes, use_adapter
+
+log = logging.getLogger("peftlab.tasks.rl")
 
 NAME = "reward"  # the reward model's adapter beside the policy's
 
@@ -69,6 +72,7 @@ class RewardScorer:
         self.text_format = {"prompt_format": text_format.prompt_format, "system_prompt": text_format.system_prompt}
         self.max_length = data.max_length
         self.cut: list[bool] = []  # the last scored texts: which had to be cut (lost the start of their prompt)
+        self.texts_cut = 0  # how many, since the run (re)started
         if separate:
             from transformers import AutoModelForSequenceClassification
 
@@ -111,6 +115,25 @@ class RewardScorer:
         return pad(ids, self.tokenizer.pad_token_id), pad([[1] * len(i) for i in ids], 0)
 
     @torch.no_grad()
+    def checked_scores(self, policy: Any, prompts: list[str], completions: list[str], finished: list[bool],
+                       step: int) -> torch.Tensor:
+        """``score`` in float64 on the CPU: a score that is not a finite number ranks nothing and stops
+        the run; texts longer than data.max_length lost the start of their prompt: counted
+        (``texts_cut``) and said once."""
+        scores = self.score(policy, prompts, completions, finished).double().cpu()
+        bad = ~torch.isfinite(scores)
+        if bad.any():
+            raise ConfigError(f"rl.reward_model: the reward model gave {int(bad.sum())} of {len(scores)} completions "
+                              f"a score that is not a finite number at step {step + 1} "
+                              f"({scores[bad].tolist()[:4]}): check the reward run ({self.folder})")
+        n = sum(self.cut)
+        if n and not self.texts_cut:
+            log.warning("rl.reward_model: %d of %d texts at step %d were longer than data.max_length=%d and lost the "
+                        "start of their prompt before scoring (counted: metrics.json rl.reward_texts_cut, "
+                        "train/reward_texts_cut)", n, len(self.cut), step + 1, self.max_length)
+        self.texts_cut += n
+        return scores
+
     def score(self, policy: Any, prompts: list[str], completions: list[str],
               finished: Optional[list[bool]] = None) -> torch.Tensor:
         device = next(policy.parameters()).device

@@ -12,19 +12,14 @@ SFT's over answer tokens). The completions are sampled once per step and trained
 policy gradient, and the clip never binds (``clip_fraction`` 0); the clipped form is kept so that
 the loss is GRPO's, and several updates per sample would make it bind.
 
-A trained reward model scores the texts it learned from (tasks/reward_scorer.py): the run's prompt
-format and system prompt must be the reward run's unless ``rl.reward_format`` says otherwise, a
-completion cut off by ``rl.max_new_tokens`` is scored unfinished, a text that had to be cut is
-counted (``reward_texts_cut``), and a score that is not a finite number stops the run. A batch whose
-every group scored all alike gives the rewards no gradient: counted (``batches_without_signal``).
+A trained reward model scores the texts it learned from (tasks/reward_scorer.py); what a step
+records, and the batches whose rewards gave no gradient: tasks/rl_records.py.
 
 Evaluation is SFT's: greedy exact match and the loss of the reference answers on the test split.
 """
 
 from __future__ import annotations
 
-import json
-import logging
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -35,8 +30,6 @@ from peftlab.tasks.base import register_task
 from peftlab.tasks.causal_lm import CausalLMTask
 from peftlab.tasks.reference import Clock, as_reference, eval_mode, load_frozen
 from peftlab.tasks.rewards import REWARD_FUNCTIONS  # registers the shipped rewards with the config checks
-
-log = logging.getLogger(__name__)
 
 
 @register_task
@@ -58,8 +51,7 @@ class RLTask(CausalLMTask):
         self.reference_bytes = 0
         self.seconds = dict.fromkeys(("generate", "reward", "policy_forward", "reference"), 0.0)  # per phase, summed
         self.step_record: dict[str, float] = {}  # the last step's statistics, for the loggers
-        # since the run (re)started: texts the reward model saw cut, sampled batches, and those in which
-        # every group's completions scored alike (no gradient from the rewards)
+        # since the run (re)started: texts cut for the reward model, batches, those without signal
         self.counts = dict.fromkeys(("reward_texts_cut", "batches_sampled", "batches_without_signal"), 0)
         self._told: set[str] = set()  # the warnings already given
         self._cut: Optional[list[bool]] = None  # the last scored texts the reward model saw cut
@@ -101,15 +93,11 @@ class RLTask(CausalLMTask):
         bytes_ = {"reference_bytes": self.reference_bytes,
                   "reward_model_bytes": self.scorer.bytes if self.scorer is not None else 0}
         seconds = {k: round(v, 3) for k, v in self.seconds.items()}
-        # the format the reward model's texts took (rl.reward_format), once it is loaded
         scored = {"reward_text_format": self.scorer.text_format} if self.scorer is not None else {}
-        c = self.counts
-        if c["batches_sampled"] and c["batches_without_signal"] == c["batches_sampled"] and "signal" not in self._told:
-            self._told.add("signal")
-            log.warning("rl: in every one of the %d sampled batches, each prompt's completions all scored the "
-                        "same: every advantage was 0 and the rewards gave no gradient (metrics.json "
-                        "rl.batches_without_signal; see rl.temperature, rl.rewards)", c["batches_sampled"])
-        return {"rl": {**dataclasses.asdict(self.settings), **bytes_, **scored, **c, "seconds": seconds}}
+        from peftlab.tasks.rl_records import warn_without_signal
+
+        warn_without_signal(self.counts, self._told)
+        return {"rl": {**dataclasses.asdict(self.settings), **bytes_, **scored, **self.counts, "seconds": seconds}}
 
     # -------------------------------------------------------------------------------- the data
     def encoder(self, tokenizer: Any) -> Callable[[dict[str, Any], str], dict[str, Any]]:
@@ -268,10 +256,9 @@ class RLTask(CausalLMTask):
                 # ended within rl.max_new_tokens: an end token among the real positions; the others were cut off
                 ends = torch.tensor(end_tokens(model, self.tokenizer), device=completion.device)
                 finished = (torch.isin(completion, ends) & done).any(1).tolist()
-                scores = self.scorer.score(model, prompts, texts, finished).double().cpu()
-                self._check_scores(scores)
-                self._count_cut(self.scorer.cut)
-                per_reward[name] = scores
+                per_reward[name] = self.scorer.checked_scores(model, prompts, texts, finished, self.step)
+                self._cut = self.scorer.cut
+                self.counts["reward_texts_cut"] = self.scorer.texts_cut
             else:
                 values = torch.tensor(REWARD_FUNCTIONS[name](texts, references, lengths, self.settings),
                                       dtype=torch.float64)
@@ -282,27 +269,6 @@ class RLTask(CausalLMTask):
         total = sum(self.settings.rewards[k] * v for k, v in per_reward.items())
         self._texts = texts
         return total.to(completion.device), per_reward
-
-    def _check_scores(self, scores) -> None:
-        """A reward model's score that is not a finite number ranks nothing: the run stops."""
-        import torch
-
-        bad = ~torch.isfinite(scores)
-        if bad.any():
-            raise ConfigError(f"rl.reward_model: the reward model gave {int(bad.sum())} of {len(scores)} completions "
-                              f"a score that is not a finite number at step {self.step + 1} "
-                              f"({scores[bad].tolist()[:4]}): check the reward run ({self.settings.reward_model})")
-
-    def _count_cut(self, cut: list[bool]) -> None:
-        """Texts longer than data.max_length lost the start of their prompt: counted and said once."""
-        self._cut = cut
-        n = sum(cut)
-        self.counts["reward_texts_cut"] += n
-        if n and "cut" not in self._told:
-            self._told.add("cut")
-            log.warning("rl.reward_model: %d of %d texts at step %d were longer than data.max_length=%d and lost the "
-                        "start of their prompt before scoring (counted: metrics.json rl.reward_texts_cut, "
-                        "train/reward_texts_cut)", n, len(cut), self.step + 1, self.scorer.max_length)
 
     def _advantages(self, rewards):
         """(prompts, G) rewards -> advantages: GRPO's group-normalised, RLOO's leave-one-out."""
@@ -315,37 +281,18 @@ class RLTask(CausalLMTask):
 
     # ----------------------------------------------------------------------------- the records
     def _record(self, batch, completion, done, rewards, per_reward, kl, clipped, G) -> None:
-        groups = rewards.view(-1, G)
-        alike = (groups == groups[:, :1]).all(1)  # a group whose completions all scored the same: advantages 0
-        self.counts["batches_sampled"] += 1
-        self.counts["batches_without_signal"] += int(bool(alike.all()))
-        record = {"reward": float(rewards.mean()), "reward_std": float(rewards.std()),
-                  "kl": float(kl.detach().mean()) if kl.numel() else 0.0,
-                  "clip_fraction": float(clipped.mean()) if clipped.numel() else 0.0,
-                  "completion_length": float(done.sum(1).double().mean()),
-                  "groups_without_signal": float(alike.double().mean())}
-        if self._cut is not None:
-            record["reward_texts_cut"] = float(sum(self._cut))
-        record.update({f"reward/{k}": float(v.mean()) for k, v in per_reward.items()})
-        record.update({f"reward/{k}_std": float(v.std()) for k, v in per_reward.items()})
-        self.step_record = record
-        every, run_dir = self.settings.completions_every, getattr(self, "run_dir", None)
         from peftlab.data.loaders import rank_and_world
+        from peftlab.tasks.rl_records import completion_rows, step_statistics, write_completions
 
-        first = rank_and_world()[0] == 0
+        self.step_record, no_signal = step_statistics(rewards, per_reward, kl, clipped, done, self._cut, G)
+        self.counts["batches_sampled"] += 1
+        self.counts["batches_without_signal"] += int(no_signal)
+        every, run_dir = self.settings.completions_every, getattr(self, "run_dir", None)
         written = getattr(self, "_written_step", None)
-        if every and run_dir is not None and self.step % every == 0 and self.writes_records and first \
-                and self.step != written:  # once per optimizer step (not per accumulated batch)
-            rows = [{"step": self.step, "prompt": batch["prompts"][0], "reference": batch["references"][0],
-                     "completion": self._texts[i], "reward": round(float(rewards[i]), 4),
-                     **{k: round(float(v[i]), 4) for k, v in per_reward.items()},
-                     **({"reward_text_cut": self._cut[i]} if self._cut is not None else {})} for i in range(G)]
-            path = run_dir / "completions.jsonl"
-            if written is None and path.exists():  # a resumed run: the rows of the steps it replays go
-                kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] < self.step]
-                path.write_text("".join(line + "\n" for line in kept))
-            with open(path, "a", encoding="utf-8") as f:
-                f.writelines(json.dumps(r) + "\n" for r in rows)
+        if every and run_dir is not None and self.step % every == 0 and self.writes_records \
+                and rank_and_world()[0] == 0 and self.step != written:  # once per optimizer step
+            rows = completion_rows(self.step, batch, self._texts, rewards, per_reward, self._cut, G)
+            write_completions(run_dir / "completions.jsonl", self.step, rows, resumed=written is None)
             self._written_step = self.step
 
     def step_logs(self) -> dict[str, float]:
