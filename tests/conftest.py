@@ -173,3 +173,15 @@ def resume_ends_equal(common: list[str], tmp_path: Path, step: int) -> tuple[Pat
     weights = [(d / "adapter" / "adapter_model.safetensors").read_bytes() for d in (full, again)]
     assert weights[0] == weights[1]
     return full, again
+
+
+# make test hands whole files to its two workers (--dist loadfile) in collection order: the longest
+# first, so that none of them starts last and leaves one worker idle at the end
+LONGEST_FIRST = ["test_reliability.py", "test_methods.py", "test_preference.py", "test_rl.py", "test_bad_inputs.py",
+                 "test_sweeps.py", "test_train.py", "test_merge.py", "test_config.py", "test_combine.py",
+                 "test_precision.py"]
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each file keeps its order

@@ -79,7 +79,7 @@ def test_bf16_base_stores_the_base_in_bf16_and_trains_in_fp32(method, data, tmp_
     assert torch.isfinite(loss) and loss.dtype == torch.float32  # the head's log-softmax in fp32
 
 
-@pytest.mark.parametrize("reference", ["adapter_off", "precomputed"])
+@pytest.mark.parametrize("reference", ["adapter_off", pytest.param("precomputed", marks=pytest.mark.integration)])
 def test_dpo_on_a_bf16_base_starts_at_log_2(reference, tmp_path, cache_dir):
     """The reference (the same bf16 base with the adapter off, or log-probabilities computed before
     training) is computed as the policy is, so before training the policy is the reference: the

@@ -260,6 +260,11 @@ def test_a_run_folder_cannot_make_eval_run_its_models_code(tmp_path, cache_dir):
                   run_dir=tmp_path / "run")
     run = tmp_path / "run"
     (run / "adapter").mkdir(parents=True)
+    import torch
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(1)}, run / "adapter" / "model.safetensors")  # a finished run's weights file
+    (run / "metrics.json").write_text(json.dumps({"status": "finished"}))
     from omegaconf import OmegaConf
 
     (run / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))

@@ -256,6 +256,7 @@ def test_rl_from_an_sft_adapter_against_a_learned_reward_on_one_base(reward_run,
     assert {"reward_model", "date_exact"} <= set(rows[0])
 
 
+@pytest.mark.integration  # the fast suite resumes SFT and DPO runs; CI's integration run RL too
 def test_a_resumed_rl_run_ends_bitwise_equal(tmp_path, cache_dir):
     """Sampling draws from the generators the checkpoint saves: a resumed run samples what the
     uninterrupted one sampled, and ends with its adapter."""

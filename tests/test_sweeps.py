@@ -43,9 +43,9 @@ def test_each_job_has_a_run_folder_and_the_sweep_an_index(sweep):
 
 
 def test_report_aggregates_over_seeds(sweep, tmp_path):
-    proc = run_cli("peftlab-report", str(sweep), f"out_dir={tmp_path}", f"hydra.run.dir={tmp_path / 'log'}")
+    proc = run_cli("peftlab-report", str(sweep), f"out_dir={tmp_path / 'report'}", f"hydra.run.dir={tmp_path / 'log'}")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = list(csv.DictReader(open(tmp_path / "results.csv")))
+    rows = list(csv.DictReader(open(tmp_path / "report" / "results.csv")))
     assert [r["method"] for r in rows] == ["lora", "ia3"]
     for row in rows:
         runs = [json.loads((p / "metrics.json").read_text()) for p in sweep.iterdir()
@@ -55,11 +55,11 @@ def test_report_aggregates_over_seeds(sweep, tmp_path):
         assert float(row["exact_match_mean"]) == pytest.approx(statistics.fmean(values))
         assert float(row["exact_match_std"]) == pytest.approx(statistics.stdev(values))
         assert float(row["trainable"]) == runs[0]["params"]["trainable"]
-    md = (tmp_path / "results.md").read_text()
+    md = (tmp_path / "report" / "results.md").read_text()
     assert "| method=ia3 |" in md and "±" in md
-    assert "\\begin{tabular}" in (tmp_path / "results.tex").read_text()
+    assert "\\begin{tabular}" in (tmp_path / "report" / "results.tex").read_text()
     for png in ("params_vs_metric.png", "val_loss.png", "throughput_memory.png"):
-        assert (tmp_path / png).stat().st_size > 1000
+        assert (tmp_path / "report" / png).stat().st_size > 1000
 
 
 def test_same_seed_same_metrics_and_rerun_from_saved_config(tmp_path, cache_dir):

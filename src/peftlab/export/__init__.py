@@ -32,6 +32,8 @@ def merge_from_config(cfg: DictConfig, log_dir: Optional[Path] = None) -> dict[s
 
     out = Path(conf.out_dir) if conf.out_dir else run_dir / "merged"
     if not out.resolve().is_relative_to(run_dir.resolve()):  # the run folder is only read: no byte of it changes
+        if out.exists() or out.is_symlink():  # a merged model is written whole, into a new folder
+            raise ConfigError(f"out_dir: {out} already exists; it is never overwritten")
         claim_output(out, "out_dir")
         check_not_held(run_dir, key="run_dir")
         return merge_run(run_dir, run, out, options, log_dir)
