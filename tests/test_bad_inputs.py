@@ -458,7 +458,7 @@ CASES = [
     ("start from another kind of adapter", "peftlab-train", ["method=prompt", "init_adapter={finished}/adapter"],
      "init_adapter: {finished}/adapter is a LORA adapter; method=prompt trains PROMPT_TUNING"),
     # outputs: never inside someone's folder
-    ("train inside a finished run", "peftlab-train", ["hydra.run.dir={finished}/adapter/new"],
+    ("train inside a finished run", "peftlab-train", ["debug=tiny", "hydra.run.dir={finished}/adapter/new"],
      "hydra.run.dir: {finished}/adapter/new is inside {finished}, which holds a run"),
     ("merge into a run folder", "peftlab-merge", ["run_dir={finished}", "out_dir={finished}/export"],
      "out_dir: {finished}/export is inside the run folder {finished}, where peftlab writes only {finished}/merged"),

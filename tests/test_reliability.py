@@ -490,3 +490,37 @@ def test_a_failed_start_in_a_default_folder_leaves_no_file(finished_run, tmp_pat
     proc = run_cli(*[a.format(killed=killed) for a in command], cwd=work)
     assert proc.returncode == 2 and "is not a finished run" in proc.stderr.strip().splitlines()[-1], proc.stderr
     assert [str(p.relative_to(work)) for p in work.rglob("*") if not p.is_dir()] == []
+
+
+def test_probing_a_lock_changes_no_byte_and_a_failed_start_removes_only_its_own(finished_run, tmp_path):
+    """Reading a finished run probes its lock read-only (its holder line stays); a foreign ``.lock``
+    above an output folder is no peftlab lock; a failed start's clean-up leaves a folder that holds
+    anything it did not write exactly as it was."""
+    from peftlab.runs.config import read_run_config
+    from peftlab.runs.folders import check_claimable, discard_unstarted_run_dir
+
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run, ignore=shutil.ignore_patterns(".lock"))
+    (run / ".lock").write_text("pid 1 on elsewhere since 2026-01-01 00:00:00")
+    read_run_config(run)
+    assert (run / ".lock").read_text() == "pid 1 on elsewhere since 2026-01-01 00:00:00"
+    (tmp_path / "project").mkdir()
+    (tmp_path / "project" / ".lock").write_text("another tool's lock\n")
+    check_claimable(tmp_path / "project" / "new")
+    assert (tmp_path / "project" / ".lock").read_text() == "another tool's lock\n"
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    for name, text in (("config.yaml", "mine: true\n"), ("notes.txt", "my notes\n"), ("run.log", "my log\n")):
+        (mine / name).write_text(text)
+    discard_unstarted_run_dir(mine)
+    assert sorted(p.name for p in mine.iterdir()) == ["config.yaml", "notes.txt", "run.log"]
+
+
+def test_a_resumed_rl_run_reads_past_a_half_written_completions_line(tmp_path):
+    from peftlab.tasks.rl_records import write_completions
+
+    path = tmp_path / "completions.jsonl"
+    path.write_text(json.dumps({"step": 0, "completion": "a"}) + "\n" + json.dumps({"step": 2}) + "\n{\"step\": 3, \"comp")
+    write_completions(path, 2, [{"step": 2, "completion": "b"}], resumed=True)
+    assert [json.loads(line) for line in path.read_text().splitlines()] == [
+        {"step": 0, "completion": "a"}, {"step": 2, "completion": "b"}]

@@ -42,8 +42,9 @@ def output_dir() -> Path:
 
     hc = HydraConfig.get()
     folder = Path(hc.runtime.output_dir)
-    named = any(o.startswith("hydra.run.dir=") for o in hc.overrides.hydra)
-    if hc.mode.name == "RUN" and hc.output_subdir is not None and not named:  # a folder of its own, made now
+    named = any(o.lstrip("+~").startswith("hydra.run.dir=") for o in hc.overrides.hydra)
+    fresh = folder.is_dir() and {p.name for p in folder.iterdir()} <= {".hydra", f"{hc.job.name}.log"}
+    if hc.mode.name == "RUN" and hc.output_subdir is not None and not named and fresh:  # made for this job now
         _DEFAULT_FOLDER[:] = [folder]
     return folder
 
@@ -55,7 +56,7 @@ def _explicit_run_dir(argv: list[str]) -> Optional[Path]:
     key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
     folder = None
     for arg in argv:
-        if arg.startswith(key + "="):
+        if arg.lstrip("+").startswith(key + "="):  # hydra.run.dir=, +hydra.run.dir=, ++hydra.run.dir=
             folder = Path(arg.split("=", 1)[1])
     if folder is None:
         if launched_world_size() > 1 and not multirun:

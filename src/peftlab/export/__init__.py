@@ -37,7 +37,7 @@ def merge_from_config(cfg: DictConfig, log_dir: Optional[Path] = None) -> dict[s
         claim_output(out, "out_dir")
         check_not_held(run_dir, key="run_dir")
         return merge_run(run_dir, run, out, options, log_dir)
-    if out.absolute() != (run_dir / "merged").absolute():
+    if out.resolve() != (run_dir / "merged").resolve():
         raise ConfigError(f"out_dir: {out} is inside the run folder {run_dir}, where peftlab writes only "
                           f"{run_dir / 'merged'}; give a folder outside it")
     check_no_link(run_dir, "merged", "out_dir")

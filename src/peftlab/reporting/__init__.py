@@ -74,7 +74,7 @@ def _check_report_home(folder: Path) -> None:
     is_run = ((folder / ".hydra").is_dir() or (folder / "config.yaml").is_file()) and not (
         folder / "multirun.yaml").exists()
     status = run_status(folder) if is_run else "finished"
-    if status != "finished":
+    if status not in ("finished", "nan_metric"):
         raise ConfigError(f"inputs: {folder} holds a run that has not finished ({status or 'no metrics.json'}); "
                           "its report goes elsewhere (give out_dir=)")
 

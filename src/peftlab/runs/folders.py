@@ -13,14 +13,14 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 from peftlab.errors import ConfigError
-from peftlab.runs.files import remove_stale_temps
-from peftlab.runs.locks import LOCK_NAME, check_not_held, folder_lock, lock_folder
+from peftlab.runs.files import TMP_MARK, remove_stale_temps
+from peftlab.runs.locks import LOCK_NAME, check_not_held, folder_lock, held_elsewhere, lock_folder
 
 # files whose presence means a folder holds a finished (or partly saved) run or evaluation
 FINISHED_MARKERS = ("metrics.json", "adapter", "eval.json")
-# what marks a folder as someone's: a run (Hydra's .hydra/, a record), a sweep (its index), a lock
-OWNER_MARKERS = (LOCK_NAME, ".hydra", "metrics.json", "eval.json", "failed.json", "index.jsonl", "multirun.yaml",
-                 "report.json")
+# what marks a folder as someone's: a run or a command's folder (Hydra's .hydra/), a sweep (Hydra's
+# multirun.yaml), a report (report.json beside results.md), a lock another peftlab process holds
+OWNER_MARKERS = (LOCK_NAME, ".hydra", "multirun.yaml", "report.json")
 # the entries of a run or sweep folder that peftlab itself writes into
 WRITTEN_ENTRIES = ("report", "merged", "checkpoints", "adapter", "predictions")
 
@@ -31,9 +31,21 @@ def owner_above(folder: Path) -> Optional[tuple[Path, str]]:
     through a link is inside it."""
     for parent in Path(folder).expanduser().resolve().parents:
         for marker in OWNER_MARKERS:
-            if (parent / marker).exists() and (marker != LOCK_NAME or _held_elsewhere(parent)):
+            if _marks(parent, marker):
                 return parent, marker
     return None
+
+
+def _marks(folder: Path, marker: str) -> bool:
+    path = folder / marker
+    if marker == LOCK_NAME:
+        return path.is_file() and _held_elsewhere(folder)
+    if marker == ".hydra":  # a command's folder; or a run written without one (config.yaml beside its record)
+        return path.is_dir() or ((folder / "config.yaml").is_file()
+                                 and any((folder / m).exists() for m in ("metrics.json", "adapter", "checkpoints")))
+    if marker == "report.json":
+        return path.is_file() and (folder / "results.md").is_file()
+    return path.exists()
 
 
 def _held_elsewhere(folder: Path) -> bool:
@@ -44,11 +56,7 @@ def _held_elsewhere(folder: Path) -> bool:
             return False
     except OSError:
         return False
-    try:
-        check_not_held(folder)
-    except ConfigError:
-        return True
-    return False
+    return held_elsewhere(folder / LOCK_NAME)
 
 
 def check_nothing_above(folder: Path, key: str) -> None:
@@ -75,7 +83,7 @@ def claim_output(folder: Path, key: str = "out_dir", own: tuple[str, ...] = ()) 
     if not folder.is_dir():
         raise ConfigError(f"{key}: {folder} is a file, not a folder")
     check_not_held(folder, key)
-    held = sorted(p.name for p in folder.iterdir() if p.name not in (*own, LOCK_NAME))
+    held = sorted(p.name for p in folder.iterdir() if p.name not in (*own, LOCK_NAME) and TMP_MARK not in p.name)
     if held:
         shown = ", ".join(held[:4]) + (", ..." if len(held) > 4 else "")
         raise ConfigError(f"{key}: {folder} holds what this command did not write ({shown}); give a new or empty "
@@ -175,8 +183,8 @@ def discard_unstarted_run_dir(run_dir: Path) -> None:
     """After a failure before anything was produced: remove what Hydra and peftlab wrote, so the
     folder does not look like a run. Anything else in the folder is left alone."""
     run_dir = Path(run_dir)
-    if not run_dir.is_dir() or any((run_dir / m).exists() for m in (*FINISHED_MARKERS, "checkpoints")):
-        return
+    if not run_dir.is_dir() or any(not _written_at_start(p) for p in run_dir.iterdir()):
+        return  # it holds more than a failed start writes: someone's, or work that began
     shutil.rmtree(run_dir / ".hydra", ignore_errors=True)
     remove_stale_temps(run_dir)
     for produced in [*run_dir.glob("*.log"), run_dir / "config.yaml", run_dir / "rerun.yaml",
@@ -186,6 +194,12 @@ def discard_unstarted_run_dir(run_dir: Path) -> None:
         run_dir.rmdir()
     except OSError:
         pass
+
+
+def _written_at_start(entry: Path) -> bool:
+    """What Hydra and peftlab write into a command's folder before its work begins."""
+    return (entry.name in (".hydra", "config.yaml", "rerun.yaml", "zero_shot_predictions.jsonl", LOCK_NAME)
+            or entry.suffix == ".log" or TMP_MARK in entry.name)
 
 
 def run_status(run_dir: Path) -> Optional[str]:

@@ -47,19 +47,45 @@ def lock_folder(folder: Path, key: str = "hydra.run.dir") -> FileLock:
 
 
 def check_not_held(folder: Path, key: str = "hydra.run.dir") -> None:
-    """Stop with the holder's name when another process holds ``folder``'s lock; creates nothing
-    (a folder without a lock file is held by no one)."""
+    """Stop with the holder's name when another process holds ``folder``'s lock. A probe only: the
+    lock file is opened read-only and locked shared for an instant, so that it needs no write access
+    (a colleague's run, a read-only mount), never empties another tool's ``.lock``, and two readers
+    probing at once do not take each other for a holder."""
     path = Path(folder) / LOCK_NAME
     if not path.is_file():
         return
-    lock = _lock(folder)
-    if lock.is_locked:  # this process holds it
+    if _lock(folder).is_locked:  # this process holds it
         return
+    if held_elsewhere(path):
+        raise _in_use(folder, key)
+
+
+def held_elsewhere(path: Path) -> bool:
+    """Whether a process holds the operating-system lock on the lock file ``path`` (an exclusive
+    holder refuses the shared probe)."""
     try:
-        lock.acquire(blocking=False)
-    except Timeout:
-        raise _in_use(folder, key) from None
-    lock.release()
+        import fcntl
+    except ImportError:  # not on a POSIX system: filelock's own probe (it opens the file for writing)
+        lock = FileLock(str(path), thread_local=False)
+        try:
+            lock.acquire(blocking=False)
+        except Timeout:
+            return True
+        lock.release()
+        return False
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:  # unreadable or a link: no lock a peftlab process could hold
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    return False
 
 
 def _in_use(folder: Path, key: str) -> ConfigError:

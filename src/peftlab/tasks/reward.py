@@ -202,9 +202,9 @@ def reward_model_problems(folder: Path, run: Any, one_base: bool) -> list[str]:
     trained = None
     if (folder.parent / "config.yaml").is_file():  # its run folder names its base and method
         try:
-            trained = read_run_config(folder.parent)
+            trained = read_run_config(folder.parent, key=key)
         except ConfigError as err:
-            return [f"{key}: {str(err).removeprefix('run_dir: ')}"]
+            return [str(err)]
         theirs, ours = base_identity(trained.model), base_identity(run.model)
         differ = sorted(k for k in ours if ours[k] != theirs.get(k))
         if differ:

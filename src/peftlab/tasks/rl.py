@@ -151,7 +151,7 @@ class RLTask(CausalLMTask):
             if s.reward_format == "reward_run":
                 from peftlab.runs.config import read_run_config
 
-                own = read_run_config(Path(s.reward_model).expanduser().parent).data
+                own = read_run_config(Path(s.reward_model).expanduser().parent, key="rl.reward_model").data
             self.scorer = RewardScorer(s.reward_model, model, data.tokenizer, self.data, s.reward_separate, own)
 
     # ------------------------------------------------------------------------------- the step

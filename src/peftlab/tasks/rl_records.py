@@ -40,8 +40,8 @@ def completion_rows(step: int, batch: dict[str, Any], texts: list[str], rewards,
 
 def write_completions(path: Path, step: int, rows: list[dict[str, Any]], resumed: bool) -> None:
     """Append ``rows``; the first write of a (resumed) process drops the rows of the steps it replays."""
-    if resumed and path.exists():
-        kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] < step]
+    if resumed and path.exists():  # a line a kill cut in half is no row
+        kept = [line for line in path.read_text().splitlines() if (row := _row(line)) and row.get("step", step) < step]
         path.write_text("".join(line + "\n" for line in kept))
     with open(path, "a", encoding="utf-8") as f:
         f.writelines(json.dumps(r) + "\n" for r in rows)
@@ -55,3 +55,11 @@ def warn_without_signal(counts: dict[str, int], told: set[str]) -> None:
         log.warning("rl: in every one of the %d sampled batches, each prompt's completions all scored the same: "
                     "every advantage was 0 and the rewards gave no gradient (metrics.json rl.batches_without_signal; "
                     "see rl.temperature, rl.rewards)", counts["batches_sampled"])
+
+
+def _row(line: str) -> Optional[dict[str, Any]]:
+    try:
+        row = json.loads(line)
+    except ValueError:
+        return None
+    return row if isinstance(row, dict) else None
