@@ -520,7 +520,8 @@ def test_a_resumed_rl_run_reads_past_a_half_written_completions_line(tmp_path):
     from peftlab.tasks.rl_records import write_completions
 
     path = tmp_path / "completions.jsonl"
-    path.write_text(json.dumps({"step": 0, "completion": "a"}) + "\n" + json.dumps({"step": 2}) + "\n{\"step\": 3, \"comp")
+    rows = [json.dumps({"step": 0, "completion": "a"}), json.dumps({"step": 2}), '{"step": 3, "comp']  # killed mid-line
+    path.write_text("\n".join(rows))
     write_completions(path, 2, [{"step": 2, "completion": "b"}], resumed=True)
     assert [json.loads(line) for line in path.read_text().splitlines()] == [
         {"step": 0, "completion": "a"}, {"step": 2, "completion": "b"}]
