@@ -63,25 +63,10 @@ def reward_run(tmp_path_factory, cache_dir) -> Path:
 
 
 def rl_setup(overrides: list[str], cache_dir):
-    """(task, policy, data) of an RL run as it stands before its first step."""
-    from peftlab.config import validate
-    from peftlab.config.commands import TrainSchema
-    from peftlab.data.datamodule import TaskDataModule
-    from peftlab.methods import BuildContext, apply_method
-    from peftlab.models import load_backbone
-    from peftlab.tasks import make_task
+    """(task, policy, data) of an RL run (this file's RL settings and ``overrides``) before its first step."""
+    from test_rl import setup
 
-    conf = validate(compose([*RL, *overrides]), TrainSchema)
-    task = make_task(conf.data, run=conf)
-    assert task.check(conf) == []
-    backbone = load_backbone(conf.model, cache_dir, task)
-    data = TaskDataModule(task, backbone.tokenizer)
-    data.setup()
-    task.before_wrapping(backbone.model)
-    model = apply_method(backbone.model, conf.method, BuildContext(task, backbone.model, backbone.tokenizer,
-                                                                   backbone.path), conf.init_adapter)
-    task.before_training(model, data)
-    return task, model, data
+    return setup([*RL, *overrides], cache_dir)
 
 
 def learned(run: Path, *more: str) -> list[str]:

@@ -90,31 +90,28 @@ def check_adapter_files(folder: Path, key: str) -> None:
     if not files and not list(folder.glob("*.bin")):
         raise ConfigError(f"{key}: {folder} holds no weights file (*.safetensors)")
     for path in files:
-        problem = _safetensors_problem(path)
-        if problem:
-            raise ConfigError(f"{key}: {path} is corrupted or truncated ({problem})")
+        safetensors_header(path, key)
 
 
-def _safetensors_problem(path: Path) -> str:
-    """Why ``path`` is not a whole safetensors file ("" when it is)."""
+def safetensors_header(path: Path, key: str) -> dict[str, Any]:
+    """The tensor entries of a safetensors file's header (names, dtypes, shapes, offsets), once the
+    header reads and the file is exactly as long as it says; only the header is read."""
     try:
         size = path.stat().st_size
         with open(path, "rb") as f:
             n = int.from_bytes(f.read(8), "little")
             if not 2 <= n <= min(size - 8, 100_000_000):
-                return f"a header of {n} bytes in a file of {size}"
+                raise ValueError(f"a header of {n} bytes in a file of {size}")
             header = json.loads(f.read(n))
-    except (OSError, ValueError, UnicodeDecodeError) as err:
-        return f"its header does not read: {str(err).splitlines()[0] if str(err) else type(err).__name__}"
-    if not isinstance(header, dict):
-        return "its header is not a mapping"
-    try:
-        end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
-    except (TypeError, KeyError, ValueError, IndexError):
-        return "its header names no data offsets"
+        tensors = {k: v for k, v in header.items() if k != "__metadata__"}
+        end = max((int(v["data_offsets"][1]) for v in tensors.values()), default=0)
+    except (OSError, ValueError, UnicodeDecodeError, AttributeError, TypeError, KeyError, IndexError) as err:
+        why = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ConfigError(f"{key}: {path} is corrupted or truncated ({why})") from None
     if 8 + n + end != size:
-        return f"the header describes {8 + n + end} bytes, the file holds {size}"
-    return ""
+        raise ConfigError(f"{key}: {path} is corrupted or truncated (the header describes {8 + n + end} bytes, the "
+                          f"file holds {size})")
+    return tensors
 
 
 def same_files(folders: list[Path], key: str) -> None:

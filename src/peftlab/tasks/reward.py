@@ -12,7 +12,6 @@ saves the head with the adapter, so the folder reloads with plain transformers +
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -183,16 +182,14 @@ def reward_model_problems(folder: Path, run: Any, one_base: bool) -> list[str]:
     loaded): not a reward model's adapter, no score head of one output, another base; and with
     ``one_base``, why it cannot sit as a second adapter on the policy's base."""
     from peftlab.errors import ConfigError
-    from peftlab.runs.config import base_identity, read_adapter_config, read_run_config
+    from peftlab.runs.config import base_identity, read_adapter_config, read_run_config, safetensors_header
 
     key = "rl.reward_model"
     try:
         config = read_adapter_config(folder, key)
-        header = _safetensors_header(folder / "adapter_model.safetensors")
+        header = safetensors_header(folder / "adapter_model.safetensors", key)
     except ConfigError as err:
         return [str(err)]
-    except (OSError, ValueError) as err:
-        return [f"{key}: {folder} is not a readable adapter ({str(err).splitlines()[0]})"]
     if config.get("task_type") != "SEQ_CLS":
         return [f"{key}: {folder} is a {config.get('task_type')} adapter, not a reward model (train one with "
                 "data.task_type=reward)"]
@@ -256,12 +253,3 @@ def _one_base_problems(folder: Path, run: Any, trained: Any) -> list[str]:
         return [f"{key}: {folder} was trained with {trained.method.adapter_off_differs()}: its adapter needs the "
                 f"base it changed{separate}"]
     return []
-
-
-def _safetensors_header(path: Path) -> dict[str, Any]:
-    """The tensor names and shapes of a safetensors file, from its header (no tensor is read)."""
-    with open(path, "rb") as f:
-        size = int.from_bytes(f.read(8), "little")
-        if not 0 < size < 100_000_000:
-            raise ValueError(f"{path.name} is not a safetensors file")
-        return {k: v for k, v in json.loads(f.read(size)).items() if k != "__metadata__"}
