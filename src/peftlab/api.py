@@ -43,10 +43,14 @@ def compose(command: str, overrides: Overrides = None) -> DictConfig:
 
     import peftlab.methods  # noqa: F401  (registers the method plug-ins)
     import peftlab.tasks  # noqa: F401  (registers the task plug-ins)
+    from hydra_plugins.peftlab_sweeps import register
     from peftlab.config import CONF_DIR
     from peftlab.config.messages import describe, unchosen_group, user_errors
+    from peftlab.config.user_plugins import load
 
     overrides = list(overrides or [])
+    register()  # the plug-ins' config folders on the search path
+    load(overrides)  # the user's own plug-ins: installed entry points, plugins=[...]
     if any(o in ("-m", "--multirun") for o in overrides):
         raise ConfigError("overrides: sweeps run from the command line (peftlab-train -m ...), one run per call here")
     GlobalHydra.instance().clear()  # what an earlier call (or a cell stopped half-way) left
@@ -72,7 +76,12 @@ def train(overrides: Overrides = None) -> dict[str, Any]:
             save_hydra()
             return train_from_config(cfg, out)
 
-    metrics, out = _call("train", resume_command_line(list(overrides or [])), work)
+    from peftlab.config.user_plugins import check_loaded, command_line_plugins, load
+
+    load(list(overrides or []))  # the caller's own plug-ins; a resumed run's are checked, never loaded
+    prepared = resume_command_line(list(overrides or []))
+    check_loaded(command_line_plugins(prepared), "resume: the run's plugins")
+    metrics, out = _call("train", prepared, work)
     return {**metrics, "run_dir": str(out)}
 
 

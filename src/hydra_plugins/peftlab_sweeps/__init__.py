@@ -5,6 +5,7 @@ they are declared here; the work is done in
 - ``hydra/launcher=process`` (the default of ``peftlab-train -m``): every job in a fresh process.
 - ``hydra/sweeper=seed_budget``: a pilot of seeds, then the seeds each group needs for a narrow interval.
 - ``hydra/sweeper=tune_then_test``: every group searched alike on validation, its choice tested on fresh seeds.
+- the config folders of the user's own plug-ins on the search path (``search_path``).
 """
 
 
@@ -16,8 +17,9 @@ def register() -> None:
     from hydra.core.plugins import Plugins
 
     from hydra_plugins.peftlab_sweeps.process_launcher import ProcessLauncher
+    from hydra_plugins.peftlab_sweeps.search_path import PluginConfigDirs
     from hydra_plugins.peftlab_sweeps.seed_budget_sweeper import SeedBudgetSweeper
     from hydra_plugins.peftlab_sweeps.tune_then_test_sweeper import TuneThenTestSweeper
 
-    for plugin in (ProcessLauncher, SeedBudgetSweeper, TuneThenTestSweeper):
+    for plugin in (ProcessLauncher, SeedBudgetSweeper, TuneThenTestSweeper, PluginConfigDirs):
         Plugins.instance().register(plugin)

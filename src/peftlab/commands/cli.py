@@ -21,6 +21,8 @@ import peftlab.tasks  # noqa: F401
 from hydra_plugins.peftlab_sweeps import register as _register_sweep_plugins
 from peftlab.config import CONF_DIR
 from peftlab.config.messages import describe, unchosen_group, user_errors
+from peftlab.config.user_plugins import check_loaded, command_line_plugins
+from peftlab.config.user_plugins import load as load_plugins
 from peftlab.engine.distributed import SECONDARY, launched_world_size
 from peftlab.errors import ConfigError, SweepRefused
 from peftlab.runs.folders import claim_run_dir, discard_unstarted_run_dir, resuming_into
@@ -28,7 +30,7 @@ from peftlab.runs.rerun import check_rerun_file
 
 __all__ = ["CONF_DIR", "run_app", "output_dir"]
 
-_register_sweep_plugins()  # hydra/launcher=process, hydra/sweeper=seed_budget
+_register_sweep_plugins()  # hydra/launcher=process, hydra/sweeper=seed_budget, the plug-ins' config folders
 
 
 # the folder Hydra made for this process's single run when the command line named none (its
@@ -96,10 +98,13 @@ def run_app(hydra_main: Callable[[], object], prog: str,
     held = None
     try:
         if SECONDARY:  # a second process of a distributed run: the first holds the folder and writes it
+            load_plugins(sys.argv[1:])
             sys.argv[1:] = [*sys.argv[1:], "hydra/job_logging=stdout", "hydra.output_subdir=null"]
         else:
-            if prepare_argv is not None:
+            load_plugins(sys.argv[1:])  # the user's own code: installed entry points, plugins=[...]
+            if prepare_argv is not None:  # resume=: a run folder's plug-ins are checked, never loaded
                 sys.argv[1:] = prepare_argv(sys.argv[1:])
+                check_loaded(command_line_plugins(sys.argv[1:]), "resume: the run's plugins")
             check_rerun_file(sys.argv[1:])
             held = _explicit_run_dir(sys.argv[1:])
         try:

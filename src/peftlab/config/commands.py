@@ -36,6 +36,7 @@ from peftlab.errors import ConfigError
 class TrainSchema:
     """Everything ``peftlab-train`` reads. ``callbacks`` and ``logger`` are ``_target_`` leaves."""
 
+    plugins: List[str] = field(default_factory=list)  # your own modules to load first: docs/guides/plugins.md
     model: ModelSchema = MISSING
     method: Any = MISSING  # one of the method schemas, chosen by ``method.name``
     data: DataSchema = MISSING
@@ -91,6 +92,7 @@ class TrainSchema:
 class EvalSchema:
     """Everything ``peftlab-eval`` reads: a run folder's adapter, or a base model alone."""
 
+    plugins: List[str] = field(default_factory=list)  # your own modules to load first: docs/guides/plugins.md
     model: ModelSchema = MISSING
     data: DataSchema = MISSING
     precision: PrecisionSchema = MISSING
@@ -122,6 +124,7 @@ class EvalSchema:
 class GenerateSchema:
     """Everything ``peftlab-generate`` reads: a run folder, and prompts from one of three places."""
 
+    plugins: List[str] = field(default_factory=list)  # your own modules to load first: docs/guides/plugins.md
     run_dir: str = MISSING  # a finished peftlab-train run folder
     prompt: Optional[str] = None  # one prompt
     file: Optional[str] = None  # a .jsonl of prompts (the run's data.prompt_field, or "prompt"), or a line each
@@ -156,6 +159,7 @@ class GenerateSchema:
 class ParamsSchema:
     """Everything ``peftlab-params`` reads: a model and a method, counted on the meta device."""
 
+    plugins: List[str] = field(default_factory=list)  # your own modules to load first: docs/guides/plugins.md
     model: ModelSchema = MISSING
     method: Any = MISSING
     paths: PathsSchema = MISSING
@@ -171,6 +175,7 @@ class ParamsSchema:
 class MergeSchema:
     """Everything ``peftlab-merge`` reads."""
 
+    plugins: List[str] = field(default_factory=list)  # your own modules to load first: docs/guides/plugins.md
     run_dir: str = MISSING  # a finished peftlab-train run folder of a mergeable method
     trust_remote_code: bool = False  # a run folder's own setting is never obeyed: the user decides here
     dtype: Optional[str] = None  # the merged model's dtype; null: the dtype the run trained in
@@ -205,6 +210,7 @@ SIGN_ELECTING = tuple(t for t in COMBINATION_TYPES if "ties" in t)  # read ``maj
 class CombineSchema:
     """Everything ``peftlab-combine`` reads: the run folders whose adapters are combined, and how."""
 
+    plugins: List[str] = field(default_factory=list)  # your own modules to load first: docs/guides/plugins.md
     runs: List[str] = MISSING  # finished peftlab-train run folders: one base, one method
     weights: Optional[List[float]] = None  # one per run, negative to subtract a skill; null: 1.0 each
     combination_type: str = "linear"  # one of COMBINATION_TYPES
@@ -242,6 +248,7 @@ class CombineSchema:
 class ReportSchema:
     """Everything ``peftlab-report`` reads."""
 
+    plugins: List[str] = field(default_factory=list)  # your own modules to load first: docs/guides/plugins.md
     inputs: List[str] = field(default_factory=list)  # sweep folders and/or run folders
     out_dir: Optional[str] = None  # null: <input>/report for one input, else the command's own folder
     plots: bool = True

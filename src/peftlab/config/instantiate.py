@@ -2,8 +2,10 @@
 by someone else (a run folder's rerun.yaml, a shared experiment) could otherwise run any code.
 
 Allowed: torch optimizers and schedulers, Lightning callbacks and loggers, peftlab's own callbacks,
-and the prefixes the user lists in the environment variable ``PEFTLAB_ALLOWED_TARGETS``
-(comma-separated, e.g. ``mylab.callbacks.``): the user's machine decides, never a config file.
+the packages of the plug-ins the user loaded (``plugins=[mylab.callbacks]`` or an installed
+``peftlab.plugins`` entry point: config/user_plugins.py), and the prefixes listed in the environment
+variable ``PEFTLAB_ALLOWED_TARGETS`` (comma-separated, e.g. ``mylab.callbacks.``): the user's command
+line and machine decide, never a config file.
 Validation checks the names (cheaply, before any work); before anything is built the names are
 resolved and the objects checked: a class, defined under its allowed prefix, of the kind its
 slot takes (``torch.optim.Optimizer.zero_grad`` is a name under an allowed prefix but no class; a
@@ -25,8 +27,10 @@ SAFE_RESOLVERS = ("oc.select", "now", "hydra")
 
 
 def allowed_prefixes() -> tuple[str, ...]:
+    from peftlab.config.user_plugins import allowed_prefixes as plugin_packages
+
     extra = [p.strip() for p in os.environ.get(ENV, "").split(",") if p.strip()]
-    return (*ALLOWED_PREFIXES, *extra)
+    return (*ALLOWED_PREFIXES, *plugin_packages(), *extra)
 
 
 def targets(node: Any, key: str) -> Iterator[tuple[str, Any]]:

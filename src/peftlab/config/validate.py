@@ -20,6 +20,7 @@ from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBas
 from peftlab.config.commands import TrainSchema
 from peftlab.config.instantiate import disallowed_targets
 from peftlab.config.plugins import method_schema
+from peftlab.config.user_plugins import check_loaded
 from peftlab.errors import ConfigError
 
 T = TypeVar("T")
@@ -94,6 +95,7 @@ def validate(cfg: DictConfig, schema: Type[T] = TrainSchema) -> T:
         obj = schema(**groups, **values)
     except OmegaConfBaseException as err:
         raise ConfigError(omegaconf_message(err)) from None
+    check_loaded(getattr(obj, "plugins", None))  # loaded from the command line before composing, never from here
     _cross_checks(obj)
     return obj
 
