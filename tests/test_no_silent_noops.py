@@ -66,8 +66,8 @@ def test_batches_whose_groups_all_scored_alike_are_counted_and_said(cache_dir, c
     from peftlab.config import plugins
     from peftlab.tasks import rewards
 
-    monkeypatch.setitem(rewards.REWARD_FUNCTIONS, "constant", lambda completions, *rest: [1.0] * len(completions))
-    monkeypatch.setitem(rewards.REWARD_FUNCTIONS, "position", lambda completions, *rest: [
+    monkeypatch.setitem(rewards.REWARD_FUNCTIONS, "constant", lambda completions, **kwargs: [1.0] * len(completions))
+    monkeypatch.setitem(rewards.REWARD_FUNCTIONS, "position", lambda completions, **kwargs: [
         float(i) for i in range(len(completions))])
     monkeypatch.setattr(plugins, "REWARDS", [*plugins.REWARDS, "constant", "position"])
     task, policy, data = rl_setup(["rl.rewards={constant: 1.0}"], cache_dir)

@@ -159,7 +159,8 @@ def test_the_grpo_loss_by_hand_from_full_logits(cache_dir):
     prompt_mask = batch["gen_attention_mask"].repeat_interleave(G, 0)
     completion, done = task._sample(model, prompts, prompt_mask)
     lengths = done.sum(1).tolist()
-    rewards = torch.tensor(length_penalty([""] * len(lengths), [""] * len(lengths), lengths, task.settings),
+    rewards = torch.tensor(length_penalty(prompts=[""] * len(lengths), completions=[""] * len(lengths),
+                                          completion_lengths=lengths, max_new_tokens=task.settings.max_new_tokens),
                            dtype=torch.float64).view(-1, G)
     adv = ((rewards - rewards.mean(1, keepdim=True)) / (rewards.std(1, keepdim=True) + 1e-4)).view(-1)
     ids = torch.cat([prompts, completion], 1)
@@ -185,7 +186,7 @@ def test_the_grpo_loss_by_hand_from_full_logits(cache_dir):
     assert task.step_logs()["completion_length"] == pytest.approx(sum(lengths) / len(lengths))
 
 
-def ascii_share(completions, references, lengths, settings):
+def ascii_share(prompts, completions, **kwargs):
     """A reward a random tiny model can earn: the share of its answer's characters that are ASCII."""
     return [sum(ord(ch) < 128 for ch in c) / max(1, len(c)) for c in completions]
 
@@ -273,10 +274,10 @@ def test_a_reward_that_breaks_its_contract_is_named(tmp_path, cache_dir):
     from peftlab.tasks import rewards
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setitem(rewards.REWARD_FUNCTIONS, "broken", lambda completions, *rest: [float("nan")] * len(completions))
+        mp.setitem(rewards.REWARD_FUNCTIONS, "broken", lambda completions, **kwargs: [float("nan")] * len(completions))
         mp.setattr(plugins, "REWARDS", [*plugins.REWARDS, "broken"])
-        with pytest.raises(ConfigError, match=r"rl.rewards.broken: the reward must give one finite number per "
-                                              r"completion; it gave \[nan, nan"):
+        with pytest.raises(ConfigError, match=r"rl.rewards.broken: the reward must give one finite number \(or None\) "
+                                              r"per completion; .*<lambda> gave \[nan, nan"):
             api.train([*RL, "rl.rewards={broken: 1.0}", "trainer.max_steps=1", "zero_shot=false",
                        "forgetting=null", f"hydra.run.dir={tmp_path / 'rl'}"])
 

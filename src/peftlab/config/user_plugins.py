@@ -114,6 +114,13 @@ def load(argv: Iterable[str]) -> None:
         _import(module, "command line", KEY)
 
 
+def restore(modules: dict[str, str]) -> None:
+    """Load in a sweep job's own process what the sweep's process loaded (``loaded()``), by name."""
+    load_entry_points()
+    for module, source in modules.items():
+        _import(module, source, KEY)
+
+
 def unloaded(names: Optional[Iterable[str]]) -> list[str]:
     return [str(n) for n in (names or []) if str(n) not in _LOADED]
 

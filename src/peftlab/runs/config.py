@@ -17,6 +17,7 @@ from peftlab.config import validate
 from peftlab.config.commands import TrainSchema
 from peftlab.config.instantiate import disallowed_resolvers
 from peftlab.config.schema import ModelSchema
+from peftlab.config.user_plugins import check_loaded
 from peftlab.errors import ConfigError
 from peftlab.runs.folders import run_status
 from peftlab.runs.locks import check_not_held
@@ -56,6 +57,7 @@ def read_run_config(run_dir: Path, trust_remote_code: bool = False, key: str = "
     bad = disallowed_resolvers(OmegaConf.to_container(cfg, resolve=False), "")
     if bad:  # peftlab writes config.yaml resolved: an interpolation that reads anything came from elsewhere
         raise ConfigError(f"{key}: {path}: {bad[0]}")
+    check_run_plugins(run_dir, cfg, f"{key}: {path}")
     try:
         run = validate(cfg, TrainSchema)
     except ConfigError as err:
@@ -65,6 +67,18 @@ def read_run_config(run_dir: Path, trust_remote_code: bool = False, key: str = "
     run.model.local_files_only = True  # a hub model it names comes from the local cache, never the network
     run.data.local_files_only = True  # and so does a hub data set
     return run
+
+
+def check_run_plugins(run_dir: Path, cfg: Any, where: str) -> None:
+    """Refuse a run whose code came from plug-ins this process has not loaded: those its config names
+    (``plugins=`` on its command line) and those its metrics.json records (installed entry points too).
+    A run folder is data: nothing it names is imported."""
+    named = list(cfg.get("plugins") or []) if hasattr(cfg, "get") else []
+    try:
+        recorded = json.loads((Path(run_dir) / "metrics.json").read_text()).get("versions", {}).get("plugins") or {}
+    except (OSError, ValueError, AttributeError):
+        recorded = {}
+    check_loaded([*named, *[m for m in recorded if m not in named]], f"{where}: plugins")
 
 
 def read_source_adapter(folder: Path, key: str):

@@ -45,7 +45,10 @@ def launch_in_processes(hydra_context: HydraContext, task_function: TaskFunction
 
 def _run_in_process(hydra_context: HydraContext, task_function: TaskFunction, sweep_config: DictConfig) -> JobReturn:
     # cloudpickle: the task function is the one @hydra.main wrapped, which plain pickle cannot find by name
-    payload = cloudpickle.dumps((hydra_context, task_function, sweep_config, Singleton.get_state()))
+    from peftlab.config.user_plugins import loaded
+
+    # the plug-ins the sweep's own command line and environment loaded, by name: the job imports the same
+    payload = cloudpickle.dumps((hydra_context, task_function, sweep_config, Singleton.get_state(), loaded()))
     ctx = multiprocessing.get_context("spawn")
     receiver, sender = ctx.Pipe(duplex=False)
     process = ctx.Process(target=_job_process, args=(payload, sender), name=f"job-{sweep_config.hydra.job.num}")
@@ -93,7 +96,10 @@ def _exit_reason(code: Any) -> str:
 
 def _job_process(payload: bytes, sender: Any) -> None:
     """The job's own process: Hydra's globals as the parent had them, then Hydra's ``run_job``."""
-    hydra_context, task_function, sweep_config, singleton_state = cloudpickle.loads(payload)
+    from peftlab.config.user_plugins import restore
+
+    hydra_context, task_function, sweep_config, singleton_state, plugins = cloudpickle.loads(payload)
+    restore(plugins)
     setup_globals()
     Singleton.set_state(singleton_state)
     HydraConfig.instance().set_config(sweep_config)

@@ -52,15 +52,18 @@ def git_dirty() -> bool | None:
 
 
 def versions() -> dict[str, Any]:
-    """The versions a run records: python, the training libraries, peftlab and its git commit."""
+    """The versions a run records: python, the training libraries, peftlab and its git commit, and
+    the user's plug-ins it loaded (module -> where from)."""
     import importlib
+
+    from peftlab.config.user_plugins import loaded
 
     libraries = ("torch", "transformers", "peft", "lightning")
     commit = git_commit()
     return {"python": platform.python_version(),
             **{name: importlib.import_module(name).__version__ for name in libraries},
             "peftlab": _installed_version("peftlab"), "git_commit": commit,
-            "git_dirty": git_dirty() if commit else None}
+            "git_dirty": git_dirty() if commit else None, "plugins": loaded()}
 
 
 def machine() -> dict[str, Any]:

@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from peftlab.config.instantiate import disallowed_resolvers, disallowed_targets
 from peftlab.errors import ConfigError
+from peftlab.runs.config import check_run_plugins
 from peftlab.runs.files import atomic_path
 
 RERUN = "rerun.yaml"
@@ -64,6 +65,7 @@ def check_rerun_file(argv: list[str]) -> None:
     if data.get("defaults") != RERUN_DEFAULTS:
         raise ConfigError(f"{path}: defaults: a rerun file lists exactly {RERUN_DEFAULTS}, got {data.get('defaults')}")
     body = {k: v for k, v in data.items() if k != "defaults"}
+    check_run_plugins(path.parent, data, str(path))  # loaded by the user's own command line, never from here
     bad = disallowed_targets(body, "") or disallowed_resolvers(body, "")
     if bad:
         raise ConfigError(f"{path}: {bad[0]}")

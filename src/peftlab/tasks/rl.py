@@ -25,11 +25,11 @@ from typing import Any, Callable, Optional
 
 from peftlab.config.rl import LEARNED
 from peftlab.data.tokenize import IGNORE_INDEX
-from peftlab.errors import ConfigError, Diverged
+from peftlab.errors import Diverged
 from peftlab.tasks.base import register_task
 from peftlab.tasks.causal_lm import CausalLMTask
 from peftlab.tasks.reference import Clock, as_reference, eval_mode, load_frozen
-from peftlab.tasks.rewards import REWARD_FUNCTIONS  # registers the shipped rewards with the config checks
+from peftlab.tasks.rewards import reward_values  # registers the shipped rewards with the config checks
 
 
 @register_task
@@ -110,7 +110,9 @@ class RLTask(CausalLMTask):
             prompt = str(row[self.data.prompt_field])
             whole = tokenizer(fmt.prompt_text(tokenizer, prompt), add_special_tokens=not fmt.use_chat).input_ids
             # the prompt is never cut: the policy answers it whole (unusable() refuses one with no room left)
-            return {**encode_record(row, where), "prompt": prompt, "prompt_ids": whole}
+            # the row's other fields go to the reward functions by name (TRL's convention)
+            fields = {k: v for k, v in row.items() if k != self.data.prompt_field}
+            return {**encode_record(row, where), "prompt": prompt, "prompt_ids": whole, "fields": fields}
 
         return encode_prompt
 
@@ -127,7 +129,8 @@ class RLTask(CausalLMTask):
         from peftlab.data.collators import CausalLMCollator
 
         collate = CausalLMCollator(tokenizer.pad_token_id, generation=True)  # training samples from the prompts too
-        return lambda examples: {**collate(examples), "prompts": [e["prompt"] for e in examples]}
+        return lambda examples: {**collate(examples), "prompts": [e["prompt"] for e in examples],
+                                 "fields": [e["fields"] for e in examples]}
 
     # ------------------------------------------------------------------------------ the models
     def before_wrapping(self, backbone: Any) -> None:
@@ -244,15 +247,16 @@ class RLTask(CausalLMTask):
 
         real = completion.masked_fill(~done, self.tokenizer.pad_token_id)
         texts = [t.strip() for t in self.tokenizer.batch_decode(real, skip_special_tokens=True)]
-        references = [r for r in batch["references"] for _ in range(G)]
-        lengths = done.sum(1).tolist()
-        per_reward = {}
-        self._cut = None
+        prompts = [p for p in batch["prompts"] for _ in range(G)]
+        rows = [f for f in batch["fields"] for _ in range(G)]
+        fields = {k: [r.get(k) for r in rows] for k in dict.fromkeys(k for r in rows for k in r)}
+        fields.update(references=[r for r in batch["references"] for _ in range(G)],
+                      completion_lengths=done.sum(1).tolist())
+        per_reward, self._cut = {}, None
         for name in self.settings.rewards:
             if name == LEARNED:
                 from peftlab.tasks.generation import end_tokens
 
-                prompts = [p for p in batch["prompts"] for _ in range(G)]
                 # ended within rl.max_new_tokens: an end token among the real positions; the others were cut off
                 ends = torch.tensor(end_tokens(model, self.tokenizer), device=completion.device)
                 finished = (torch.isin(completion, ends) & done).any(1).tolist()
@@ -260,13 +264,9 @@ class RLTask(CausalLMTask):
                 self._cut = self.scorer.cut
                 self.counts["reward_texts_cut"] = self.scorer.texts_cut
             else:
-                values = torch.tensor(REWARD_FUNCTIONS[name](texts, references, lengths, self.settings),
-                                      dtype=torch.float64)
-                if values.shape != (len(texts),) or not torch.isfinite(values).all():
-                    raise ConfigError(f"rl.rewards.{name}: the reward must give one finite number per completion; "
-                                      f"it gave {values.tolist()[:8]} for {len(texts)} completions")
-                per_reward[name] = values
-        total = sum(self.settings.rewards[k] * v for k, v in per_reward.items())
+                per_reward[name] = torch.tensor(reward_values(name, prompts, texts, fields, self.max_new_tokens),
+                                                dtype=torch.float64)
+        total = sum(torch.nan_to_num(self.settings.rewards[k] * v, nan=0.0) for k, v in per_reward.items())
         self._texts = texts
         return total.to(completion.device), per_reward
 

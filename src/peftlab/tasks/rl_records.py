@@ -24,8 +24,8 @@ def step_statistics(rewards, per_reward: dict[str, Any], kl, clipped, done, cut:
               "groups_without_signal": float(alike.double().mean())}
     if cut is not None:
         record["reward_texts_cut"] = float(sum(cut))
-    record.update({f"reward/{k}": float(v.mean()) for k, v in per_reward.items()})
-    record.update({f"reward/{k}_std": float(v.std()) for k, v in per_reward.items()})
+    record.update({f"reward/{k}": float(v.nanmean()) for k, v in per_reward.items()})  # None: NaN, not counted
+    record.update({f"reward/{k}_std": float(v[~v.isnan()].std()) for k, v in per_reward.items()})
     return record, bool(alike.all())
 
 
@@ -34,7 +34,7 @@ def completion_rows(step: int, batch: dict[str, Any], texts: list[str], rewards,
     """The first prompt's G sampled answers, each with its total and per-reward scores."""
     return [{"step": step, "prompt": batch["prompts"][0], "reference": batch["references"][0],
              "completion": texts[i], "reward": round(float(rewards[i]), 4),
-             **{k: round(float(v[i]), 4) for k, v in per_reward.items()},
+             **{k: None if v[i].isnan() else round(float(v[i]), 4) for k, v in per_reward.items()},
              **({"reward_text_cut": cut[i]} if cut is not None else {})} for i in range(G)]
 
 
