@@ -77,7 +77,7 @@ def _imports(path: Path) -> set[str]:
 # Each package imports only from packages below it; the two at the same height do not import each
 # other. The package root holds the version and the lazy Python API only.
 LAYERS = [
-    {"api", "commands"},         # the Python API and the console scripts: thin, over the engine
+    {"api", "commands", "plugins"},  # the Python API, the console scripts, what a user's plug-in imports
     {"engine"},                  # the training job, LightningModule, trainer, callbacks, precision
     {"export", "reporting"},     # merge and verify; tables and plots over finished runs
     {"methods", "models"},       # the method plug-ins; loading backbones

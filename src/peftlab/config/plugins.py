@@ -129,11 +129,21 @@ def register_reward(name: str) -> None:
         REWARDS.append(name)
 
 
-def register_task_type(name: str, generative: bool = False) -> None:
+TASK_MODELS: dict[str, str] = {}  # a task type -> the task type whose models serve it too (a plug-in's)
+
+
+def register_task_type(name: str, generative: bool = False, models_of: Optional[str] = None) -> None:
     if name not in TASK_TYPES:
         TASK_TYPES.append(name)
     if generative:
         GENERATIVE_TASK_TYPES.add(name)
+    if models_of:
+        TASK_MODELS[name] = models_of
+
+
+def model_serves(tasks: list[str], task_type: str) -> bool:
+    """A model whose config lists ``tasks`` serves ``task_type`` (or the task type it builds on)."""
+    return task_type in tasks or TASK_MODELS.get(task_type) in tasks
 
 
 def task_types() -> tuple[str, ...]:

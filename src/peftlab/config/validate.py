@@ -19,7 +19,7 @@ from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBas
 
 from peftlab.config.commands import TrainSchema
 from peftlab.config.instantiate import disallowed_targets
-from peftlab.config.plugins import method_schema
+from peftlab.config.plugins import method_schema, model_serves
 from peftlab.config.user_plugins import check_loaded
 from peftlab.errors import ConfigError
 
@@ -204,7 +204,7 @@ def _fit_checks(obj: Any) -> list[str]:
     """The model serves the data's task type, and the method accepts the rest (its own refusals)."""
     model, data, method = getattr(obj, "model", None), getattr(obj, "data", None), getattr(obj, "method", None)
     errors: list[str] = []
-    if model is not None and data is not None and data.task_type not in model.tasks:
+    if model is not None and data is not None and not model_serves(model.tasks, data.task_type):
         errors.append(f"data.task_type={data.task_type} (data={data.name}) does not fit model={model.name}, "
                       f"which serves {', '.join(model.tasks)}")
     if method is not None:

@@ -25,10 +25,11 @@ COLUMNS = ("model", "method", "task_type", "trainable", "adapter_only", "total",
 
 def count(conf: ParamsSchema) -> dict[str, Any]:
     """One row: the counts of ``conf.model`` under ``conf.method``."""
+    from peftlab.config.plugins import model_serves
     from peftlab.models import build_on_meta, display_name  # torch, once the config is valid
 
     task_type = conf.task_type or conf.model.tasks[0]
-    if task_type not in conf.model.tasks:
+    if not model_serves(conf.model.tasks, task_type):
         raise ConfigError(f"task_type={task_type} does not fit model={conf.model.name}, "
                           f"which serves {', '.join(conf.model.tasks)}")
     if not conf.method.capabilities.meta_device:

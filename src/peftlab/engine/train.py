@@ -39,15 +39,23 @@ RUN_NUMBERS = ("train.steps", "train.wall_s", "train.tokens_per_s", "memory.peak
 
 def train_from_config(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Run one training job from a composed config into ``run_dir``; returns its metrics.json."""
+    from omegaconf import OmegaConf, open_dict
+
+    from peftlab.config.user_plugins import loaded
+
     run_dir = Path(run_dir)
+    with open_dict(cfg):  # the run's config names every plug-in it ran with: entry points too
+        cfg.plugins = sorted(loaded())
+        local = Path(str(OmegaConf.select(cfg, "data.path", default="") or "")).expanduser()
+        if str(local) and not local.is_absolute() and local.exists():  # a local file named from this folder:
+            cfg.data.path = str(local.resolve())  # the run's config names it wherever it is read from
     if SECONDARY:  # a second process of a distributed run: it computes with the first, which writes
         conf, task, objective = checked(cfg)
         return _job(conf, cfg, run_dir, task, objective)
     with folder_lock(run_dir):  # outside the clean-up below: a folder another command holds is never touched
         try:
             conf, task, objective = checked(cfg)
-            in_place = bool(conf.resume_from) and Path(conf.resume_from).resolve().is_relative_to(run_dir.resolve())
-            check_fresh_run_dir(run_dir, resuming=in_place)
+            check_run_folder(conf, run_dir)
             metrics = _job(conf, cfg, run_dir, task, objective)
         except PeftlabError:
             discard_unstarted_run_dir(run_dir)
@@ -100,6 +108,14 @@ def checked(cfg: DictConfig) -> tuple[TrainSchema, Task, str]:
         if refused:
             raise ConfigError(refused)
     return conf, task, objective
+
+
+def check_run_folder(conf: TrainSchema, run_dir: Path) -> bool:
+    """The run folder holds no finished run; resuming in place (returned: whether the run continues
+    in its own folder), an adapter a kill left is allowed."""
+    in_place = bool(conf.resume_from) and Path(conf.resume_from).resolve().is_relative_to(Path(run_dir).resolve())
+    check_fresh_run_dir(run_dir, resuming=in_place)
+    return in_place
 
 
 def _job(conf: TrainSchema, cfg: DictConfig, run_dir: Path, task: Task, objective: str) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from peftlab.errors import ConfigError
 from peftlab.runs.folders import run_status
 
 # what a resumed run may set besides resume=: how it shows progress and how many threads it uses
-RESUME_MAY_SET = ("trainer.enable_progress_bar=", "hardware.threads=", "model.trust_remote_code=")
+RESUME_MAY_SET = ("trainer.enable_progress_bar=", "hardware.threads=", "model.trust_remote_code=", "plugins=")
 _TRUE = ("true", "yes", "on", "1")
 
 
@@ -50,8 +50,22 @@ def resume_args(argv: list[str]) -> list[str]:
     if not isinstance(original, list) or not all(isinstance(o, str) for o in original):
         raise ConfigError(f"resume: {overrides_file} is not a list of overrides")
     _check_as_data(original, overrides_file, rest)
+    _check_plugins(folder)
     kept = [o for o in original if not o.startswith(("resume_from=", *RESUME_MAY_SET))]
     return [*kept, *rest, f"hydra.run.dir={folder}", f"resume_from={last}"]
+
+
+def _check_plugins(folder: Path) -> None:
+    """The plug-ins the run loaded (its config.yaml's ``plugins``, written as it started) are loaded
+    here too: from the user's own command line or environment, never from the folder."""
+    from peftlab.runs.config import check_run_plugins
+
+    path = folder / "config.yaml"
+    try:
+        saved = yaml.safe_load(path.read_text()) if path.is_file() else {}
+    except (yaml.YAMLError, OSError, UnicodeDecodeError):
+        saved = {}  # a config that cannot be read is refused where the run's config is compared
+    check_run_plugins(folder, saved if isinstance(saved, dict) else {}, f"resume: {path}")
 
 
 def _check_as_data(overrides: list[str], path: Path, argv: list[str]) -> None:

@@ -37,6 +37,9 @@ class Task:
     takes_rl: ClassVar[bool] = False  # trains with the run's online RL settings
     # (tiny model, shipped data) the peft tuner probe (engine/probe.py) runs this task type on; None: not probed
     probe_setup: ClassVar[Optional[tuple[str, str]]] = None
+    # a task type of one's own that builds on another (a plug-in's variant of causal_lm): every model
+    # that serves that one serves this one too (model.tasks need not name it)
+    models_of: ClassVar[Optional[str]] = None
 
     @classmethod
     def merge_metrics(cls) -> tuple[str, ...]:
@@ -159,7 +162,7 @@ def register_task(cls: type[Task]) -> type[Task]:
     if cls.name in TASKS:
         raise ValueError(f"task type {cls.name!r} is registered twice")
     TASKS[cls.name] = cls
-    register_task_type(cls.name, generative=cls.generative)
+    register_task_type(cls.name, generative=cls.generative, models_of=cls.models_of)
     return cls
 
 

@@ -113,3 +113,19 @@ LOSSES = {loss.name: loss for loss in (
 )}
 for _loss in LOSSES.values():
     register_preference_loss(_loss.name, _loss.needs_reference, _loss.reads)
+
+
+def preference_loss(name: str, needs_reference: bool, reads: tuple[str, ...] = (),
+                    needs_kl: bool = False) -> Callable[[Callable], Callable]:
+    """Decorator for a loss of one's own, ``preference.loss=<name>``: ``fn(pairs: PairLogps, settings)``
+    returns (losses, chosen rewards, rejected rewards), one each per pair."""
+    def register(fn: Callable) -> Callable:
+        from peftlab.errors import ConfigError
+
+        if name in LOSSES:
+            raise ConfigError(f"preference.loss: the loss {name!r} is registered twice")
+        LOSSES[name] = PreferenceLoss(name, fn, needs_reference, tuple(reads), needs_kl)
+        register_preference_loss(name, needs_reference, tuple(reads))
+        return fn
+
+    return register
