@@ -195,3 +195,31 @@ def test_the_project_trains_evaluates_and_reports_with_its_method_task_and_rewar
     tests = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"], cwd=cwd,
                            capture_output=True, text=True, timeout=600, env={**os.environ, **env})
     assert tests.returncode == 0 and "1 passed" in tests.stdout, tests.stdout[-3000:]
+
+
+@pytest.mark.integration
+def test_a_sweep_job_loads_what_the_sweep_loaded(project, tmp_path, cache_dir):
+    """hydra/launcher=process runs every job in a fresh process: it imports the plug-ins the sweep's own
+    command line named (here not installed: only plugins=[...] names it)."""
+    shutil.copytree(project["src"] / "mylab", tmp_path / "plain" / "mylab")
+    proc = run_cli("peftlab-train", "-m", "plugins=[mylab.plugin]", "experiment=mylab", *STEPS, "method.r=1,2",
+                   f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=project["folder"],
+                   env={"PYTHONPATH": str(tmp_path / "plain")})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for job, rank in (("0", 1), ("1", 2)):
+        metrics = json.loads((tmp_path / "sweep" / job / "metrics.json").read_text())
+        assert metrics["method"] == "mylab_qv" and metrics["versions"]["plugins"] == {"mylab.plugin": "command line"}
+        assert json.loads((tmp_path / "sweep" / job / "adapter" / "adapter_config.json").read_text())["r"] == rank
+
+
+def test_a_loaded_plug_in_s_classes_may_be_targets(monkeypatch):
+    """A callback of one's own needs no environment variable once its package is a loaded plug-in; a
+    package that is not loaded stays refused."""
+    from peftlab.config import user_plugins
+    from peftlab.config.instantiate import disallowed_targets
+
+    node = {"mine": {"_target_": "mylab.callbacks.Mine"}}
+    assert disallowed_targets(node, "callbacks")[0].startswith("callbacks.mine._target_: 'mylab.callbacks.Mine' is "
+                                                               "not a class peftlab instantiates")
+    monkeypatch.setitem(user_plugins._LOADED, "mylab.plugin", "command line")
+    assert disallowed_targets(node, "callbacks") == []
