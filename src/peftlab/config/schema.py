@@ -73,15 +73,15 @@ class ModelSchema:
 # ---------------------------------------------------------------------------------------- data
 @dataclass
 class DataSchema:
-    """A task: where its examples come from and how they become batches.
-
-    path: a local json/jsonl/csv/parquet file, a folder holding train/val/test files, a
-    ``builtin:<name>`` task shipped with peftlab, or ``hf://<hub id>`` (network).
-    """
+    """A task: where its examples come from (path: a json/jsonl/csv/parquet file, a folder of train/val/test
+    files, ``builtin:<name>`` shipped with peftlab, or ``hf://<hub id>``) and how they become batches."""
 
     name: str = MISSING
     path: str = MISSING
     task_type: str = "causal_lm"  # a registered task type (peftlab.tasks): causal_lm, seq_cls, ...
+    format: str = "prompt_response"  # how a record reads (peftlab.data.formats): messages, sharegpt, alpaca, ...
+    loss_turns: str = "all"  # conversations: the loss on every assistant turn (all), or on the last only (last)
+    columns: Any = None  # a mapping that renames any source's columns before reading: {question: prompt}
     prompt_field: str = "prompt"
     response_field: str = "response"
     chosen_field: str = "chosen"  # preference pairs: the preferred answer
@@ -92,8 +92,7 @@ class DataSchema:
     system_prompt: Optional[str] = None
     prompt_format: str = "auto"  # auto: the chat template when the tokenizer has one, else plain
     hub_config: Optional[str] = None
-    # a hub data set (hf://<id>) from the local cache only, never the network: set for the data a run
-    # folder names (eval, merge, generate read it as data)
+    # a hub data set (hf://<id>) from the local cache only, never the network: set for a run folder's data
     local_files_only: bool = False
     train_split: str = "train"
     val_split: str = "val"
@@ -107,14 +106,14 @@ class DataSchema:
     max_new_tokens: int = 16
     max_train_examples: Optional[int] = None
     max_eval_examples: Optional[int] = None
-    # examples that would train or test nothing (empty answers, blank prompts, answers cut away by
-    # max_length): up to this share of a split they are left out with a warning; above it the run stops
+    # examples that train or test nothing (blank prompts, empty answers, ...): up to this share left out, else an error
     max_unusable: float = 0.05
     num_workers: int = 0
-    # training batches of similar lengths (less padding): the seeded order is sorted by length within
-    # windows of group_window batches, and each window's batches shuffled again; false: torch's order
+    # batches of similar lengths: the seeded order sorted within windows of group_window batches; false: torch's order
     group_by_length: bool = True
     group_window: int = 64
+    # checks data.format, loss_turns and columns against the registered formats (set by peftlab.data.formats)
+    check_format = staticmethod(lambda data: None)
 
     def __post_init__(self) -> None:
         _one_of("data.task_type", self.task_type, task_types())
@@ -131,6 +130,7 @@ class DataSchema:
         _check(self.num_workers >= 0, "data.num_workers", "must be >= 0", self.num_workers)
         _check(self.group_window > 0, "data.group_window", "must be > 0", self.group_window)
         _check(0.0 <= self.max_unusable <= 1.0, "data.max_unusable", "must be in [0, 1]", self.max_unusable)
+        self.check_format(self)
 
 
 # ----------------------------------------------------------------------------------- preference

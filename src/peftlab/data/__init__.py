@@ -1,2 +1,3 @@
-"""Tasks' data: reading examples (sources.py; one file, as written: records.py), prompt formats and
-tokenisation (tokenize.py), collators, and the LightningDataModule (datamodule.py)."""
+"""Tasks' data: reading examples (sources.py; one file, as written: records.py), record formats and
+conversations (formats.py, a registry; conversations.py, their tokens and loss mask), prompt formats
+and tokenisation (tokenize.py), collators, and the LightningDataModule (datamodule.py)."""

@@ -5,7 +5,7 @@ stay text (no type is ever guessed). JSON values are what the file says, and a p
 must be text there: a number, ``NaN``, ``Infinity``, ``true`` or ``null`` is refused, naming the file
 and the line, rather than trained as the string Python would make of it. An answer may be an
 integer (a class id of a classification task, read back exactly as written); a margin must be a
-finite number.
+finite number. ``data.columns`` renames a record's columns before anything reads them.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import io
 import json
 import math
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from peftlab.errors import DataError
 
@@ -24,9 +24,10 @@ SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 # the data keys whose values are text (data.<key> names the field)
 TEXT_KEYS = ("prompt_field", "response_field", "chosen_field", "rejected_field")
 NUMBER_KEYS = ("margin_field",)
+Accept = Callable[[dict[str, Any], str], dict[str, Any]]  # (record as read, where) -> the record kept
 
 
-def _shown(value: Any) -> str:
+def shown(value: Any) -> str:
     """A value as the error names it."""
     if isinstance(value, bool):
         return str(value).lower()
@@ -48,6 +49,21 @@ def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def renamed(row: dict[str, Any], columns: Optional[dict[str, str]], where: str) -> dict[str, Any]:
+    """``row`` with its columns renamed by ``columns`` (``data.columns``: column -> field name)."""
+    if not columns:
+        return row
+    for source, target in columns.items():
+        if source not in row:
+            present = ", ".join(map(str, row))
+            raise DataError(f"{where}: missing column {source!r} (data.columns renames it to {target!r}; fields "
+                            f"present: {present})")
+        if target in row and target not in columns:
+            raise DataError(f"{where}: data.columns renames {source!r} to {target!r}, a field the record holds "
+                            "already")
+    return {columns.get(key, key): value for key, value in row.items()}
+
+
 def check_record(row: dict[str, Any], fields: dict[str, str], where: str) -> None:
     """Every field of ``fields`` (data key -> field name) present, not null, and of its kind."""
     for key, field in fields.items():
@@ -59,10 +75,10 @@ def check_record(row: dict[str, Any], fields: dict[str, str], where: str) -> Non
             raise DataError(f"{where}: field {field!r} is null (data.{key})")
         if key in TEXT_KEYS and not isinstance(value, str) and not (
                 key == "response_field" and isinstance(value, int) and not isinstance(value, bool)):
-            raise DataError(f"{where}: field {field!r} holds {_shown(value)}, not text (data.{key}; in JSON, "
+            raise DataError(f"{where}: field {field!r} holds {shown(value)}, not text (data.{key}; in JSON, "
                             "text is written in quotes)")
         if key in NUMBER_KEYS and not _finite(value):
-            raise DataError(f"{where}: field {field!r} holds {_shown(value)}, not a finite number (data.{key})")
+            raise DataError(f"{where}: field {field!r} holds {shown(value)}, not a finite number (data.{key})")
 
 
 def _decode(raw: bytes, path: Path, lineno: int) -> str:
@@ -84,7 +100,19 @@ def _text(path: Path) -> str:
         raise
 
 
-def read_jsonl(path: Path, fields: dict[str, str]) -> list[dict[str, Any]]:
+def accepting(fields: dict[str, str], columns: Optional[dict[str, str]] = None) -> Accept:
+    """What every record read goes through: ``data.columns`` renames its columns, then it must hold
+    ``fields`` (data key -> field name); the record kept remembers where it was read."""
+
+    def accept(row: dict[str, Any], where: str) -> dict[str, Any]:
+        row = renamed(row, columns, where)
+        check_record(row, fields, where)
+        return {**row, WHERE: where}
+
+    return accept
+
+
+def read_jsonl(path: Path, accept: Accept) -> list[dict[str, Any]]:
     rows = []
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, 1):
@@ -97,8 +125,7 @@ def read_jsonl(path: Path, fields: dict[str, str]) -> list[dict[str, Any]]:
                 raise DataError(f"{path} line {lineno}: malformed JSON ({err.msg} at column {err.colno})") from None
             if not isinstance(row, dict):
                 raise DataError(f"{path} line {lineno}: expected a JSON object, got {type(row).__name__}")
-            check_record(row, fields, f"{path} line {lineno}")
-            rows.append({**row, WHERE: f"{path} line {lineno}"})
+            rows.append(accept(row, f"{path} line {lineno}"))
     return rows
 
 
@@ -128,24 +155,25 @@ def _element_lines(text: str) -> Optional[list[int]]:
     return lines
 
 
-def _read_json(path: Path, fields: dict[str, str]) -> list[dict[str, Any]]:
+def _read_json(path: Path, accept: Accept) -> list[dict[str, Any]]:
     text = _text(path)
     try:
         data = json.loads(text)
     except json.JSONDecodeError as err:
         if err.msg == "Extra data":  # JSON lines in a .json file
-            return read_jsonl(path, fields)
+            return read_jsonl(path, accept)
         raise DataError(f"{path} line {err.lineno}: malformed JSON ({err.msg} at column {err.colno})") from None
     if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), list):
         data = next(iter(data.values()))  # {"data": [...]}
     if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
         raise DataError(f"{path}: expected a list of JSON objects (or one object per line)")
     lines = _element_lines(text) or []
-    return _checked(data, fields, [f"{path} line {n}" for n in lines] if len(lines) == len(data)
-                    else [f"{path} record {i + 1}" for i in range(len(data))])
+    wheres = ([f"{path} line {n}" for n in lines] if len(lines) == len(data)
+              else [f"{path} record {i + 1}" for i in range(len(data))])
+    return [accept(row, where) for row, where in zip(data, wheres, strict=True)]
 
 
-def _read_csv(path: Path, fields: dict[str, str]) -> list[dict[str, Any]]:
+def _read_csv(path: Path, accept: Accept) -> list[dict[str, Any]]:
     """Every field a string, as written (the csv module; no type is guessed)."""
     text = _text(path).removeprefix("\ufeff")  # the byte-order mark spreadsheets write
     csv.field_size_limit(max(csv.field_size_limit(), len(text) + 1))  # a long prompt is no error
@@ -169,10 +197,10 @@ def _read_csv(path: Path, fields: dict[str, str]) -> list[dict[str, Any]]:
             wheres.append(f"{path} line {lineno}")
     except csv.Error as err:
         raise DataError(f"{path} line {reader.line_num}: not readable as CSV ({err})") from None
-    return _checked(rows, fields, wheres)
+    return [accept(row, where) for row, where in zip(rows, wheres, strict=True)]
 
 
-def _read_parquet(path: Path, fields: dict[str, str]) -> list[dict[str, Any]]:
+def _read_parquet(path: Path, accept: Accept) -> list[dict[str, Any]]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -180,21 +208,14 @@ def _read_parquet(path: Path, fields: dict[str, str]) -> list[dict[str, Any]]:
         rows = pq.read_table(path).to_pylist()
     except (pa.ArrowException, OSError) as err:
         raise DataError(f"{path}: cannot read as parquet: {str(err).splitlines()[0]}") from None
-    return _checked(rows, fields, [f"{path} row {i + 1}" for i in range(len(rows))])
+    return [accept(row, f"{path} row {i + 1}") for i, row in enumerate(rows)]
 
 
-def _checked(rows: list[dict[str, Any]], fields: dict[str, str], wheres: list[str]) -> list[dict[str, Any]]:
-    out = []
-    for row, where in zip(rows, wheres, strict=True):
-        check_record(row, fields, where)
-        out.append({**row, WHERE: where})
-    return out
-
-
-def read_file(path: Path, fields: dict[str, str]) -> list[dict[str, Any]]:
-    """The records of one file; every record must hold ``fields`` (data key -> field name)."""
+def read_file(path: Path, fields: dict[str, str], columns: Optional[dict[str, str]] = None) -> list[dict[str, Any]]:
+    """The records of one file; ``data.columns`` (``columns``) renames their columns, and every record
+    must then hold ``fields`` (data key -> field name)."""
     readers = {".jsonl": read_jsonl, ".json": _read_json, ".csv": _read_csv, ".parquet": _read_parquet}
     reader = readers.get(path.suffix.lower())
     if reader is None:
         raise DataError(f"{path}: unsupported file type {path.suffix.lower()!r} (use one of {', '.join(SUFFIXES)})")
-    return reader(path, fields)
+    return reader(path, accepting(fields, columns))

@@ -16,7 +16,8 @@ from typing import Any, Iterator, Optional
 
 from peftlab.config.checks import hub_id
 from peftlab.config.schema import DataSchema
-from peftlab.data.records import SUFFIXES, WHERE, check_record, read_file
+from peftlab.data.formats import DEFAULT_FORMAT
+from peftlab.data.records import SUFFIXES, WHERE, accepting, read_file  # noqa: F401  (WHERE: re-exported)
 from peftlab.errors import DataError
 
 BUILTIN_DIR = Path(__file__).resolve().parent / "files"
@@ -60,10 +61,10 @@ def _load_local(path: Path, cfg: DataSchema, fields: dict[str, str]) -> tuple[Sp
         files = _split_files(path)
         if "train" not in files:
             raise DataError(f"data.path: no train file in {path} (expected train.jsonl / .json / .csv / .parquet)")
-        splits = {split: read_file(f, fields) for split, f in files.items()}
+        splits = {split: read_file(f, fields, cfg.columns) for split, f in files.items()}
         where = {split: str(f) for split, f in files.items()}
     else:
-        splits = {"train": read_file(path, fields)}
+        splits = {"train": read_file(path, fields, cfg.columns)}
         where = {"train": str(path)}
     missing = tuple(s for s in ("val", "test") if s not in splits)
     if missing:
@@ -117,10 +118,9 @@ def _load_hub(cfg: DataSchema, fields: dict[str, str], name: str) -> tuple[Split
             if candidate in dsd:
                 splits[split], where[split] = dsd[candidate].to_list(), f"{name}[{candidate}]"
                 break
+    accept = accepting(fields, cfg.columns)
     for split, rows in splits.items():
-        for i, row in enumerate(rows):
-            check_record(row, fields, f"{where[split]} row {i + 1}")
-            row[WHERE] = f"{where[split]} row {i + 1}"
+        splits[split] = [accept(row, f"{where[split]} row {i + 1}") for i, row in enumerate(rows)]
     if "train" not in splits:
         raise DataError(f"data.train_split: {cfg.train_split!r} is not a split of {cfg.path!r} "
                         f"(splits: {', '.join(dsd.keys())})")
@@ -133,7 +133,10 @@ def _load_hub(cfg: DataSchema, fields: dict[str, str], name: str) -> tuple[Split
 
 
 def answer_fields(cfg: DataSchema) -> dict[str, str]:
-    """The fields of a prompt -> answer (or text -> label) record: data key -> field name."""
+    """The fields of a prompt -> answer (or text -> label) record: data key -> field name; none for
+    the other formats (``data.format``), whose records are checked as they are read as conversations."""
+    if cfg.format != DEFAULT_FORMAT:
+        return {}
     return {"prompt_field": cfg.prompt_field, "response_field": cfg.response_field}
 
 
@@ -145,8 +148,8 @@ def _check_splits(splits: Splits, where: dict[str, str]) -> None:
 
 def load_splits(cfg: DataSchema, fields: Optional[dict[str, str]] = None) -> Splits:
     """The task's train, val and test records, each holding ``fields`` (data key -> field name;
-    by default the prompt and the answer)."""
-    fields = fields or answer_fields(cfg)
+    by default the prompt and the answer of ``data.format=prompt_response``)."""
+    fields = answer_fields(cfg) if fields is None else fields
     if cfg.path.startswith("builtin:"):
         name = cfg.path.split(":", 1)[1]
         folder = BUILTIN_DIR / name

@@ -1,5 +1,6 @@
-"""Causal language modelling: prompt -> answer text. Loss on the answer tokens only; exact match of
-greedy generations on the test split.
+"""Causal language modelling: prompt -> answer text, or conversations (``data.format``: messages,
+sharegpt, ...). Loss on the answer tokens only (every assistant turn's, or the last's); exact match of
+greedy generations on the test split (of a conversation: its last answer, given the turns before it).
 
 torch and transformers load inside the methods: the registry is read when a config is validated,
 and a bad config fails before they load."""
@@ -8,7 +9,10 @@ from __future__ import annotations
 
 from typing import Any, Callable, Optional
 
-from peftlab.data.tokenize import IGNORE_INDEX, PromptFormat, encode
+from peftlab.data.conversations import encode_turns
+from peftlab.data.formats import DEFAULT_FORMAT, conversation, reads_every_format
+from peftlab.data.tokenize import IGNORE_INDEX, PromptFormat
+from peftlab.errors import DataError
 from peftlab.tasks.base import Task, register_task
 
 
@@ -68,19 +72,28 @@ class CausalLMTask(GeneratesText, Task):
     metric_names = ("exact_match", "loss", "perplexity")
     probe_setup = ("tiny_llama", "dates")
 
+    def fields(self) -> dict[str, str]:
+        """Prompt -> answer records are checked as they are read; the other formats as they are encoded."""
+        return super().fields() if self.data.format == DEFAULT_FORMAT else {}
+
     def encoder(self, tokenizer: Any) -> Callable[[dict[str, Any], str], dict[str, Any]]:
         d = self.data
         fmt = PromptFormat.for_tokenizer(tokenizer, d.prompt_format, d.system_prompt)
 
         def encode_record(row: dict[str, Any], where: str) -> dict[str, Any]:
-            return encode(tokenizer, fmt, str(row[d.prompt_field]), str(row[d.response_field]), d.max_length)
+            turns = conversation(row, d, where)
+            try:
+                return encode_turns(tokenizer, fmt, turns, d.max_length, last_only=d.loss_turns == "last")
+            except DataError as err:
+                raise DataError(f"{where}: {err} (data.format={d.format})") from None
 
         return encode_record
 
     def unusable(self, record: dict[str, Any], example: dict[str, Any]) -> Optional[str]:
-        if not str(record[self.data.prompt_field]).strip():
+        turns = conversation(record, self.data)
+        if not next(t["content"] for t in reversed(turns) if t["role"] == "user").strip():
             return "blank prompt"
-        if not str(record[self.data.response_field]).strip():
+        if not turns[-1]["content"].strip():
             return "empty answer"
         if all(label == IGNORE_INDEX for label in example["labels"][1:]):
             return f"answer cut away by data.max_length={self.data.max_length}"
@@ -115,3 +128,6 @@ class CausalLMTask(GeneratesText, Task):
         logits, targets, generations = score_and_generate(model, tokenizer, batch, self.data.max_new_tokens)
         metrics.update_loss(F.cross_entropy(logits, targets, reduction="sum"), len(targets))
         return self.score_generations(model, tokenizer, batch, metrics.task["exact_match"], generations)
+
+
+reads_every_format(CausalLMTask.name)

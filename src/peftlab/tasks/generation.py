@@ -70,9 +70,11 @@ def score_and_generate(model: torch.nn.Module, tokenizer: Any, batch: dict[str, 
     starts, ends = prompt_mask.sum(1).tolist(), batch["attention_mask"].sum(1).tolist()
     answers = [batch["input_ids"][i, s:e] for i, (s, e) in enumerate(zip(starts, ends, strict=True))]
     answer_labels = [batch["labels"][i, s:e] for i, (s, e) in enumerate(zip(starts, ends, strict=True))]
+    # a conversation's earlier answers are in its prompt, and their labels with them
+    prompt_labels = pad([batch["labels"][i, :s] for i, s in enumerate(starts)], IGNORE_INDEX, left=True)
     input_ids = torch.cat([prompts, pad(answers, tokenizer.pad_token_id)], 1)
     mask = torch.cat([prompt_mask, pad([torch.ones_like(a) for a in answers], 0)], 1)
-    labels = torch.cat([torch.full_like(prompts, IGNORE_INDEX), pad(answer_labels, IGNORE_INDEX)], 1)
+    labels = torch.cat([prompt_labels, pad(answer_labels, IGNORE_INDEX)], 1)
     joint = {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
     logits, targets, cache = answer_logits(model, joint, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
                                            keep_cache=True)
