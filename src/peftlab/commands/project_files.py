@@ -179,7 +179,7 @@ def sums(n: int = 400, seed: int = 0) -> str:
 
     rng = random.Random(seed)
     rows = [(rng.randint(0, 50), rng.randint(0, 50)) for _ in range(n)]
-    return "".join(json.dumps({"prompt": f"What is {a} plus {b}?", "response": str(a + b)}) + "\n" for a, b in rows)
+    return "".join(json.dumps(dict(prompt=f"What is {a} plus {b}?", response=str(a + b))) + "\n" for a, b in rows)
 
 
 def files(pkg: str) -> dict[str, str]:
