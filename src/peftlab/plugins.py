@@ -19,7 +19,8 @@ registers what it brings::
 - ``register_task``: a task type (a ``Task`` subclass; ``data.task_type=<name>``);
 - ``reward``: a reward function for online RL, TRL's calling convention;
 - ``preference_loss``: a preference loss (``preference.loss=<name>``);
-- ``register_data_format``: a record format (``data.format=<name>``);
+- ``register_data_format``: a record format (``data.format=<name>``); ``reads_every_format``: a task
+  type of one's own (a ``CausalLMTask`` subclass) trains on conversations too;
 - ``register_config_dir``: a folder of configs (``model/``, ``data/``, ``experiment/`` ...) whose
   options sit beside peftlab's;
 - callbacks and optimizers: any class of a loaded plug-in's package may be named in a ``_target_``.
@@ -33,6 +34,7 @@ from typing import Any, Callable, Optional
 
 from peftlab.config.plugins import Capabilities, MethodSchema
 from peftlab.config.user_plugins import register_config_dir
+from peftlab.data.formats import reads_every_format, register_data_format
 from peftlab.methods.base import BuildContext, MethodHooks, MethodSpec
 from peftlab.tasks.base import Task, register_task
 from peftlab.tasks.causal_lm import CausalLMTask
@@ -40,8 +42,8 @@ from peftlab.tasks.preference_losses import PairLogps, preference_loss
 from peftlab.tasks.rewards import reward
 
 __all__ = ["BuildContext", "CausalLMTask", "Capabilities", "MethodHooks", "MethodSchema", "PairLogps", "Task",
-           "preference_loss", "register_config_dir", "register_data_format", "register_method", "register_task",
-           "reward"]
+           "preference_loss", "reads_every_format", "register_config_dir", "register_data_format", "register_method",
+           "register_task", "reward"]
 
 
 def register_method(name: str, schema: type[MethodSchema], build: Optional[Callable], trains: str,
@@ -55,10 +57,3 @@ def register_method(name: str, schema: type[MethodSchema], build: Optional[Calla
     spec = register(name, schema, build, trains, capabilities, **kwargs)
     ConfigStore.instance().store(group="method", name=name, node=schema, provider="peftlab-plugin")
     return spec
-
-
-def register_data_format(*args: Any, **kwargs: Any) -> Any:
-    """Add ``data.format=<name>``: see ``peftlab.data.formats.register_data_format``."""
-    from peftlab.data.formats import register_data_format as register
-
-    return register(*args, **kwargs)
