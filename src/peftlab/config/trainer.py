@@ -13,10 +13,13 @@ from peftlab.config.checks import check as _check
 class TrainerSchema:
     """Arguments of ``lightning.Trainer`` that a run may change."""
 
-    max_steps: int = 100
+    max_steps: int = 60  # the default job's length (make run): the figures of the README and docs/ are of 60 steps
     max_epochs: int = -1
-    val_check_interval: Any = None  # an int: every N training batches; a float in (0, 1]: a fraction of an epoch
-    check_val_every_n_epoch: Optional[int] = 1
+    # an int: validate every N training batches; a float in (0, 1]: a fraction of an epoch (needs
+    # check_val_every_n_epoch); null: once an epoch
+    val_check_interval: Any = 30
+    # null: validation counts training batches across epochs (val_check_interval), not epochs
+    check_val_every_n_epoch: Optional[int] = None
     log_every_n_steps: int = 10
     accumulate_grad_batches: int = 1
     gradient_clip_val: Optional[float] = 1.0
@@ -26,7 +29,9 @@ class TrainerSchema:
     limit_test_batches: Any = None
     num_sanity_val_steps: int = 0
     fast_dev_run: Any = False
-    deterministic: Any = False
+    # warn: deterministic algorithms where torch has them (bitwise-equal reruns on CPU), a warning elsewhere;
+    # true: an error elsewhere; false: torch's own choice
+    deterministic: Any = "warn"
     enable_progress_bar: bool = True
 
     def __post_init__(self) -> None:
