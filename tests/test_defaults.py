@@ -26,10 +26,6 @@ from omegaconf import MISSING
 from conftest import CONF, ROOT
 
 SCHEMA_ENTRY = re.compile(r"^/schema/(?P<group>[\w/]+)/(?P<name>\w+)@_here_$")
-# Keys that code reads from the file itself rather than through its schema: precision=auto loads the
-# precision it chooses as a bare YAML file (engine/precision.py, resolve_auto), so the files it can
-# choose state what it reads. test_the_keys_read_raw_are_still_needed fails once that is no longer so.
-READ_RAW = {"precision/fp32.yaml": {"trainer", "dtype"}, "precision/bf16.yaml": {"dtype"}}
 
 
 def schema_of(path: Path) -> type | None:
@@ -98,9 +94,8 @@ def _walk(values: dict, defaults: dict, prefix: str = ""):
             yield f"{prefix}{key}", value, default
 
 
-def problems(path: Path, schema: type, is_default: bool, read_raw: frozenset[str] = frozenset()) -> list[str]:
-    """What breaks the two rules in one group YAML, one line each, naming the file and the key
-    (``read_raw``: keys that code reads from this file itself, which may restate their default)."""
+def problems(path: Path, schema: type, is_default: bool) -> list[str]:
+    """What breaks the two rules in one group YAML, one line each, naming the file and the key."""
     from omegaconf import OmegaConf
 
     name = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
@@ -109,7 +104,7 @@ def problems(path: Path, schema: type, is_default: bool, read_raw: frozenset[str
     for key, value, default in _walk(values, schema_defaults(schema)):
         if default is dataclasses.MISSING:
             found.append(f"{name}: {key} is no field of {schema.__name__}")
-        elif same(value, default) and key not in read_raw:
+        elif same(value, default):
             found.append(f"{name}: {key}: {_show(value)} restates {schema.__name__}'s default")
         elif is_default and not _schema_cannot_hold(value, default):
             found.append(f"{name}: {key}: {_show(value)} contradicts {schema.__name__}'s default {_show(default)} "
@@ -140,39 +135,7 @@ def test_every_schema_group_is_checked():
 
 @pytest.mark.parametrize("path,is_default", EXTENDING, ids=[str(p.relative_to(CONF)) for p, _ in EXTENDING])
 def test_a_group_yaml_states_only_what_differs_from_its_schema(path, is_default):
-    read_raw = frozenset(READ_RAW.get(str(path.relative_to(CONF)), ()))
-    assert problems(path, schema_of(path), is_default, read_raw) == []
-
-
-def test_the_keys_read_raw_are_still_needed(tmp_path, monkeypatch):
-    """Without READ_RAW's keys, precision=auto fails on the files it may choose. Once it reads them
-    over their schema (the keys' defaults filled in), this fails: drop the keys and READ_RAW."""
-    import shutil
-
-    from omegaconf import OmegaConf
-    from omegaconf.errors import ConfigKeyError
-
-    import peftlab.config
-    from peftlab.engine import precision
-
-    from conftest import compose
-
-    shutil.copytree(CONF / "precision", tmp_path / "precision")
-    for rel, keys in READ_RAW.items():
-        values = OmegaConf.load(tmp_path / rel)
-        for key in keys:
-            del values[key]
-        OmegaConf.save(values, tmp_path / rel)
-    monkeypatch.setattr(peftlab.config, "CONF_DIR", tmp_path)
-    failing = []
-    for rel in sorted(READ_RAW):
-        monkeypatch.setattr(precision, "choose", lambda method, accelerator, name=Path(rel).stem: (name, "chosen"))
-        try:
-            resolved = precision.resolve_auto(compose(["model=tiny_llama"])).precision
-            assert (resolved.name, resolved.dtype) == (Path(rel).stem, "float32")
-        except ConfigKeyError:
-            failing.append(rel)
-    assert failing == sorted(READ_RAW)
+    assert problems(path, schema_of(path), is_default) == []
 
 
 @dataclasses.dataclass

@@ -79,7 +79,11 @@ def resolve_auto(cfg: DictConfig) -> DictConfig:
     if precision is None or precision.get("name") != "auto" or method is None:
         return cfg  # an unknown method: validate() names it
     name, why = choose(method, OmegaConf.select(cfg, "hardware.accelerator", default="cpu"))
-    chosen = OmegaConf.load(CONF_DIR / "precision" / f"{name}.yaml")
+    from peftlab.config.schema import PrecisionSchema
+
+    # the chosen option over its schema, as Hydra composes it: the file states only what differs
+    own = OmegaConf.load(CONF_DIR / "precision" / f"{name}.yaml")
+    chosen = OmegaConf.merge(OmegaConf.structured(PrecisionSchema), {k: v for k, v in own.items() if k != "defaults"})
     with open_dict(cfg):
         for key in ("name", "trainer", "dtype"):
             cfg.precision[key] = chosen[key]
