@@ -212,6 +212,19 @@ def test_a_sweep_job_loads_what_the_sweep_loaded(project, tmp_path, cache_dir):
         assert json.loads((tmp_path / "sweep" / job / "adapter" / "adapter_config.json").read_text())["r"] == rank
 
 
+@pytest.mark.integration
+def test_the_rl_guide_s_command_line_trains_with_the_user_s_reward(project, tmp_path, cache_dir):
+    """docs/guides/rl.md: peftlab-train data=date_prompts rl=grpo plugins=[mylab.plugin] 'rl.rewards={brevity: 0.5,
+    date_exact: 1.0}', with the package's source on the path."""
+    shutil.copytree(project["src"] / "mylab", tmp_path / "plain" / "mylab")
+    proc = run_cli("peftlab-train", "debug=tiny", "data=date_prompts", "rl=grpo", "plugins=[mylab.plugin]",
+                   "rl.rewards={brevity: 0.5, date_exact: 1.0}", "rl.completions_every=1", *STEPS,
+                   f"hydra.run.dir={tmp_path / 'rl'}", env={"PYTHONPATH": str(tmp_path / "plain")})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(line) for line in (tmp_path / "rl" / "completions.jsonl").read_text().splitlines()]
+    assert rows and all(r["brevity"] == pytest.approx(1 / (1 + len(r["completion"].split())), abs=1e-4) for r in rows)
+
+
 def test_a_loaded_plug_in_s_classes_may_be_targets(monkeypatch):
     """A callback of one's own needs no environment variable once its package is a loaded plug-in; a
     package that is not loaded stays refused."""

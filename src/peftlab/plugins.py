@@ -11,7 +11,7 @@ registers what it brings::
     def brevity(prompts, completions, **kwargs):
         return [1.0 / (1 + len(c.split())) for c in completions]
 
-    peftlab-train data=date_prompts plugins=[mylab.plugin] 'rl.rewards={brevity: 0.5, date_exact: 1.0}'
+    peftlab-train data=date_prompts rl=grpo plugins=[mylab.plugin] 'rl.rewards={brevity: 0.5, date_exact: 1.0}'
 
 - ``register_method``: a method (its schema dataclass, builder and capabilities, as peftlab's own
   in ``peftlab/methods/``); ``method=<name>`` then works with no YAML file (the schema's defaults

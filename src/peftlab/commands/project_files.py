@@ -89,6 +89,12 @@ class NumberAnswers(CausalLMTask):
         return super().score_generations(model, tokenizer, batch, exact_match, [first_number(g) for g in generations])
 
 
+@reward("brevity")
+def brevity(prompts: list[str], completions: list[str], **kwargs: Any) -> list[float]:
+    """Shorter answers score higher (TRL's calling convention: any function written for it works here)."""
+    return [1.0 / (1 + len(c.split())) for c in completions]
+
+
 def first_number(text: str) -> str:
     found = NUMBER.search(text)
     return found.group(0) if found else text.strip()
