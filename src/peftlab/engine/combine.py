@@ -63,7 +63,8 @@ def _combine(conf: CombineSchema, out_dir: Path) -> dict[str, Any]:
         report["primary_metrics"] = {label: t.primary_metric for label, t in tasks.items()}
     # written last, once everything was measured: a combination that fails leaves no adapter behind
     report["check"] = save_combined(bank, out_dir / "adapter", next(iter(test_loader(first, bank.tokenizer,
-                                                                                     conf.seed, 8)[1])))
+                                                                                     conf.seed, 8)[1])),
+                                    report=report, sources=sources)  # the adapter's model card states both
     for (name, label), evaluation in scores.items():
         if name == COMBINED:
             write_jsonl(out_dir / f"predictions_{label}.jsonl", [{"prediction": p} for p in evaluation.predictions])

@@ -31,6 +31,7 @@ from peftlab.engine.module import PeftLabModule
 from peftlab.engine.precision import autocast, keep_trained_weights, precision_record
 from peftlab.engine.selection import BestCheck, select_weights, validate_chosen
 from peftlab.engine.trainer import finished_loggers, log_run_config, make_trainer, split_metrics
+from peftlab.export.card import adapter_card
 from peftlab.methods import BuildContext, apply_method, count_parameters, peft_config_for, save_adapter
 from peftlab.models import Backbone, display_name, enable_gradient_checkpointing, load_backbone
 from peftlab.models.quantized import device_map, quantization_config
@@ -87,7 +88,7 @@ class TrainingJob:
         state = self.gathered_state()  # every process takes part when the model is sharded
         if not trainer.is_global_zero or not self.writes:
             return {"test": test}
-        self.save(state)
+        self.save(state, test)
         return self.finish_record(record, trainer, test=test, val=val, selection=selection, forgetting=forgotten)
 
     # ------------------------------------------------------------------------------------- steps
@@ -212,9 +213,9 @@ class TrainingJob:
     def gathered_state(self) -> Optional[dict[str, torch.Tensor]]:
         return full_state_dict(self.model) if self.conf.save_adapter else None
 
-    def save(self, state: Optional[dict[str, torch.Tensor]]) -> None:
-        """The adapter (peft format; the whole model for full fine-tuning) with the tokenizer, and
-        every test prediction (a run that tested)."""
+    def save(self, state: Optional[dict[str, torch.Tensor]], test: Optional[dict[str, float]] = None) -> None:
+        """The adapter (peft format; the whole model for full fine-tuning) with the tokenizer and its
+        model card (README.md: export/card.py), and every test prediction (a run that tested)."""
         if self.conf.save_adapter:
             # overwrite: a resumed run replaces the adapter a kill left without its metrics.json
             with atomic_path(self.run_dir / "adapter", overwrite=True) as tmp:
@@ -223,6 +224,8 @@ class TrainingJob:
                 save_adapter(self.model, self.conf.method, tmp, **({"state_dict": state} if state is not None else {}),
                              **only)
                 self.backbone.tokenizer.save_pretrained(tmp)
+                adapter_card(tmp, self.run_dir / "adapter", self.conf, self.run_dir, self.backbone.path, test,
+                             self.task.model_kwargs())
         if self.conf.test:
             write_jsonl(self.run_dir / "test_predictions.jsonl", self.module.predictions)
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import inspect
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from peftlab.config.commands import EQUAL_RANKS, PRUNING, SIGN_ELECTING, CombineSchema
 from peftlab.errors import ConfigError
@@ -132,13 +132,16 @@ def make_contiguous(model, name: str) -> int:
     return moved
 
 
-def save_combined(bank: AdapterBank, out: Path, batch: dict[str, Any], name: str = COMBINED) -> dict[str, Any]:
-    """Write adapter ``name`` to ``out`` as a plain peft folder (with the tokenizer), reload it into
+def save_combined(bank: AdapterBank, out: Path, batch: dict[str, Any], name: str = COMBINED,
+                  report: Optional[dict[str, Any]] = None, sources: Optional[list[Source]] = None) -> dict[str, Any]:
+    """Write adapter ``name`` to ``out`` as a plain peft folder (with the tokenizer, and its model
+    card from ``report`` and ``sources`` when given: export/card.py), reload it into
     the bank and check that it gives the same logits on ``batch`` before it is renamed into place:
     within ``forward_tolerance`` of the model's dtype (export/verify.py), since a reload is not a
     computation whose last bits are the same on every CPU by construction. Returns the check."""
     import torch
 
+    from peftlab.export.card import combined_card
     from peftlab.export.verify import logits_tolerance
 
     with atomic_path(out) as tmp:
@@ -147,6 +150,8 @@ def save_combined(bank: AdapterBank, out: Path, batch: dict[str, Any], name: str
             path.rename(tmp / path.name)
         (tmp / name).rmdir()
         bank.tokenizer.save_pretrained(tmp)
+        if report is not None and sources:
+            combined_card(tmp, out, report, sources)
         inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
         with torch.no_grad(), bank.use(name) as model:
             expected = model(**inputs).logits

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from peftlab.errors import ConfigError, PeftlabError
+from peftlab.export.card import merged_card
 from peftlab.export.references import (
     QUANTIZATION_SLACK,
     TIMING,
@@ -36,8 +37,9 @@ from peftlab.export.verify import (
     score_split,
     tolerance,
 )
+from peftlab.methods.serving import COLUMN, serving_verdict
 from peftlab.models import DTYPES
-from peftlab.runs.config import check_adapter_files
+from peftlab.runs.config import check_adapter_files, read_adapter_config
 from peftlab.runs.files import atomic_path, remove_stale_temps, write_json
 from peftlab.runs.memory import peak_rss_mb, reset_peak_rss
 
@@ -127,7 +129,9 @@ class MergeJob:
         self.tol = tolerance(self.dtype, self.r.data.sizes()["test"], o.min_top1, self.quantized)
         self.compared = self.r.task.merge_metrics()
         self.report = {"run_dir": str(self.run_dir), "out_dir": str(self.out_dir), "method": self.conf.method.name,
-                       "base_model": self.r.backbone.path, "dtype": self.dtype, "probe_name": self.r.task.probe_name}
+                       "base_model": self.r.backbone.path, "dtype": self.dtype, "probe_name": self.r.task.probe_name,
+                       # whether vLLM / SGLang serve the run's adapter as a LoRA (methods/serving.py)
+                       "served_as_lora": serving_verdict(read_adapter_config(self.run_dir / "adapter", "run_dir"))}
 
     def measure_adapter(self) -> None:
         """The reference, measured once. QLoRA: the adapter as trained, on the quantized base, then
@@ -197,6 +201,7 @@ class MergeJob:
             if found:
                 raise VerificationError("merge verification failed: " + "; ".join(found))
             write_json(tmp / "merge_report.json", self.report)
+            merged_card(tmp, self.out_dir, self.conf, self.run_dir, self.report)  # README.md, the model card
 
     def verify_reloaded(self, reloaded) -> Evaluation:
         """The reloaded export against the reference: logits on every verification batch (float64 too
@@ -253,5 +258,6 @@ def summary(r: dict[str, Any], metric: str) -> str:
         f"{lat['merged_ms']} ms (merged/base {lat['merged_over_base']})",
         f"  size on disk: adapter {r['sizes_mb']['adapter']} MiB, merged {r['sizes_mb']['merged']} MiB; "
         f"peak RSS {r['peak_rss_mb']} MiB",
-        f"  merged model: {r['out_dir']}",
+        f"  {COLUMN}, the run's adapter: {r.get('served_as_lora', 'not stated')}",
+        f"  merged model: {r['out_dir']} (model card: README.md)",
     ])
