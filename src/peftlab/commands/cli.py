@@ -25,7 +25,7 @@ from peftlab.config.user_plugins import check_loaded, command_line_plugins
 from peftlab.config.user_plugins import load as load_plugins
 from peftlab.engine.distributed import SECONDARY, launched_world_size
 from peftlab.errors import ConfigError, SweepRefused
-from peftlab.runs.folders import claim_run_dir, discard_unstarted_run_dir, resuming_into
+from peftlab.runs.folders import check_claimable, claim_run_dir, discard_unstarted_run_dir, resuming_into
 from peftlab.runs.rerun import check_rerun_file
 
 __all__ = ["CONF_DIR", "run_app", "output_dir"]
@@ -51,9 +51,10 @@ def output_dir() -> Path:
     return folder
 
 
-def _explicit_run_dir(argv: list[str]) -> Optional[Path]:
+def _explicit_run_dir(argv: list[str], claim: bool = True) -> Optional[Path]:
     """``hydra.run.dir=<folder>`` (``hydra.sweep.dir=`` for a sweep): claimed (checked and locked)
-    before Hydra writes into it. Returns the run folder, which a failed start cleans up."""
+    before Hydra writes into it; only checked when not ``claim`` (a dry run). Returns the run folder,
+    which a failed start cleans up."""
     multirun = any(a in ("-m", "--multirun") for a in argv)
     key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
     folder = None
@@ -65,7 +66,11 @@ def _explicit_run_dir(argv: list[str]) -> Optional[Path]:
             raise ConfigError("hydra.run.dir: give the run folder when torchrun or srun starts the processes "
                               "(each would pick its own timestamped folder otherwise)")
         return None
-    claim_run_dir(folder, key, resuming=not multirun and resuming_into(folder, argv))
+    resuming = not multirun and resuming_into(folder, argv)
+    if not claim:
+        check_claimable(folder, key, resuming)
+        return None
+    claim_run_dir(folder, key, resuming=resuming)
     return None if multirun else folder
 
 
@@ -86,18 +91,25 @@ class _QuietJobFailure:
 
 
 def run_app(hydra_main: Callable[[], object], prog: str,
-            prepare_argv: Optional[Callable[[list[str]], list[str]]] = None) -> None:
-    """Run a ``@hydra.main`` function as the console script ``prog``."""
+            prepare_argv: Optional[Callable[[list[str]], list[str]]] = None,
+            plan: Optional[Callable[[Any, Path], list[tuple[str, str]]]] = None,
+            before_sweep: Optional[Callable[[Any], None]] = None) -> None:
+    """Run a ``@hydra.main`` function as the console script ``prog``. With ``--dry-run``, ``plan``
+    (the command's checks, then what it would do; ``before_sweep``: what a sweep checks before its
+    first job) runs instead, on the config Hydra composes (commands/dry_run.py)."""
+    from peftlab.commands.dry_run import asks_for_configs, take_flag
+
     os.environ["HYDRA_FULL_ERROR"] = "1"
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    sys.argv[1:], dry = take_flag(sys.argv[1:])
     multirun = any(a in ("-m", "--multirun") for a in sys.argv[1:])
     stderr = sys.stderr
     if not multirun:
         sys.stderr = _QuietJobFailure(stderr)
     held = None
     try:
-        if SECONDARY:  # a second process of a distributed run: the first holds the folder and writes it
+        if SECONDARY and not dry:  # a second process of a distributed run: the first holds the folder and writes it
             load_plugins(sys.argv[1:])
             sys.argv[1:] = [*sys.argv[1:], "hydra/job_logging=stdout", "hydra.output_subdir=null"]
         else:
@@ -106,6 +118,9 @@ def run_app(hydra_main: Callable[[], object], prog: str,
                 sys.argv[1:] = prepare_argv(sys.argv[1:])
                 check_loaded(command_line_plugins(sys.argv[1:]), "resume: the run's plugins")
             check_rerun_file(sys.argv[1:])
+            if dry or (multirun and asks_for_configs(sys.argv[1:])):
+                _without_hydras_job(prog, dry, plan, before_sweep)
+                return
             held = _explicit_run_dir(sys.argv[1:])
         try:
             hydra_main()
@@ -120,3 +135,17 @@ def run_app(hydra_main: Callable[[], object], prog: str,
         sys.exit(2)
     finally:
         sys.stderr = stderr
+
+
+def _without_hydras_job(prog: str, dry: bool, plan: Optional[Callable], before_sweep: Optional[Callable]) -> None:
+    """``--dry-run``, and ``-m --cfg`` (each job's config): composed as Hydra composes, no job started."""
+    from peftlab.commands.dry_run import DRY_RUN, dry_run, show_sweep_configs
+
+    if not dry:
+        show_sweep_configs(prog, sys.argv[1:])
+        return
+    if plan is None:
+        raise ConfigError(f"{DRY_RUN}: {prog} has no dry run")
+    _explicit_run_dir(sys.argv[1:], claim=False)
+    dry_run(prog, sys.argv[1:], plan, before_sweep)
+

@@ -11,6 +11,8 @@ Writes adapter/ (a plain peft adapter), combine.json and combine.md into its own
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import hydra
 from omegaconf import DictConfig
 
@@ -24,8 +26,15 @@ def _hydra_main(cfg: DictConfig) -> float:
     return objective(combine_from_config(cfg, output_dir()))
 
 
+def _plan(cfg: DictConfig, out: Path) -> list[tuple[str, str]]:
+    """``--dry-run``: the command's checks, and what it would do."""
+    from peftlab.engine.command_plans import combine_plan
+
+    return combine_plan(cfg, out)
+
+
 def main() -> None:
-    run_app(_hydra_main, "peftlab-combine")
+    run_app(_hydra_main, "peftlab-combine", plan=_plan)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ Writes ``eval.json`` and ``predictions.jsonl`` into its own folder (outputs/eval
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Optional
 
 import hydra
@@ -28,8 +29,15 @@ def _hydra_main(cfg: DictConfig) -> Optional[float]:
     return report["metrics"].get(report["primary_metric"]) if "metrics" in report else None
 
 
+def _plan(cfg: DictConfig, out: Path) -> list[tuple[str, str]]:
+    """``--dry-run``: the command's checks, and what it would do."""
+    from peftlab.engine.command_plans import eval_plan
+
+    return eval_plan(cfg, out)
+
+
 def main() -> None:
-    run_app(_hydra_main, "peftlab-eval")
+    run_app(_hydra_main, "peftlab-eval", plan=_plan)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,8 @@ Answers go to standard output (one JSON line each for file=, or ``out=`` writes 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import hydra
 from omegaconf import DictConfig
 
@@ -38,8 +40,15 @@ def _hydra_main(cfg: DictConfig) -> None:
     generate_from_config(cfg)
 
 
+def _plan(cfg: DictConfig, out: Path) -> list[tuple[str, str]]:
+    """``--dry-run``: the command's checks, and what it would do."""
+    from peftlab.engine.command_plans import generate_plan
+
+    return generate_plan(cfg, out)
+
+
 def main() -> None:
-    run_app(_hydra_main, "peftlab-generate", prepare_argv=quote_prompt)
+    run_app(_hydra_main, "peftlab-generate", prepare_argv=quote_prompt, plan=_plan)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,8 @@ plain transformers and verify again, then rename into place).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import hydra
 from omegaconf import DictConfig
 
@@ -21,8 +23,15 @@ def _hydra_main(cfg: DictConfig) -> None:
     merge_from_config(cfg, output_dir())  # the command's own folder keeps a copy of the report
 
 
+def _plan(cfg: DictConfig, out: Path) -> list[tuple[str, str]]:
+    """``--dry-run``: the command's checks, and what it would do."""
+    from peftlab.engine.command_plans import merge_plan
+
+    return merge_plan(cfg, out)
+
+
 def main() -> None:
-    run_app(_hydra_main, "peftlab-merge")
+    run_app(_hydra_main, "peftlab-merge", plan=_plan)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Optional
 
 import hydra
@@ -22,8 +23,15 @@ def _hydra_main(cfg: DictConfig) -> Optional[int]:
     return params_from_config(cfg, output_dir())["trainable"]
 
 
+def _plan(cfg: DictConfig, out: Path) -> list[tuple[str, str]]:
+    """``--dry-run``: the command's checks, and what it would do."""
+    from peftlab.engine.command_plans import params_plan
+
+    return params_plan(cfg, out)
+
+
 def main() -> None:
-    run_app(_hydra_main, "peftlab-params")
+    run_app(_hydra_main, "peftlab-params", plan=_plan)
 
 
 if __name__ == "__main__":

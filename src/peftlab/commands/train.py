@@ -4,12 +4,14 @@
     peftlab-train method=lora method.r=4 trainer.max_steps=200
     peftlab-train -m method=lora,full seed=1,2,3
     peftlab-train resume=outputs/runs/<stamp>     # continue a killed run, exactly, in its own folder
+    peftlab-train --dry-run method.r=4            # every check, then the plan; no weights, nothing written
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from pathlib import Path
 from typing import Optional
 
 import hydra
@@ -40,10 +42,24 @@ def _hydra_main(cfg: DictConfig) -> Optional[float]:
     return value if value is not None and math.isfinite(value) else None
 
 
+def _plan(cfg: DictConfig, run_dir: Path) -> list[tuple[str, str]]:
+    """``--dry-run``: the run's checks, on the meta device, and what it would do."""
+    from peftlab.engine.plan import train_plan
+
+    return train_plan(cfg, run_dir)
+
+
+def _before_sweep(cfg: DictConfig) -> None:
+    """``-m --dry-run``: what the sweep checks before its first job (conf/train.yaml's callback)."""
+    from peftlab.engine.train import SweepObjectiveCheck
+
+    SweepObjectiveCheck().on_multirun_start(config=cfg)
+
+
 def main() -> None:
     from peftlab.engine.train import resume_command_line
 
-    run_app(_hydra_main, "peftlab-train", prepare_argv=resume_command_line)
+    run_app(_hydra_main, "peftlab-train", prepare_argv=resume_command_line, plan=_plan, before_sweep=_before_sweep)
 
 
 if __name__ == "__main__":

@@ -28,15 +28,24 @@ def combine_from_config(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         return _combine(conf, folder)
 
 
-def _combine(conf: CombineSchema, out_dir: Path) -> dict[str, Any]:
+def combine_sources(conf: CombineSchema) -> list[Any]:
+    """The runs named by ``runs=`` (export/combine.py's ``Source``), read and checked: everything
+    that can be refused before a model loads."""
     from peftlab.engine.forgetting import text_path
-    from peftlab.export.combine import COMBINED, check_sources, options_used, read_sources
-    from peftlab.tasks import make_task
+    from peftlab.export.combine import check_sources, read_sources
 
     sources = read_sources(conf)
     check_sources(sources, conf)
     if conf.forgetting is not None:
         text_path(conf.forgetting.text)  # a missing text fails before any model loads
+    return sources
+
+
+def _combine(conf: CombineSchema, out_dir: Path) -> dict[str, Any]:
+    from peftlab.export.combine import COMBINED, options_used
+    from peftlab.tasks import make_task
+
+    sources = combine_sources(conf)
     import lightning as L  # the heavy libraries, once everything that can be refused has been
 
     from peftlab.engine.adapters import labelled_tasks, prose_losses, score_adapters, test_loader

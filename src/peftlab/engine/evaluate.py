@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
@@ -13,12 +13,12 @@ from omegaconf import DictConfig, OmegaConf
 import peftlab.methods  # noqa: F401  (registers the method schemas a run folder's config names)
 from peftlab.config import validate
 from peftlab.config.commands import EvalSchema, TrainSchema
-from peftlab.config.schema import DataSchema
+from peftlab.config.schema import DataSchema, ModelSchema
 from peftlab.runs.config import read_run_config, same_files
 from peftlab.runs.files import atomic_path, write_json, write_jsonl
 from peftlab.runs.folders import fresh_output_folder
 from peftlab.runs.metrics import versions
-from peftlab.tasks import make_task
+from peftlab.tasks import Task, make_task
 
 log = logging.getLogger("peftlab.eval")
 
@@ -42,19 +42,47 @@ def evaluate_from_config(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         return _evaluate(conf, folder)
 
 
-def _evaluate(conf: EvalSchema, out_dir: Path) -> dict[str, Any]:
-    if conf.runs is not None:
-        return _evaluate_many(conf, out_dir, list(HydraConfig.get().overrides.task) if HydraConfig.initialized()
-                              else [])
+def _overrides() -> list[str]:
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
+
+def one_source(conf: EvalSchema) -> tuple[Optional[Path], ModelSchema, DataSchema, Optional[str], Task]:
+    """What ``run_dir=`` (or the base model alone) evaluates, checked before any model loads: (the
+    run folder, the model, the task's data, the run's method, the task)."""
     run_dir = Path(conf.run_dir) if conf.run_dir else None
     model_cfg, data_cfg, method = conf.model, conf.data, None
     if run_dir is not None:  # the run folder says which model and task; never whether to run remote code
         run = read_run_config(run_dir, trust_remote_code=conf.trust_remote_code)
         model_cfg, method = run.model, run.method.name
-        overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+        overrides = _overrides()
         if not any(o.startswith("data=") for o in overrides):
             data_cfg = _run_data(run, overrides)
-    task = make_task(data_cfg)
+    return run_dir, model_cfg, data_cfg, method, make_task(data_cfg)
+
+
+def many_sources(conf: EvalSchema) -> tuple[list[Path], list[TrainSchema], list[Task]]:
+    """``runs=``: (the run folders, their configs, the task each is scored on), every folder read and
+    every adapter's config checked before any model loads."""
+    from peftlab.engine.adapters import expand_runs
+    from peftlab.runs.adapters import check_keeps_base
+    from peftlab.runs.config import read_adapter_config
+
+    overrides = _overrides()
+    folders = expand_runs(conf.runs)
+    runs = [read_run_config(d, trust_remote_code=conf.trust_remote_code, key="runs") for d in folders]
+    same_files([d / "adapter" for d in folders], "runs")
+    for folder in folders:  # what loading each adapter on the shared base would refuse first
+        if (folder / "adapter" / "adapter_config.json").is_file():
+            check_keeps_base(read_adapter_config(folder / "adapter", "runs"), folder / "adapter", "runs")
+    data_given = any(o.startswith("data=") for o in overrides)
+    tasks = [make_task(conf.data if data_given else _run_data(run, overrides), run=run) for run in runs]
+    return folders, runs, tasks
+
+
+def _evaluate(conf: EvalSchema, out_dir: Path) -> dict[str, Any]:
+    if conf.runs is not None:
+        return _evaluate_many(conf, out_dir)
+    run_dir, model_cfg, data_cfg, method, task = one_source(conf)
     import lightning as L  # the heavy libraries, once the config is valid
 
     from peftlab.data.datamodule import TaskDataModule
@@ -79,16 +107,12 @@ def _evaluate(conf: EvalSchema, out_dir: Path) -> dict[str, Any]:
     return report
 
 
-def _evaluate_many(conf: EvalSchema, out_dir: Path, overrides: list[str]) -> dict[str, Any]:
+def _evaluate_many(conf: EvalSchema, out_dir: Path) -> dict[str, Any]:
     """``runs=``: every run scored on its own task (or on ``data=``), each base loaded once for all
     the adapters of it (engine/adapters.py); eval.json and eval.md hold one row per run."""
-    from peftlab.engine.adapters import expand_runs, score_runs
+    from peftlab.engine.adapters import score_runs
 
-    folders = expand_runs(conf.runs)
-    runs = [read_run_config(d, trust_remote_code=conf.trust_remote_code, key="runs") for d in folders]
-    same_files([d / "adapter" for d in folders], "runs")
-    data_given = any(o.startswith("data=") for o in overrides)
-    tasks = [make_task(conf.data if data_given else _run_data(run, overrides), run=run) for run in runs]
+    folders, runs, tasks = many_sources(conf)
     rows, loads = score_runs(conf, folders, runs, tasks)
     report = {"split": conf.split, "runs": rows, "base_loads": loads, "versions": versions()}
     (out_dir / "predictions").mkdir(exist_ok=True)

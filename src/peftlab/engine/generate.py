@@ -40,9 +40,7 @@ class Talker:
         L.seed_everything(conf.seed, workers=True, verbose=False)
         dtype = run.precision.dtype
         if conf.merged:
-            merged = run_dir / "merged"
-            if not (merged / "config.json").is_file():
-                raise ConfigError(f"merged: {merged} holds no merged model (peftlab-merge run_dir={run_dir} makes one)")
+            merged = merged_model(run_dir)
             from transformers import AutoTokenizer
 
             self.model = self.task.auto_class().from_pretrained(merged, dtype=DTYPES[dtype], local_files_only=True,
@@ -56,6 +54,27 @@ class Talker:
 
     def answer(self, prompts: list[str], streamer: Any = None) -> list[dict[str, Any]]:
         return self.task.answer(self.model, self.tokenizer, prompts, self.options, streamer)
+
+
+def merged_model(run_dir: Path) -> Path:
+    """``merged=true``: the run's verified merged model, which peftlab-merge must have written."""
+    merged = Path(run_dir) / "merged"
+    if not (merged / "config.json").is_file():
+        raise ConfigError(f"merged: {merged} holds no merged model (peftlab-merge run_dir={run_dir} makes one)")
+    return merged
+
+
+def generate_inputs(conf: GenerateSchema, prompts: Optional[list[str]] = None) -> tuple[Any, Optional[list[str]]]:
+    """(the run's validated config, the prompts: ``prompts``, or those of file= or prompt=; None for
+    interactive=true), every input checked before a model loads."""
+    run = read_run_config(Path(conf.run_dir), trust_remote_code=conf.trust_remote_code)
+    if prompts is None and conf.file:
+        prompts = read_prompts(conf.file, run.data.prompt_field)
+    elif prompts is None and conf.prompt is not None:
+        prompts = [conf.prompt]
+    if conf.merged:
+        merged_model(Path(conf.run_dir))
+    return run, prompts
 
 
 def read_prompts(path: str, field: str) -> list[str]:
@@ -100,11 +119,7 @@ def generate_from_config(cfg: DictConfig, prompts: Optional[list[str]] = None) -
     """Run ``peftlab-generate``; with ``prompts`` (the Python API) answer those, printing nothing."""
     conf = validate(cfg, GenerateSchema)
     quiet = prompts is not None
-    run = read_run_config(Path(conf.run_dir), trust_remote_code=conf.trust_remote_code)
-    if prompts is None and conf.file:
-        prompts = read_prompts(conf.file, run.data.prompt_field)
-    elif prompts is None and conf.prompt is not None:
-        prompts = [conf.prompt]
+    run, prompts = generate_inputs(conf, prompts)
     talker = Talker(conf, run)
     if prompts is None and conf.interactive:
         return _interactive(talker)

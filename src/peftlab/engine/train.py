@@ -39,16 +39,8 @@ RUN_NUMBERS = ("train.steps", "train.wall_s", "train.tokens_per_s", "memory.peak
 
 def train_from_config(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Run one training job from a composed config into ``run_dir``; returns its metrics.json."""
-    from omegaconf import OmegaConf, open_dict
-
-    from peftlab.config.user_plugins import loaded
-
     run_dir = Path(run_dir)
-    with open_dict(cfg):  # the run's config names every plug-in it ran with: entry points too
-        cfg.plugins = sorted(loaded())
-        local = Path(str(OmegaConf.select(cfg, "data.path", default="") or "")).expanduser()
-        if str(local) and not local.is_absolute() and local.exists():  # a local file named from this folder:
-            cfg.data.path = str(local.resolve())  # the run's config names it wherever it is read from
+    as_recorded(cfg)
     if SECONDARY:  # a second process of a distributed run: it computes with the first, which writes
         conf, task, objective = checked(cfg)
         return _job(conf, cfg, run_dir, task, objective)
@@ -70,6 +62,20 @@ def train_from_config(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             metrics["merge"] = merge_after(conf, run_dir, metrics)
             write_metrics(run_dir, metrics)
     return metrics
+
+
+def as_recorded(cfg: DictConfig) -> None:
+    """``cfg`` as the run records it (the dry run checks it so too): naming every plug-in it runs
+    with, entry points too, and a local data file named from this folder by its absolute path."""
+    from omegaconf import OmegaConf, open_dict
+
+    from peftlab.config.user_plugins import loaded
+
+    with open_dict(cfg):  # the run's config names every plug-in it ran with: entry points too
+        cfg.plugins = sorted(loaded())
+        local = Path(str(OmegaConf.select(cfg, "data.path", default="") or "")).expanduser()
+        if str(local) and not local.is_absolute() and local.exists():  # a local file named from this folder:
+            cfg.data.path = str(local.resolve())  # the run's config names it wherever it is read from
 
 
 def resume_command_line(argv: list[str]) -> list[str]:

@@ -7,10 +7,11 @@ adapter's ``base_model_name_or_path`` always names a loadable base.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import torch
 
@@ -19,7 +20,15 @@ from peftlab.config.schema import ModelSchema
 from peftlab.errors import ConfigError
 from peftlab.models.quantized import keep_4bit_weights_trainable
 from peftlab.models.quiet import quiet_libraries
-from peftlab.models.sources import arch_config, build_random, convert_gguf, package_dir, random_tokenizer
+from peftlab.models.sources import (
+    arch_config,
+    build_random,
+    cache_folder,
+    check_cache_writable,
+    convert_gguf,
+    package_dir,
+    random_tokenizer,
+)
 from peftlab.tasks import Task
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
@@ -62,37 +71,76 @@ def load_backbone(cfg: ModelSchema, cache_dir: str | os.PathLike, task: Task, dt
 
     quiet_libraries()
     path = resolve_path(cfg, cache_dir)
-    local = os.path.isdir(path)
-    if cfg.name_or_path and not local and hub_id(cfg.name_or_path) is None:
-        raise ConfigError(f"model.name_or_path: no such folder {path!r} (a hub model is named hf://<id>; only "
-                          "that reaches the network)")
-    common = dict(revision=cfg.revision, trust_remote_code=cfg.trust_remote_code,
-                  local_files_only=local or cfg.local_files_only)
-    try:
+    common = _load_options(cfg, path)
+    with _loading(cfg, path):
         tokenizer = AutoTokenizer.from_pretrained(path, **common)
         quantized = {"quantization_config": quantization, "device_map": device_map} if quantization else {}
         model = task.auto_class().from_pretrained(path, dtype=DTYPES[dtype], **common, **task.model_kwargs(),
                                                   **quantized)
-    except (OSError, ValueError) as err:
-        where = "model.name_or_path" if cfg.name_or_path else f"model={cfg.name}"
-        reason = str(err).splitlines()[0]
-        if "custom code" in reason:
-            reason = ("its code lives in the model folder and runs only if you allow it (model.trust_remote_code=true "
-                      "on the peftlab-train command line, trust_remote_code=true for peftlab-eval and peftlab-merge)")
-        elif cfg.local_files_only and not local:
-            reason = ("a hub model that a run folder names is read from the local cache only, and it is not there "
-                      "(download it first, e.g. peftlab-train with its model once)")
-        raise ConfigError(f"{where}: cannot load {path!r}: {reason}") from None
     if quantization:
         keep_4bit_weights_trainable(model)
     ensure_pad_token(tokenizer, model)
     return Backbone(model=model, tokenizer=tokenizer, path=path)
 
 
-def ensure_pad_token(tokenizer, model) -> None:
+def load_tokenizer(cfg: ModelSchema, cache_dir: str | os.PathLike) -> tuple[Any, str]:
+    """(the tokenizer ``load_backbone`` would load, where it comes from), reading no weights and
+    building nothing (the dry run): a random-init model's tokenizer is made in memory, a packaged
+    GGUF's is read from its converted folder or, before the conversion, from the file itself."""
+    from transformers import AutoTokenizer
+
+    quiet_libraries()
+    cache = Path(os.path.expanduser(str(cache_dir)))
+    folder = cache_folder(cfg, cache)
+    if folder is not None and not (folder / "config.json").is_file():  # built on first use: the cache must take it
+        check_cache_writable(folder.parent)
+        if cfg.source == "random":
+            tokenizer = random_tokenizer(cfg)
+            ensure_pad_token(tokenizer)
+            return tokenizer, f"random init (model.init_seed={cfg.init_seed}), built into {folder} on first use"
+        with _loading(cfg, str(folder)):
+            tokenizer = AutoTokenizer.from_pretrained(package_dir(cfg.package), gguf_file=cfg.file)
+        ensure_pad_token(tokenizer)
+        return tokenizer, f"{package_dir(cfg.package) / cfg.file}, converted once into {folder} on first use"
+    path = resolve_path(cfg, cache_dir)  # a folder that exists, or a hub id: nothing is built
+    with _loading(cfg, path):
+        tokenizer = AutoTokenizer.from_pretrained(path, **_load_options(cfg, path))
+    ensure_pad_token(tokenizer)
+    return tokenizer, path
+
+
+def _load_options(cfg: ModelSchema, path: str) -> dict[str, Any]:
+    local = os.path.isdir(path)
+    if cfg.name_or_path and not local and hub_id(cfg.name_or_path) is None:
+        raise ConfigError(f"model.name_or_path: no such folder {path!r} (a hub model is named hf://<id>; only "
+                          "that reaches the network)")
+    return dict(revision=cfg.revision, trust_remote_code=cfg.trust_remote_code,
+                local_files_only=local or cfg.local_files_only)
+
+
+@contextlib.contextmanager
+def _loading(cfg: ModelSchema, path: str) -> Iterator[None]:
+    """What transformers refuses while loading ``path`` as one line naming the model."""
+    try:
+        yield
+    except (OSError, ValueError) as err:
+        where = "model.name_or_path" if cfg.name_or_path else f"model={cfg.name}"
+        reason = str(err).splitlines()[0]
+        if "custom code" in reason:
+            reason = ("its code lives in the model folder and runs only if you allow it (model.trust_remote_code=true "
+                      "on the peftlab-train command line, trust_remote_code=true for peftlab-eval and peftlab-merge)")
+        elif cfg.local_files_only and not os.path.isdir(path):
+            reason = ("a hub model that a run folder names is read from the local cache only, and it is not there "
+                      "(download it first, e.g. peftlab-train with its model once)")
+        raise ConfigError(f"{where}: cannot load {path!r}: {reason}") from None
+
+
+def ensure_pad_token(tokenizer, model=None) -> None:
     """Batched training and generation need a pad token; reuse EOS where the model has none."""
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
+    if model is None:
+        return
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     gen = getattr(model, "generation_config", None)

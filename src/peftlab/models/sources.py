@@ -3,6 +3,7 @@ built from a config, each written once into ``paths.cache_dir`` as a folder plai
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import importlib.machinery
 import json
@@ -63,17 +64,77 @@ def _fingerprint(*parts: Any) -> str:
     return hashlib.sha1(text.encode()).hexdigest()[:12]
 
 
+def _unwritable(folder: Path, reason: str) -> ConfigError:
+    return ConfigError(f"paths.cache_dir: cannot write {folder} ({reason}); point paths.cache_dir or "
+                       "PEFTLAB_CACHE_DIR at a writable folder")
+
+
+def check_cache_writable(folder: Path) -> None:
+    """Refuse a cache folder that cannot be made or written, found without writing anything (the
+    dry run asks the same before a model would be built): the nearest folder that exists must be a
+    writable folder of a file system that holds files (not /proc or /sys)."""
+    existing = Path(folder)
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    reason = None
+    if not existing.is_dir():
+        reason = os.strerror(errno.ENOTDIR)
+    elif os.statvfs(existing).f_flag & os.ST_RDONLY:
+        reason = os.strerror(errno.EROFS)
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        reason = os.strerror(errno.EACCES)
+    elif existing != Path(folder) and _file_system(existing) in VIRTUAL_FILE_SYSTEMS:
+        reason = f"{existing} is on {_file_system(existing)}, a virtual file system that holds no folders of files"
+    if reason:
+        raise _unwritable(Path(folder), reason)
+
+
+# the kernel's own file systems: a folder of files cannot be made in them
+VIRTUAL_FILE_SYSTEMS = ("proc", "sysfs", "devpts", "securityfs", "debugfs", "tracefs", "pstore", "bpf", "configfs",
+                        "efivarfs", "mqueue", "fusectl", "binfmt_misc")
+
+
+def _file_system(path: Path) -> str:
+    """The type of the file system ``path`` is on (Linux's mount table; "" where there is none)."""
+    try:  # "<device> <mount point> <type> ...", a space in a mount point written as \040
+        mounts = [(f[1].replace("\\040", " "), f[2]) for f in map(str.split, Path("/proc/self/mounts").read_text()
+                                                                  .splitlines()) if len(f) > 2]
+    except OSError:
+        return ""
+    real = os.path.realpath(path)
+    found = [(point, kind) for point, kind in mounts if real == point or real.startswith(point.rstrip("/") + "/")]
+    return max(found, key=lambda m: len(m[0]))[1] if found else ""
+
+
+def cache_folder(cfg: ModelSchema, cache_dir: Path) -> Optional[Path]:
+    """The folder ``paths.cache_dir`` holds (or would hold) for a packaged GGUF or a random-init
+    model; None for a model loaded from where it is."""
+    if cfg.name_or_path:
+        return None
+    if cfg.source == "package_gguf":
+        gguf = package_dir(cfg.package) / cfg.file
+        if not gguf.is_file():
+            raise ConfigError(f"model.file: {cfg.file!r} is not in the package {cfg.package!r} ({gguf.parent})")
+        return cache_dir / "models" / f"{cfg.name}-{_fingerprint(cfg.file, gguf.stat().st_size)}"
+    if cfg.source == "random":
+        # what the saved weights depend on: the architecture, the seed, the tokenizer and the class saved
+        # (the first task type's; the others the model serves change nothing on disk)
+        key = _fingerprint(dict(cfg.arch), cfg.init_seed, cfg.tokenizer, cfg.chat_template, cfg.tasks[0])
+        return cache_dir / "models" / f"{cfg.name}-{key}"
+    return None
+
+
 def _build_atomically(final: Path, build: Callable[[Path], None]) -> Path:
     """Run ``build(tmp_dir)`` and rename the folder into place, under a lock on the entry: a second
     run waits for the first and reuses its folder, and what a killed build left is removed."""
     if (final / "config.json").exists():
         return final
+    check_cache_writable(final.parent)
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
         (final.parent / f".{final.name}.lock").touch()
     except OSError as err:
-        raise ConfigError(f"paths.cache_dir: cannot write {final.parent} ({err.strerror}); point paths.cache_dir "
-                          "or PEFTLAB_CACHE_DIR at a writable folder") from None
+        raise _unwritable(final.parent, err.strerror) from None
     try:
         with waiting_lock(final.parent / f".{final.name}.lock"):
             if (final / "config.json").exists():
@@ -84,17 +145,14 @@ def _build_atomically(final: Path, build: Callable[[Path], None]) -> Path:
             with atomic_path(final) as tmp:
                 build(tmp)
     except PermissionError as err:
-        raise ConfigError(f"paths.cache_dir: cannot write {final.parent} ({err.strerror}); point paths.cache_dir "
-                          "or PEFTLAB_CACHE_DIR at a writable folder") from None
+        raise _unwritable(final.parent, err.strerror) from None
     return final
 
 
 def convert_gguf(cfg: ModelSchema, cache_dir: Path) -> Path:
     folder = package_dir(cfg.package)
     gguf = folder / cfg.file
-    if not gguf.is_file():
-        raise ConfigError(f"model.file: {cfg.file!r} is not in the package {cfg.package!r} ({folder})")
-    final = cache_dir / "models" / f"{cfg.name}-{_fingerprint(cfg.file, gguf.stat().st_size)}"
+    final = cache_folder(cfg, cache_dir)
 
     def build(tmp: Path) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -138,11 +196,7 @@ def byte_tokenizer(chat_template: Optional[str] = None):
 def build_random(cfg: ModelSchema, cache_dir: Path) -> Path:
     """Save a random-init model once, as its first task's checkpoint class: with the LM head for a
     causal LM; the bare backbone when task heads are added at load time (sized to the labels)."""
-    arch = dict(cfg.arch)
-    # what the saved weights depend on: the architecture, the seed, the tokenizer and the class saved
-    # (the first task type's; the others the model serves change nothing on disk)
-    key = _fingerprint(arch, cfg.init_seed, cfg.tokenizer, cfg.chat_template, cfg.tasks[0])
-    final = cache_dir / "models" / f"{cfg.name}-{key}"
+    final = cache_folder(cfg, cache_dir)
 
     def build(tmp: Path) -> None:
         tokenizer = random_tokenizer(cfg)

@@ -50,6 +50,12 @@ def inputs_override(paths: list[str]) -> str:
 def report_from_config(cfg: DictConfig, log_dir: Path) -> dict[str, Any]:
     """The work of ``peftlab-report`` and ``peftlab.report()``: the report goes to ``out_dir``, else
     to ``<input>/report`` for one input, else to the command's own folder ``log_dir``."""
+    conf, inputs, out = report_target(cfg, log_dir)
+    return write_report(inputs, out, conf)
+
+
+def report_target(cfg: DictConfig, log_dir: Path) -> tuple[ReportSchema, list[Path], Path]:
+    """(the validated options, the inputs, the folder the report goes to), that folder checked."""
     conf = validate(cfg, ReportSchema)
     if not conf.inputs:
         raise ConfigError("inputs: name at least one sweep or run folder (peftlab-report outputs/multiruns/<stamp>)")
@@ -64,7 +70,7 @@ def report_from_config(cfg: DictConfig, log_dir: Path) -> dict[str, Any]:
         check_no_link(inputs[0], "report", "inputs")
     else:
         out = Path(log_dir)
-    return write_report(inputs, out, conf)
+    return conf, inputs, out
 
 
 def _check_report_home(folder: Path) -> None:
@@ -88,16 +94,8 @@ def write_report(inputs: list[Path], out_dir: Path, options: Optional[ReportSche
     ``spectra`` (reporting/spectra.py), ``subspace`` (reporting/subspace.py) and ``scores``
     (reporting/scores.py: what ``peftlab-eval runs=`` measured on the runs)."""
     o = options or ReportSchema()
-    existing = [name for name in REPORT_FILES if (out_dir / name).exists()]
-    if existing and not o.overwrite:
-        what = "a report" if "report.json" in existing else f"files a report writes ({', '.join(existing)})"
-        raise ConfigError(f"out_dir: {out_dir} already holds {what}; it is never overwritten "
-                          "(overwrite=true replaces it, or give another out_dir=)")
-    f = analyse(inputs, o)
+    f, analyses = findings(inputs, out_dir, o)
     groups, rows, metric, md = f.groups, f.rows, f.metric, f.markdown
-    # every analysis is computed (and every mistake found) before the first file is written
-    analyses = ([spectra.analyse(groups)] if o.spectra else []) + (
-        [subspace.analyse(f.runs, list(o.subspace))] if o.subspace else [])
     out_dir.mkdir(parents=True, exist_ok=True)
     files = []
     for analysis in analyses:
@@ -125,6 +123,20 @@ def write_report(inputs: list[Path], out_dir: Path, options: Optional[ReportSche
     print(md, end="")
     log.info("%d runs in %d groups -> %s", len(f.runs), len(groups), out_dir)
     return json.loads((out_dir / "report.json").read_text())
+
+
+def findings(inputs: list[Path], out_dir: Path, o: ReportSchema) -> tuple[Findings, list[Any]]:
+    """Everything the report says, and its analyses (spectra, subspace), computed in memory before
+    the first file is written, with every mistake found: (the findings, the analyses)."""
+    existing = [name for name in REPORT_FILES if (out_dir / name).exists()]
+    if existing and not o.overwrite:
+        what = "a report" if "report.json" in existing else f"files a report writes ({', '.join(existing)})"
+        raise ConfigError(f"out_dir: {out_dir} already holds {what}; it is never overwritten "
+                          "(overwrite=true replaces it, or give another out_dir=)")
+    f = analyse(inputs, o)
+    analyses = ([spectra.analyse(f.groups)] if o.spectra else []) + (
+        [subspace.analyse(f.runs, list(o.subspace))] if o.subspace else [])
+    return f, analyses
 
 
 @dataclass
