@@ -65,7 +65,7 @@ def _composable(command: str, args: list[str]) -> list[str] | None:
         return None  # a rerun file or help: not an override list
     if any("mylab" in a for a in args):  # the example project of `peftlab init mylab`: tests/test_plugins.py
         return None  # makes it and runs these command lines with its plug-ins loaded
-    args = [a for a in args if a not in ("-m", "--multirun") and not a.startswith(BEFORE_COMPOSE)]
+    args = [a for a in args if a not in ("-m", "--multirun", "--dry-run") and not a.startswith(BEFORE_COMPOSE)]
     args = [a for i, a in enumerate(args) if a != "--cfg" and (i == 0 or args[i - 1] != "--cfg")]
     if command == "report":
         from peftlab.commands.report import positional_to_inputs
