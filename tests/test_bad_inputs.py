@@ -63,6 +63,10 @@ def _data_files(root: Path) -> dict[str, Path]:
                                                       for i, r in enumerate(pairs)])
     p["bad_margin"] = jsonl(root / "bad_margin.jsonl", [{**r, "margin": 1.0 if i != 1 else "big"}
                                                         for i, r in enumerate(pairs)])
+    p["tool_role"] = jsonl(root / "tool_role.jsonl", [
+        {"messages": [{"role": "user", "content": f"Date {i}?"},
+                      {"role": "tool" if i == 1 else "assistant", "content": f"2020-01-{i + 1:02d}"}]}
+        for i in range(12)])
     p["random_ckpt"] = root / "random.ckpt"
     p["random_ckpt"].write_bytes(bytes(range(256)) * 40)
     return p
@@ -113,7 +117,11 @@ def _run_folders(root: Path, finished: Path) -> dict[str, Path]:
 
 def _sources(root: Path, finished: Path) -> dict[str, Path]:
     """Run folders that are not finished sources, and folders a command may not write into."""
-    p: dict[str, Path] = {}
+    p: dict[str, Path] = {"plugin_run": root / "plugin_run"}  # its config names a plug-in this process lacks
+    shutil.copytree(finished, p["plugin_run"], ignore=shutil.ignore_patterns(".lock"))
+    config = p["plugin_run"] / "config.yaml"
+    config.write_text(config.read_text().replace("plugins: []\n", "plugins:\n- absent_plugin.rewards\n", 1))
+    assert "absent_plugin.rewards" in config.read_text()
     no_lock = shutil.ignore_patterns(".lock")
     p["killed_after_adapter"] = root / "killed_after_adapter"  # killed between its adapter and metrics.json
     shutil.copytree(finished, p["killed_after_adapter"], ignore=shutil.ignore_patterns(".lock", "metrics.json"))
@@ -162,6 +170,24 @@ def _reward_models(root: Path, finished: Path) -> dict[str, Path]:
 
 # (case id, command, arguments, the message fragment); {name} is an input above, {out} the case's own folder
 CASES = [
+    # plug-ins and data formats
+    ("a plug-in that is not installed", "peftlab-train", ["plugins=[absent_plugin.rewards]"],
+     "plugins: no module named 'absent_plugin.rewards' (install the package that provides it"),
+    ("a plug-in name that is no module", "peftlab-train", ["plugins=[my-lab]"],
+     "plugins: 'my-lab' is not a module name"),
+    ("eval a run naming an unloaded plug-in", "peftlab-eval", ["run_dir={plugin_run}"],
+     "run_dir: {plugin_run}/config.yaml: plugins: names the plug-in 'absent_plugin.rewards', which this command "
+     "has not loaded"),
+    ("merge a run naming an unloaded plug-in", "peftlab-merge", ["run_dir={plugin_run}"],
+     "run_dir: {plugin_run}/config.yaml: plugins: names the plug-in 'absent_plugin.rewards'"),
+    ("unknown data format", "peftlab-train", ["data.format=chatml"],
+     "data.format: unknown format 'chatml' (known: alpaca, messages, prompt_response, sharegpt)"),
+    ("conversations for preference pairs", "peftlab-train", ["data=date_prefs", "data.format=messages"],
+     "data.format=messages: data.task_type=preference reads prompt_response records only"),
+    ("a turn of an unknown role", "peftlab-train", ["data=custom", "data.path={tool_role}", "data.format=messages"],
+     "line 2: field 'messages' turn 2: role 'tool' is not one of system, user, assistant (data.format=messages)"),
+    ("two columns renamed to one field", "peftlab-train", ["data.columns={{q: prompt, question: prompt}}"],
+     "data.columns: renames both 'q' and 'question' to 'prompt'"),
     # config
     ("negative rank", "peftlab-train", ["method.r=-1"], "method.r must be > 0, got -1"),
     ("infinite lr", "peftlab-train", ["optim.lr=inf"], "optim.lr must be a finite number > 0, got inf"),
@@ -473,6 +499,7 @@ CASES = [
 
 # one case of each kind of error, also run as the real console script
 AS_COMMANDS = {
+    "eval a run naming an unloaded plug-in", "a turn of an unknown role",
     "negative rank", "unknown method", "callback code", "random bytes checkpoint", "finished folder",
     "the user's own folder", "a finished sweep's folder", "a function as optimizer",
     "resume with other settings", "malformed json", "adapter_off after sft", "missing model folder",
