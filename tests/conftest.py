@@ -179,7 +179,7 @@ def resume_ends_equal(common: list[str], tmp_path: Path, step: int) -> tuple[Pat
 # first, so that none of them starts last and leaves one worker idle at the end
 LONGEST_FIRST = ["test_reliability.py", "test_methods.py", "test_preference.py", "test_rl.py", "test_bad_inputs.py",
                  "test_sweeps.py", "test_train.py", "test_merge.py", "test_config.py", "test_combine.py",
-                 "test_precision.py"]
+                 "test_precision.py", "test_dry_run.py", "test_plugins.py", "test_data_formats.py", "test_cards.py"]
 
 
 def pytest_collection_modifyitems(config, items):

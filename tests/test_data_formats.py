@@ -327,7 +327,11 @@ def _parquet(tmp_path):
     return [f"data.path={tmp_path / 'messages.parquet'}", "data.format=messages"]
 
 
-@pytest.mark.parametrize("make", [_alpaca, _sharegpt, _parquet, lambda tmp_path: ["data=date_chats"]],
+# the shipped multi-turn set in the fast suite; the generated examples of each other format in CI's integration run
+@pytest.mark.parametrize("make", [pytest.param(_alpaca, marks=pytest.mark.integration),
+                                  pytest.param(_sharegpt, marks=pytest.mark.integration),
+                                  pytest.param(_parquet, marks=pytest.mark.integration),
+                                  lambda tmp_path: ["data=date_chats"]],
                          ids=["alpaca-json", "sharegpt-jsonl", "messages-parquet", "date_chats"])
 def test_each_format_trains_on_the_tiny_model(tmp_path, cache_dir, make):
     data = make(tmp_path)

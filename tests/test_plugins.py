@@ -59,6 +59,7 @@ def test_the_installed_project_trains_with_its_own_method_and_task(installed_run
     assert sorted(adapter["target_modules"]) == ["q_proj", "v_proj"] and adapter["r"] == 4
 
 
+@pytest.mark.integration
 def test_the_capability_table_lists_the_plug_in_method_and_task_type(project):
     proc = run_cli("peftlab-methods", env={"PYTHONPATH": str(project["site"])})
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -85,6 +86,7 @@ def test_a_run_naming_a_plug_in_is_refused_until_the_user_loads_it(command, inst
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.integration
 def test_the_command_line_loads_a_plug_in_that_is_not_installed(installed_run, project, tmp_path):
     """The same run evaluated with plugins=[mylab.plugin] and the package's source on the path (a copy
     without the build's egg-info, which would declare the entry point)."""

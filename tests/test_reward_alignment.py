@@ -139,7 +139,7 @@ def test_a_completion_cut_off_by_the_budget_is_scored_without_an_end_of_turn(rew
     completion = torch.tensor([answer + [tok.eos_token_id], answer + [other]])
     ends = torch.isin(completion, torch.tensor([tok.eos_token_id]))
     done = ~((ends.long().cumsum(1) - ends.long()) > 0)
-    batch = {"prompts": ["Rewrite 3 May 2001"], "references": ["2001-05-03"]}
+    batch = {"prompts": ["Rewrite 3 May 2001"], "references": ["2001-05-03"], "fields": [{}]}
     _, per_reward = task._rewards(policy, batch, completion, done, 2)
     prompts = ["Rewrite 3 May 2001"] * 2
     as_they_are = scorer.score(policy, prompts, task._texts, [True, False]).double()
