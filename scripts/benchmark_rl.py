@@ -89,9 +89,9 @@ def route_trl(args: argparse.Namespace) -> dict[str, Any]:
     dataset = datasets.Dataset.from_list([{"prompt": [*system, {"role": "user", "content": r[d.prompt_field]}],
                                            "response": r[d.response_field]} for r in rows])
 
-    def reward(completions, response, **kwargs):
+    def reward(prompts, completions, response, **kwargs):  # peftlab's reward, TRL's convention: only the text differs
         texts = [c[-1]["content"].strip() if isinstance(c, list) else str(c).strip() for c in completions]
-        return date_exact(texts, response, [0] * len(texts), None)
+        return date_exact(prompts=prompts, completions=texts, references=response)
 
     class Clock(TrainerCallback):
         start = end = 0.0
