@@ -13,7 +13,7 @@ WORKERS ?= 2
 
 help:
 	@echo "make run   [ARGS='method.r=4 ...']  train the default job (SmolLM2-135M + LoRA on dates)"
-	@echo "make test                          the fast suite on tiny models (about 7 min on 2 cores)"
+	@echo "make test                          the fast suite on tiny models (about 8 min on 2 cores)"
 	@echo "make test-integration              the wheel in a fresh venv, notebooks, torchrun/FSDP, launchers, TRL"
 	@echo "make test-all                      both of the above"
 	@echo "make test-slow                     real-model tests (SmolLM2, MiniLM)"

@@ -237,6 +237,10 @@ def sft_then_dpo(tmp_path_factory, cache_dir):
     return root
 
 
+# SFT then DPO as console scripts (init_adapter), their report and resume: CI's integration run. The fast suite
+# trains DPO in process (test_precision.py), refuses bad init_adapters (the matrix) and resumes SFT bitwise
+# (test_reliability.py)
+@pytest.mark.integration
 def test_sft_then_dpo_from_the_command_line(sft_then_dpo):
     root = sft_then_dpo
     m = json.loads((root / "dpo" / "metrics.json").read_text())
@@ -257,6 +261,7 @@ def test_sft_then_dpo_from_the_command_line(sft_then_dpo):
     assert report["metrics"]["merged"]["chosen_logp"] == pytest.approx(m["test"]["chosen_logp"], abs=1e-3)
 
 
+@pytest.mark.integration
 def test_the_report_reads_a_preference_run(sft_then_dpo, tmp_path):
     proc = run_cli("peftlab-report", str(sft_then_dpo / "dpo"), f"out_dir={tmp_path / 'report'}")
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -264,8 +269,8 @@ def test_the_report_reads_a_preference_run(sft_then_dpo, tmp_path):
     assert "reward_accuracy" in table
 
 
-# the fast suite resumes one reference mode; CI's integration run resumes both
-@pytest.mark.parametrize("mode", ["frozen_adapter", pytest.param("precomputed", marks=pytest.mark.integration)])
+@pytest.mark.integration
+@pytest.mark.parametrize("mode", ["frozen_adapter", "precomputed"])
 def test_a_resumed_preference_run_ends_bitwise_equal(mode, sft_then_dpo, tmp_path, cache_dir):
     """Continuing from a mid-run checkpoint gives the uninterrupted run's adapter: the frozen
     reference is loaded again (it is in no checkpoint), the precomputed one computed again."""
