@@ -81,7 +81,7 @@ class NumberAnswers(CausalLMTask):
     that "The sum is 7." counts as 7."""
 
     name = "{pkg}_numbers"
-    models_of = "causal_lm"  # every model that serves causal_lm serves this task type
+    models_of = CausalLMTask.name  # every model that serves the task type it builds on serves this one
     probe_setup = None  # not part of peftlab's tuner probe
 
     def score_generations(self, model, tokenizer, batch, exact_match, generations=None):
