@@ -17,6 +17,7 @@ from omegaconf import MISSING
 from peftlab.config.checks import check as _check
 from peftlab.config.checks import one_of as _one_of
 from peftlab.config.measure import ForgettingSchema, ValidationSchema, check_margins
+from peftlab.config.merge import MergeSchema  # noqa: F401  (re-exported: the merge schema has its module)
 from peftlab.config.plugins import task_types
 from peftlab.config.rl import RLSchema
 from peftlab.config.schema import (
@@ -169,31 +170,6 @@ class ParamsSchema:
     def __post_init__(self) -> None:
         if self.task_type is not None:
             _one_of("task_type", self.task_type, task_types())
-
-
-@dataclass
-class MergeSchema:
-    """Everything ``peftlab-merge`` reads."""
-
-    plugins: List[str] = field(default_factory=list)  # your own modules to load first: docs/guides/plugins.md
-    run_dir: str = MISSING  # a finished peftlab-train run folder of a mergeable method
-    trust_remote_code: bool = False  # a run folder's own setting is never obeyed: the user decides here
-    dtype: Optional[str] = None  # the merged model's dtype; null: the dtype the run trained in
-    out_dir: Optional[str] = None  # null: <run_dir>/merged
-    verify_batches: int = 2  # validation batches whose logits are compared
-    max_test_examples: Optional[int] = None  # null: the whole test split for the metric check
-    min_top1: Optional[float] = None  # top-1 agreement required; null: 1.0 for fp32, 0.99 for bf16/fp16
-    paths: PathsSchema = MISSING
-    seed: int = 42
-
-    def __post_init__(self) -> None:
-        if self.dtype is not None:
-            _one_of("dtype", self.dtype, ("float32", "bfloat16", "float16"))
-        _check(self.verify_batches > 0, "verify_batches", "must be > 0", self.verify_batches)
-        m = self.max_test_examples
-        _check(m is None or m > 0, "max_test_examples", "must be > 0 or null", m)
-        t = self.min_top1
-        _check(t is None or 0 < t <= 1, "min_top1", "must be in (0, 1] or null", t)
 
 
 # peft's add_weighted_adapter, every type it has for LoRA: task arithmetic on A and B (linear),
