@@ -63,16 +63,24 @@ def eval_plan(cfg: DictConfig, out: Path) -> Plan:
 def merge_plan(cfg: DictConfig, out: Path) -> Plan:
     """``peftlab-merge --dry-run``."""
     from peftlab.export import merge_target
+    from peftlab.export.gguf import check_format, file_name
 
     conf, run, target = merge_target(cfg)
     run_dir = Path(conf.run_dir)
-    dtype = conf.dtype or (run.precision.trainable_dtype if run.precision.split else run.precision.dtype)
+    check_format(run, conf.format, conf.dequantize, conf.paths.cache_dir)  # format=gguf: what the writer maps
+    gguf = conf.format == "gguf"
+    dtype = "float32" if gguf else conf.dtype or (
+        run.precision.trainable_dtype if run.precision.split else run.precision.dtype)
     checks = (f"{conf.verify_batches} validation batches' logits, then every test prediction"
               + (f" of the first {conf.max_test_examples}" if conf.max_test_examples else "")
               + (f"; top-1 agreement >= {conf.min_top1}" if conf.min_top1 else ""))
-    return [("run", _run_line(run_dir, run)), ("base model", _model_line(run.model, conf.paths.cache_dir)),
-            ("merges", f"{run_dir / 'adapter'} in float32, exported in {dtype}"), ("verifies", checks),
-            ("merged model", folder_line(target)), ("report copy", f"{folder_line(out)}: merge_report.json")]
+    plan = [("run", _run_line(run_dir, run)), ("base model", _model_line(run.model, conf.paths.cache_dir)),
+            ("merges", f"{run_dir / 'adapter'} in float32, exported in {dtype}"), ("verifies", checks)]
+    if gguf:
+        plan.append(("gguf", f"{file_name(run, conf.gguf_type)} ({conf.gguf_type}) written from the verified merge, "
+                     "read back by transformers: the same greedy answers on the test split"
+                     + (" required" if conf.gguf_type in ("f32", "f16") else ", their difference reported")))
+    return [*plan, ("merged model", folder_line(target)), ("report copy", f"{folder_line(out)}: merge_report.json")]
 
 
 def combine_plan(cfg: DictConfig, out: Path) -> Plan:

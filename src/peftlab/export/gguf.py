@@ -52,6 +52,21 @@ def check_architecture(config: Any, auto_class: Any) -> str:
     return model_type
 
 
+def check_format(run: Any, fmt: str, dequantize: bool, cache_dir: Optional[str] = None) -> None:
+    """What format=gguf needs of a run (a mapped causal LM, a full-precision base or dequantize=true),
+    checked before any weight loads; dequantize is read by format=gguf only."""
+    if fmt != "gguf":
+        if dequantize:
+            raise ConfigError("dequantize: read only with format=gguf (the safetensors merge of a run on an 8/4-bit "
+                              "base always merges into the full-precision base)")
+        return
+    from peftlab.models import model_config
+    from peftlab.tasks import make_task
+
+    check_quantized_base(run.precision.quantize, dequantize)
+    check_architecture(model_config(run.model, cache_dir or run.paths.cache_dir), make_task(run.data).auto_class())
+
+
 def check_quantized_base(quantize: Optional[str], dequantize: bool) -> None:
     """A run trained on an 8/4-bit base exports as GGUF only when the user asks for the full-precision merge."""
     if quantize and not dequantize:

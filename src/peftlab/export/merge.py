@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import gc
 import logging
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 from peftlab.errors import ConfigError, PeftlabError
 from peftlab.export.card import merged_card
+from peftlab.export.gguf import check_format
+from peftlab.export.gguf_verify import export_gguf, summary_lines
 from peftlab.export.references import (
     QUANTIZATION_SLACK,
     TIMING,
@@ -69,6 +72,9 @@ class MergeOptions:
     verify_batches: int = 2  # validation batches whose logits are compared
     max_test_examples: Optional[int] = None  # None: the whole test split for the prediction check
     min_top1: Optional[float] = None  # top-1 agreement required; None: 1.0 for fp32, 0.99 for bf16/fp16
+    format: str = "safetensors"  # or gguf: one .gguf file (export/gguf.py), merged and checked in float32 first
+    gguf_type: str = "f16"  # format=gguf: the precision of the file's matrices
+    dequantize: bool = False  # format=gguf of a run on an 8/4-bit base: merge into the full-precision base
 
 
 def merge_run(run_dir: Path, run, out_dir: Path, options: MergeOptions = MergeOptions(),
@@ -98,6 +104,9 @@ class MergeJob:
         self.options, self.adapter_test = options, adapter_test
         # bf16_base: the export is the fp32 base with the fp32 adapter merged in (merge.dtype=bfloat16 for a bf16 one)
         self.dtype = options.dtype or (run.precision.trainable_dtype if run.precision.split else run.precision.dtype)
+        self.gguf = options.format == "gguf"
+        if self.gguf:  # the GGUF is written from the float32 merge, verified first as every merge is
+            self.dtype = "float32"
         self.quantized = bool(run.precision.quantize)
         self.report: dict[str, Any] = {}
         self.quant: dict[str, Any] = {}
@@ -117,6 +126,7 @@ class MergeJob:
         check_mergeable(self.run_dir, self.conf)
         if self.out_dir.exists():
             raise ConfigError(f"out_dir: {self.out_dir} already exists; it is never overwritten")
+        check_format(self.conf, self.options.format, self.options.dequantize, self.options.cache_dir)
         remove_stale_temps(self.out_dir.parent, self.out_dir.name)  # what a killed merge left (a whole model)
         check_adapter_files(self.run_dir / "adapter", "run_dir")
 
@@ -172,7 +182,8 @@ class MergeJob:
         """Save into a temporary folder, reload it with plain transformers, verify, rename into place."""
         r, tokenizer = self.r, self.r.backbone.tokenizer
         self.out_dir.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(self.out_dir) as tmp:
+        with atomic_path(self.out_dir) as out:
+            tmp = out / ".safetensors" if self.gguf else out  # format=gguf: the file is written from this folder
             merged.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
             del merged
@@ -197,11 +208,15 @@ class MergeJob:
             if q and not q["vs_quantized_adapter"]["top1_agreement"] >= q["min_top1"]:
                 found.append(f"vs the adapter on the {q['base']} base: top-1 agreement "
                              f"{q['vs_quantized_adapter']['top1_agreement']:.4f} < {q['min_top1']:.4f}")
+            if self.gguf and not found:  # the GGUF beside the safetensors export it is written from
+                self.report["gguf"], more = export_gguf(reloaded, tokenizer, out, self)
+                shutil.rmtree(tmp)
+                found += more
             self.report["passed"] = not found
             if found:
                 raise VerificationError("merge verification failed: " + "; ".join(found))
-            write_json(tmp / "merge_report.json", self.report)
-            merged_card(tmp, self.out_dir, self.conf, self.run_dir, self.report)  # README.md, the model card
+            write_json(out / "merge_report.json", self.report)
+            merged_card(out, self.out_dir, self.conf, self.run_dir, self.report)  # README.md, the model card
 
     def verify_reloaded(self, reloaded) -> Evaluation:
         """The reloaded export against the reference: logits on every verification batch (float64 too
@@ -259,5 +274,6 @@ def summary(r: dict[str, Any], metric: str) -> str:
         f"  size on disk: adapter {r['sizes_mb']['adapter']} MiB, merged {r['sizes_mb']['merged']} MiB; "
         f"peak RSS {r['peak_rss_mb']} MiB",
         f"  {COLUMN}, the run's adapter: {r.get('served_as_lora', 'not stated')}",
-        f"  merged model: {r['out_dir']} (model card: README.md)",
+        *(summary_lines(r, metric) if "gguf" in r else []),
+        f"  merged model: {r['out_dir']}{'/' + r['gguf']['file'] if 'gguf' in r else ''} (model card: README.md)",
     ])
