@@ -24,6 +24,7 @@ from typing import Any, Optional
 import yaml
 
 from peftlab.config.checks import hub_id
+from peftlab.export.gguf_verify import gguf_section
 from peftlab.methods import METHODS
 from peftlab.methods.serving import COLUMN, serving_verdict
 from peftlab.runs.files import atomic_path
@@ -52,6 +53,7 @@ class Card:
     serving: str
     sections: list[str] = field(default_factory=list)  # Markdown blocks specific to the artefact
     model_kwargs: dict[str, Any] = field(default_factory=dict)
+    gguf_file: Optional[str] = None  # a merged model exported as one GGUF file (peftlab-merge format=gguf)
 
 
 def base_license(model_cfg: Any, base_path: str) -> tuple[str, str]:
@@ -150,25 +152,25 @@ def adapter_card(folder: Path, final: Path, run: Any, run_dir: Path, base_path: 
 
 
 def merged_card(folder: Path, final: Path, run: Any, run_dir: Path, report: dict[str, Any]) -> None:
-    """The card of a merged model (``peftlab-merge``, ``merge_after``): the merged model's test
-    metrics beside the adapter's, measured by the merge on the same test split."""
+    """A merged model's card (``peftlab-merge``, ``merge_after``): its test metrics beside the adapter's."""
     recorded = _metrics_json(run_dir)
     merged, adapter = report["metrics"]["merged"], report["metrics"]["adapter"]
-    checks = report["checks"]["reloaded"]
+    checks, gguf = report["checks"]["reloaded"], report.get("gguf")
+    export = (("format", "gguf"), ("gguf_type", gguf["type"])) if gguf else (("dtype", report["dtype"]),)
     write_card(folder, render(Card(
         title=f"{run.method.name} merged into {_display(run)} for {run.data.name}",
         summary=f"The method={run.method.name} adapter of {run_dir} merged into {_display(run)} "
                 f"({report['dtype']}) and verified against it before export.",
-        folder=final, adapter=False, run=run, base_path=report["base_model"],
+        folder=final, adapter=False, run=run, base_path=report["base_model"], gguf_file=gguf and gguf["file"],
         data={run.data.name: run.data}, metrics={run.data.name: _numbers(merged)},
         table={"merged": _numbers(merged), "adapter": _numbers(adapter)},
         command=f"{command_line('peftlab-train', run_dir)}\npeftlab-merge " + " ".join(
-            shlex.quote(f"{k}={v}") for k, v in (("run_dir", run_dir), ("out_dir", final), ("dtype", report["dtype"]))),
+            shlex.quote(f"{k}={v}") for k, v in (("run_dir", run_dir), ("out_dir", final), *export)),
         versions=recorded.get("versions") or {}, serving=report.get("served_as_lora", ""),
         sections=["## Merge check\n\n"
                   f"The reloaded export against the adapter: max logit error {checks['max_abs_error']:.3g}, "
                   f"top-1 agreement {checks['top1_agreement']:.4f}, test {report['probe_name']} identical "
-                  f"{checks['probes_identical']}/{checks['probes']} (merge_report.json)."])))
+                  f"{checks['probes_identical']}/{checks['probes']} (merge_report.json).", *gguf_section(gguf)])))
 
 
 def combined_card(folder: Path, final: Path, report: dict[str, Any], sources: list[Any]) -> None:
@@ -238,8 +240,8 @@ def front_matter(card: Card) -> Any:
         base_model=hub_id(run.model.name_or_path) or card.base_path,
         library_name="peft" if card.adapter else "transformers",
         license=license_id, license_name=license_words if license_id == "other" else None,
-        tags=["peftlab", run.method.name, run.data.task_type], datasets=datasets or None, pipeline_tag=pipeline,
-        model_name=card.title, eval_results=results or None)
+        tags=["peftlab", run.method.name, run.data.task_type, *["gguf"][:bool(card.gguf_file)]],
+        datasets=datasets or None, pipeline_tag=pipeline, model_name=card.title, eval_results=results or None)
 
 
 def render(card: Card) -> str:
@@ -255,11 +257,12 @@ def render(card: Card) -> str:
                                                                          if v.get("git_dirty") else "")
     auto = _task(run).auto_class().__name__
     kwargs = "".join(f", {key}={value!r}" for key, value in card.model_kwargs.items())
+    gguf = f", gguf_file={json.dumps(card.gguf_file)}" if card.gguf_file else ""  # transformers' GGUF loader
     load = ([f"from transformers import {auto}, AutoTokenizer", "from peft import PeftModel", "",
              f"base = {auto}.from_pretrained({json.dumps(card.base_path)}{kwargs})",
              f"model = PeftModel.from_pretrained(base, {json.dumps(str(card.folder))})"]
             if card.adapter else [f"from transformers import {auto}, AutoTokenizer", "",
-                                  f"model = {auto}.from_pretrained({json.dumps(str(card.folder))})"])
+                                  f"model = {auto}.from_pretrained({json.dumps(str(card.folder))}{gguf})"])
     body = [
         f"# {card.title}", "", card.summary, "",
         "## Base model", "",
@@ -281,7 +284,7 @@ def render(card: Card) -> str:
         f"- commit: {commit}",
         "- versions: " + ", ".join(f"{k} {v[k]}" for k in ("peftlab", "peft", "transformers", "torch") if v.get(k)),
         "", "## Loading it", "", "```python", *load,
-        f"tokenizer = AutoTokenizer.from_pretrained({json.dumps(str(card.folder))})", "```", ""]
+        f"tokenizer = AutoTokenizer.from_pretrained({json.dumps(str(card.folder))}{gguf})", "```", ""]
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(body)).content
 
 
