@@ -20,6 +20,7 @@ from peftlab.config.commands import (
     ReportSchema,
     TrainSchema,
 )
+from peftlab.config.harness import HarnessSchema
 from peftlab.config.rl import RLSchema
 from peftlab.config.schema import (
     DataSchema,
@@ -48,7 +49,7 @@ def register_schemas() -> None:
         cs.store(group=f"schema/{group}", name="base", node=node)
     for name, node in (("train", TrainSchema), ("eval", EvalSchema), ("params", ParamsSchema),
                        ("merge", MergeSchema), ("report", ReportSchema), ("generate", GenerateSchema),
-                       ("combine", CombineSchema)):
+                       ("combine", CombineSchema), ("harness", HarnessSchema)):
         cs.store(name=f"schema_{name}", node=node)
     # hydra/launcher=process, hydra/sweeper=seed_budget and tune_then_test: their modules store their configs
     import hydra_plugins.peftlab_sweeps.process_launcher  # noqa: F401
