@@ -1,5 +1,5 @@
 """Sweeps end to end: a real multirun, its index and report; reproducibility; failed jobs;
-the optional launchers and the optuna sweeper."""
+the joblib launcher and the optuna sweeper (the cluster launchers: tests/test_cluster_launchers.py)."""
 
 from __future__ import annotations
 
@@ -103,15 +103,6 @@ def test_joblib_launcher_shares_the_cores(tmp_path, cache_dir):
     for job in ("0", "1"):
         m = json.loads((folder / job / "metrics.json").read_text())
         assert m["threads"] == max(1, (os.cpu_count() or 1) // 2)
-
-
-@pytest.mark.integration
-def test_submitit_local_launcher(tmp_path, cache_dir):
-    folder = tmp_path / "sweep"
-    proc = run_cli("peftlab-train", "-m", *TINY, "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10",
-                   "seed=1,2", f"hydra.sweep.dir={folder}")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert (folder / "0" / "metrics.json").exists() and (folder / "1" / "metrics.json").exists()
 
 
 @pytest.mark.integration

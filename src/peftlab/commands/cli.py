@@ -97,7 +97,7 @@ def run_app(hydra_main: Callable[[], object], prog: str,
     """Run a ``@hydra.main`` function as the console script ``prog``. With ``--dry-run``, ``plan``
     (the command's checks, then what it would do; ``before_sweep``: what a sweep checks before its
     first job) runs instead, on the config Hydra composes (commands/dry_run.py)."""
-    from peftlab.commands.dry_run import asks_for_configs, take_flag
+    from peftlab.commands.dry_run import asks_for_configs, check_launcher, take_flag
 
     os.environ["HYDRA_FULL_ERROR"] = "1"
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -118,6 +118,8 @@ def run_app(hydra_main: Callable[[], object], prog: str,
                 sys.argv[1:] = prepare_argv(sys.argv[1:])
                 check_loaded(command_line_plugins(sys.argv[1:]), "resume: the run's plugins")
             check_rerun_file(sys.argv[1:])
+            if multirun and not asks_for_configs(sys.argv[1:]):  # the launcher's package, what it can start
+                check_launcher(prog, sys.argv[1:])
             if dry or (multirun and asks_for_configs(sys.argv[1:])):
                 _without_hydras_job(prog, dry, plan, before_sweep)
                 return

@@ -253,3 +253,46 @@ def _compose(hydra: Any, name: str, overrides: list[str], multirun: bool) -> Dic
     mode = RunMode.MULTIRUN if multirun else RunMode.RUN
     return hydra.compose_config(config_name=name, overrides=[*overrides, f"hydra.mode={mode.name}"],
                                 run_mode=mode, with_log_configuration=False)
+
+
+# ------------------------------------------------------------------- before a sweep's first job
+def check_launcher(prog: str, argv: list[str]) -> None:
+    """Before a sweep starts (``-m``, run or dry run), and before anything is written: the launcher's
+    package is installed, and no job asks for processes its launcher cannot start (each job composed as
+    the launcher will compose it). A sweep whose jobs do not compose is left to Hydra, which says why."""
+    from peftlab.runs.launcher import distributed_refusal, launcher_choice, missing_launcher_package
+
+    missing = missing_launcher_package(launcher_choice(argv))
+    if missing:
+        raise ConfigError(missing)
+    args = _arguments(argv)
+    refused = []
+    with _hydra(prog, args) as (hydra, name):
+        try:
+            cfg = _compose(hydra, name, args.overrides, True)
+            launcher = str(cfg.hydra.runtime.choices.get("hydra/launcher"))
+            target = str(cfg.hydra.launcher.get("_target_", ""))
+            seen: dict[tuple[str, ...], Optional[str]] = {}
+            for num, overrides in _sweep_jobs(hydra, cfg)[1]:
+                layout = _layout_overrides(hydra, overrides)  # jobs that differ by seed share a layout
+                if layout not in seen:
+                    hardware = _job_config(hydra, cfg, num, list(layout)).get("hardware")
+                    seen[layout] = distributed_refusal(hardware, launcher, target) if hardware is not None else None
+                if seen[layout]:
+                    refused.append(f"job {num} ({' '.join(overrides)}): {seen[layout]}")
+        except (*user_errors(), AssertionError, ValueError):
+            return
+    if refused:
+        others = f" ({len(refused) - 1} more job(s) refused alike)" if len(refused) > 1 else ""
+        raise ConfigError(refused[0] + others)
+
+
+def _layout_overrides(hydra: Any, overrides: list[str]) -> tuple[str, ...]:
+    """The overrides that can change a job's hardware: its config group choices and ``hardware.*`` values."""
+    repository = hydra.config_loader.repository
+    kept = []
+    for override in overrides:
+        key = override.split("=", 1)[0].lstrip("+~")
+        if key.split(".", 1)[0] == "hardware" or "@" in key or repository.group_exists(key):
+            kept.append(override)
+    return tuple(kept)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import cloudpickle
 from hydra.core.hydra_config import HydraConfig
@@ -115,3 +115,71 @@ def _job_process(payload: bytes, sender: Any) -> None:
         answer = cloudpickle.dumps(ret)
     sender.send_bytes(answer)
     sender.close()
+
+
+# ------------------------------------------------------------------- what a sweep's launcher needs
+# hydra/launcher=<name>: the modules it imports, and the package that brings them (the `sweeps` extra)
+LAUNCHER_PACKAGES: dict[str, tuple[tuple[str, ...], str]] = {
+    "joblib": (("hydra_plugins.hydra_joblib_launcher", "joblib"), "hydra-joblib-launcher"),
+    "submitit_local": (("hydra_plugins.hydra_submitit_launcher", "submitit"), "hydra-submitit-launcher"),
+    "submitit_slurm": (("hydra_plugins.hydra_submitit_launcher", "submitit"), "hydra-submitit-launcher"),
+    "slurm": (("hydra_plugins.hydra_submitit_launcher", "submitit"), "hydra-submitit-launcher"),
+    "ray": (("hydra_plugins.hydra_ray_launcher", "ray"), "hydra-ray-launcher"),
+}
+
+# why a launcher cannot host a job of several processes: Lightning starts a job's other processes by
+# running the command line of the process the job runs in again, with a rank in the environment
+_ONE_PROCESS = {
+    "ray": "a Ray task is one process, and Lightning would start the others by re-running the Ray worker's "
+           "command line",
+    "submitit_local": "submitit's local executor runs each job as one process, and Lightning would start the "
+                      "others by re-running submitit's job runner, which runs the whole job again in the same folder",
+}
+_SWEEP_COMMAND = "Lightning would start the others by re-running the whole sweep's command line"
+
+
+def launcher_choice(argv: Sequence[str]) -> Optional[str]:
+    """The ``hydra/launcher=<name>`` the command line chooses (the last one), if any."""
+    names = [a.split("=", 1)[1] for a in argv if a.lstrip("+~").removeprefix("override ").startswith("hydra/launcher=")]
+    return names[-1] if names else None
+
+
+def missing_launcher_package(name: Optional[str]) -> Optional[str]:
+    """One line naming what to install when ``hydra/launcher=<name>`` needs a package that is not installed."""
+    import importlib.util
+
+    if name not in LAUNCHER_PACKAGES:
+        return None
+    modules, package = LAUNCHER_PACKAGES[name]
+    for module in modules:
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):  # a parent package that is not there either
+            found = False
+        if not found:
+            return (f"hydra/launcher={name} needs the {package} package ({module} is not installed): "
+                    f"pip install '{package}' (or peftlab's sweeps extra: pip install -e '.[sweeps]')")
+    return None
+
+
+def several_processes(hardware: Any) -> bool:
+    """A hardware layout whose job starts more than one process (DDP, FSDP, several devices or nodes)."""
+    devices = hardware.get("devices")
+    return (hardware.get("strategy") in ("ddp", "fsdp") or int(hardware.get("num_nodes") or 1) > 1
+            or (isinstance(devices, int) and devices > 1))
+
+
+def distributed_refusal(hardware: Any, launcher: str, launcher_target: str) -> Optional[str]:
+    """Why the job of ``hardware`` cannot run under ``hydra/launcher=<launcher>`` (one line), or None:
+    only SLURM's launcher starts a job's processes itself (one SLURM task each)."""
+    if not several_processes(hardware) or launcher_target.endswith("SlurmLauncher"):
+        return None
+    why = _ONE_PROCESS.get(launcher, f"each job runs in one process, and {_SWEEP_COMMAND}")
+    return (f"hardware={hardware.get('name')} under -m with hydra/launcher={launcher}: a distributed job needs "
+            f"{_processes(hardware)}; {why}. Use hydra/launcher=submitit_slurm (one SLURM task per process), "
+            "or run the jobs one by one without -m")
+
+
+def _processes(hardware: Any) -> str:
+    devices = hardware.get("devices")
+    return f"{devices} processes" if isinstance(devices, int) and devices > 1 else "a process per device"
