@@ -13,7 +13,8 @@ from conftest import ROOT
 
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 COMMANDS = {"peftlab-train": "train", "peftlab-eval": "eval", "peftlab-merge": "merge",
-            "peftlab-params": "params", "peftlab-report": "report", "peftlab-generate": "generate"}
+            "peftlab-params": "params", "peftlab-report": "report", "peftlab-generate": "generate",
+            "peftlab-harness": "harness"}
 # arguments read before Hydra composes: a killed run's folder (runs/resume.py), a rerun file
 BEFORE_COMPOSE = ("resume=",)
 

@@ -190,9 +190,12 @@ def test_a_sweeper_that_chooses_is_checked_before_its_first_job(tmp_path, monkey
     ("peftlab-generate", ["run_dir={run}", "prompt=3rd of March, 1998"],
      ["answers  1 prompt(s), greedy, up to 12 new tokens each -> standard output"]),
     ("peftlab-params", ["model=tiny_llama"], ["method  lora: 16,384 trainable of 123,840 parameters"]),
+    ("peftlab-harness", ["run_dir={run}", "limit=4"],
+     ["{run}: lora on dates; lm-eval loads the base (tiny_llama) with peft={run}/adapter",
+      "peftlab (split test, at most 4 documents)"]),
     ("peftlab-train", ["debug=tiny", "init_adapter={run}/adapter"],
      ["starts from  {run}/adapter", "method       lora: 16,384 trainable of 123,840 parameters"]),
-], ids=["eval", "eval runs", "merge", "combine", "report", "generate", "params", "train from an adapter"])
+], ids=["eval", "eval runs", "merge", "combine", "report", "generate", "params", "harness", "train from an adapter"])
 def test_every_command_prints_its_plan_and_writes_nothing(finished_run, tmp_path, monkeypatch, capsys, prog, args,
                                                           expected):
     monkeypatch.chdir(tmp_path)

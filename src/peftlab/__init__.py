@@ -15,7 +15,7 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-API = ("combine", "compose", "evaluate", "generate", "merge", "report", "train")
+API = ("combine", "compose", "evaluate", "generate", "harness", "merge", "report", "train")
 __all__ = ["__version__", *API]
 
 

@@ -98,6 +98,19 @@ def evaluate(run_dir: Optional[str | Path] = None, overrides: Overrides = None) 
     return {**result, "out_dir": str(out)}
 
 
+def harness(run_dir: Optional[str | Path] = None, overrides: Overrides = None) -> dict[str, Any]:
+    """``peftlab-harness run_dir=<run_dir> <overrides>``: lm-evaluation-harness's scores (eval.json as
+    a dictionary), with ``out_dir`` (the command's own folder, outputs/harness/<stamp>)."""
+    from peftlab.engine.harness import harness_from_config
+
+    def work(cfg: DictConfig, out: Path, save_hydra: Callable[[], None]) -> dict[str, Any]:
+        save_hydra()
+        return harness_from_config(cfg, out)
+
+    result, out = _call("harness", _with_run_dir(run_dir, overrides), work)
+    return {**result, "out_dir": str(out)}
+
+
 def merge(run_dir: str | Path, overrides: Overrides = None) -> dict[str, Any]:
     """``peftlab-merge run_dir=<run_dir> <overrides>``: merge_report.json as a dictionary (its
     ``out_dir`` is the merged model's folder)."""

@@ -51,7 +51,7 @@ def harness_sources(conf: HarnessSchema) -> list[tuple[Path, Any]]:
     folders = [Path(conf.run_dir)] if conf.run_dir is not None else expand_runs(conf.runs)
     runs = [read_run_config(d, trust_remote_code=conf.trust_remote_code, key=key) for d in folders]
     for folder, run in zip(folders, runs, strict=True):
-        model_args(conf, folder, run)
+        weights(conf, folder, run)
     if conf.model_dir is not None and not (Path(conf.model_dir) / "config.json").is_file():
         raise ConfigError(f"model_dir: {conf.model_dir} is not a model folder (no config.json): give a merged folder "
                           "(peftlab-merge's out_dir, or <run_dir>/merged)")
@@ -74,28 +74,36 @@ def check_task_names(names: list[str]) -> None:
                               f"lm-eval ls tasks; peftlab's own: {', '.join(OWN_TASKS)})")
 
 
+def weights(conf: HarnessSchema, run_dir: Path, run: Any) -> dict[str, str]:
+    """What lm-eval loads for a run, checked without building anything: ``{"peft": <adapter>}`` on
+    the run's base, ``{"pretrained": <folder>}`` for the whole model a full fine-tuning run saved,
+    or ``model_dir=`` (a merged folder)."""
+    key = "run_dir" if conf.run_dir is not None else "runs"
+    if conf.model_dir is not None:
+        return {"pretrained": str(Path(conf.model_dir).resolve())}
+    if run.precision.quantize:
+        raise ConfigError(f"{key}: {run_dir} trained on a {run.precision.quantize}-quantized base, which lm-eval's "
+                          "peft= loading does not rebuild: score its merged folder (model_dir=<run_dir>/merged)")
+    adapter = run_dir / "adapter"
+    if (adapter / "adapter_config.json").is_file():
+        return {"peft": str(adapter.resolve())}
+    if (adapter / "config.json").is_file():  # method=full: the whole fine-tuned model
+        return {"pretrained": str(adapter.resolve())}
+    raise ConfigError(f"{key}: {adapter} holds neither a peft adapter (adapter_config.json) nor a model "
+                      "(config.json)")
+
+
 def model_args(conf: HarnessSchema, run_dir: Path, run: Any) -> dict[str, Any]:
-    """HFLM's arguments for a run: its base folder with ``peft=`` its adapter, the whole model a
-    full fine-tuning run saved, or ``model_dir=`` (a merged folder)."""
+    """HFLM's arguments for a run (the base folder is built into the cache on first use)."""
     import torch
 
     from peftlab.models import resolve_path
 
-    key = "run_dir" if conf.run_dir is not None else "runs"
-    if run.precision.quantize and conf.model_dir is None:
-        raise ConfigError(f"{key}: {run_dir} trained on a {run.precision.quantize}-quantized base, which lm-eval's "
-                          "peft= loading does not rebuild: score its merged folder (model_dir=<run_dir>/merged)")
-    common = {"device": "cuda" if torch.cuda.is_available() else "cpu", "dtype": "float32",
-              "batch_size": conf.batch_size, "trust_remote_code": conf.trust_remote_code}
-    if conf.model_dir is not None:
-        return {"pretrained": str(Path(conf.model_dir).resolve()), **common}
-    adapter = run_dir / "adapter"
-    if (adapter / "adapter_config.json").is_file():
-        return {"pretrained": resolve_path(run.model, conf.paths.cache_dir), "peft": str(adapter.resolve()), **common}
-    if (adapter / "config.json").is_file():  # method=full: the whole fine-tuned model
-        return {"pretrained": str(adapter.resolve()), **common}
-    raise ConfigError(f"{key}: {adapter} holds neither a peft adapter (adapter_config.json) nor a model "
-                      "(config.json)")
+    args = weights(conf, run_dir, run)
+    if "pretrained" not in args:
+        args["pretrained"] = resolve_path(run.model, conf.paths.cache_dir)
+    return {**args, "device": "cuda" if torch.cuda.is_available() else "cpu", "dtype": "float32",
+            "batch_size": conf.batch_size, "trust_remote_code": conf.trust_remote_code}
 
 
 def harness_from_config(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
@@ -215,14 +223,15 @@ def harness_plan(cfg: DictConfig, out: Path) -> list[tuple[str, str]]:
     """``peftlab-harness --dry-run``: every check the command makes before a model loads, then what it
     would score and write."""
     from peftlab.engine.plan import folder_line
+    from peftlab.models import display_name
     from peftlab.runs.folders import check_fresh_run_dir
 
     conf = validate(cfg, HarnessSchema)
     check_fresh_run_dir(out)
     plan = []
     for i, (run_dir, run) in enumerate(harness_sources(conf)):
-        args = model_args(conf, run_dir, run)
-        loads = args["pretrained"] + (f" with peft={args['peft']}" if "peft" in args else "")
+        args = weights(conf, run_dir, run)
+        loads = args.get("pretrained") or f"the base ({display_name(run.model)}) with peft={args['peft']}"
         plan.append((f"run {i}", f"{run_dir}: {run.method.name} on {run.data.name}; lm-eval loads {loads}"))
     return [*plan, ("tasks", ", ".join(conf.tasks) + f" (split {conf.split}" + (f", at most {conf.limit} documents"
                                                                                  if conf.limit else "") + ")"),
