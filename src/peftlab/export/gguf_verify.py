@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
 
@@ -138,3 +138,14 @@ def summary_lines(report: dict[str, Any], metric: str) -> list[str]:
                            f"{lc['version']}, test {report['probe_name']} identical {lc['probes_identical']}/"
                            f"{lc['probes']}, exact match {lc['exact_match']:.4f}"),
     ]
+
+
+def gguf_section(gguf: Optional[dict[str, Any]]) -> list[str]:
+    """The model card's section on a GGUF export (export/card.py's merged_card)."""
+    if not gguf:
+        return []
+    c, lc = gguf["checks"], gguf["llama_cpp"]
+    return [f"## GGUF\n\n`{gguf['file']}` ({gguf['type']}, {gguf['size_mb']} MiB), read back by transformers' GGUF "
+            f"loader against the adapter: top-1 agreement {c['top1_agreement']:.4f}, test greedy answers identical "
+            f"{c['probes_identical']}/{c['probes']}; llama.cpp: "
+            + (lc if isinstance(lc, str) else f"answers identical {lc['probes_identical']}/{lc['probes']}") + "."]
