@@ -90,7 +90,7 @@ def test_slurm_hosts_a_distributed_job_and_the_slurm_file_composes_with_a_cluste
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     from omegaconf import OmegaConf
 
-    from peftlab.commands.dry_run import check_launcher
+    from peftlab.commands.cli import check_launcher
 
     # SLURM starts a distributed job's processes itself: no refusal
     check_launcher("peftlab-train", ["-m", "debug=tiny", "hardware=ddp", "seed=1,2", "hydra/launcher=slurm"])

@@ -97,7 +97,7 @@ def run_app(hydra_main: Callable[[], object], prog: str,
     """Run a ``@hydra.main`` function as the console script ``prog``. With ``--dry-run``, ``plan``
     (the command's checks, then what it would do; ``before_sweep``: what a sweep checks before its
     first job) runs instead, on the config Hydra composes (commands/dry_run.py)."""
-    from peftlab.commands.dry_run import asks_for_configs, check_launcher, take_flag
+    from peftlab.commands.dry_run import asks_for_configs, take_flag
 
     os.environ["HYDRA_FULL_ERROR"] = "1"
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -151,3 +151,63 @@ def _without_hydras_job(prog: str, dry: bool, plan: Optional[Callable], before_s
     _explicit_run_dir(sys.argv[1:], claim=False)
     dry_run(prog, sys.argv[1:], plan, before_sweep)
 
+
+# ------------------------------------------------------------------- before a sweep's first job
+def check_launcher(prog: str, argv: list[str]) -> None:
+    """Before a sweep starts (``-m``, run or dry run), and before anything is written: the launcher's
+    package is installed, and no job asks for processes its launcher cannot start (each job composed as
+    the launcher will compose it). A sweep whose jobs do not compose is left to Hydra, which says why."""
+    from peftlab.commands.dry_run import _compose, _hydra, _job_config, _sweep_jobs
+    from peftlab.runs.launcher import distributed_refusal, launcher_choice, missing_launcher_package
+
+    missing = missing_launcher_package(launcher_choice(argv))
+    if missing:
+        raise ConfigError(missing)
+    args = _quiet_arguments(argv)
+    if args is None:  # a command line Hydra's parser refuses: the command's own checks say why
+        return
+    refused = []
+    with _hydra(prog, args) as (hydra, name):
+        try:
+            cfg = _compose(hydra, name, args.overrides, True)
+            launcher = str(cfg.hydra.runtime.choices.get("hydra/launcher"))
+            target = str(cfg.hydra.launcher.get("_target_", ""))
+            seen: dict[tuple[str, ...], Optional[str]] = {}
+            for num, overrides in _sweep_jobs(hydra, cfg)[1]:
+                layout = _layout_overrides(hydra, overrides)  # jobs that differ by seed share a layout
+                if layout not in seen:
+                    hardware = _job_config(hydra, cfg, num, list(layout)).get("hardware")
+                    seen[layout] = distributed_refusal(hardware, launcher, target) if hardware is not None else None
+                if seen[layout]:
+                    refused.append(f"job {num} ({' '.join(overrides)}): {seen[layout]}")
+        except (*user_errors(), AssertionError, ValueError):
+            return
+    if refused:
+        others = f" ({len(refused) - 1} more job(s) refused alike)" if len(refused) > 1 else ""
+        raise ConfigError(refused[0] + others)
+
+
+def _quiet_arguments(argv: list[str]) -> Any:
+    """Hydra's parse of ``argv`` (options may stand between the overrides), or None where it fails."""
+    from hydra._internal.utils import get_args_parser
+
+    def refuse(message: str) -> None:
+        raise ValueError(message)
+
+    parser = get_args_parser()
+    parser.error = refuse  # type: ignore[method-assign]  # argparse would print and exit
+    try:
+        return parser.parse_intermixed_args(argv)
+    except (ValueError, TypeError):
+        return None
+
+
+def _layout_overrides(hydra: Any, overrides: list[str]) -> tuple[str, ...]:
+    """The overrides that can change a job's hardware: its config group choices and ``hardware.*`` values."""
+    repository = hydra.config_loader.repository
+    kept = []
+    for override in overrides:
+        key = override.split("=", 1)[0].lstrip("+~")
+        if key.split(".", 1)[0] == "hardware" or "@" in key or repository.group_exists(key):
+            kept.append(override)
+    return tuple(kept)
