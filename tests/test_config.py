@@ -230,9 +230,9 @@ def _unread_fields(classes, src_texts: dict) -> list[str]:
 
 
 def _schema_classes():
-    from peftlab.config import commands, schema, trainer
+    from peftlab.config import commands, harness, merge, rl, schema, trainer
 
-    found = {c for mod in (schema, commands, trainer) for c in vars(mod).values()
+    found = {c for mod in (schema, commands, trainer, merge, harness, rl) for c in vars(mod).values()
              if isinstance(c, type) and dataclasses.is_dataclass(c) and c.__module__ == mod.__name__}
     return sorted(found | {spec.schema for spec in METHODS.values()}, key=lambda c: c.__name__)
 

@@ -5,7 +5,9 @@ run's records, and an exact resume. The refusals are in the bad-input matrix (te
 
 from __future__ import annotations
 
+import csv
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -126,25 +128,12 @@ def test_the_reward_model_on_the_policy_s_base_scores_as_a_separate_model(reward
 
 
 # ----------------------------------------------------------------------------------------- GRPO, RLOO
-def test_the_advantages_by_hand():
-    from peftlab.config.rl import RLSchema
-    from peftlab.tasks.rl import RLTask
-
-    r = torch.tensor([[1.0, 0.0, 0.0, 1.0], [0.25, 0.25, 0.25, 1.0]], dtype=torch.float64)
-    task = RLTask.__new__(RLTask)
-    task.settings = RLSchema(name="grpo")
-    grpo = task._advantages(r)
-    assert torch.allclose(grpo[0], torch.tensor([0.5, -0.5, -0.5, 0.5], dtype=torch.float64) / (r[0].std() + 1e-4))
-    task.settings = RLSchema(name="rloo", algorithm="rloo")
-    rloo = task._advantages(r)
-    assert rloo[1].tolist() == pytest.approx([0.25 - 0.5, 0.25 - 0.5, 0.25 - 0.5, 1.0 - 0.25])
-
-
 def test_the_grpo_loss_by_hand_from_full_logits(cache_dir):
     """The step's loss: per completion token -A + beta * k3(KL), summed, with the completions the
     step sampled, the rewards of their lengths, the group-normalised advantages and the reference
     (the adapter off) all computed again here from the full logits."""
     from peftlab.tasks.rewards import length_penalty
+    from peftlab.tasks.rl_rollout import sample
 
     task, model, data = setup([*RL, "rl.beta=0.5", "rl.rewards={length_penalty: 1.0}", "rl.num_generations=3"],
                               cache_dir)
@@ -157,7 +146,7 @@ def test_the_grpo_loss_by_hand_from_full_logits(cache_dir):
     torch.manual_seed(7)
     prompts = batch["gen_input_ids"].repeat_interleave(G, 0)
     prompt_mask = batch["gen_attention_mask"].repeat_interleave(G, 0)
-    completion, done = task._sample(model, prompts, prompt_mask)
+    completion, done = sample(model, task.tokenizer, task.settings, task.max_new_tokens, prompts, prompt_mask, 0)
     lengths = done.sum(1).tolist()
     rewards = torch.tensor(length_penalty(prompts=[""] * len(lengths), completions=[""] * len(lengths),
                                           completion_lengths=lengths, max_new_tokens=task.settings.max_new_tokens),
@@ -184,6 +173,73 @@ def test_the_grpo_loss_by_hand_from_full_logits(cache_dir):
     assert float(total) == pytest.approx(float(expected), rel=1e-4, abs=1e-4)
     assert task.step_logs()["kl"] > 0 and task.step_logs()["clip_fraction"] == 0
     assert task.step_logs()["completion_length"] == pytest.approx(sum(lengths) / len(lengths))
+
+
+def test_a_rollout_is_trained_on_num_iterations_times_against_its_sampling_policy(cache_dir, monkeypatch):
+    """rl.num_iterations=2: the second step trains on the first step's completions, rewards and
+    reference, with the ratio to the log-probabilities stored when they were sampled; the policy
+    moved in between, so the ratio leaves 1 and the clip binds. The third step samples again."""
+    from peftlab.config import plugins
+    from peftlab.tasks import rewards
+    from peftlab.tasks.rl_loss import policy_loss
+
+    monkeypatch.setitem(rewards.REWARD_FUNCTIONS, "ascii_share", ascii_share)  # rewards that differ: advantages
+    monkeypatch.setattr(plugins, "REWARDS", [*plugins.REWARDS, "ascii_share"])
+    task, model, data = setup([*RL, "rl.num_iterations=2", "rl.epsilon_high=0.28", "rl.beta=0.1",
+                               "rl.rewards={ascii_share: 1.0}"], cache_dir)
+    model.train()
+    batches = iter(data.train_dataloader())
+    torch.manual_seed(3)
+    task.step = 0
+    task.loss(model, next(batches))
+    first = task.rollout
+    assert task.step_logs()["clip_fraction"] == 0 and task.counts["batches_sampled"] == 1
+    assert first.advantages.abs().max() > 0
+    stored = first.old.clone()
+    _move(model, 0.5)
+    task.step = 1
+    total, count = task.loss(model, next(batches))  # a fresh batch, unused: the rollout is kept
+    assert task.rollout is first and task.counts["batches_sampled"] == 1 and torch.equal(first.old, stored)
+    logps = first.tokens(task._token_logps(model, first.joint())[0])
+    expected = policy_loss(logps, stored, first.reference, first.advantages, first.done, task.settings,
+                           task.max_new_tokens)
+    assert float(total) == pytest.approx(float(expected.total), rel=1e-5)
+    assert int(count) == int(first.done.sum())
+    assert task.step_logs()["clip_fraction"] > 0
+    assert task.step_logs()["clip_fraction"] == pytest.approx(task.step_logs()["clip_low"]
+                                                              + task.step_logs()["clip_high"])
+    task.step = 2
+    task.loss(model, next(batches))
+    assert task.rollout is not first and task.rollout.step == 2 and task.counts["batches_sampled"] == 2
+
+
+def test_num_iterations_with_accumulated_batches_is_refused(tmp_path, cache_dir):
+    proc = run_cli("peftlab-train", *RL, "rl.num_iterations=2", "trainer.accumulate_grad_batches=2",
+                   f"hydra.run.dir={tmp_path / 'run'}")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].endswith(
+        "rl.num_iterations=2 with trainer.accumulate_grad_batches=2: a rollout is one batch, trained on for whole "
+        "steps; raise data.batch_size instead")
+
+
+@pytest.mark.integration  # the issue's command line: trains, clips, resumes bitwise mid-rollout, merges
+def test_the_grpo_family_run_clips_resumes_bitwise_and_merges(tmp_path, cache_dir):
+    common = [*RL, "rl.num_iterations=2", "rl.loss_type=dapo", "rl.epsilon_high=0.28", "method=full", "rl.beta=0",
+              "rl.reference=none",
+              "optim.lr=2e-3", "rl.rewards={ascii_share: 1.0}", "plugins=[ascii_reward]", "trainer.max_steps=4", "trainer.log_every_n_steps=1",
+              "callbacks.checkpoint.every_n_train_steps=1", "callbacks.checkpoint.save_top_k=-1", "zero_shot=false",
+              "forgetting=null", "merge_after=false"]
+    # step 1 trains on step 0's rollout, which the step-1 checkpoint holds
+    full, _ = resume_ends_equal(common, tmp_path, step=1, env={"PYTHONPATH": str(Path(__file__).parent)})
+    rows = list(csv.DictReader((full / "logs" / "metrics.csv").open()))
+    clips = [float(r["train/clip_fraction"]) for r in rows if r.get("train/clip_fraction")]
+    assert clips[0] == 0 and max(clips[1::2]) > 0  # the sampling steps' ratio is 1; the reusing steps' is not
+    assert {"train/clip_low", "train/clip_high", "train/entropy"} <= set(rows[0])
+    lora = [*RL, "rl.num_iterations=2", "rl.loss_type=dapo", "rl.epsilon_high=0.28", "trainer.max_steps=2",
+            "zero_shot=false", "forgetting=null", f"hydra.run.dir={tmp_path / 'lora'}"]
+    proc = run_cli("peftlab-train", *lora)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((tmp_path / "lora" / "merge_report.json").read_text())["passed"]
 
 
 def ascii_share(prompts, completions, **kwargs):

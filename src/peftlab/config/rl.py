@@ -33,6 +33,13 @@ MAX_COMPLETIONS_EVERY = 1_000_000  # steps
 # rl.reward_format: how the reward model's texts are formatted where its run's data.prompt_format or
 # data.system_prompt differ from the policy's
 REWARD_FORMATS = ("match", "reward_run", "policy")
+# the policy loss's normalisation (tasks/rl_loss.py): grpo, each completion's token mean, averaged;
+# dr_grpo, the token sum over completions x rl.max_new_tokens; dapo, the token mean over the step's
+# completions on every process; bnpo, over each process's own
+LOSS_TYPES = ("dapo", "grpo", "dr_grpo", "bnpo")
+SCALES = ("group", "batch", "none")  # grpo's advantages: divided by the group's std, the batch's, or not
+IMPORTANCE_LEVELS = ("token", "sequence")  # sequence: GSPO's one ratio per completion
+MAX_ITERATIONS = 64  # updates per sampled batch: far beyond any published recipe (TRL's examples: 1-4)
 
 
 @dataclass
@@ -44,8 +51,17 @@ class RLSchema:
     top_p: float = 1.0
     max_new_tokens: Optional[int] = None  # null: data.max_new_tokens
     beta: float = 0.04  # the KL penalty's weight; 0: no reference at all
-    epsilon: float = 0.2  # the ratio's clip range
-    scale_rewards: bool = True  # grpo: divide by the group's standard deviation
+    epsilon: float = 0.2  # the ratio's clip range below 1 (and above, unless epsilon_high)
+    epsilon_high: Optional[float] = None  # the clip range above 1 (DAPO's clip-higher, e.g. 0.28); null: epsilon
+    # updates per sampled batch (mu): the completions, rewards and reference are kept for this many steps,
+    # and each step's ratio is taken against the log-probabilities at sampling time (so the clip binds)
+    num_iterations: int = 1
+    loss_type: str = "dapo"  # dapo, grpo, dr_grpo, bnpo: how the per-token loss is averaged (LOSS_TYPES)
+    # grpo: divide each group's centred rewards by the group's std (group), the whole batch's (batch), or
+    # not (none: Dr. GRPO's advice); true/false, as older runs wrote it, read as group/none
+    scale_rewards: Any = "group"
+    mask_truncated: bool = False  # completions cut off at max_new_tokens take no part in the loss (DAPO)
+    importance_level: str = "token"  # token, or sequence (GSPO: the mean log-ratio of each completion)
     # adapter_off: the base (a fresh adapter); frozen_adapter: the adapter the run starts from
     # (init_adapter), frozen beside the policy's; separate: a second full copy (the way without PEFT);
     # none: with beta=0
@@ -82,6 +98,17 @@ class RLSchema:
               f"must be in [1, {MAX_NEW_TOKENS}] or null", self.max_new_tokens)
         check(self.beta >= 0 and math.isfinite(self.beta), "rl.beta", "must be a finite number >= 0", self.beta)
         check(0 < self.epsilon < 1, "rl.epsilon", "must be in (0, 1)", self.epsilon)
+        high = self.epsilon_high
+        check(high is None or (isinstance(high, (int, float)) and math.isfinite(high) and high >= self.epsilon),
+              "rl.epsilon_high", f"must be a finite number >= rl.epsilon={self.epsilon} (clip-higher widens the range "
+              "above 1) or null", high)
+        check(isinstance(self.num_iterations, int) and 1 <= self.num_iterations <= MAX_ITERATIONS,
+              "rl.num_iterations", f"must be in [1, {MAX_ITERATIONS}] (updates per sampled batch)", self.num_iterations)
+        one_of("rl.loss_type", self.loss_type, LOSS_TYPES)
+        self.scale_rewards = {True: "group", False: "none"}.get(self.scale_rewards, self.scale_rewards) \
+            if isinstance(self.scale_rewards, bool) else self.scale_rewards
+        one_of("rl.scale_rewards", self.scale_rewards, SCALES)
+        one_of("rl.importance_level", self.importance_level, IMPORTANCE_LEVELS)
         check(0 <= self.completions_every <= MAX_COMPLETIONS_EVERY, "rl.completions_every",
               f"must be in [0, {MAX_COMPLETIONS_EVERY}] (steps; 0: never)", self.completions_every)
         one_of("rl.reward_format", self.reward_format, REWARD_FORMATS)

@@ -196,6 +196,9 @@ class PeftLabModule(L.LightningModule):
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
         if self.data_fingerprint is not None:  # the data files' sha256: a resumed run reads the same data
             checkpoint["data_fingerprint"] = dict(self.data_fingerprint)
+        state = getattr(self.task, "checkpoint_state", dict)()  # what the task's next steps still need
+        if state:
+            checkpoint["task_state"] = state
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """A checkpoint must hold exactly this run's trainable parameters, in their shapes: resuming
@@ -213,6 +216,8 @@ class PeftLabModule(L.LightningModule):
         if problem:
             raise ConfigError(f"resume_from: the checkpoint does not fit this run's trainable parameters ({problem}): "
                               "resume with the method settings it was trained with")
+        if hasattr(self.task, "load_checkpoint_state"):
+            self.task.load_checkpoint_state(checkpoint.get("task_state") or {})
 
 
 def _some(names: set[str], n: int = 3) -> str:

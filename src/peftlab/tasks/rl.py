@@ -1,35 +1,32 @@
 """Online RL with an adapter policy: GRPO and RLOO on prompts whose answers the rewards judge.
 
-Each training step samples ``rl.num_generations`` completions of every prompt in the batch from the
-current policy (eval mode, sampled at ``rl.temperature`` / ``rl.top_p``), scores them with the
-weighted rewards (tasks/rewards.py, and a trained reward model on the same base:
-tasks/reward_scorer.py), turns the rewards into advantages within each prompt's group, and takes the
-clipped policy-gradient loss per completion token plus ``beta`` times the k3 estimate of the KL
-divergence to the reference, ``exp(r - p) - (r - p) - 1`` with p, r the policy's and the reference's
-log-probabilities of the token. The loss is the mean over every completion token of the step (as
-SFT's over answer tokens). The completions are sampled once per step and trained on once (TRL's
-``num_iterations=1``): the ratio to the sampling policy is then exactly 1 in value, its gradient the
-policy gradient, and the clip never binds (``clip_fraction`` 0); the clipped form is kept so that
-the loss is GRPO's, and several updates per sample would make it bind.
+Every ``rl.num_iterations`` steps a rollout is sampled (tasks/rl_rollout.py): ``rl.num_generations``
+completions of every prompt of the batch from the current policy (eval mode, ``rl.temperature`` /
+``rl.top_p``), scored by the weighted rewards (tasks/rewards.py, and a trained reward model on the
+same base: tasks/reward_scorer.py), with their advantages within each prompt's group and the
+reference's log-probabilities. Each step until the next rollout trains on it with the clipped
+policy-gradient loss plus ``beta`` times the k3 estimate of the KL divergence to the reference
+(tasks/rl_loss.py has the formulas and the loss types). The ratio is taken against the
+log-probabilities of the policy that sampled: 1 on the sampling step, so the clip binds on the
+later ones only (``clip_fraction`` is 0 with ``rl.num_iterations=1``).
 
-A trained reward model scores the texts it learned from (tasks/reward_scorer.py); what a step
-records, and the batches whose rewards gave no gradient: tasks/rl_records.py.
-
+What a step records, and the batches whose rewards gave no gradient: tasks/rl_records.py.
 Evaluation is SFT's: greedy exact match and the loss of the reference answers on the test split.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from peftlab.config.rl import LEARNED
-from peftlab.data.tokenize import IGNORE_INDEX
-from peftlab.errors import Diverged
 from peftlab.tasks.base import register_task
 from peftlab.tasks.causal_lm import CausalLMTask
 from peftlab.tasks.reference import Clock, as_reference, eval_mode, load_frozen
 from peftlab.tasks.rewards import reward_values  # registers the shipped rewards with the config checks
+
+if TYPE_CHECKING:  # torch loads with the first model, not with the config checks
+    from peftlab.tasks.rl_rollout import Rollout
 
 
 @register_task
@@ -55,6 +52,7 @@ class RLTask(CausalLMTask):
         self.counts = dict.fromkeys(("reward_texts_cut", "batches_sampled", "batches_without_signal"), 0)
         self._told: set[str] = set()  # the warnings already given
         self._cut: Optional[list[bool]] = None  # the last scored texts the reward model saw cut
+        self.rollout: Optional["Rollout"] = None  # the sampled batch the steps train on (tasks/rl_rollout.py)
 
     @property
     def max_new_tokens(self) -> int:
@@ -78,6 +76,10 @@ class RLTask(CausalLMTask):
         if s.reference == "separate" and run.init_adapter:
             problems.append("rl.reference=separate with init_adapter: the copy is of the base, not the model the "
                             "policy starts from; use rl.reference=frozen_adapter")
+        if s.num_iterations > 1 and run.trainer.accumulate_grad_batches > 1:
+            problems.append(f"rl.num_iterations={s.num_iterations} with trainer.accumulate_grad_batches="
+                            f"{run.trainer.accumulate_grad_batches}: a rollout is one batch, trained on for whole "
+                            "steps; raise data.batch_size instead")
         if s.max_new_tokens >= run.data.max_length:
             problems.append(f"rl.max_new_tokens={s.max_new_tokens} leaves no room for a prompt within "
                             f"data.max_length={run.data.max_length}")
@@ -159,36 +161,61 @@ class RLTask(CausalLMTask):
 
     # ------------------------------------------------------------------------------- the step
     def loss(self, model, batch):
+        """Sample a rollout every ``rl.num_iterations`` steps (the batches of the steps between go
+        unused) and take the policy loss (tasks/rl_loss.py) on the current one."""
+        from peftlab.tasks.rl_loss import policy_loss
+
+        s = self.settings
+        fresh = (self.rollout is None or self.step % s.num_iterations == 0
+                 or not 0 <= self.step - self.rollout.step < s.num_iterations)
+        if fresh:
+            self.rollout = self._roll_out(model, batch)
+        r = self.rollout.to(batch["input_ids"].device)
+        clock = Clock(self.seconds)
+        logps, entropy = clock("policy_forward", self._token_logps, model, r.joint(), True)
+        logps = r.tokens(logps)
+        if fresh:  # the policy that sampled: the ratio is 1 on this step, and the later ones' reference
+            r.old = logps.detach()
+        out = policy_loss(logps, r.old, r.reference, r.advantages, r.loss_mask(s.mask_truncated), s,
+                          self.max_new_tokens)
+        self._record(batch, r, {**out.stats, "entropy": float(entropy.mean()) if entropy.numel() else 0.0}, fresh)
+        return out.total, out.count
+
+    def _roll_out(self, model, batch) -> "Rollout":
+        """Sample, score, take the advantages and the reference's log-probabilities (named phases)."""
         import torch
+
+        from peftlab.tasks.rl_loss import advantages
+        from peftlab.tasks.rl_rollout import Rollout, finished, sample
 
         s, G = self.settings, self.settings.num_generations
         prompts = batch["gen_input_ids"].repeat_interleave(G, 0)
         prompt_mask = batch["gen_attention_mask"].repeat_interleave(G, 0)
         clock = Clock(self.seconds)
-        completion, done = clock("generate", self._sample, model, prompts, prompt_mask)
+        completion, done = clock("generate", sample, model, self.tokenizer, s, self.max_new_tokens, prompts,
+                                 prompt_mask, self.step)
         rewards, per_reward = clock("reward", self._rewards, model, batch, completion, done, G)
-        advantages = self._advantages(rewards.view(-1, G)).view(-1)
-
-        ids = torch.cat([prompts, completion], 1)
-        mask = torch.cat([prompt_mask, done.long()], 1)
-        labels = torch.cat([torch.full_like(prompts, IGNORE_INDEX), completion.masked_fill(~done, IGNORE_INDEX)], 1)
-        joint = {"input_ids": ids, "attention_mask": mask, "labels": labels}
-        rows = (labels[:, 1:] != IGNORE_INDEX).nonzero()[:, 0]
-        logps = clock("policy_forward", self._token_logps, model, joint)
-        ratio = torch.exp(logps - logps.detach())  # to the policy that sampled: one update per sample
-        a = advantages[rows].to(logps.dtype)
-        clipped = torch.clamp(ratio, 1 - s.epsilon, 1 + s.epsilon) * a
-        per_token = -torch.minimum(ratio * a, clipped)
-        kl = logps.new_zeros(logps.shape)
+        r = Rollout(step=self.step, prompts=prompts, prompt_mask=prompt_mask, completion=completion, done=done,
+                    finished=finished(model, self.tokenizer, completion, done), rewards=rewards,
+                    per_reward=per_reward, advantages=advantages(rewards.view(-1, G), s.algorithm,
+                                                                 s.scale_rewards).view(-1),
+                    texts=self._texts, cut=self._cut)
         if s.beta > 0:
             with torch.no_grad(), eval_mode(model), as_reference(model, s.reference):
-                reference = self.reference_model.to(ids.device) if self.reference_model is not None else model
-                ref = clock("reference", self._token_logps, reference, joint)
-            diff = ref - logps
-            kl = torch.exp(diff) - diff - 1
-            per_token = per_token + s.beta * kl
-        self._record(batch, completion, done, rewards, per_reward, kl, (ratio * a > clipped).float(), G)
-        return per_token.sum(), rows.new_tensor(len(rows))
+                reference = self.reference_model.to(prompts.device) if self.reference_model is not None else model
+                r.reference = r.tokens(clock("reference", self._token_logps, reference, r.joint())[0])
+        self.counts["batches_sampled"] += 1
+        return r
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        """The rollout the next steps still train on (rl.num_iterations > 1), for a checkpoint."""
+        keep = self.rollout is not None and self.settings.num_iterations > 1
+        return {"rollout": self.rollout.state()} if keep else {}
+
+    def load_checkpoint_state(self, state: dict[str, Any]) -> None:
+        from peftlab.tasks.rl_rollout import Rollout
+
+        self.rollout = Rollout.from_state(state["rollout"]) if state.get("rollout") else None
 
     def evaluate_batch(self, model, tokenizer, batch, metrics) -> list[dict[str, Any]]:
         if "exact_match" not in metrics.names:  # validation: the reference answers' loss, as SFT's (no sampling)
@@ -196,41 +223,11 @@ class RLTask(CausalLMTask):
             return []
         return super().evaluate_batch(model, tokenizer, batch, metrics)
 
-    def _sample(self, model, prompts, prompt_mask):
-        """Completions (rows, new tokens) and which of their positions are real: up to and with the
-        first end token."""
-        import torch
-        from transformers import GenerationConfig
-
-        from peftlab.data.loaders import rank_and_world
-        from peftlab.tasks.generation import end_tokens
-
-        s, tok = self.settings, self.tokenizer
-        ends = end_tokens(model, tok)
-        # every sampling setting stated: transformers fills what is left unset from the model's own
-        # generation config (a repetition penalty, min_p, ...), which would reshape the distribution
-        config = GenerationConfig(max_new_tokens=self.max_new_tokens, do_sample=True, temperature=s.temperature,
-                                  top_p=s.top_p, top_k=0, min_p=0.0, typical_p=1.0, repetition_penalty=1.0,
-                                  no_repeat_ngram_size=0, num_beams=1, num_return_sequences=1,
-                                  pad_token_id=tok.pad_token_id, eos_token_id=ends)
-        synced = rank_and_world()[1] > 1  # a sharded forward is collective: every process decodes to the end
-        with torch.no_grad(), eval_mode(model):
-            try:
-                out = model.generate(input_ids=prompts, attention_mask=prompt_mask, generation_config=config,
-                                     synced_gpus=synced)
-            except RuntimeError as err:  # torch.multinomial on what overflowed in the last update
-                if "probability tensor contains" not in str(err):
-                    raise
-                raise Diverged(self.step + 1, "sampling met probabilities that are not finite (the policy's "
-                               "logits overflowed)") from None
-        completion = out[:, prompts.shape[1]:]
-        is_end = torch.isin(completion, torch.tensor(ends, device=completion.device))
-        after_end = (is_end.long().cumsum(1) - is_end.long()) > 0  # positions after the first end token
-        return completion, ~after_end
-
-    def _token_logps(self, model, batch):
+    def _token_logps(self, model, batch, entropy: bool = False):
         """Log-probabilities of the completion tokens (every labelled position, row-major), with
-        each row's positions counted from its first real token as generation counts them."""
+        each row's positions counted from its first real token as generation counts them; with
+        ``entropy``, the entropy of each of those positions' distributions too (no gradient)."""
+        import torch
         import torch.nn.functional as F
 
         from peftlab.tasks.heads import answer_logits
@@ -240,7 +237,13 @@ class RLTask(CausalLMTask):
             (batch["attention_mask"].cumsum(-1) - 1).clamp(min=0))
         logits, targets = answer_logits(model, batch, position_ids=positions)
         # the distribution the tokens were sampled from: the logits at rl.temperature
-        return -F.cross_entropy(logits / self.settings.temperature, targets, reduction="none")
+        logits = logits / self.settings.temperature
+        logps = -F.cross_entropy(logits, targets, reduction="none")
+        if not entropy:
+            return logps, None
+        with torch.no_grad():
+            spread = torch.logsumexp(logits, -1) - (torch.softmax(logits, -1) * logits).sum(-1)
+        return logps, spread
 
     def _rewards(self, model, batch, completion, done, G):
         import torch
@@ -255,12 +258,11 @@ class RLTask(CausalLMTask):
         per_reward, self._cut = {}, None
         for name in self.settings.rewards:
             if name == LEARNED:
-                from peftlab.tasks.generation import end_tokens
+                from peftlab.tasks.rl_rollout import finished
 
                 # ended within rl.max_new_tokens: an end token among the real positions; the others were cut off
-                ends = torch.tensor(end_tokens(model, self.tokenizer), device=completion.device)
-                finished = (torch.isin(completion, ends) & done).any(1).tolist()
-                per_reward[name] = self.scorer.checked_scores(model, prompts, texts, finished, self.step)
+                ended = finished(model, self.tokenizer, completion, done).tolist()
+                per_reward[name] = self.scorer.checked_scores(model, prompts, texts, ended, self.step)
                 self._cut = self.scorer.cut
                 self.counts["reward_texts_cut"] = self.scorer.texts_cut
             else:
@@ -270,28 +272,21 @@ class RLTask(CausalLMTask):
         self._texts = texts
         return total.to(completion.device), per_reward
 
-    def _advantages(self, rewards):
-        """(prompts, G) rewards -> advantages: GRPO's group-normalised, RLOO's leave-one-out."""
-        G = rewards.shape[1]
-        mean = rewards.mean(1, keepdim=True)
-        if self.settings.algorithm == "rloo":
-            return (rewards - (rewards.sum(1, keepdim=True) - rewards) / (G - 1))
-        centred = rewards - mean
-        return centred / (rewards.std(1, keepdim=True) + 1e-4) if self.settings.scale_rewards else centred
-
     # ----------------------------------------------------------------------------- the records
-    def _record(self, batch, completion, done, rewards, per_reward, kl, clipped, G) -> None:
+    def _record(self, batch, r: "Rollout", stats: dict[str, float], fresh: bool) -> None:
         from peftlab.data.loaders import rank_and_world
         from peftlab.tasks.rl_records import completion_rows, step_statistics, write_completions
 
-        self.step_record, no_signal = step_statistics(rewards, per_reward, kl, clipped, done, self._cut, G)
-        self.counts["batches_sampled"] += 1
+        G = self.settings.num_generations
+        self.step_record, no_signal = step_statistics(r.rewards, r.per_reward, stats, r.done, r.cut, G)
+        if not fresh:  # the rollout's own counts were taken when it was sampled
+            return
         self.counts["batches_without_signal"] += int(no_signal)
         every, run_dir = self.settings.completions_every, getattr(self, "run_dir", None)
         written = getattr(self, "_written_step", None)
         if every and run_dir is not None and self.step % every == 0 and self.writes_records \
-                and rank_and_world()[0] == 0 and self.step != written:  # once per optimizer step
-            rows = completion_rows(self.step, batch, self._texts, rewards, per_reward, self._cut, G)
+                and rank_and_world()[0] == 0 and self.step != written and r.texts is not None:  # once per step
+            rows = completion_rows(self.step, batch, r.texts, r.rewards, r.per_reward, r.cut, G)
             write_completions(run_dir / "completions.jsonl", self.step, rows, resumed=written is None)
             self._written_step = self.step
 

@@ -11,15 +11,14 @@ from typing import Any, Optional
 log = logging.getLogger("peftlab.tasks.rl")
 
 
-def step_statistics(rewards, per_reward: dict[str, Any], kl, clipped, done, cut: Optional[list[bool]],
-                    G: int) -> tuple[dict[str, float], bool]:
-    """The step's record for the loggers, and whether every group's completions scored alike (every
-    advantage 0: the rewards gave this batch no gradient)."""
+def step_statistics(rewards, per_reward: dict[str, Any], loss_stats: dict[str, float], done,
+                    cut: Optional[list[bool]], G: int) -> tuple[dict[str, float], bool]:
+    """The step's record for the loggers (``loss_stats``: the loss's clip fractions, KL and the
+    policy's entropy), and whether every group's completions scored alike (every advantage 0: the
+    rewards gave this batch no gradient)."""
     groups = rewards.view(-1, G)
     alike = (groups == groups[:, :1]).all(1)
-    record = {"reward": float(rewards.mean()), "reward_std": float(rewards.std()),
-              "kl": float(kl.detach().mean()) if kl.numel() else 0.0,
-              "clip_fraction": float(clipped.mean()) if clipped.numel() else 0.0,
+    record = {"reward": float(rewards.mean()), "reward_std": float(rewards.std()), **loss_stats,
               "completion_length": float(done.sum(1).double().mean()),
               "groups_without_signal": float(alike.double().mean())}
     if cut is not None:
