@@ -75,7 +75,7 @@ def check_task_names(names: list[str]) -> None:
 
 
 def weights(conf: HarnessSchema, run_dir: Path, run: Any) -> dict[str, str]:
-    """What lm-eval loads for a run, checked without building anything: ``{"peft": <adapter>}`` on
+    """What lm-eval loads for a run, checked without building anything: ``peft=<adapter>`` on
     the run's base, ``{"pretrained": <folder>}`` for the whole model a full fine-tuning run saved,
     or ``model_dir=`` (a merged folder)."""
     key = "run_dir" if conf.run_dir is not None else "runs"
@@ -86,7 +86,7 @@ def weights(conf: HarnessSchema, run_dir: Path, run: Any) -> dict[str, str]:
                           "peft= loading does not rebuild: score its merged folder (model_dir=<run_dir>/merged)")
     adapter = run_dir / "adapter"
     if (adapter / "adapter_config.json").is_file():
-        return {"peft": str(adapter.resolve())}
+        return dict(peft=str(adapter.resolve()))
     if (adapter / "config.json").is_file():  # method=full: the whole fine-tuned model
         return {"pretrained": str(adapter.resolve())}
     raise ConfigError(f"{key}: {adapter} holds neither a peft adapter (adapter_config.json) nor a model "

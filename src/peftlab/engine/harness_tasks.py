@@ -65,7 +65,7 @@ def write_own_task(run: Any, tokenizer: Any, split: str, folder: Path) -> OwnTas
     for row in rows:
         system, prompt, answer = _single_turns(conversation(row, data), str(row.get(WHERE, "a record")))
         systems.add(system)
-        doc = {"prompt": prompt, "answer": answer}
+        doc = dict(question=prompt, answer=answer)
         if not fmt.use_chat:  # the plain instruction format, as peftlab renders the generation prompt
             turns = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
             doc["text"] = render(tokenizer, fmt, turns, add_generation_prompt=True)
@@ -78,7 +78,7 @@ def write_own_task(run: Any, tokenizer: Any, split: str, folder: Path) -> OwnTas
         "task": name, "dataset_path": "parquet",
         "dataset_kwargs": {"data_files": {split: _write_parquet(folder / f"{name}.parquet", docs)}},
         "test_split": split, "output_type": "generate_until",
-        "doc_to_text": "{{prompt}}" if fmt.use_chat else "{{text}}", "doc_to_target": "{{answer}}",
+        "doc_to_text": "{{question}}" if fmt.use_chat else "{{text}}", "doc_to_target": "{{answer}}",
         "target_delimiter": "",
         # until: lm-eval adds the tokenizer's end token; generation also ends at the model's own end tokens
         "generation_kwargs": {"until": [], "max_gen_toks": data.max_new_tokens, "do_sample": False},

@@ -26,7 +26,8 @@ def merge_from_config(cfg: DictConfig, log_dir: Optional[Path] = None) -> dict[s
     from peftlab.export.merge import MergeOptions, merge_run  # the heavy libraries, once the config is valid
 
     options = MergeOptions(dtype=conf.dtype, cache_dir=conf.paths.cache_dir, verify_batches=conf.verify_batches,
-                           max_test_examples=conf.max_test_examples, min_top1=conf.min_top1)
+                           max_test_examples=conf.max_test_examples, min_top1=conf.min_top1, format=conf.format,
+                           gguf_type=conf.gguf_type, dequantize=conf.dequantize)
     if not out.resolve().is_relative_to(run_dir.resolve()):  # the run folder is only read: no byte of it changes
         return merge_run(run_dir, run, out, options, log_dir)
     with folder_lock(run_dir, key="run_dir"):  # writing into the run folder: no other command there meanwhile
