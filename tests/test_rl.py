@@ -225,10 +225,9 @@ def test_num_iterations_with_accumulated_batches_is_refused(tmp_path, cache_dir)
 @pytest.mark.integration  # the issue's command line: trains, clips, resumes bitwise mid-rollout, merges
 def test_the_grpo_family_run_clips_resumes_bitwise_and_merges(tmp_path, cache_dir):
     common = [*RL, "rl.num_iterations=2", "rl.loss_type=dapo", "rl.epsilon_high=0.28", "method=full", "rl.beta=0",
-              "rl.reference=none",
-              "optim.lr=2e-3", "rl.rewards={ascii_share: 1.0}", "plugins=[ascii_reward]", "trainer.max_steps=4", "trainer.log_every_n_steps=1",
-              "callbacks.checkpoint.every_n_train_steps=1", "callbacks.checkpoint.save_top_k=-1", "zero_shot=false",
-              "forgetting=null", "merge_after=false"]
+              "rl.reference=none", "optim.lr=2e-3", "rl.rewards={ascii_share: 1.0}", "plugins=[ascii_reward]",
+              "trainer.max_steps=4", "trainer.log_every_n_steps=1", "callbacks.checkpoint.every_n_train_steps=1",
+              "callbacks.checkpoint.save_top_k=-1", "zero_shot=false", "forgetting=null", "merge_after=false"]
     # step 1 trains on step 0's rollout, which the step-1 checkpoint holds
     full, _ = resume_ends_equal(common, tmp_path, step=1, env={"PYTHONPATH": str(Path(__file__).parent)})
     rows = list(csv.DictReader((full / "logs" / "metrics.csv").open()))
