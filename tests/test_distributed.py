@@ -101,9 +101,8 @@ def test_two_nodes_of_one_process_under_torchrun(tmp_path, cache_dir):
 @pytest.mark.integration  # a sweep of processes: CI's integration run
 def test_a_distributed_job_under_a_local_sweep_launcher_is_refused(tmp_path, cache_dir):
     proc = run_cli("peftlab-train", "-m", "debug=tiny", "hardware=ddp_cpu", "seed=1,2", f"hydra.sweep.dir={tmp_path}")
-    assert proc.returncode != 0
-    failed = json.loads((tmp_path / "0" / "failed.json").read_text())
-    assert "hardware=ddp_cpu under -m: a local launcher cannot start a distributed job's processes" in failed["error"]
+    assert proc.returncode == 2 and not (tmp_path / "0").exists()  # refused before launching
+    assert "hardware=ddp_cpu under -m with hydra/launcher=process: a distributed job needs 2 processes" in proc.stderr
 
 
 # --- quantized bases -------------------------------------------------------------------------------

@@ -205,19 +205,21 @@ def validation_problems(conf: TrainSchema) -> list[str]:
 
 def one_process_per_job(conf: TrainSchema) -> list[str]:
     """A distributed job starts its own processes: Lightning re-runs the command line, which in a
-    local sweep is the whole sweep. SLURM's launcher can host it: each job's processes are SLURM tasks."""
+    local sweep is the whole sweep. SLURM's launcher can host it: each job's processes are SLURM tasks.
+    (The sweep's command line is refused before launching already: commands/cli.py; this is the job's
+    own check, in the same words.)"""
     if not in_multirun():
         return []
+    import dataclasses
+
     from hydra.core.hydra_config import HydraConfig
 
-    hw = conf.hardware
-    several = hw.strategy in ("ddp", "fsdp") or hw.num_nodes > 1 or (isinstance(hw.devices, int) and hw.devices > 1)
-    launcher = str(HydraConfig.get().launcher.get("_target_", ""))
-    if several and "SlurmLauncher" not in launcher:
-        return [f"hardware={hw.name} under -m: a local launcher cannot start a distributed job's processes "
-                "(Lightning would re-run the whole sweep's command line); use hydra/launcher=submitit_slurm "
-                "(one SLURM task per process), or run the jobs one by one without -m"]
-    return []
+    from peftlab.runs.launcher import distributed_refusal
+
+    hydra = HydraConfig.get()
+    why = distributed_refusal(dataclasses.asdict(conf.hardware), hydra.runtime.choices.get("hydra/launcher", "?"),
+                              str(hydra.launcher.get("_target_", "")))
+    return [why] if why else []
 
 
 def merge_after(conf: TrainSchema, run_dir: Path, metrics: dict[str, Any]) -> dict[str, Any]:
