@@ -130,11 +130,15 @@ def register_reward(name: str) -> None:
 
 
 TASK_MODELS: dict[str, str] = {}  # a task type -> the task type whose models serve it too (a plug-in's)
+PEFT_TASKS: dict[str, str] = {}  # a task type -> peft's TaskType of its model (CAUSAL_LM, SEQ_CLS, ...)
 
 
-def register_task_type(name: str, generative: bool = False, models_of: Optional[str] = None) -> None:
+def register_task_type(name: str, generative: bool = False, models_of: Optional[str] = None,
+                       peft_task_type: Optional[str] = None) -> None:
     if name not in TASK_TYPES:
         TASK_TYPES.append(name)
+    if peft_task_type:
+        PEFT_TASKS[name] = peft_task_type
     if generative:
         GENERATIVE_TASK_TYPES.add(name)
     if models_of:
@@ -151,6 +155,11 @@ def task_types() -> tuple[str, ...]:
 
 
 def served_task_types(capabilities: Capabilities) -> tuple[str, ...]:
-    """The task types a method with these capabilities serves."""
-    return tuple(t for t in (capabilities.task_types or TASK_TYPES)
-                 if not capabilities.language_models_only or t in GENERATIVE_TASK_TYPES)
+    """The task types a method with these capabilities serves: those it names, and the generative
+    ones whose model is of the same peft TaskType as one it names (a tuner shown to train a causal
+    LM trains the policy of online RL and a preference-trained model, causal LMs too)."""
+    named = capabilities.task_types
+    kinds = {PEFT_TASKS.get(t) for t in named or ()} - {None}
+    return tuple(t for t in TASK_TYPES if (named is None or t in named or (t in GENERATIVE_TASK_TYPES and
+                                                                           PEFT_TASKS.get(t) in kinds))
+                 and (not capabilities.language_models_only or t in GENERATIVE_TASK_TYPES))

@@ -22,7 +22,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from peftlab.config.plugins import Capabilities, MethodSchema
+from peftlab.config.plugins import Capabilities, MethodSchema, served_task_types
 from peftlab.errors import ConfigError
 from peftlab.methods.base import BuildContext, register_method
 from peftlab.methods.shared import plain
@@ -95,7 +95,7 @@ class PeftSchema(MethodSchema):
 
     def check(self, run: Any) -> list[str]:
         data = getattr(run, "data", None)
-        if data is not None and data.task_type not in self.capabilities.task_types:
+        if data is not None and data.task_type not in served_task_types(self.capabilities):
             found = probe_results().get(self.peft_type, {}).get("tasks", {}).get(data.task_type)
             why = found.get("reason", "failed") if found else "not probed"
             return [f"method.peft_type={self.peft_type} did not pass the capability probe on "

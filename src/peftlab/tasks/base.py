@@ -162,7 +162,8 @@ def register_task(cls: type[Task]) -> type[Task]:
     if cls.name in TASKS:
         raise ValueError(f"task type {cls.name!r} is registered twice")
     TASKS[cls.name] = cls
-    register_task_type(cls.name, generative=cls.generative, models_of=cls.models_of)
+    register_task_type(cls.name, generative=cls.generative, models_of=cls.models_of,
+                       peft_task_type=getattr(cls, "peft_task_type", None))
     return cls
 
 
