@@ -5,7 +5,9 @@ them with the weighted rewards, and moves the policy towards the completions tha
 their group: GRPO (Shao et al., 2024) normalises each group's rewards by its mean and standard
 deviation, RLOO (Ahmadian et al., 2024) subtracts the mean of the other completions (a leave-one-out
 baseline). The policy is held near its reference by the k3 estimator of the KL divergence per
-token, weighted by ``beta`` (0: no reference is computed).
+token, weighted by ``beta`` (0: no reference is computed). A sampled batch is trained on for
+``num_iterations`` steps, with the ratio clipped to [1 - epsilon, 1 + epsilon_high] and the loss
+averaged as ``loss_type`` says (tasks/rl_loss.py has the formulas: TRL's GRPOTrainer's).
 """
 
 from __future__ import annotations
