@@ -344,6 +344,13 @@ CASES = [
     # online RL and reward models
     ("rl on an sft task", "peftlab-train", ["rl=grpo"],
      "rl=grpo: data.task_type=causal_lm is not online RL (use data of task type rl, e.g. data=date_prompts)"),
+    ("rl updates per sample below 1", "peftlab-train", ["data=date_prompts", "rl=grpo", "rl.num_iterations=0"],
+     "rl.num_iterations must be in [1, 64] (updates per sampled batch), got 0"),
+    ("an unknown rl loss type", "peftlab-train", ["data=date_prompts", "rl=grpo", "rl.loss_type=ppo"],
+     "rl.loss_type must be one of dapo, grpo, dr_grpo, bnpo, got 'ppo'"),
+    ("clip-higher below the clip", "peftlab-train", ["data=date_prompts", "rl=grpo", "rl.epsilon_high=0.1"],
+     "rl.epsilon_high must be a finite number >= rl.epsilon=0.2 (clip-higher widens the range above 1) or null, "
+     "got 0.1"),
     ("rl setting without rl", "peftlab-train", ["data=date_prompts", "data.batch_size=2", "rl.beta=0.1"],
      "rl.beta: no rl config is chosen, so there is nothing to set (choose one first: rl=<grpo, rloo>)"),
     ("preference setting without preference", "peftlab-train", ["data=date_prefs", "preference.beta=0.5"],
@@ -488,6 +495,12 @@ CASES = [
      "hydra.run.dir: {finished}/adapter/new is inside {finished}, which holds a run"),
     ("merge into a run folder", "peftlab-merge", ["run_dir={finished}", "out_dir={finished}/export"],
      "out_dir: {finished}/export is inside the run folder {finished}, where peftlab writes only {finished}/merged"),
+    ("a gguf type the writer does not know", "peftlab-merge", ["run_dir={finished}", "format=gguf",
+                                                                "gguf_type=q4_k"],
+     "gguf_type must be one of f32, f16, bf16, q8_0, got 'q4_k'"),
+    ("harness of a folder that is no model", "peftlab-harness", ["run_dir={finished}", "model_dir={finished}/adapter"],
+     "model_dir: {finished}/adapter is not a model folder (no config.json): give a merged folder (peftlab-merge's "
+     "out_dir, or <run_dir>/merged)"),
     ("generate without a prompt", "peftlab-generate", ["run_dir={finished}"],
      "prompt: give exactly one of prompt=..., file=... or interactive=true (given: none)"),
     ("generate from a missing file", "peftlab-generate", ["run_dir={finished}", "file={out}/nope.jsonl"],
@@ -506,7 +519,8 @@ AS_COMMANDS = {
     "eval corrupt config", "merge broken adapter", "report over a report", "generate without a prompt",
     "generate from a missing file", "reward model of another base", "no room to generate", "rl setting without rl",
     "combine one adapter twice", "eval an adapter that moves the base", "train inside a finished run",
-    "report through a link",
+    "report through a link", "harness of a folder that is no model", "a gguf type the writer does not know",
+    "an unknown rl loss type",
 }
 # the fast suite runs one case of each command as the console script; CI's integration run every case
 FAST_COMMANDS = {"negative rank", "eval corrupt config", "merge broken adapter", "report over a report",
@@ -546,6 +560,8 @@ def _through_the_api(prog: str, argv: list[str]) -> None:
         api.combine([], argv)
     elif prog == "peftlab-report":
         api.report([a for a in argv if "=" not in a], [a for a in argv if "=" in a])
+    elif prog == "peftlab-harness":
+        api.harness(None, argv)
     elif prog == "peftlab-generate":
         api.generate(None, [a.split("=", 1)[1] for a in argv if a.startswith("prompt=")],
                      [a for a in argv if not a.startswith("prompt=")])
