@@ -9,7 +9,7 @@ ARGS   ?=
 # two test workers, one per core (tests/conftest.py gives each one compute thread)
 WORKERS ?= 2
 
-.PHONY: setup run test test-integration test-all test-slow test-gpu lint docs help browser
+.PHONY: setup run test test-integration test-all test-slow test-gpu lint docs help browser llamacpp
 
 help:
 	@echo "make run   [ARGS='method.r=4 ...']  train the default job (SmolLM2-135M + LoRA on dates)"
@@ -20,6 +20,7 @@ help:
 	@echo "make test-gpu                      CUDA tests (mixed precision, 4-bit on the GPU, NCCL); skipped without CUDA"
 	@echo "make lint                          ruff on src/, tests/ and scripts/ (style, imports, complexity)"
 	@echo "make docs                          the documentation site into site/ (mkdocs --strict)"
+	@echo "make llamacpp                      llama.cpp for the GGUF export's check (builds from source: many minutes)"
 
 setup: $(STAMP)
 
@@ -34,6 +35,11 @@ $(STAMP): pyproject.toml
 
 run: setup
 	$(VENV)/bin/peftlab-train $(ARGS)
+
+# llama.cpp itself reads peftlab-merge format=gguf's file where llama-cpp-python is installed; PyPI has
+# only its source, so this compiles llama.cpp (about 20 min on 2 cores); nothing else needs it
+llamacpp: setup
+	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PY) -m pip install -q -e '.[llamacpp]'
 
 # loadfile: every test file on one worker, so that its module fixtures (a shared run, a sweep) run once
 test: setup

@@ -42,6 +42,8 @@ def test_f16_export_is_one_file_that_transformers_reads_back_to_the_same_answers
     assert g["size_mb"] < report["sizes_mb"]["merged"] * 0.6  # half-precision matrices beside fp32 safetensors
     if not LLAMA_CPP:
         assert g["llama_cpp"].startswith("not installed (pip install llama-cpp-python")
+    else:  # the tiny model's byte tokenizer has no merges: llama.cpp cannot read it (SmolLM2's: docs/guides/merging.md)
+        assert g["llama_cpp"].startswith("not compared: the tokenizer has no BPE merges")
     # read back here, independently: its logits are the adapter model's within f16 rounding
     model = AutoModelForCausalLM.from_pretrained(out, gguf_file=g["file"], dtype=torch.float32).eval()
     tokenizer = AutoTokenizer.from_pretrained(out, gguf_file=g["file"])
@@ -148,3 +150,35 @@ def test_dry_run_names_the_file_and_its_check(finished_run, tmp_path):
     assert plan["gguf"].endswith("their difference reported")
     assert plan["merges"].endswith("exported in float32")
     assert not (tmp_path / "g").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not LLAMA_CPP, reason="llama-cpp-python is not installed (make llamacpp)")
+def test_llama_cpp_default_kernels_still_crash_on_q8_0_where_amx_is(tmp_path, cache_dir):
+    """export/gguf_verify.py's ``reference_kernels`` loads llama.cpp without its repacking buffers,
+    whose AMX q8_0 kernel kills the process on CPUs with AMX (SmolLM2's q8_0 file, llama-cpp-python
+    0.3.36). When this test fails, the default path works: the workaround can go."""
+    import subprocess
+    import sys
+
+    if not getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)():
+        pytest.skip("no AMX on this CPU: the crash is AMX's")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from peftlab.export.gguf import write_gguf
+    from peftlab.models import resolve_path
+
+    folder = resolve_path(compose(["model=smollm2_135m"]).model, cache_dir)
+    path = tmp_path / "smollm2-q8_0.gguf"
+    write_gguf(AutoModelForCausalLM.from_pretrained(folder), AutoTokenizer.from_pretrained(folder), path, "q8_0",
+               "smollm2")
+    # a prompt of 28 tokens: a batch that takes the AMX matrix kernel (a token or two does not)
+    ask = ("toks = llm.tokenize(b'<|im_start|>user\\nRewrite 3 May 1998 as YYYY-MM-DD<|im_end|>\\n<|im_start|>"
+           "assistant\\n', add_bos=False, special=True)\nprint(next(iter(llm.generate(toks, temp=0.0))))")
+    code = f"import llama_cpp, sys\nllm = llama_cpp.Llama(model_path=sys.argv[1], n_ctx=256, verbose=False)\n{ask}"
+    plain = ("from peftlab.export.gguf_verify import reference_kernels; import llama_cpp, sys\n"
+             "with reference_kernels(): llm = llama_cpp.Llama(model_path=sys.argv[1], n_ctx=256, verbose=False)\n"
+             + ask)
+    assert subprocess.run([sys.executable, "-c", plain, str(path)], capture_output=True).returncode == 0
+    default = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True)
+    assert default.returncode != 0, "llama.cpp's default kernels read q8_0 on AMX now: reference_kernels can go"

@@ -11,9 +11,10 @@ bf16 and q8_0 round more: their exact-match difference is reported, not gated.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import torch
 
@@ -22,6 +23,9 @@ from peftlab.export.verify import Evaluation, compare, iter_logits, same_predict
 
 EXACT_TYPES = ("f32", "f16")  # the answers must not change
 LLAMA_CPP_MISSING = "not installed (pip install llama-cpp-python to compare llama.cpp's answers)"
+# a byte-level tokenizer without merges (the tiny test models'): transformers reads it, llama.cpp's gpt2 vocabulary not
+NO_MERGES = "not compared: the tokenizer has no BPE merges, which llama.cpp's gpt2 vocabulary needs"
+CANNOT_LOAD = "cannot load the file"
 
 
 def file_mb(path: Path) -> float:
@@ -83,10 +87,34 @@ def problems(entry: dict[str, Any], probe_name: str) -> list[str]:
         found.append(f"gguf ({entry['type']}): {c['probes'] - c['probes_identical']} of {c['probes']} test "
                      f"{probe_name} differ")
     lc = entry["llama_cpp"]
+    if isinstance(lc, str) and lc.startswith(CANNOT_LOAD):
+        found.append(f"llama.cpp: {lc}")
     if entry["exact"] and isinstance(lc, dict) and lc["probes_identical"] != lc["probes"]:
         found.append(f"llama.cpp ({entry['type']}): {lc['probes'] - lc['probes_identical']} of {lc['probes']} test "
                      f"{probe_name} differ")
     return found
+
+
+@contextlib.contextmanager
+def reference_kernels() -> Iterator[None]:
+    """Load with llama.cpp's plain CPU kernels (``use_extra_bufts=False``): its weight-repacking
+    buffers, AMX's among them, crash the process on q8_0 matrices on CPUs with AMX (llama-cpp-python
+    0.3.36; ggml-org/llama.cpp#20824). A check wants the reference path anyway, not the fastest.
+    tests/test_gguf.py tells when the default path stops crashing and this can go."""
+    import llama_cpp.llama as module
+
+    default = module.llama_cpp.llama_model_default_params
+
+    def plain() -> Any:
+        params = default()
+        params.use_extra_bufts = False
+        return params
+
+    module.llama_cpp.llama_model_default_params = plain
+    try:
+        yield
+    finally:
+        module.llama_cpp.llama_model_default_params = default
 
 
 def llama_cpp_check(path: Path, model, tokenizer, data, task, reference: Evaluation) -> Any:
@@ -94,14 +122,22 @@ def llama_cpp_check(path: Path, model, tokenizer, data, task, reference: Evaluat
     adapter model's; ``LLAMA_CPP_MISSING`` where llama-cpp-python is not installed."""
     if importlib.util.find_spec("llama_cpp") is None:
         return LLAMA_CPP_MISSING
+    import gguf
     import llama_cpp
 
     from peftlab.data.loaders import InSplitOrder
     from peftlab.tasks.generation import end_tokens
 
+    if "tokenizer.ggml.merges" not in gguf.GGUFReader(path).fields:
+        return NO_MERGES
     ends, limit = set(end_tokens(model, tokenizer)), task.data.max_new_tokens
-    llm = llama_cpp.Llama(model_path=str(path), n_ctx=4096, n_threads=max(torch.get_num_threads(), 1),
-                          seed=0, verbose=False)
+    version = getattr(llama_cpp, "__version__", "unknown")
+    try:
+        with reference_kernels():
+            llm = llama_cpp.Llama(model_path=str(path), n_ctx=4096, n_threads=max(torch.get_num_threads(), 1),
+                                  seed=0, verbose=False)
+    except ValueError as err:  # llama.cpp refused the file (its reason is in its own log)
+        return f"{CANNOT_LOAD} (llama-cpp-python {version}: {str(err).splitlines()[0]})"
     answers, references = [], []
     for batch in data.test_dataloader():
         for position, ids, mask, gold in zip(batch["position"], batch["gen_input_ids"], batch["gen_attention_mask"],
@@ -117,7 +153,7 @@ def llama_cpp_check(path: Path, model, tokenizer, data, task, reference: Evaluat
     predictions = InSplitOrder.restore(answers)
     golds = InSplitOrder.restore(references)
     exact = sum(p.strip() == g.strip() for p, g in zip(predictions, golds, strict=True)) / max(len(golds), 1)
-    return {"version": getattr(llama_cpp, "__version__", "unknown"), "exact_match": round(exact, 6),
+    return {"version": version, "exact_match": round(exact, 6),
             **same_predictions(Evaluation({}, predictions), reference)}
 
 
