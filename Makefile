@@ -37,7 +37,7 @@ run: setup
 	$(VENV)/bin/peftlab-train $(ARGS)
 
 # llama.cpp itself reads peftlab-merge format=gguf's file where llama-cpp-python is installed; PyPI has
-# only its source, so this compiles llama.cpp (about 20 min on 2 cores); nothing else needs it
+# only its source, so this compiles llama.cpp (20 min on the 2-core machine); nothing else needs it
 llamacpp: setup
 	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PY) -m pip install -q -e '.[llamacpp]'
 
