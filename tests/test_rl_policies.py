@@ -1,4 +1,4 @@
-"""Any tuner as the policy of online RL: every first-class adapter family and every peft tuner the
+"""Any tuner as the policy of online RL: every registered method (DoRA too) and every peft tuner the
 capability probe shows training a causal LM takes a GRPO step on the tiny model: the method check
 accepts the run, the sampled completions are scored, the policy gradient reaches the tuner's
 trainable weights, and where the tuner starts as the base, the reference with the adapter off is the
@@ -14,8 +14,23 @@ from test_rl import RL, setup
 
 from conftest import compose
 
-FAMILIES = {"lora": ["method=lora"], "dora": ["method=lora", "method.use_dora=true"], "ia3": ["method=ia3"],
-            "loha": ["method=loha"], "vera": ["method=vera"]}
+
+
+def _methods() -> dict[str, list[str]]:
+    """Every registered method that serves online RL (DoRA too), with the reference it allows: the
+    adapter switched off where a fresh one leaves the base as it was, none otherwise."""
+    import peftlab.tasks  # noqa: F401  (registers the task types, rl among them)
+    from peftlab.config.plugins import served_task_types
+    from peftlab.methods import METHODS
+
+    out = {}
+    for name, spec in sorted(METHODS.items()):
+        if name == "peft" or "rl" not in served_task_types(spec.capabilities):
+            continue
+        fresh_is_base = spec.capabilities.adapter and spec.capabilities.starts_as_base
+        out[name] = [f"method={name}", *([] if fresh_is_base else ["rl.beta=0", "rl.reference=none"])]
+    out["dora"] = ["method=lora", "method.use_dora=true"]
+    return out
 
 
 def _probed() -> dict[str, list[str]]:
@@ -32,7 +47,7 @@ def _probed() -> dict[str, list[str]]:
     return out
 
 
-POLICIES = {**FAMILIES, **_probed()}
+POLICIES = {**_methods(), **_probed()}
 
 
 @pytest.mark.integration

@@ -19,11 +19,20 @@ class FourierftSchema(TargetedSchema):
     n_frequency: int = 1000  # trained coefficients per layer (at most the layer's in x out)
     scaling: float = 150.0  # the update's scale (the paper: 150 for LLaMA, 300 for RoBERTa)
     random_loc_seed: int = 777  # the seed of the frequencies' locations
+    # false (peft's default, the paper's): the coefficients start standard-normal, so a fresh adapter
+    # already changes the model; true: they start at 0 and the fresh adapter is the base
+    init_weights: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check(self.n_frequency > 0, "method.n_frequency", "must be > 0", self.n_frequency)
         check(self.scaling > 0, "method.scaling", "must be > 0", self.scaling)
+
+    def adapter_off_differs(self) -> str:
+        if self.init_weights:
+            return ""
+        return ("a fresh method=fourierft adapter already changes the model (method.init_weights=false, the paper's: "
+                "its coefficients start standard-normal; method.init_weights=true starts them at 0)")
 
 
 def build(cfg: FourierftSchema, ctx: BuildContext) -> Any:
@@ -36,5 +45,6 @@ def build(cfg: FourierftSchema, ctx: BuildContext) -> Any:
 register_method(
     "fourierft", FourierftSchema, build,
     trains="n spectral coefficients per targeted layer (the update is their inverse 2-D DFT)",
-    capabilities=Capabilities(mergeable=True),
+    # a fresh adapter is the base only with method.init_weights=true (adapter_off_differs)
+    capabilities=Capabilities(mergeable=True, starts_as_base=False),
 )
