@@ -15,7 +15,6 @@ from test_rl import RL, setup
 from conftest import compose
 
 
-
 def _methods() -> dict[str, list[str]]:
     """Every registered method that serves online RL (DoRA too), with the reference it allows: the
     adapter switched off where a fresh one leaves the base as it was, none otherwise."""
