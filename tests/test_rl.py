@@ -213,13 +213,15 @@ def test_a_rollout_is_trained_on_num_iterations_times_against_its_sampling_polic
     assert task.rollout is not first and task.rollout.step == 2 and task.counts["batches_sampled"] == 2
 
 
-def test_num_iterations_with_accumulated_batches_is_refused(tmp_path, cache_dir):
-    proc = run_cli("peftlab-train", *RL, "rl.num_iterations=2", "trainer.accumulate_grad_batches=2",
-                   f"hydra.run.dir={tmp_path / 'run'}")
-    assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines()[-1].endswith(
+def test_num_iterations_with_accumulated_batches_is_refused():
+    from peftlab.config import validate
+    from peftlab.config.commands import TrainSchema
+    from peftlab.tasks import make_task
+
+    conf = validate(compose([*RL, "rl.num_iterations=2", "trainer.accumulate_grad_batches=2"]), TrainSchema)
+    assert make_task(conf.data, run=conf).check(conf) == [
         "rl.num_iterations=2 with trainer.accumulate_grad_batches=2: a rollout is one batch, trained on for whole "
-        "steps; raise data.batch_size instead")
+        "steps; raise data.batch_size instead"]
 
 
 @pytest.mark.integration  # the command line: trains, clips, resumes bitwise mid-rollout, merges
