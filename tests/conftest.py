@@ -67,6 +67,21 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600, env: dict |
                           timeout=timeout, env=full_env)
 
 
+def console_in_process(prog: str, argv: list[str], monkeypatch, capsys) -> tuple[int, str, str]:
+    """The console script ``prog`` run in this process: (exit status, stdout, stderr)."""
+    import importlib
+
+    module = importlib.import_module(f"peftlab.commands.{prog.removeprefix('peftlab-')}")
+    monkeypatch.setattr(sys, "argv", [prog, *argv])
+    try:
+        module.main()
+        code = 0
+    except SystemExit as exit:
+        code = exit.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
 def build(overrides: list[str], cache_dir):
     """(validated config, task, backbone) of a composed config."""
     from peftlab.config import validate

@@ -8,13 +8,12 @@ from __future__ import annotations
 import importlib
 import json
 import os
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import run_cli
+from conftest import console_in_process, run_cli
 
 TINY = ["debug=tiny", "merge_after=false", "trainer.max_steps=3", "zero_shot=false", "forgetting=null"]
 # job 1 refuses itself in its own process (prefix tuning cannot use gradient checkpointing)
@@ -25,15 +24,7 @@ RAY = ["hydra/launcher=ray", "+hydra.launcher.ray.init.num_cpus=2", "+hydra.laun
 
 def train_in_process(argv: list[str], monkeypatch, capsys) -> tuple[int, str, str]:
     """``peftlab-train`` in this process: (exit status, stdout, stderr)."""
-    module = importlib.import_module("peftlab.commands.train")
-    monkeypatch.setattr(sys, "argv", ["peftlab-train", *argv])
-    try:
-        module.main()
-        code = 0
-    except SystemExit as exit:
-        code = exit.code
-    out, err = capsys.readouterr()
-    return code, out, err
+    return console_in_process("peftlab-train", argv, monkeypatch, capsys)
 
 
 # ------------------------------------------------------------------------- refused before launching

@@ -10,7 +10,6 @@ command's message, and a few as real console scripts."""
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import subprocess
@@ -29,7 +28,7 @@ from test_bad_inputs import (
     _through_the_api,
 )
 
-from conftest import FINISHED_RUN, run_cli
+from conftest import FINISHED_RUN, console_in_process, run_cli
 
 # one case of each kind: config value, composition, disallowed target, GPU precision, checkpoint (read,
 # and fitted on the meta device), run and sweep folders, resume, data (read, and tokenised), model,
@@ -50,15 +49,7 @@ def inputs(tmp_path_factory, finished_run):
 
 def dry(prog: str, argv: list[str], monkeypatch, capsys, flag: str = "--dry-run") -> tuple[int, str, str]:
     """The console script ``prog`` with ``flag``, in this process: (exit status, stdout, stderr)."""
-    module = importlib.import_module(f"peftlab.commands.{prog.removeprefix('peftlab-')}")
-    monkeypatch.setattr(sys, "argv", [prog, *([flag] if flag else []), *argv])
-    try:
-        module.main()
-        code = 0
-    except SystemExit as exit:
-        code = exit.code
-    out, err = capsys.readouterr()
-    return code, out, err
+    return console_in_process(prog, [*([flag] if flag else []), *argv], monkeypatch, capsys)
 
 
 def everything(root: Path) -> dict[str, tuple]:
