@@ -140,10 +140,14 @@ def test_a_completion_cut_off_by_the_budget_is_scored_without_an_end_of_turn(rew
     ends = torch.isin(completion, torch.tensor([tok.eos_token_id]))
     done = ~((ends.long().cumsum(1) - ends.long()) > 0)
     batch = {"prompts": ["Rewrite 3 May 2001"], "references": ["2001-05-03"], "fields": [{}]}
-    _, per_reward = task._rewards(policy, batch, completion, done, 2)
+    from peftlab.tasks.rl_rollout import finished
+
+    ended = finished(policy, tok, completion, done)  # what the rollout hands the rewards
+    assert ended.tolist() == [True, False]
+    _, per_reward, texts, _ = task._rewards(policy, batch, completion, done, ended, 2)
     prompts = ["Rewrite 3 May 2001"] * 2
-    as_they_are = scorer.score(policy, prompts, task._texts, [True, False]).double()
-    both_ended = scorer.score(policy, prompts, task._texts, [True, True]).double()
+    as_they_are = scorer.score(policy, prompts, texts, [True, False]).double()
+    both_ended = scorer.score(policy, prompts, texts, [True, True]).double()
     assert torch.equal(per_reward["reward_model"], as_they_are)
     assert not torch.equal(per_reward["reward_model"], both_ended)
 

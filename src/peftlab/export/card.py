@@ -240,7 +240,7 @@ def front_matter(card: Card) -> Any:
         base_model=hub_id(run.model.name_or_path) or card.base_path,
         library_name="peft" if card.adapter else "transformers",
         license=license_id, license_name=license_words if license_id == "other" else None,
-        tags=["peftlab", run.method.name, run.data.task_type, *["gguf"][:bool(card.gguf_file)]],
+        tags=["peftlab", run.method.name, run.data.task_type, *(["gguf"] if card.gguf_file else [])],
         datasets=datasets or None, pipeline_tag=pipeline, model_name=card.title, eval_results=results or None)
 
 

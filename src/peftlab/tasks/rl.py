@@ -51,7 +51,6 @@ class RLTask(CausalLMTask):
         # since the run (re)started: texts cut for the reward model, batches, those without signal
         self.counts = dict.fromkeys(("reward_texts_cut", "batches_sampled", "batches_without_signal"), 0)
         self._told: set[str] = set()  # the warnings already given
-        self._cut: Optional[list[bool]] = None  # the last scored texts the reward model saw cut
         self.rollout: Optional["Rollout"] = None  # the sampled batch the steps train on (tasks/rl_rollout.py)
 
     @property
@@ -194,12 +193,11 @@ class RLTask(CausalLMTask):
         clock = Clock(self.seconds)
         completion, done = clock("generate", sample, model, self.tokenizer, s, self.max_new_tokens, prompts,
                                  prompt_mask, self.step)
-        rewards, per_reward = clock("reward", self._rewards, model, batch, completion, done, G)
+        ended = finished(model, self.tokenizer, completion, done)
+        rewards, per_reward, texts, cut = clock("reward", self._rewards, model, batch, completion, done, ended, G)
         r = Rollout(step=self.step, prompts=prompts, prompt_mask=prompt_mask, completion=completion, done=done,
-                    finished=finished(model, self.tokenizer, completion, done), rewards=rewards,
-                    per_reward=per_reward, advantages=advantages(rewards.view(-1, G), s.algorithm,
-                                                                 s.scale_rewards).view(-1),
-                    texts=self._texts, cut=self._cut)
+                    finished=ended, rewards=rewards, per_reward=per_reward, texts=texts, cut=cut,
+                    advantages=advantages(rewards.view(-1, G), s.algorithm, s.scale_rewards).view(-1))
         if s.beta > 0:
             with torch.no_grad(), eval_mode(model), as_reference(model, s.reference):
                 reference = self.reference_model.to(prompts.device) if self.reference_model is not None else model
@@ -245,7 +243,9 @@ class RLTask(CausalLMTask):
             spread = torch.logsumexp(logits, -1) - (torch.softmax(logits, -1) * logits).sum(-1)
         return logps, spread
 
-    def _rewards(self, model, batch, completion, done, G):
+    def _rewards(self, model, batch, completion, done, ended, G):
+        """(the weighted total, each reward's values, the decoded completions, which of them the reward
+        model saw cut); ``ended``: the completions that ended within rl.max_new_tokens."""
         import torch
 
         real = completion.masked_fill(~done, self.tokenizer.pad_token_id)
@@ -255,22 +255,17 @@ class RLTask(CausalLMTask):
         fields = {k: [r.get(k) for r in rows] for k in dict.fromkeys(k for r in rows for k in r)}
         fields.update(references=[r for r in batch["references"] for _ in range(G)],
                       completion_lengths=done.sum(1).tolist())
-        per_reward, self._cut = {}, None
+        per_reward, cut = {}, None
         for name in self.settings.rewards:
-            if name == LEARNED:
-                from peftlab.tasks.rl_rollout import finished
-
-                # ended within rl.max_new_tokens: an end token among the real positions; the others were cut off
-                ended = finished(model, self.tokenizer, completion, done).tolist()
-                per_reward[name] = self.scorer.checked_scores(model, prompts, texts, ended, self.step)
-                self._cut = self.scorer.cut
+            if name == LEARNED:  # a cut-off completion is scored without an end of turn
+                per_reward[name] = self.scorer.checked_scores(model, prompts, texts, ended.tolist(), self.step)
+                cut = self.scorer.cut
                 self.counts["reward_texts_cut"] = self.scorer.texts_cut
             else:
                 per_reward[name] = torch.tensor(reward_values(name, prompts, texts, fields, self.max_new_tokens),
                                                 dtype=torch.float64)
         total = sum(torch.nan_to_num(self.settings.rewards[k] * v, nan=0.0) for k, v in per_reward.items())
-        self._texts = texts
-        return total.to(completion.device), per_reward
+        return total.to(completion.device), per_reward, texts, cut
 
     # ----------------------------------------------------------------------------- the records
     def _record(self, batch, r: "Rollout", stats: dict[str, float], fresh: bool) -> None:
