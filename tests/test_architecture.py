@@ -20,7 +20,7 @@ from peftlab.tasks import TASKS
 from conftest import CONF, ROOT
 
 SRC = ROOT / "src" / "peftlab"
-PLUGIN_DIRS = (SRC / "methods", SRC / "tasks")
+PLUGIN_DIRS = (SRC / "methods", SRC / "tasks", SRC / "objectives")
 
 
 def sources(exclude: tuple[Path, ...] = ()) -> list[Path]:
@@ -81,7 +81,8 @@ LAYERS = [
     {"engine"},                  # the training job, LightningModule, trainer, callbacks, precision
     {"export", "reporting"},     # merge and verify; tables and plots over finished runs
     {"methods", "models"},       # the method plug-ins; loading backbones
-    {"tasks"},                   # the task plug-ins: loss, metrics, evaluation
+    {"objectives"},              # how a task is trained: its own loss, online RL (plug-ins of named steps)
+    {"tasks"},                   # the task plug-ins: data, loss, metrics, evaluation
     {"data"},                    # sources, tokenization, collators, loaders
     {"runs"},                    # run folders, locks, metrics.json, a run's config
     {"config"},                  # schemas, validation, messages
@@ -162,7 +163,7 @@ def test_import_peftlab_loads_no_command():
 
 def test_the_config_system_does_not_import_the_plug_ins():
     for path in sorted((SRC / "config").glob("*.py")):
-        bad = {m for m in _imports(path) if m.startswith(("peftlab.methods", "peftlab.tasks"))}
+        bad = {m for m in _imports(path) if m.startswith(("peftlab.methods", "peftlab.tasks", "peftlab.objectives"))}
         assert not bad, (path.name, bad)
 
 

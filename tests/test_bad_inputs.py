@@ -347,6 +347,11 @@ CASES = [
     ("a reference of an adapter that starts off the base", "peftlab-train",
      ["data=date_prompts", "rl=grpo", "method=fourierft"],
      "rl.reference=adapter_off: a fresh method=fourierft adapter already changes the model (method.init_weights=false"),
+    ("an unknown training objective", "peftlab-train", ["training_objective=ppo"],
+     "training_objective must be one of online_rl, task_loss"),
+    ("online rl named for an sft task", "peftlab-train", ["training_objective=online_rl"],
+     "training_objective=online_rl: data.task_type=causal_lm is not online RL (use data of task type rl, e.g. "
+     "data=date_prompts)"),
     ("rl updates per sample below 1", "peftlab-train", ["data=date_prompts", "rl=grpo", "rl.num_iterations=0"],
      "rl.num_iterations must be in [1, 64] (updates per sampled batch), got 0"),
     ("an unknown rl loss type", "peftlab-train", ["data=date_prompts", "rl=grpo", "rl.loss_type=ppo"],

@@ -70,21 +70,21 @@ def test_batches_whose_groups_all_scored_alike_are_counted_and_said(cache_dir, c
     monkeypatch.setitem(rewards.REWARD_FUNCTIONS, "position", lambda completions, **kwargs: [
         float(i) for i in range(len(completions))])
     monkeypatch.setattr(plugins, "REWARDS", [*plugins.REWARDS, "constant", "position"])
-    task, policy, data = rl_setup(["rl.rewards={constant: 1.0}"], cache_dir)
-    batch = first_batch(task, data)
-    task.loss(policy, batch)
-    assert task.step_logs()["groups_without_signal"] == 1.0
-    with caplog.at_level(logging.WARNING, logger="peftlab.tasks.rl"):
-        record = task.settings_record()["rl"]
+    rl, policy, data = rl_setup(["rl.rewards={constant: 1.0}"], cache_dir)
+    batch = first_batch(rl, data)
+    rl.loss(policy, batch)
+    assert rl.step_logs()["groups_without_signal"] == 1.0
+    with caplog.at_level(logging.WARNING, logger="peftlab.objectives.online_rl"):
+        record = rl.settings_record()["rl"]
     assert (record["batches_sampled"], record["batches_without_signal"]) == (1, 1)
-    assert [r.getMessage() for r in caplog.records if r.name == "peftlab.tasks.rl"] == [
+    assert [r.getMessage() for r in caplog.records if r.name == "peftlab.objectives.online_rl"] == [
         "rl: in every one of the 1 sampled batches, each prompt's completions all scored the same: every advantage "
         "was 0 and the rewards gave no gradient (metrics.json rl.batches_without_signal; see rl.temperature, "
         "rl.rewards)"]
-    task.settings.rewards = {"position": 1.0}
-    task.loss(policy, batch)
-    assert task.step_logs()["groups_without_signal"] == 0.0
-    record = task.settings_record()["rl"]
+    rl.settings.rewards = {"position": 1.0}
+    rl.loss(policy, batch)
+    assert rl.step_logs()["groups_without_signal"] == 0.0
+    record = rl.settings_record()["rl"]
     assert (record["batches_sampled"], record["batches_without_signal"]) == (2, 1)
 
 

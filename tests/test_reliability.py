@@ -517,7 +517,7 @@ def test_probing_a_lock_changes_no_byte_and_a_failed_start_removes_only_its_own(
 
 
 def test_a_resumed_rl_run_reads_past_a_half_written_completions_line(tmp_path):
-    from peftlab.tasks.rl_records import write_completions
+    from peftlab.objectives.rl_records import write_completions
 
     path = tmp_path / "completions.jsonl"
     rows = [json.dumps({"step": 0, "completion": "a"}), json.dumps({"step": 2}), '{"step": 3, "comp']  # killed mid-line

@@ -63,7 +63,8 @@ def reward_run(tmp_path_factory, cache_dir) -> Path:
 
 
 def rl_setup(overrides: list[str], cache_dir):
-    """(task, policy, data) of an RL run (this file's RL settings and ``overrides``) before its first step."""
+    """(the online RL objective, policy, data) of an RL run (this file's RL settings and
+    ``overrides``) before its first step."""
     from test_rl import setup
 
     return setup([*RL, *overrides], cache_dir)
@@ -73,8 +74,8 @@ def learned(run: Path, *more: str) -> list[str]:
     return ["rl.rewards={reward_model: 1.0}", f"rl.reward_model={run / 'adapter'}", *more]
 
 
-def first_batch(task, data, n: int = 2):
-    return task.collator(data.tokenizer, evaluation=False)(data.splits["train"][:n])
+def first_batch(rl, data, n: int = 2):
+    return rl.task.collator(data.tokenizer, evaluation=False)(data.splits["train"][:n])
 
 
 # ------------------------------------------------------------------------------------ the format
@@ -114,19 +115,19 @@ def test_a_reward_adapter_without_its_run_config_needs_the_format_stated(reward_
 
 def test_reward_format_reward_run_scores_in_the_reward_run_s_format_and_is_recorded(reward_run, tmp_path, cache_dir):
     other = restated(reward_run, tmp_path / "other", ("data.system_prompt=Be brief.",))
-    task, policy, data = rl_setup(learned(other, "rl.reward_format=reward_run"), cache_dir)
-    ids, mask = task.scorer.texts(["Rewrite 3 May 2001"], ["2001-05-03"])
+    rl, policy, data = rl_setup(learned(other, "rl.reward_format=reward_run"), cache_dir)
+    ids, mask = rl.scorer.texts(["Rewrite 3 May 2001"], ["2001-05-03"])
     text = data.tokenizer.decode(ids[0][mask[0].bool()])
     assert "Be brief." in text and SYSTEM not in text
-    record = task.settings_record()["rl"]
+    record = rl.settings_record()["rl"]
     assert record["reward_format"] == "reward_run"
     assert record["reward_text_format"] == {"prompt_format": "auto", "system_prompt": "Be brief."}
 
 
 # ------------------------------------------------------------------------- unfinished completions
 def test_a_completion_cut_off_by_the_budget_is_scored_without_an_end_of_turn(reward_run, cache_dir):
-    task, policy, data = rl_setup(learned(reward_run), cache_dir)
-    tok, scorer = data.tokenizer, task.scorer
+    rl, policy, data = rl_setup(learned(reward_run, "rl.num_generations=2"), cache_dir)
+    tok, scorer = data.tokenizer, rl.scorer
     ids, mask = scorer.texts(["Rewrite 3 May 2001"] * 2, ["2001-05-03"] * 2, finished=[True, False])
     ended, cut_off = (row[m.bool()].tolist() for row, m in zip(ids, mask, strict=True))
     answer = tok("2001-05-03", add_special_tokens=False).input_ids
@@ -140,11 +141,11 @@ def test_a_completion_cut_off_by_the_budget_is_scored_without_an_end_of_turn(rew
     ends = torch.isin(completion, torch.tensor([tok.eos_token_id]))
     done = ~((ends.long().cumsum(1) - ends.long()) > 0)
     batch = {"prompts": ["Rewrite 3 May 2001"], "references": ["2001-05-03"], "fields": [{}]}
-    from peftlab.tasks.rl_rollout import finished
+    from peftlab.objectives.rl_rollout import finished
 
     ended = finished(policy, tok, completion, done)  # what the rollout hands the rewards
     assert ended.tolist() == [True, False]
-    _, per_reward, texts, _ = task._rewards(policy, batch, completion, done, ended, 2)
+    _, per_reward, texts, _ = rl.score(policy, batch, completion, done, ended)
     prompts = ["Rewrite 3 May 2001"] * 2
     as_they_are = scorer.score(policy, prompts, texts, [True, False]).double()
     both_ended = scorer.score(policy, prompts, texts, [True, True]).double()
@@ -154,30 +155,30 @@ def test_a_completion_cut_off_by_the_budget_is_scored_without_an_end_of_turn(rew
 
 # ---------------------------------------------------------------------------------- texts cut short
 def test_texts_cut_to_max_length_are_flagged_and_counted(reward_run, cache_dir, caplog):
-    task, policy, data = rl_setup(learned(reward_run), cache_dir)
-    task.scorer.max_length = 8  # shorter than every prompt: each text loses the start of its prompt
-    batch = first_batch(task, data)
-    with caplog.at_level(logging.WARNING, logger="peftlab.tasks.rl"):
-        task.loss(policy, batch)
-    n = 2 * task.settings.num_generations
-    assert task.scorer.cut == [True] * n
-    assert task.step_logs()["reward_texts_cut"] == n
-    assert task.settings_record()["rl"]["reward_texts_cut"] == n
+    rl, policy, data = rl_setup(learned(reward_run), cache_dir)
+    rl.scorer.max_length = 8  # shorter than every prompt: each text loses the start of its prompt
+    batch = first_batch(rl, data)
+    with caplog.at_level(logging.WARNING, logger="peftlab.objectives.online_rl"):
+        rl.loss(policy, batch)
+    n = 2 * rl.settings.num_generations
+    assert rl.scorer.cut == [True] * n
+    assert rl.step_logs()["reward_texts_cut"] == n
+    assert rl.settings_record()["rl"]["reward_texts_cut"] == n
     assert [r.getMessage() for r in caplog.records if "lost the start of their prompt" in r.getMessage()] == [
         f"rl.reward_model: {n} of {n} texts at step 1 were longer than data.max_length=8 and lost the start of "
         "their prompt before scoring (counted: metrics.json rl.reward_texts_cut, train/reward_texts_cut)"]
-    task.scorer.max_length = 384
-    task.loss(policy, batch)
-    assert task.step_logs()["reward_texts_cut"] == 0 and task.settings_record()["rl"]["reward_texts_cut"] == n
+    rl.scorer.max_length = 384
+    rl.loss(policy, batch)
+    assert rl.step_logs()["reward_texts_cut"] == 0 and rl.settings_record()["rl"]["reward_texts_cut"] == n
 
 
 # -------------------------------------------------------------------------------- scores not finite
 def test_a_reward_model_score_that_is_not_finite_stops_the_run_with_one_line(reward_run, cache_dir):
-    task, policy, data = rl_setup(learned(reward_run), cache_dir)
-    task.scorer.head["weight"] = torch.full_like(task.scorer.head["weight"], float("nan"))
+    rl, policy, data = rl_setup(learned(reward_run), cache_dir)
+    rl.scorer.head["weight"] = torch.full_like(rl.scorer.head["weight"], float("nan"))
     with pytest.raises(ConfigError) as err:
-        task.loss(policy, first_batch(task, data))
-    n = 2 * task.settings.num_generations
+        rl.loss(policy, first_batch(rl, data))
+    n = 2 * rl.settings.num_generations
     assert str(err.value) == (
         f"rl.reward_model: the reward model gave {n} of {n} completions a score that is not a finite number at step 1 "
         f"([nan, nan, nan, nan]): check the reward run ({reward_run / 'adapter'})")

@@ -19,25 +19,31 @@ RL = ["debug=tiny", "data=date_prompts", "rl=grpo"]
 
 
 def setup(overrides: list[str], cache_dir):
-    """(task, model, data) as a run sets them up before its first step."""
+    """(the training objective, model, data) as a run sets them up before its first step."""
     from peftlab.config import validate
     from peftlab.config.commands import TrainSchema
+    from peftlab.config.user_plugins import load as load_plugins
     from peftlab.data.datamodule import TaskDataModule
     from peftlab.methods import BuildContext, apply_method
     from peftlab.models import load_backbone
+    from peftlab.objectives import make_objective
     from peftlab.tasks import make_task
 
+    load_plugins(overrides)  # plugins=[...]: as the command line loads them, before the config is checked
     conf = validate(compose(overrides), TrainSchema)
     task = make_task(conf.data, run=conf)
-    assert task.check(conf) == []
+    objective = make_objective(task, conf)
+    assert task.check(conf) == [] and objective.check(conf) == []
     backbone = load_backbone(conf.model, cache_dir, task)
     data = TaskDataModule(task, backbone.tokenizer)
     data.setup()
     task.before_wrapping(backbone.model)
+    objective.before_wrapping(backbone.model)
     model = apply_method(backbone.model, conf.method, BuildContext(task, backbone.model, backbone.tokenizer,
                                                                    backbone.path), conf.init_adapter)
     task.before_training(model, data)
-    return task, model, data
+    objective.before_training(model, data)
+    return objective, model, data
 
 
 def _move(model, scale: float) -> None:
@@ -50,12 +56,12 @@ def _move(model, scale: float) -> None:
 
 # ----------------------------------------------------------------------------------- reward models
 def test_the_reward_loss_is_bradley_terry_from_the_model_s_own_scores(cache_dir):
-    task, model, data = setup(REWARD, cache_dir)
+    objective, model, data = setup(REWARD, cache_dir)
     _move(model, 0.3)
     model.eval()
     batch = next(iter(data.val_dataloader()))
     batch["margin"] = torch.linspace(0, 1, len(batch["margin"]))
-    total, count = task.loss(model, batch)
+    total, count = objective.loss(model, batch)
     with torch.no_grad():
         scores = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, 0].double()
         b = len(scores) // 2
@@ -114,11 +120,11 @@ def test_the_reward_model_on_the_policy_s_base_scores_as_a_separate_model(reward
     give the separate model's (plain transformers + peft) scores; the policy is left active."""
     from peftlab.tasks.reward_scorer import RewardScorer
 
-    task, policy, data = setup(RL, cache_dir)
+    rl, policy, data = setup(RL, cache_dir)
     _move(policy, 0.3)
     prompts, completions = ["Rewrite 3 May 2001", "Rewrite 1999/12/31"] * 2, ["2001-05-03", "1999-12-31", "x", ""]
-    one = RewardScorer(str(reward_run / "adapter"), policy, data.tokenizer, task.data, separate=False)
-    two = RewardScorer(str(reward_run / "adapter"), policy, data.tokenizer, task.data, separate=True)
+    one = RewardScorer(str(reward_run / "adapter"), policy, data.tokenizer, rl.task.data, separate=False)
+    two = RewardScorer(str(reward_run / "adapter"), policy, data.tokenizer, rl.task.data, separate=True)
     assert policy.active_adapter == "default" and set(policy.peft_config) == {"default", "reward"}
     a, b = one.score(policy, prompts, completions), two.score(policy, prompts, completions)
     assert torch.allclose(a, b, atol=1e-5), (a, b)
@@ -132,24 +138,24 @@ def test_the_grpo_loss_by_hand_from_full_logits(cache_dir):
     """The step's loss: per completion token -A + beta * k3(KL), summed, with the completions the
     step sampled, the rewards of their lengths, the group-normalised advantages and the reference
     (the adapter off) all computed again here from the full logits."""
+    from peftlab.objectives.rl_rollout import sample
     from peftlab.tasks.rewards import length_penalty
-    from peftlab.tasks.rl_rollout import sample
 
-    task, model, data = setup([*RL, "rl.beta=0.5", "rl.rewards={length_penalty: 1.0}", "rl.num_generations=3"],
+    rl, model, data = setup([*RL, "rl.beta=0.5", "rl.rewards={length_penalty: 1.0}", "rl.num_generations=3"],
                               cache_dir)
     _move(model, 0.3)
     model.eval()
     batch = next(iter(data.train_dataloader()))
     G = 3
     torch.manual_seed(7)
-    total, count = task.loss(model, batch)
+    total, count = rl.loss(model, batch)
     torch.manual_seed(7)
     prompts = batch["gen_input_ids"].repeat_interleave(G, 0)
     prompt_mask = batch["gen_attention_mask"].repeat_interleave(G, 0)
-    completion, done = sample(model, task.tokenizer, task.settings, task.max_new_tokens, prompts, prompt_mask, 0)
+    completion, done = sample(model, rl.tokenizer, rl.settings, rl.max_new_tokens, prompts, prompt_mask, 0)
     lengths = done.sum(1).tolist()
     rewards = torch.tensor(length_penalty(prompts=[""] * len(lengths), completions=[""] * len(lengths),
-                                          completion_lengths=lengths, max_new_tokens=task.settings.max_new_tokens),
+                                          completion_lengths=lengths, max_new_tokens=rl.settings.max_new_tokens),
                            dtype=torch.float64).view(-1, G)
     adv = ((rewards - rewards.mean(1, keepdim=True)) / (rewards.std(1, keepdim=True) + 1e-4)).view(-1)
     ids = torch.cat([prompts, completion], 1)
@@ -171,8 +177,8 @@ def test_the_grpo_loss_by_hand_from_full_logits(cache_dir):
     expected = (per_token * done).sum()
     assert int(count) == int(done.sum())
     assert float(total) == pytest.approx(float(expected), rel=1e-4, abs=1e-4)
-    assert task.step_logs()["kl"] > 0 and task.step_logs()["clip_fraction"] == 0
-    assert task.step_logs()["completion_length"] == pytest.approx(sum(lengths) / len(lengths))
+    assert rl.step_logs()["kl"] > 0 and rl.step_logs()["clip_fraction"] == 0
+    assert rl.step_logs()["completion_length"] == pytest.approx(sum(lengths) / len(lengths))
 
 
 def test_a_rollout_is_trained_on_num_iterations_times_against_its_sampling_policy(cache_dir, monkeypatch):
@@ -180,46 +186,47 @@ def test_a_rollout_is_trained_on_num_iterations_times_against_its_sampling_polic
     reference, with the ratio to the log-probabilities stored when they were sampled; the policy
     moved in between, so the ratio leaves 1 and the clip binds. The third step samples again."""
     from peftlab.config import plugins
+    from peftlab.objectives.rl_loss import policy_loss
     from peftlab.tasks import rewards
-    from peftlab.tasks.rl_loss import policy_loss
 
     monkeypatch.setitem(rewards.REWARD_FUNCTIONS, "ascii_share", ascii_share)  # rewards that differ: advantages
     monkeypatch.setattr(plugins, "REWARDS", [*plugins.REWARDS, "ascii_share"])
-    task, model, data = setup([*RL, "rl.num_iterations=2", "rl.epsilon_high=0.28", "rl.beta=0.1",
+    rl, model, data = setup([*RL, "rl.num_iterations=2", "rl.epsilon_high=0.28", "rl.beta=0.1",
                                "rl.rewards={ascii_share: 1.0}"], cache_dir)
     model.train()
     batches = iter(data.train_dataloader())
     torch.manual_seed(3)
-    task.step = 0
-    task.loss(model, next(batches))
-    first = task.rollout
-    assert task.step_logs()["clip_fraction"] == 0 and task.counts["batches_sampled"] == 1
+    rl.step = 0
+    rl.loss(model, next(batches))
+    first = rl.rollout
+    assert rl.step_logs()["clip_fraction"] == 0 and rl.counts["batches_sampled"] == 1
     assert first.advantages.abs().max() > 0
     stored = first.old.clone()
     _move(model, 0.5)
-    task.step = 1
-    total, count = task.loss(model, next(batches))  # a fresh batch, unused: the rollout is kept
-    assert task.rollout is first and task.counts["batches_sampled"] == 1 and torch.equal(first.old, stored)
-    logps = first.tokens(task._token_logps(model, first.joint())[0])
-    expected = policy_loss(logps, stored, first.reference, first.advantages, first.done, task.settings,
-                           task.max_new_tokens)
+    rl.step = 1
+    total, count = rl.loss(model, next(batches))  # a fresh batch, unused: the rollout is kept
+    assert rl.rollout is first and rl.counts["batches_sampled"] == 1 and torch.equal(first.old, stored)
+    logps = first.tokens(rl.token_logps(model, first.joint())[0])
+    expected = policy_loss(logps, stored, first.reference, first.advantages, first.done, rl.settings,
+                           rl.max_new_tokens)
     assert float(total) == pytest.approx(float(expected.total), rel=1e-5)
     assert int(count) == int(first.done.sum())
-    assert task.step_logs()["clip_fraction"] > 0
-    assert task.step_logs()["clip_fraction"] == pytest.approx(task.step_logs()["clip_low"]
-                                                              + task.step_logs()["clip_high"])
-    task.step = 2
-    task.loss(model, next(batches))
-    assert task.rollout is not first and task.rollout.step == 2 and task.counts["batches_sampled"] == 2
+    assert rl.step_logs()["clip_fraction"] > 0
+    assert rl.step_logs()["clip_fraction"] == pytest.approx(rl.step_logs()["clip_low"]
+                                                              + rl.step_logs()["clip_high"])
+    rl.step = 2
+    rl.loss(model, next(batches))
+    assert rl.rollout is not first and rl.rollout.step == 2 and rl.counts["batches_sampled"] == 2
 
 
 def test_num_iterations_with_accumulated_batches_is_refused():
     from peftlab.config import validate
     from peftlab.config.commands import TrainSchema
+    from peftlab.objectives import make_objective
     from peftlab.tasks import make_task
 
     conf = validate(compose([*RL, "rl.num_iterations=2", "trainer.accumulate_grad_batches=2"]), TrainSchema)
-    assert make_task(conf.data, run=conf).check(conf) == [
+    assert make_objective(make_task(conf.data, run=conf), conf).check(conf) == [
         "rl.num_iterations=2 with trainer.accumulate_grad_batches=2: a rollout is one batch, trained on for whole "
         "steps; raise data.batch_size instead"]
 
@@ -346,3 +353,41 @@ def test_a_diverging_rl_run_stops_with_one_line(tmp_path, cache_dir):
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("peftlab-train: error: training diverged at step") and "Traceback" not in proc.stderr
     assert json.loads((tmp_path / "rl" / "metrics.json").read_text())["status"] == "diverged"
+
+
+# ------------------------------------------------------------------------------ objectives of one's own
+def test_an_objective_of_one_s_own_overrides_one_named_step(cache_dir):
+    """docs/guides/objectives.md's example (tests/median_objective.py, loaded as a plug-in): the
+    rollout's advantages are the rewards less their group's median, by hand; the rest is GRPO's."""
+    from peftlab.objectives import OBJECTIVES
+
+    rl, model, data = setup([*RL, "plugins=[ascii_reward,median_objective]", "training_objective=grpo_median",
+                             "rl.rewards={ascii_share: 1.0}", "rl.num_generations=3"], cache_dir)
+    assert type(rl).__name__ == "MedianBaseline" and OBJECTIVES["grpo_median"] is type(rl)
+    assert rl.steps == ("sample", "score", "advantages", "reference", "loss")
+    torch.manual_seed(5)
+    total, count = rl.loss(model, next(iter(data.train_dataloader())))
+    rewards = rl.rollout.rewards.view(-1, 3)
+    by_hand = [r - sorted(g)[1] for g in rewards.tolist() for r in g]  # the median of 3: the middle one
+    assert rl.rollout.advantages.tolist() == pytest.approx(by_hand) and any(by_hand)
+    assert int(count) > 0 and torch.isfinite(total)
+
+
+def test_an_objective_must_have_a_method_for_each_named_step():
+    from peftlab.objectives import Objective, register_objective
+
+    class Unfinished(Objective):
+        name = "unfinished"
+        steps = ("sample", "loss")
+
+    with pytest.raises(ValueError, match="objective 'unfinished' names steps it has no method for: sample"):
+        register_objective(Unfinished)
+
+
+def test_the_objectives_guide_shows_the_tested_plug_in():
+    from conftest import ROOT
+
+    page = (ROOT / "docs" / "guides" / "objectives.md").read_text()
+    shown = page.split("```python\n", 1)[1].split("```", 1)[0]
+    module = (ROOT / "tests" / "median_objective.py").read_text()
+    assert shown.strip() == module.split('"""', 2)[2].strip()

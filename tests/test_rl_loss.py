@@ -1,4 +1,4 @@
-"""The GRPO family's loss (tasks/rl_loss.py): by hand from its formulas, and equal to TRL's
+"""The GRPO family's loss (objectives/rl_loss.py): by hand from its formulas, and equal to TRL's
 GRPOTrainer's own ``_compute_loss`` on identical log-probabilities, advantages and masks, for every
 loss type, clip range and importance level (value, gradient and clip fractions)."""
 
@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from peftlab.config.rl import LOSS_TYPES, RLSchema
-from peftlab.tasks.rl_loss import advantages, policy_loss
+from peftlab.objectives.rl_loss import advantages, policy_loss
 
 B, T = 6, 5
 
@@ -84,7 +84,7 @@ def test_the_loss_equals_trls_for_every_loss_type(loss_type, level, clip):
 
 
 def test_each_loss_type_by_hand():
-    """The normalisations of tasks/rl_loss.py's docstring, with beta=0 and old = logps (ratio 1):
+    """The normalisations of objectives/rl_loss.py's docstring, with beta=0 and old = logps (ratio 1):
     each token's loss is then -A exactly."""
     logps, _, _, adv, mask = _inputs()
     per_token = (-adv[:, None]).expand(B, T) * mask

@@ -58,18 +58,18 @@ def test_a_grpo_step_trains_the_policy_of_every_tuner(policy, cache_dir):
     overrides = [*RL, "rl.rewards={length_penalty: 1.0, date_exact: 1.0}", "rl.num_generations=2", *POLICIES[policy]]
     run = validate(compose(overrides), TrainSchema)
     assert run.method.check(run) == []  # the method serves data.task_type=rl
-    task, model, data = setup(overrides, cache_dir)
+    rl, model, data = setup(overrides, cache_dir)
     model.eval()  # no dropout: at the first step the policy is exactly what it sampled with
     torch.manual_seed(0)
-    task.step = 0
-    total, count = task.loss(model, next(iter(data.train_dataloader())))
+    rl.step = 0
+    total, count = rl.loss(model, next(iter(data.train_dataloader())))
     assert int(count) > 0 and torch.isfinite(total)
     # a gradient that moves the tuner: the advantages are 0 when every completion scored alike, so the
     # surrogate's gradient is the mean log-probability's, the direction every policy gradient scales
-    logps = task.rollout.tokens(task._token_logps(model, task.rollout.joint())[0])
+    logps = rl.rollout.tokens(rl.token_logps(model, rl.rollout.joint())[0])
     logps.sum().backward()
     grads = [p.grad for p in model.parameters() if p.requires_grad and p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads)
     assert any(g.abs().sum() > 0 for g in grads)
-    if task.settings.beta > 0:  # the adapter switched off is the base, which the fresh tuner still is
-        assert task.step_logs()["kl"] == pytest.approx(0.0, abs=1e-5)
+    if rl.settings.beta > 0:  # the adapter switched off is the base, which the fresh tuner still is
+        assert rl.step_logs()["kl"] == pytest.approx(0.0, abs=1e-5)

@@ -17,6 +17,8 @@ registers what it brings::
   in ``peftlab/methods/``); ``method=<name>`` then works with no YAML file (the schema's defaults
   are the method's defaults);
 - ``register_task``: a task type (a ``Task`` subclass; ``data.task_type=<name>``);
+- ``register_objective``: a training objective (an ``Objective`` subclass, such as ``OnlineRL`` with
+  one named step overridden; ``training_objective=<name>``: docs/guides/objectives.md);
 - ``reward``: a reward function for online RL, TRL's calling convention;
 - ``preference_loss``: a preference loss (``preference.loss=<name>``);
 - ``register_data_format``: a record format (``data.format=<name>``); ``reads_every_format``: a task
@@ -36,14 +38,16 @@ from peftlab.config.plugins import Capabilities, MethodSchema
 from peftlab.config.user_plugins import register_config_dir
 from peftlab.data.formats import reads_every_format, register_data_format
 from peftlab.methods.base import BuildContext, MethodHooks, MethodSpec
+from peftlab.objectives.base import Objective, register_objective
+from peftlab.objectives.online_rl import OnlineRL
 from peftlab.tasks.base import Task, register_task
 from peftlab.tasks.causal_lm import CausalLMTask
 from peftlab.tasks.preference_losses import PairLogps, preference_loss
 from peftlab.tasks.rewards import reward
 
-__all__ = ["BuildContext", "CausalLMTask", "Capabilities", "MethodHooks", "MethodSchema", "PairLogps", "Task",
-           "preference_loss", "reads_every_format", "register_config_dir", "register_data_format", "register_method",
-           "register_task", "reward"]
+__all__ = ["BuildContext", "CausalLMTask", "Capabilities", "MethodHooks", "MethodSchema", "Objective", "OnlineRL",
+           "PairLogps", "Task", "preference_loss", "reads_every_format", "register_config_dir", "register_data_format",
+           "register_method", "register_objective", "register_task", "reward"]
 
 
 def register_method(name: str, schema: type[MethodSchema], build: Optional[Callable], trains: str,

@@ -50,6 +50,9 @@ class TrainSchema:
     paths: PathsSchema = MISSING
     preference: Optional[PreferenceSchema] = None  # preference training settings (data of task type preference)
     rl: Optional[RLSchema] = None  # online RL settings (data of task type rl)
+    # how the run trains (peftlab/objectives/): null chooses by the run (online_rl for rl=..., else
+    # task_loss, the task's own loss); a name picks a registered objective (a plug-in's own)
+    training_objective: Optional[str] = None
     seed: int = 42
     zero_shot: bool = True  # test the untouched base model before training
     # score the test split after training; false: a run that never reads the test split (the search

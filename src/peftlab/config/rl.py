@@ -7,7 +7,7 @@ deviation, RLOO (Ahmadian et al., 2024) subtracts the mean of the other completi
 baseline). The policy is held near its reference by the k3 estimator of the KL divergence per
 token, weighted by ``beta`` (0: no reference is computed). A sampled batch is trained on for
 ``num_iterations`` steps, with the ratio clipped to [1 - epsilon, 1 + epsilon_high] and the loss
-averaged as ``loss_type`` says (tasks/rl_loss.py has the formulas: TRL's GRPOTrainer's).
+averaged as ``loss_type`` says (objectives/rl_loss.py has the formulas: TRL's GRPOTrainer's).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ MAX_COMPLETIONS_EVERY = 1_000_000  # steps
 # rl.reward_format: how the reward model's texts are formatted where its run's data.prompt_format or
 # data.system_prompt differ from the policy's
 REWARD_FORMATS = ("match", "reward_run", "policy")
-# the policy loss's normalisation (tasks/rl_loss.py): grpo, each completion's token mean, averaged;
+# the policy loss's normalisation (objectives/rl_loss.py): grpo, each completion's token mean, averaged;
 # dr_grpo, the token sum over completions x rl.max_new_tokens; dapo, the token mean over the step's
 # completions on every process; bnpo, over each process's own
 LOSS_TYPES = ("dapo", "grpo", "dr_grpo", "bnpo")

@@ -35,6 +35,7 @@ from peftlab.export.card import adapter_card
 from peftlab.methods import BuildContext, apply_method, count_parameters, peft_config_for, save_adapter
 from peftlab.models import Backbone, display_name, enable_gradient_checkpointing, load_backbone
 from peftlab.models.quantized import device_map, quantization_config
+from peftlab.objectives import make_objective
 from peftlab.runs.files import atomic_path, remove_stale_temps, write_jsonl
 from peftlab.runs.memory import peak_rss_mb, reset_peak_rss
 from peftlab.runs.metrics import machine, metric_at, versions
@@ -59,6 +60,7 @@ class TrainingJob:
 
     def __init__(self, conf: TrainSchema, cfg: DictConfig, run_dir: Path, task: Task, objective: str):
         self.conf, self.cfg, self.run_dir, self.task, self.objective = conf, cfg, Path(run_dir), task, objective
+        self.training_objective = make_objective(task, conf)  # how it trains (peftlab/objectives/)
         self.writes = not SECONDARY
         self.dry = bool(conf.trainer.fast_dev_run)  # a smoke test: nothing is saved
         task.run_dir, task.writes_records = self.run_dir, self.writes and not self.dry
@@ -156,12 +158,15 @@ class TrainingJob:
         and put the resumed run's trainable weights in place."""
         conf = self.conf
         self.task.before_wrapping(self.backbone.model)
+        self.training_objective.before_wrapping(self.backbone.model)
         self.model = apply_method(self.backbone.model, conf.method, self.context, conf.init_adapter)
         keep_trained_weights(self.model, conf.precision)  # bf16_base: the trained weights in fp32
         with autocast(conf.precision, conf.hardware)():  # a precomputed reference: computed as training computes
             self.task.before_training(self.model, self.data)
+            self.training_objective.before_training(self.model, self.data)
         self.module = PeftLabModule(self.model, self.task, self.backbone.tokenizer, conf.optim,
-                                    shard=conf.hardware.strategy == "fsdp", method=conf.method)
+                                    shard=conf.hardware.strategy == "fsdp", method=conf.method,
+                                    training_objective=self.training_objective)
         self.module.data_fingerprint = self.fingerprint
         self.module.full_validation = conf.validation.at_every_check
         if self.checkpoint is not None:
@@ -178,10 +183,11 @@ class TrainingJob:
         return {"model": display_name(conf.model), "method": conf.method.name, "task": conf.data.name,
                 "task_type": task.name, "primary_metric": task.primary_metric,
                 "greater_is_better": task.greater_is_better, "objective": self.objective,
+                "training_objective": self.training_objective.name,
                 "tune_on_test": conf.tune_on_test, "margins": dict(conf.margins or {}), "seed": conf.seed,
                 "status": "running", "params": params, "zero_shot": zero_shot, "init_adapter": conf.init_adapter,
                 "tags": list(conf.tags), "precision": precision_record(conf.precision),
-                "started_at": _now(), **task.settings_record()}
+                "started_at": _now(), **task.settings_record(), **self.training_objective.settings_record()}
 
     def fit(self, trainer: L.Trainer, record: dict[str, Any]) -> None:
         try:
@@ -253,7 +259,8 @@ class TrainingJob:
             "versions": versions(),
             "machine": machine(),
             "finished_at": _now(),
-        }, **self.task.settings_record())  # again: what the task measured while training (RL's phase times)
+        }, **self.task.settings_record(),
+            **self.training_objective.settings_record())  # again: what training measured (RL's phase times)
         keys = dict.fromkeys([f"test.{self.task.primary_metric}", self.objective])
         nan = [k for k in keys if (v := metric_at(record, k)) is not None and not math.isfinite(v)]
         if nan:

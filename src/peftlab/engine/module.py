@@ -1,9 +1,10 @@
 """The method- and task-agnostic LightningModule.
 
-It is given a built model (a peft model, or the plain backbone for full fine-tuning) and a task,
-and never asks which method made the model or which task it is: the task computes the loss and
-the evaluation, the optimizer sees exactly the parameters that require grad, and a checkpoint
-holds exactly those parameters and the optimizer state.
+It is given a built model (a peft model, or the plain backbone for full fine-tuning), a task and a
+training objective, and never asks which method made the model, which task it is or how it trains:
+the objective computes the training loss, the task the evaluation, the optimizer sees exactly the
+parameters that require grad, and a checkpoint holds exactly those parameters and the optimizer
+state.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from peftlab.data.loaders import InSplitOrder, unshard
 from peftlab.engine.distributed import all_sum, gather
 from peftlab.errors import ConfigError
 from peftlab.methods import method_spec, trainable_parameters
+from peftlab.objectives import make_objective
 
 log = logging.getLogger("peftlab.train")
 
@@ -55,7 +57,7 @@ def build_scheduler(optimizer: torch.optim.Optimizer, optim: OptimSchema, total_
 
 class PeftLabModule(L.LightningModule):
     def __init__(self, model: torch.nn.Module, task: Any, tokenizer: Any, optim: Optional[OptimSchema] = None,
-                 shard: bool = False, method: Any = None):
+                 shard: bool = False, method: Any = None, training_objective: Any = None):
         super().__init__()
         # the method's schema: its hooks (peftlab.methods.MethodHooks) are called, its name never asked
         self.method = method
@@ -63,7 +65,10 @@ class PeftLabModule(L.LightningModule):
         self._hooked_step = -1
         self.shard = shard  # FSDP (hardware=fsdp): configure_model shards the model across the processes
         self.model = model
-        self.task = task  # a peftlab.tasks.Task
+        self.task = task  # a peftlab.tasks.Task: the data and what is measured
+        # a peftlab.objectives.Objective: how a training step trains (the task's own loss where none is given)
+        self.training_objective = (training_objective if training_objective is not None
+                                   else make_objective(task, getattr(task, "run", None)))
         self.tokenizer = tokenizer
         self.optim = optim
         self.data_fingerprint: Optional[dict[str, str]] = None  # set by the training job
@@ -119,8 +124,8 @@ class PeftLabModule(L.LightningModule):
 
     # ---------------------------------------------------------------------------------- steps
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        self.task.step = self.global_step
-        total, count = self.task.loss(self.model, batch)
+        self.training_objective.step = self.global_step
+        total, count = self.training_objective.loss(self.model, batch)
         # the mean over every answer token of the step, on every process: DDP averages the processes'
         # gradients, so each process scales its sum by world / (all tokens); with one process: total / count
         world = self.trainer.world_size if self._trainer is not None else 1
@@ -128,7 +133,7 @@ class PeftLabModule(L.LightningModule):
         loss = total * world / count_all
         self.last_loss = (all_sum(total.detach()) / count_all).detach()  # for the log and the divergence guard
         self.log("train/loss", self.last_loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
-        for name, value in self.task.step_logs().items():
+        for name, value in self.training_objective.step_logs().items():
             self.log(f"train/{name}", value, batch_size=batch["input_ids"].shape[0], sync_dist=True)  # every process's
         if self.hooks is not None and self.hooks.loss_term is not None:
             # the same on every process, so DDP's average of the gradients keeps it as it is
@@ -196,9 +201,9 @@ class PeftLabModule(L.LightningModule):
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
         if self.data_fingerprint is not None:  # the data files' sha256: a resumed run reads the same data
             checkpoint["data_fingerprint"] = dict(self.data_fingerprint)
-        state = getattr(self.task, "checkpoint_state", dict)()  # what the task's next steps still need
+        state = self.training_objective.checkpoint_state()  # what the objective's next steps still need (a rollout)
         if state:
-            checkpoint["task_state"] = state
+            checkpoint["objective_state"] = state
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """A checkpoint must hold exactly this run's trainable parameters, in their shapes: resuming
@@ -216,8 +221,7 @@ class PeftLabModule(L.LightningModule):
         if problem:
             raise ConfigError(f"resume_from: the checkpoint does not fit this run's trainable parameters ({problem}): "
                               "resume with the method settings it was trained with")
-        if hasattr(self.task, "load_checkpoint_state"):
-            self.task.load_checkpoint_state(checkpoint.get("task_state") or {})
+        self.training_objective.load_checkpoint_state(checkpoint.get("objective_state") or {})
 
 
 def _some(names: set[str], n: int = 3) -> str:

@@ -23,6 +23,7 @@ from peftlab.engine.distributed import SECONDARY
 from peftlab.engine.forgetting import text_path
 from peftlab.engine.precision import resolve_auto
 from peftlab.errors import ConfigError, PeftlabError, SweepRefused
+from peftlab.objectives import make_objective
 from peftlab.runs.folders import check_fresh_run_dir, discard_unstarted_run_dir
 from peftlab.runs.locks import folder_lock
 from peftlab.runs.metrics import write_metrics
@@ -98,7 +99,8 @@ def checked(cfg: DictConfig) -> tuple[TrainSchema, Task, str]:
     be checked before any work has been: every problem found is in the one error."""
     conf = validate(resolve_auto(cfg), TrainSchema)
     task = make_task(conf.data, run=conf)
-    problems = [*one_process_per_job(conf), *task.check(conf), *validation_problems(conf)]
+    problems = [*one_process_per_job(conf), *task.check(conf), *make_objective(task, conf).check(conf),
+                *validation_problems(conf)]
     if conf.forgetting is not None:
         try:
             text_path(conf.forgetting.text)

@@ -12,7 +12,7 @@ import pkgutil
 
 from peftlab.tasks.base import TASKS, Task, make_task, register_task, task_class
 
-HELPERS = {"base", "generation", "heads", "metrics", "reference", "rewards", "reward_scorer", "rl_loss", "rl_rollout"}
+HELPERS = {"base", "generation", "heads", "metrics", "reference", "rewards", "reward_scorer"}
 for _module in pkgutil.iter_modules(__path__):
     if _module.name not in HELPERS:
         importlib.import_module(f"{__name__}.{_module.name}")

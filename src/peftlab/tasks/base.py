@@ -1,9 +1,10 @@
 """The task registry, and what a task type owns.
 
-A task type (causal LM, classification, ...) owns everything that differs between kinds of
-training: the transformers auto class and peft's task type, how a record becomes an example and
-examples a batch, the training loss, evaluation and its metrics, the primary metric and its
-direction, and what a merge verification compares. Everything else (the LightningModule, the
+A task type (causal LM, classification, ...) owns what is trained on and how it is measured: the
+transformers auto class and peft's task type, how a record becomes an example and examples a
+batch, the loss of its labelled examples, evaluation and its metrics, the primary metric and its
+direction, and what a merge verification compares. How a run trains is its objective's
+(peftlab/objectives/: the task's own loss, or online RL). Everything else (the LightningModule, the
 data module, training, evaluation, merge) asks the task and never branches on its name.
 """
 
@@ -51,7 +52,6 @@ class Task:
         self.data = data
         self._labels = labels
         self.run = run  # the run's whole validated config, for tasks that read more than the data
-        self.step = 0  # the optimizer step a training batch belongs to (set by the LightningModule)
         self.run_dir: Any = None  # where a task may write records of its own (set by the training job)
         self.writes_records = True  # False on every process but the first
 
@@ -63,10 +63,6 @@ class Task:
             return [f"rl={run.rl.name}: data.task_type={self.name} is not online RL (use data of task type rl, "
                     "e.g. data=date_prompts)"]
         return []
-
-    def step_logs(self) -> dict[str, float]:
-        """What the last training step measured beyond its loss, for the loggers (train/<key>)."""
-        return {}
 
     def settings_record(self) -> dict[str, Any]:
         """What the task trained with beyond the data config, for metrics.json."""
@@ -129,7 +125,8 @@ class Task:
 
     # ---------------------------------------------------------------------- training, evaluation
     def loss(self, model: torch.nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(summed loss, count it averages over) for one batch."""
+        """(summed loss, count it averages over) of one batch's labelled examples: what the
+        ``task_loss`` objective trains on."""
         raise NotImplementedError
 
     def metrics(self, full: bool) -> SplitMetrics:

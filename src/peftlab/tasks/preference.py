@@ -15,7 +15,7 @@ from typing import Any, Callable, Optional
 from peftlab.data.tokenize import IGNORE_INDEX, PromptFormat, encode
 from peftlab.tasks.base import Task, register_task
 from peftlab.tasks.causal_lm import GeneratesText
-from peftlab.tasks.reference import as_reference, eval_mode, load_frozen, param_bytes
+from peftlab.tasks.reference import Reference, eval_mode
 
 
 @register_task
@@ -33,8 +33,16 @@ class PreferenceTask(GeneratesText, Task):
 
         self.settings = getattr(run, "preference", None) or PreferenceSchema(name="dpo")
         self.init_adapter = getattr(run, "init_adapter", None)
-        self.reference_model = None  # reference=separate: a frozen copy of the backbone
-        self.reference_bytes = 0  # what the reference holds beyond the policy's own weights
+        self.reference = Reference(self.settings.reference, self.init_adapter)  # tasks/reference.py
+        self._precomputed_bytes = 0
+
+    @property
+    def reference_model(self) -> Any:  # reference=separate: the frozen copy of the backbone
+        return self.reference.model
+
+    @property
+    def reference_bytes(self) -> int:  # what the reference holds beyond the policy's own weights
+        return self.reference.bytes or self._precomputed_bytes
 
     @classmethod
     def merge_metrics(cls) -> tuple[str, ...]:
@@ -136,18 +144,13 @@ class PreferenceTask(GeneratesText, Task):
 
     # ------------------------------------------------------------------------------- the reference
     def before_wrapping(self, backbone: Any) -> None:
-        if self.settings.reference == "separate":
-            import copy
-
-            self.reference_model = copy.deepcopy(backbone).eval().requires_grad_(False)
-            self.reference_bytes = param_bytes(self.reference_model.parameters())
+        self.reference.before_wrapping(backbone)
 
     def before_training(self, model: Any, data: Any) -> None:
-        if self.settings.reference == "frozen_adapter":
-            self.reference_bytes = load_frozen(model, self.init_adapter)
+        self.reference.before_training(model)
         if self.settings.reference == "precomputed":
             self._precompute(model, data)
-            self.reference_bytes = 16 * sum(len(split) for split in data.splits.values())  # two float64 a pair
+            self._precomputed_bytes = 16 * sum(len(split) for split in data.splits.values())  # two float64 a pair
 
     def _precompute(self, model: Any, data: Any) -> None:
         """The reference log-probabilities of every pair, kept with the data: those of the model
@@ -165,16 +168,9 @@ class PreferenceTask(GeneratesText, Task):
                         e["ref_logps"] = (float(logps[i]), float(logps[n + i]))
 
     def _reference_logps(self, model: Any, batch: dict[str, Any]):
-        import torch
-
         if "ref_logps" in batch:
             return batch["ref_logps"].to(batch["input_ids"].device)
-        with torch.no_grad(), eval_mode(model):  # the reference is frozen: no dropout, no random draws
-            mode = self.settings.reference
-            if mode == "separate" and self.reference_model is not None:
-                return self._logps(self.reference_model.to(batch["input_ids"].device), batch)[0]
-            with as_reference(model, mode):
-                return self._logps(model, batch)[0]
+        return self.reference(model, self._logps, batch)[0]
 
     # ------------------------------------------------------------------------------- the loss
     def _logps(self, model: Any, batch: dict[str, Any]):

@@ -1,4 +1,5 @@
-"""The reference a policy is held to, on the policy's own weights (preference training and RL).
+"""The reference a policy is held to, on the policy's own weights: one strategy for preference
+training and online RL (``Reference``).
 
 With an adapter the reference needs no second model: it is the same base with the adapter switched
 off (``adapter_off``: the base, which a fresh adapter leaves unchanged), or a frozen copy of the
@@ -10,7 +11,7 @@ random draws.
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Optional
 
 FROZEN = "reference"  # the name of the frozen starting adapter beside the policy's
 
@@ -64,21 +65,35 @@ def param_bytes(parameters: Iterable[Any]) -> int:
     return sum(p.numel() * p.element_size() for p in parameters)
 
 
-class Clock:
-    """Adds each call's wall time to its phase in ``seconds`` (where an RL step's time goes)."""
+class Reference:
+    """The reference of ``preference.reference`` / ``rl.reference``: ``adapter_off`` (the policy's
+    base, its adapter switched off), ``frozen_adapter`` (the adapter the run starts from, loaded
+    frozen beside the policy's), ``separate`` (a second full copy of the backbone, the way without
+    PEFT) or ``none``. ``bytes``: what it holds beside the policy's own weights."""
 
-    def __init__(self, seconds: dict[str, float]):
-        self.seconds = seconds
+    def __init__(self, mode: str, init_adapter: Optional[str] = None):
+        self.mode, self.init_adapter = mode, init_adapter
+        self.model: Any = None  # separate: the frozen copy
+        self.bytes = 0
 
-    def __call__(self, phase: str, fn: Callable, *args: Any) -> Any:
-        import time
+    def before_wrapping(self, backbone: Any) -> None:
+        if self.mode == "separate":  # copied before the method changes the backbone
+            import copy
 
+            self.model = copy.deepcopy(backbone).eval().requires_grad_(False)
+            self.bytes = param_bytes(self.model.parameters())
+
+    def before_training(self, model: Any) -> None:
+        if self.mode == "frozen_adapter":
+            self.bytes = load_frozen(model, self.init_adapter)
+
+    def __call__(self, policy: Any, fn: Callable, batch: dict[str, Any], *args: Any) -> Any:
+        """``fn(model, batch, *args)`` on the reference: without gradient, in eval mode (no dropout,
+        no random draws), on the policy's own weights where the reference is not a copy."""
         import torch
 
-        start = time.perf_counter()
-        try:
-            return fn(*args)
-        finally:
-            if torch.cuda.is_available():  # the phase's kernels, not only their launch
-                torch.cuda.synchronize()
-            self.seconds[phase] += time.perf_counter() - start
+        with torch.no_grad(), eval_mode(policy):
+            if self.model is not None:
+                return fn(self.model.to(batch["input_ids"].device), batch, *args)
+            with as_reference(policy, self.mode):
+                return fn(policy, batch, *args)

@@ -27,7 +27,7 @@ from peftlab.data.tokenize import PromptFormat, encode
 from peftlab.errors import ConfigError
 from peftlab.tasks.reference import eval_mode, load_frozen, param_bytes, use_adapter
 
-log = logging.getLogger("peftlab.tasks.rl")
+log = logging.getLogger("peftlab.objectives.online_rl")
 
 NAME = "reward"  # the reward model's adapter beside the policy's
 

@@ -8,7 +8,7 @@ import logging
 from pathlib import Path
 from typing import Any, Optional
 
-log = logging.getLogger("peftlab.tasks.rl")
+log = logging.getLogger("peftlab.objectives.online_rl")
 
 
 def step_statistics(rewards, per_reward: dict[str, Any], loss_stats: dict[str, float], done,

@@ -1,4 +1,4 @@
-"""The GRPO family's advantages and policy loss, as formulas on tensors (tasks/rl.py runs them).
+"""The GRPO family's advantages and policy loss, as formulas on tensors (objectives/online_rl.py runs them).
 
 With ``p`` the policy's log-probability of a completion token, ``p_old`` the sampling policy's
 (stored when the completions were sampled: equal to ``p`` on the step that sampled them, so the

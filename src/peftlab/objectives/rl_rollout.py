@@ -1,6 +1,6 @@
 """One sampled batch of online RL (a rollout): the completions, which of their tokens are real,
 their rewards and advantages, and the reference's and the sampling policy's log-probabilities,
-kept for the ``rl.num_iterations`` updates that train on it (tasks/rl.py), and saved in a
+kept for the ``rl.num_iterations`` updates that train on it (objectives/online_rl.py), and saved in a
 checkpoint taken between them so that a resumed run trains on what the uninterrupted one did."""
 
 from __future__ import annotations
