@@ -138,7 +138,6 @@ def test_the_grpo_loss_by_hand_from_full_logits(cache_dir):
     """The step's loss: per completion token -A + beta * k3(KL), summed, with the completions the
     step sampled, the rewards of their lengths, the group-normalised advantages and the reference
     (the adapter off) all computed again here from the full logits."""
-    from peftlab.objectives.rl_rollout import sample
     from peftlab.tasks.rewards import length_penalty
 
     rl, model, data = setup([*RL, "rl.beta=0.5", "rl.rewards={length_penalty: 1.0}", "rl.num_generations=3"],
@@ -149,10 +148,10 @@ def test_the_grpo_loss_by_hand_from_full_logits(cache_dir):
     G = 3
     torch.manual_seed(7)
     total, count = rl.loss(model, batch)
-    torch.manual_seed(7)
     prompts = batch["gen_input_ids"].repeat_interleave(G, 0)
     prompt_mask = batch["gen_attention_mask"].repeat_interleave(G, 0)
-    completion, done = sample(model, rl.tokenizer, rl.settings, rl.max_new_tokens, prompts, prompt_mask, 0)
+    completion, done = rl.rollout.completion, rl.rollout.done  # what the step sampled (the test below: how)
+    assert torch.equal(rl.rollout.prompts, prompts)
     lengths = done.sum(1).tolist()
     rewards = torch.tensor(length_penalty(prompts=[""] * len(lengths), completions=[""] * len(lengths),
                                           completion_lengths=lengths, max_new_tokens=rl.settings.max_new_tokens),
@@ -179,6 +178,69 @@ def test_the_grpo_loss_by_hand_from_full_logits(cache_dir):
     assert float(total) == pytest.approx(float(expected), rel=1e-4, abs=1e-4)
     assert rl.step_logs()["kl"] > 0 and rl.step_logs()["clip_fraction"] == 0
     assert rl.step_logs()["completion_length"] == pytest.approx(sum(lengths) / len(lengths))
+
+
+@pytest.mark.parametrize("model", ["tiny_llama", "tiny_gemma2",  # gemma2: a sliding-window cache
+                                   *[pytest.param(m, marks=pytest.mark.integration)
+                                     for m in ("tiny_gpt2", "tiny_qwen2")]])
+def test_a_group_samples_from_its_prompt_read_once_as_from_the_prompt_read_whole(model, cache_dir):
+    """Sampling reads each prompt once and shares its keys and values with the group: the next-token
+    logits along a completion equal those of the whole sequence read in one forward (left padding
+    included), and the tokens drawn with a seed equal generate's from the prompts repeated."""
+    from transformers import GenerationConfig
+
+    from peftlab.objectives.rl_rollout import sample, shared_prompts, sharing_holds
+
+    rl, policy, data = setup([*RL, f"model={model}", "rl.num_generations=3"], cache_dir)
+    _move(policy, 0.3)
+    policy.eval()
+    by_length = {len(e["prompt_ids"]): e for e in data.splits["train"]}  # prompts of three lengths
+    batch = rl.task.collator(data.tokenizer, evaluation=False)([by_length[n] for n in sorted(by_length)[:3]])
+    prompts, mask = batch["gen_input_ids"], batch["gen_attention_mask"]
+    assert (mask == 0).any()  # prompts of different lengths: left padding is exercised
+    rl.share_prompts = sharing_holds(policy, prompts, mask, 3)  # what the first rollout finds
+    assert rl.share_prompts
+    torch.manual_seed(11)
+    completion, done = sample(policy, rl.tokenizer, rl.settings, 6, prompts, mask, 0, group=3)
+    rows, row_mask = prompts.repeat_interleave(3, 0), mask.repeat_interleave(3, 0)
+    ids, full = torch.cat([rows, completion], 1), torch.cat([row_mask, torch.ones_like(completion)], 1)
+    positions = (full.cumsum(-1) - 1).masked_fill(full == 0, 1)
+    w = rows.shape[1]
+    with torch.no_grad():
+        whole = policy(input_ids=ids, attention_mask=full, position_ids=positions).logits[:, w - 1:-1]
+        cache = shared_prompts(policy, prompts, mask, 3)["past_key_values"]
+        shared = policy(input_ids=ids[:, w - 1:-1], attention_mask=full[:, :-1], position_ids=positions[:, w - 1:-1],
+                        past_key_values=cache, use_cache=True).logits
+    assert torch.allclose(shared, whole, atol=1e-5), (shared - whole).abs().max()
+    torch.manual_seed(11)
+    config = GenerationConfig(max_new_tokens=6, do_sample=True, top_k=0, top_p=1.0, temperature=rl.settings.temperature,
+                              pad_token_id=rl.tokenizer.pad_token_id, eos_token_id=rl.tokenizer.eos_token_id)
+    with torch.no_grad():
+        again = policy.generate(input_ids=rows, attention_mask=row_mask, generation_config=config)[:, w:]
+    assert torch.equal(again[:, :completion.shape[1]][done], completion[done])
+    _forwards_read_each_prompt_once(rl, policy, rows, row_mask, completion, done)
+
+
+def _forwards_read_each_prompt_once(rl, policy, rows, row_mask, completion, done):
+    """The policy's and the reference's forward read each prompt once too: the same log-probabilities,
+    and the same gradient, the group's flowing back into the one reading of its prompt."""
+    from peftlab.objectives.rl_rollout import Rollout
+
+    r = Rollout(step=0, prompts=rows, prompt_mask=row_mask, completion=completion, done=done,
+                finished=done.any(1), rewards=torch.zeros(len(rows)), per_reward={}, advantages=torch.zeros(len(rows)))
+    shared_batch = r.joint()
+    whole_batch = {k: v for k, v in shared_batch.items() if k != "prompt_width"}  # no sharing without the width
+    trained = [p for p in policy.parameters() if p.requires_grad]
+    grads = []
+    for batch_ in (shared_batch, whole_batch):
+        policy.zero_grad()
+        logps, _ = rl.token_logps(policy, batch_)
+        (logps * torch.linspace(-1, 1, len(logps))).sum().backward()
+        grads.append((logps.detach(), [p.grad.clone() for p in trained]))
+    assert torch.allclose(grads[0][0], grads[1][0], atol=1e-5)
+    worst = max(float((a - b).abs().max() / b.abs().max().clamp(min=1e-12)) for a, b in zip(grads[0][1], grads[1][1], strict=True))
+    assert worst < 1e-4, worst
+    assert any(g.abs().sum() > 0 for g in grads[0][1])
 
 
 def test_a_rollout_is_trained_on_num_iterations_times_against_its_sampling_policy(cache_dir, monkeypatch):

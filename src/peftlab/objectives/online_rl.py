@@ -49,6 +49,9 @@ class OnlineRL(Objective):
         self.counts = dict.fromkeys(("reward_texts_cut", "batches_sampled", "batches_without_signal"), 0)
         self._told: set[str] = set()  # the warnings already given
         self.rollout: Optional["Rollout"] = None  # the sampled batch the steps train on (objectives/rl_rollout.py)
+        # each prompt read once for its group (rl_rollout.shared_prompts), where the model continues
+        # from a shared cache as from the whole prompt: checked on the first rollout
+        self.share_prompts: Optional[bool] = None
 
     @property
     def max_new_tokens(self) -> int:
@@ -96,7 +99,8 @@ class OnlineRL(Objective):
         seconds = {k: round(v, 3) for k, v in self.seconds.items()}
         scored = {"reward_text_format": self.scorer.text_format} if self.scorer is not None else {}
         warn_without_signal(self.counts, self._told)
-        return {"rl": {**dataclasses.asdict(self.settings), **bytes_, **scored, **self.counts, "seconds": seconds}}
+        return {"rl": {**dataclasses.asdict(self.settings), **bytes_, **scored, **self.counts, "seconds": seconds,
+                       "shared_prompts": self.share_prompts}}
 
     # ------------------------------------------------------------------------------ the models
     def before_wrapping(self, backbone: Any) -> None:
@@ -140,12 +144,14 @@ class OnlineRL(Objective):
 
     def roll_out(self, model, batch) -> "Rollout":
         """The rollout the next ``rl.num_iterations`` steps train on: sample, score, advantages, reference."""
-        from peftlab.objectives.rl_rollout import Rollout, finished
+        from peftlab.objectives.rl_rollout import Rollout, finished, sharing_holds
 
         G, clock = self.settings.num_generations, Clock(self.seconds)
+        if self.share_prompts is None:
+            self.share_prompts = sharing_holds(model, batch["gen_input_ids"], batch["gen_attention_mask"], G)
+        completion, done = clock("generate", self.sample, model, batch["gen_input_ids"], batch["gen_attention_mask"])
         prompts = batch["gen_input_ids"].repeat_interleave(G, 0)
         prompt_mask = batch["gen_attention_mask"].repeat_interleave(G, 0)
-        completion, done = clock("generate", self.sample, model, prompts, prompt_mask)
         ended = finished(model, self.tokenizer, completion, done)
         rewards, per_reward, texts, cut = clock("reward", self.score, model, batch, completion, done, ended)
         r = Rollout(step=self.step, prompts=prompts, prompt_mask=prompt_mask, completion=completion, done=done,
@@ -158,10 +164,14 @@ class OnlineRL(Objective):
 
     # --------------------------------------------------------------------------- the named steps
     def sample(self, model, prompts: "torch.Tensor", prompt_mask: "torch.Tensor"):
-        """(completion tokens, which of them are real): ``rl.num_generations`` answers of each prompt."""
+        """(completion tokens, which of them are real): ``rl.num_generations`` answers of each of the
+        batch's prompts, in a row."""
         from peftlab.objectives.rl_rollout import sample
 
-        return sample(model, self.tokenizer, self.settings, self.max_new_tokens, prompts, prompt_mask, self.step)
+        G = self.settings.num_generations
+        if not self.share_prompts:  # each row read whole
+            prompts, prompt_mask, G = prompts.repeat_interleave(G, 0), prompt_mask.repeat_interleave(G, 0), 1
+        return sample(model, self.tokenizer, self.settings, self.max_new_tokens, prompts, prompt_mask, self.step, G)
 
     def score(self, model, batch, completion, done, ended):
         """(the weighted total, each reward's values, the decoded completions, which of them the reward
@@ -206,12 +216,21 @@ class OnlineRL(Objective):
         import torch
         import torch.nn.functional as F
 
+        from peftlab.objectives.rl_rollout import shared_prompts
         from peftlab.tasks.heads import answer_logits
 
         config = getattr(model, "active_peft_config", None)
         positions = None if getattr(config, "is_prompt_learning", False) else (
             (batch["attention_mask"].cumsum(-1) - 1).clamp(min=0))
-        logits, targets = answer_logits(model, batch, position_ids=positions)
+        G, w = self.settings.num_generations, batch.get("prompt_width", 0) if self.share_prompts else 0
+        # each prompt read once for its group (rl_rollout.shared_prompts), the completions go on from it;
+        # with gradient: the group's gradients flow back into the one reading of its prompt
+        shared = shared_prompts(model, batch["input_ids"][::G, :w], batch["attention_mask"][::G, :w], G) if w else {}
+        if shared:
+            batch = {"input_ids": batch["input_ids"][:, w - 1:], "labels": batch["labels"][:, w - 1:],
+                     "attention_mask": batch["attention_mask"]}
+            positions = positions[:, w - 1:]
+        logits, targets = answer_logits(model, batch, position_ids=positions, **shared)
         # the distribution the tokens were sampled from: the logits at rl.temperature
         logits = logits / self.settings.temperature
         logps = -F.cross_entropy(logits, targets, reduction="none")

@@ -43,7 +43,7 @@ class Rollout:
         mask = torch.cat([self.prompt_mask, self.done.long()], 1)
         labels = torch.cat([torch.full_like(self.prompts, IGNORE_INDEX),
                             self.completion.masked_fill(~self.done, IGNORE_INDEX)], 1)
-        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels, "prompt_width": self.prompts.shape[1]}
 
     def loss_mask(self, mask_truncated: bool) -> torch.Tensor:
         return self.done & self.finished[:, None] if mask_truncated else self.done
@@ -67,9 +67,11 @@ class Rollout:
 
 @torch.no_grad()
 def sample(model: Any, tokenizer: Any, settings: Any, max_new_tokens: int, prompts: torch.Tensor,
-           prompt_mask: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Completions (rows, new tokens) sampled from ``model`` as it is (eval mode), and which of their
-    positions are real: up to and with the first end token."""
+           prompt_mask: torch.Tensor, step: int, group: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Completions (rows, new tokens) sampled from ``model`` as it is (eval mode), ``group`` of each
+    of the (left-padded) ``prompts`` in a row, and which of their positions are real: up to and with
+    the first end token. The prompts are read once and their keys and values shared by the group
+    (``shared_prompts``), not read ``group`` times."""
     from transformers import GenerationConfig
 
     from peftlab.data.loaders import rank_and_world
@@ -84,10 +86,11 @@ def sample(model: Any, tokenizer: Any, settings: Any, max_new_tokens: int, promp
                               no_repeat_ngram_size=0, num_beams=1, num_return_sequences=1,
                               pad_token_id=tokenizer.pad_token_id, eos_token_id=ends)
     synced = rank_and_world()[1] > 1  # a sharded forward is collective: every process decodes to the end
+    rows, row_mask = prompts.repeat_interleave(group, 0), prompt_mask.repeat_interleave(group, 0)
     with eval_mode(model):
         try:
-            out = model.generate(input_ids=prompts, attention_mask=prompt_mask, generation_config=config,
-                                 synced_gpus=synced)
+            out = model.generate(input_ids=rows, attention_mask=row_mask, generation_config=config,
+                                 synced_gpus=synced, **shared_prompts(model, prompts, prompt_mask, group))
         except RuntimeError as err:  # torch.multinomial on what overflowed in the last update
             if "probability tensor contains" not in str(err):
                 raise
@@ -97,6 +100,53 @@ def sample(model: Any, tokenizer: Any, settings: Any, max_new_tokens: int, promp
     is_end = torch.isin(completion, torch.tensor(ends, device=completion.device))
     after_end = (is_end.long().cumsum(1) - is_end.long()) > 0  # positions after the first end token
     return completion, ~after_end
+
+
+@torch.no_grad()
+def sharing_holds(model: Any, prompts: torch.Tensor, prompt_mask: torch.Tensor, group: int) -> bool:
+    """Whether the model goes on from a shared prompt cache as from the prompt read whole: the
+    next-token logits after each prompt, both ways (once per run: a tuner that reshapes attention or
+    reads the whole sequence may not continue from a cache, and is then read whole)."""
+    from peftlab.tasks.reference import eval_mode
+
+    if not _shareable(model, prompts, group):
+        return False
+    rows, row_mask = prompts.repeat_interleave(group, 0), prompt_mask.repeat_interleave(group, 0)
+    positions = (row_mask.long().cumsum(-1) - 1).masked_fill(row_mask == 0, 1)
+    k = min(3, prompts.shape[1] - 1)  # the prompts' last k tokens go on from the cache of the rest, as completions do
+    with eval_mode(model):
+        try:
+            whole = model(input_ids=rows, attention_mask=row_mask, position_ids=positions).logits[:, -k:]
+            w = prompts.shape[1] - k + 1  # the cache holds all but the last of these
+            cache = shared_prompts(model, prompts[:, :w], prompt_mask[:, :w], group)["past_key_values"]
+            shared = model(input_ids=rows[:, -k:], attention_mask=row_mask, position_ids=positions[:, -k:],
+                           past_key_values=cache).logits
+        except (RuntimeError, ValueError, TypeError, IndexError, AttributeError):
+            return False
+    return bool(torch.allclose(shared.float(), whole.float(), atol=1e-4, rtol=1e-4))
+
+
+def _shareable(model: Any, prompts: torch.Tensor, group: int) -> bool:
+    config = getattr(model, "active_peft_config", None)
+    return group > 1 and prompts.shape[1] > 1 and not getattr(config, "is_prompt_learning", False)
+
+
+def shared_prompts(model: Any, prompts: torch.Tensor, prompt_mask: torch.Tensor, group: int) -> dict[str, Any]:
+    """``generate``'s ``past_key_values`` for ``group`` completions of each prompt: every prompt token
+    but the last read once, its keys and values repeated for the group (generation goes on from the
+    last token, as it would from the prompt read whole). {} where there is nothing to share, or the
+    prompt's keys and values are the method's own (prefix and prompt tuning)."""
+    from transformers import DynamicCache
+
+    if not _shareable(model, prompts, group):
+        return {}
+    cache = DynamicCache(config=model.config)
+    # the positions generate gives a left-padded prompt: counted from its first real token
+    positions = (prompt_mask.long().cumsum(-1) - 1).masked_fill(prompt_mask == 0, 1)
+    model(input_ids=prompts[:, :-1], attention_mask=prompt_mask[:, :-1], position_ids=positions[:, :-1],
+          past_key_values=cache, use_cache=True)
+    cache.batch_repeat_interleave(group)
+    return {"past_key_values": cache}
 
 
 def finished(model: Any, tokenizer: Any, completion: torch.Tensor, done: torch.Tensor) -> torch.Tensor:

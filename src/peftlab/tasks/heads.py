@@ -19,9 +19,11 @@ from peftlab.data.tokenize import IGNORE_INDEX
 
 
 def answer_logits(model: torch.nn.Module, batch: dict[str, Any], position_ids: Optional[torch.Tensor] = None,
-                  keep_cache: bool = False) -> tuple[torch.Tensor, ...]:
+                  keep_cache: bool = False, past_key_values: Any = None) -> tuple[torch.Tensor, ...]:
     """fp32 logits at the positions that predict a labelled token, (N, vocab), and those tokens (N,);
-    with ``keep_cache``, the forward's KV cache as well (evaluation decodes on from it).
+    with ``keep_cache``, the forward's KV cache as well (evaluation decodes on from it). With
+    ``past_key_values``, the batch goes on from the tokens that cache holds (its attention mask
+    covers them too).
 
     Prompt-learning methods put virtual tokens before the input: they are skipped by offset."""
     labels = batch["labels"]
@@ -38,8 +40,10 @@ def answer_logits(model: torch.nn.Module, batch: dict[str, Any], position_ids: O
     head = model.get_output_embeddings()
     handle = head.register_forward_pre_hook(pre_hook, with_kwargs=True) if head is not None else None
     try:
-        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=keep_cache,
-                    **({"position_ids": position_ids} if position_ids is not None else {}))
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                    use_cache=keep_cache or past_key_values is not None,  # some tuners read a cache only then
+                    **({"position_ids": position_ids} if position_ids is not None else {}),
+                    **({"past_key_values": past_key_values} if past_key_values is not None else {}))
     finally:
         if handle is not None:
             handle.remove()
