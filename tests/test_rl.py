@@ -238,7 +238,8 @@ def _forwards_read_each_prompt_once(rl, policy, rows, row_mask, completion, done
         (logps * torch.linspace(-1, 1, len(logps))).sum().backward()
         grads.append((logps.detach(), [p.grad.clone() for p in trained]))
     assert torch.allclose(grads[0][0], grads[1][0], atol=1e-5)
-    worst = max(float((a - b).abs().max() / b.abs().max().clamp(min=1e-12)) for a, b in zip(grads[0][1], grads[1][1], strict=True))
+    pairs = zip(grads[0][1], grads[1][1], strict=True)
+    worst = max(float((a - b).abs().max() / b.abs().max().clamp(min=1e-12)) for a, b in pairs)
     assert worst < 1e-4, worst
     assert any(g.abs().sum() > 0 for g in grads[0][1])
 
