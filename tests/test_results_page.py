@@ -115,3 +115,40 @@ def test_the_page_in_a_real_browser(report):
         assert browser.errors() == []
     finally:
         browser.close()
+
+
+def test_online_rl_runs_get_their_training_curves_and_others_do_not(tmp_path):
+    """rl_curves.png: each group's reward, KL, clip fraction and completion length against the steps,
+    the mean over its seeds (matplotlib's own lines, read back); runs without them get no such figure."""
+    from peftlab.config.commands import ReportSchema
+    from peftlab.reporting import plots, write_report
+
+    drawn = {}
+    real = plots._rl_curves
+
+    def keep(plt, groups):
+        fig = real(plt, groups)
+        drawn.update({ax.get_title(): [list(line.get_ydata()) for line in ax.lines] for ax in fig.axes})
+        return fig
+
+    for mu in (1, 2):
+        for seed in (1, 2):
+            curve = [{"step": s, "train/reward": s / 10 + seed / 100 * mu, "train/kl": 0.01 * s,
+                      "train/clip_fraction": 0.1 * (mu - 1), "train/completion_length": 12} for s in (9, 19)]
+            fake_run(tmp_path / "sweep" / f"{mu}-{seed}", [f"rl.num_iterations={mu}", f"seed={seed}"],
+                     {"seed": seed, "method": "lora", "primary_metric": "exact_match", "test": {"exact_match": 0.5},
+                      "params": {"trainable": 10}}, curve)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(plots, "_rl_curves", keep)
+        write_report([tmp_path / "sweep"], tmp_path / "report", ReportSchema(html=False))
+    assert (tmp_path / "report" / plots.RL_PLOT).is_file()
+    reward = drawn["reward (the batch's mean) (mean over seeds)"]
+    assert reward == [pytest.approx([0.915, 1.915]), pytest.approx([0.93, 1.93])]  # mu=1, mu=2: seeds' means
+    assert drawn["clip fraction (mean over seeds)"] == [[0.0, 0.0], pytest.approx([0.1, 0.1])]
+    write_report([tmp_path / "sweep" / "1-1"], tmp_path / "plain", ReportSchema(html=False))
+    assert (tmp_path / "plain" / plots.RL_PLOT).is_file()  # one RL run alone still has its curves
+    fake_run(tmp_path / "sft", ["seed=1"], {"seed": 1, "method": "lora", "primary_metric": "exact_match",
+                                            "test": {"exact_match": 0.5}, "params": {"trainable": 10}},
+             [{"step": 9, "train/loss": 1.0}])
+    write_report([tmp_path / "sft"], tmp_path / "sft-report", ReportSchema(html=False))
+    assert not (tmp_path / "sft-report" / plots.RL_PLOT).exists()

@@ -24,7 +24,7 @@ from peftlab.reporting.compare import to_markdown as pairs_markdown
 from peftlab.reporting.equivalence import Tost, as_records, equivalence
 from peftlab.reporting.equivalence import to_markdown as tost_markdown
 from peftlab.reporting.items import item_table
-from peftlab.reporting.plots import PLOT_FILES, plot
+from peftlab.reporting.plots import PLOT_FILES, RL_PLOT, plot
 from peftlab.reporting.provenance import provenance
 from peftlab.reporting.provenance import to_markdown as provenance_markdown
 from peftlab.reporting.runs import Group, Run, find_runs, group_runs, primary_metric
@@ -37,7 +37,7 @@ from peftlab.runs.metrics import metric_at
 
 log = logging.getLogger("peftlab.report")
 # every file a report writes: none is replaced without overwrite=true
-REPORT_FILES = ("results.md", "results.csv", "results.tex", "report.json", html.HTML_FILE, *PLOT_FILES,
+REPORT_FILES = ("results.md", "results.csv", "results.tex", "report.json", html.HTML_FILE, *PLOT_FILES, RL_PLOT,
                 *spectra.SPECTRA_FILES, spectra.SPECTRA_PLOT, *subspace.SUBSPACE_FILES, subspace.SUBSPACE_PLOT)
 
 

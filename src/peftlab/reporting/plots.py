@@ -1,5 +1,5 @@
 """The report's plots: parameters against the metric (Pareto front), validation loss per group,
-throughput and peak memory per group."""
+throughput and peak memory per group, and online RL's training curves where runs logged them."""
 
 from __future__ import annotations
 
@@ -14,6 +14,9 @@ from peftlab.reporting.runs import Group, Run
 from peftlab.runs.files import atomic_path
 
 PLOT_FILES = ("params_vs_metric.png", "val_loss.png", "throughput_memory.png")
+RL_PLOT = "rl_curves.png"  # online RL runs only: what each step measured, against the steps
+RL_CURVES = {"train/reward": "reward (the batch's mean)", "train/kl": "KL to the reference (k3, per token)",
+             "train/clip_fraction": "clip fraction", "train/completion_length": "completion length (tokens)"}
 
 
 def _save(fig, path: Path) -> None:
@@ -77,6 +80,8 @@ def plot(groups: list[Group], rows: list[dict[str, Any]], metric: str, out: Path
     figures = {draw_params: lambda plt: _params_vs_metric(plt, groups, rows, metric, greater_is_better),
                draw_loss: lambda plt: _val_loss(plt, groups),
                draw_speed: lambda plt: _throughput_memory(plt, rows)}
+    if any(run_curves(r, ("train/reward",))["train/reward"] for g in groups for r in g.finished):
+        figures[RL_PLOT] = lambda plt: _rl_curves(plt, groups)
     for name, draw in figures.items():
         figure_to(out / name, draw)
     return list(figures)
@@ -100,18 +105,35 @@ def _params_vs_metric(plt, groups, rows, metric: str, greater_is_better: bool):
     return fig
 
 
-def _val_loss(plt, groups):
-    """Validation loss curves, the mean over seeds."""
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+def _mean_curves(ax, groups, key: str) -> None:
+    """Each group's ``key`` against the steps, the mean over its seeds (the steps every seed logged)."""
     for g in groups:
-        curves = [c for c in (val_curves(r) for r in g.finished) if c]
+        curves = [c for c in (run_curves(r, (key,))[key] for r in g.finished) if c]
         if not curves:
             continue
         steps = sorted(set.intersection(*(set(c) for c in curves)))
         ax.plot(steps, [statistics.fmean(c[s] for c in curves) for s in steps], marker="o", label=g.setting)
+
+
+def _val_loss(plt, groups):
+    """Validation loss curves, the mean over seeds."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    _mean_curves(ax, groups, "val/loss")
     ax.set(xlabel="step", ylabel="validation loss", title="validation loss (mean over seeds)")
     if ax.lines:
         ax.legend(fontsize=7)
+    return fig
+
+
+def _rl_curves(plt, groups):
+    """Online RL: the reward, the KL to the reference, the clip fraction and the completion length
+    against the steps, each group's mean over its seeds."""
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
+    for ax, (key, title) in zip(axes.flat, RL_CURVES.items(), strict=True):
+        _mean_curves(ax, groups, key)
+        ax.set(xlabel="step", title=f"{title} (mean over seeds)")
+    if axes.flat[0].lines:
+        axes.flat[0].legend(fontsize=7)
     return fig
 
 
