@@ -145,8 +145,6 @@ def test_online_rl_runs_get_their_training_curves_and_others_do_not(tmp_path):
     reward = drawn["reward (the batch's mean) (mean over seeds)"]
     assert reward == [pytest.approx([0.915, 1.915]), pytest.approx([0.93, 1.93])]  # mu=1, mu=2: seeds' means
     assert drawn["clip fraction (mean over seeds)"] == [[0.0, 0.0], pytest.approx([0.1, 0.1])]
-    write_report([tmp_path / "sweep" / "1-1"], tmp_path / "plain", ReportSchema(html=False))
-    assert (tmp_path / "plain" / plots.RL_PLOT).is_file()  # one RL run alone still has its curves
     fake_run(tmp_path / "sft", ["seed=1"], {"seed": 1, "method": "lora", "primary_metric": "exact_match",
                                             "test": {"exact_match": 0.5}, "params": {"trainable": 10}},
              [{"step": 9, "train/loss": 1.0}])

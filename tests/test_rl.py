@@ -78,6 +78,7 @@ def reward_run(tmp_path_factory, cache_dir):
     return root / "rm"
 
 
+@pytest.mark.integration  # a whole run through the command line; the fast suite checks the losses by hand
 def test_a_reward_model_trains_records_and_merges(reward_run):
     m = json.loads((reward_run / "metrics.json").read_text())
     assert (m["task_type"], m["primary_metric"]) == ("reward", "pair_accuracy")
@@ -88,6 +89,7 @@ def test_a_reward_model_trains_records_and_merges(reward_run):
     assert report["passed"]
 
 
+@pytest.mark.integration  # a whole run through the command line; the fast suite checks the losses by hand
 def test_a_reward_adapter_reloads_with_plain_transformers_and_peft(reward_run):
     """The saved folder (adapter and score head) gives the scores the run recorded."""
     from peft import PeftModel
@@ -115,10 +117,14 @@ def test_a_reward_adapter_reloads_with_plain_transformers_and_peft(reward_run):
     assert [r["rejected_score"] for r in recorded[:b]] == pytest.approx(scores[b:].tolist(), abs=2e-4)
 
 
-def test_the_reward_model_on_the_policy_s_base_scores_as_a_separate_model(reward_run, cache_dir):
+def test_the_reward_model_on_the_policy_s_base_scores_as_a_separate_model(tmp_path, cache_dir):
     """One-base mode: the reward adapter beside the policy's, and the head on the last real token,
     give the separate model's (plain transformers + peft) scores; the policy is left active."""
+    from test_reward_alignment import make_reward_run
+
     from peftlab.tasks.reward_scorer import RewardScorer
+
+    reward_run = make_reward_run(tmp_path / "rm", cache_dir)  # its random head: scores that differ
 
     rl, policy, data = setup(RL, cache_dir)
     _move(policy, 0.3)
@@ -349,6 +355,7 @@ def rl_run(tmp_path_factory, cache_dir):
     return root / "grpo"
 
 
+@pytest.mark.integration  # a whole run through the command line; the fast suite checks the losses by hand
 def test_an_rl_run_records_its_steps_and_merges(rl_run):
     m = json.loads((rl_run / "metrics.json").read_text())
     assert (m["task_type"], m["primary_metric"]) == ("rl", "exact_match")

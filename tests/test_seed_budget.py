@@ -128,6 +128,7 @@ def test_bad_first_seeds_are_refused(seeds, message):
     assert str(err.value) == message
 
 
+@pytest.mark.integration  # a real sweep; the fast suite drives the sweeper with a planted launcher
 def test_a_real_seed_budget_sweep_adds_a_round_and_reports_its_decision(tmp_path, cache_dir):
     folder = tmp_path / "sweep"
     # with Hydra's basic launcher (the budget hands its rounds to any launcher; the default one adds a

@@ -98,6 +98,7 @@ def test_a_sweeper_that_chooses_is_refused_a_test_objective_before_any_job(tmp_p
         assert not sweep.exists()  # no job started, nothing written
 
 
+@pytest.mark.integration  # a whole sweep; the refusal is the fast test above
 def test_tuning_on_the_test_split_is_allowed_when_said_and_recorded(tmp_path, cache_dir):
     sweep = tmp_path / "sweep"
     proc = run_cli("peftlab-train", "-m", "sweep=optuna", "hydra/launcher=basic", "debug=tiny", "trainer.max_steps=2",

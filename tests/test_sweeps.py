@@ -62,6 +62,7 @@ def test_report_aggregates_over_seeds(sweep, tmp_path):
         assert (tmp_path / "report" / png).stat().st_size > 1000
 
 
+@pytest.mark.integration  # a second whole sweep; the fast suite runs one
 def test_same_seed_same_metrics_and_rerun_from_saved_config(tmp_path, cache_dir):
     from peftlab import api
 
@@ -77,6 +78,7 @@ def test_same_seed_same_metrics_and_rerun_from_saved_config(tmp_path, cache_dir)
         (again / "adapter" / "adapter_model.safetensors").read_bytes()
 
 
+@pytest.mark.integration  # a second whole sweep; the fast suite runs one
 def test_a_failed_job_is_recorded_and_reported(tmp_path, cache_dir):
     folder = tmp_path / "sweep"
     proc = run_cli("peftlab-train", "-m", *TINY, "method=lora,prefix", "model.gradient_checkpointing=true",
