@@ -173,19 +173,20 @@ def test_every_experiment_runs_its_launch_command(experiment, tmp_path, cache_di
             command += ["debug=tiny", *smaller, "trainer.max_steps=1", "zero_shot=false", "merge_after=false",
                         "trainer.limit_test_batches=1", "trainer.limit_val_batches=1"]
         sweep = "-m" in command
-        proc = run_cli(*command, *([f"hydra.sweep.dir={tmp_path}"] if sweep else []))
+        swept = tmp_path / "sweep"  # beside what the commands before it wrote
+        proc = run_cli(*command, *([f"hydra.sweep.dir={swept}"] if sweep else []))
         assert proc.returncode == 0, proc.stderr[-3000:]
     result = "metrics.json" if command[0] == "peftlab-train" else "params.json"
     if sweep:
-        jobs = sorted(p for p in tmp_path.iterdir() if p.is_dir())
+        jobs = sorted(p for p in swept.iterdir() if p.is_dir())
         assert len(jobs) > 1 and all((job / result).exists() for job in jobs)
         if protocol:  # 2 x 2 search jobs that never read the test split, then 2 x 2 test jobs
-            record = json.loads((tmp_path / "protocol.json").read_text())
+            record = json.loads((swept / "protocol.json").read_text())
             assert record["stage"] == "tested" and len(jobs) == 8
             assert all(len(g["search"]) == 2 and len(g["test_folders"]) == 2 for g in record["groups"])
-            report = run_cli("peftlab-report", str(tmp_path), "compare=true", "plots=false")
+            report = run_cli("peftlab-report", str(swept), "compare=true", "plots=false")
             assert report.returncode == 0, report.stderr[-3000:]
-            assert "Selection on validation" in (tmp_path / "report" / "results.md").read_text()
+            assert "Selection on validation" in (swept / "report" / "results.md").read_text()
     else:
         run_dir = next(c.split("=", 1)[1] for c in command if c.startswith("hydra.run.dir="))
         assert (Path(run_dir) / result).exists()

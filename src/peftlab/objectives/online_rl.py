@@ -38,7 +38,11 @@ class OnlineRL(Objective):
 
     def __init__(self, task, run=None):
         super().__init__(task, run)
-        self.settings = task.settings  # the task's: it encodes the prompts with room for rl.max_new_tokens
+        from peftlab.config.rl import RLSchema
+
+        # the task's where it has them (it encodes the prompts with room for rl.max_new_tokens); on other
+        # data, check() refuses the run before any work
+        self.settings = getattr(task, "settings", None) or getattr(run, "rl", None) or RLSchema(name="grpo")
         self.init_adapter = getattr(run, "init_adapter", None)
         self.tokenizer: Any = None
         self.scorer = None  # a trained reward model (rl.reward_model)
@@ -242,14 +246,17 @@ class OnlineRL(Objective):
 
     # ------------------------------------------------------------------------- checkpoints
     def checkpoint_state(self) -> dict[str, Any]:
-        """The rollout the next steps still train on (rl.num_iterations > 1), for a checkpoint."""
+        """The rollout the next steps still train on (rl.num_iterations > 1), for a checkpoint, and
+        whether prompts are shared (a resumed run reads them as the uninterrupted one did)."""
         keep = self.rollout is not None and self.settings.num_iterations > 1
-        return {"rollout": self.rollout.state()} if keep else {}
+        shared = {"share_prompts": self.share_prompts} if self.share_prompts is not None else {}
+        return {**shared, **({"rollout": self.rollout.state()} if keep else {})}
 
     def load_checkpoint_state(self, state: dict[str, Any]) -> None:
         from peftlab.objectives.rl_rollout import Rollout
 
         self.rollout = Rollout.from_state(state["rollout"]) if state.get("rollout") else None
+        self.share_prompts = state.get("share_prompts", self.share_prompts)
 
     # ----------------------------------------------------------------------------- the records
     def _record(self, batch, r: "Rollout", stats: dict[str, float], fresh: bool) -> None:
