@@ -20,7 +20,7 @@ RL = ["debug=tiny", "data=date_prompts", "rl=grpo"]
 
 def setup(overrides: list[str], cache_dir):
     """(the training objective, model, data) as a run sets them up before its first step."""
-    from peftlab.config import validate
+    from peftlab.config import user_plugins, validate
     from peftlab.config.commands import TrainSchema
     from peftlab.config.user_plugins import load as load_plugins
     from peftlab.data.datamodule import TaskDataModule
@@ -29,8 +29,11 @@ def setup(overrides: list[str], cache_dir):
     from peftlab.objectives import make_objective
     from peftlab.tasks import make_task
 
+    before = dict(user_plugins._LOADED)  # what this process's later runs record as loaded: left as it was
     load_plugins(overrides)  # plugins=[...]: as the command line loads them, before the config is checked
     conf = validate(compose(overrides), TrainSchema)
+    user_plugins._LOADED.clear()
+    user_plugins._LOADED.update(before)
     task = make_task(conf.data, run=conf)
     objective = make_objective(task, conf)
     assert task.check(conf) == [] and objective.check(conf) == []
