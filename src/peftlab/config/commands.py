@@ -16,7 +16,7 @@ from omegaconf import MISSING
 
 from peftlab.config.checks import check as _check
 from peftlab.config.checks import one_of as _one_of
-from peftlab.config.measure import ForgettingSchema, ValidationSchema, check_margins
+from peftlab.config.measure import ForgettingSchema, KLToBaseSchema, ValidationSchema, check_margins
 from peftlab.config.merge import MergeSchema  # noqa: F401  (re-exported: the merge schema has its module)
 from peftlab.config.plugins import task_types
 from peftlab.config.rl import RLSchema
@@ -60,6 +60,7 @@ class TrainSchema:
     test: bool = True
     validation: ValidationSchema = field(default_factory=ValidationSchema)
     forgetting: Optional[ForgettingSchema] = None  # the loss on general text before and after (null: not measured)
+    kl_to_base: Optional[KLToBaseSchema] = None  # KL(base || trained) on the task's prompts (null: not measured)
     init_adapter: Optional[str] = None  # start from this adapter (<run_dir>/adapter of an SFT run)
     save_adapter: bool = True
     merge_after: bool = True  # mergeable methods (LoRA, IA3): merge and verify right after training

@@ -1,13 +1,14 @@
 """What a training run measures beyond its loss, each a block of ``peftlab-train``'s config: the
 validation split (what it measures while training, and which weights the test scores), forgetting
-on general text, and the equivalence margins stated before the run."""
+on general text, the divergence from the base on the task's prompts, and the equivalence margins
+stated before the run."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
 
 from peftlab.config.checks import check as _check
 from peftlab.config.checks import one_of as _one_of
@@ -26,6 +27,25 @@ class ForgettingSchema:
     def __post_init__(self) -> None:
         _check(self.tokens > 1, "forgetting.tokens", "must be > 1", self.tokens)
         _check(self.window > 1, "forgetting.window", "must be > 1", self.window)
+
+
+@dataclass
+class KLToBaseSchema:
+    """How far training moved the model from the base on the task's own prompts
+    (peftlab/engine/kl_to_base.py): KL(base || trained), the measure of RL's Razor; language model
+    tasks only. Answers are sampled from the base before training, so the measure never reads what
+    training produced."""
+
+    split: str = "val"  # whose prompts: val (never the test split: a search job reads it too) or train
+    prompts: int = 32  # how many of them (the split's first; fewer if the split is smaller)
+    max_new_tokens: Optional[int] = None  # each sampled answer's length; null: data.max_new_tokens
+    seed: int = 0  # the sampling's own seed: every run of a comparison samples the same answers
+
+    def __post_init__(self) -> None:
+        _one_of("kl_to_base.split", self.split, ("val", "train"))
+        _check(self.prompts > 0, "kl_to_base.prompts", "must be > 0", self.prompts)
+        _check(self.max_new_tokens is None or self.max_new_tokens > 0, "kl_to_base.max_new_tokens",
+               "must be > 0 or null", self.max_new_tokens)
 
 
 @dataclass

@@ -27,6 +27,7 @@ from peftlab.engine.callbacks import Diverged, TrainingMeter
 from peftlab.engine.checkpoints import read_checkpoint
 from peftlab.engine.distributed import SECONDARY, threads_per_parallel_job
 from peftlab.engine.forgetting import Forgetting
+from peftlab.engine.kl_to_base import KLToBase
 from peftlab.engine.module import PeftLabModule
 from peftlab.engine.precision import autocast, keep_trained_weights, precision_record
 from peftlab.engine.selection import BestCheck, select_weights, validate_chosen
@@ -70,7 +71,7 @@ class TrainingJob:
     def run(self) -> dict[str, Any]:
         self.set_up()
         zero_shot = None if self.conf.init_adapter else self.zero_shot(self.backbone.model)
-        forgetting = self.forgetting_before()
+        forgetting, kl = self.forgetting_before(), self.kl_before()
         self.apply_method()
         if self.conf.init_adapter:  # the adapter the run starts from is what it is compared with
             zero_shot = self.zero_shot(self.model)
@@ -84,6 +85,7 @@ class TrainingJob:
             val = self.validate(trainer)
             test = self.test(trainer) if self.conf.test else None
         forgotten = forgetting.record(self.model) if forgetting is not None else None  # every process (sharded)
+        moved = kl.record(self.model) if kl is not None else None
         if self.dry:
             log.info("fast_dev_run: nothing saved; test on one batch: %s", test)
             return {"test": test}
@@ -91,7 +93,8 @@ class TrainingJob:
         if not trainer.is_global_zero or not self.writes:
             return {"test": test}
         self.save(state, test)
-        return self.finish_record(record, trainer, test=test, val=val, selection=selection, forgetting=forgotten)
+        return self.finish_record(record, trainer, test=test, val=val, selection=selection, forgetting=forgotten,
+                                  kl_to_base=moved)
 
     # ------------------------------------------------------------------------------------- steps
     def set_up(self) -> None:
@@ -152,6 +155,18 @@ class TrainingJob:
             return None
         return Forgetting(self.conf.forgetting, self.backbone.tokenizer, self.backbone.model,
                           autocast(self.conf.precision, self.conf.hardware))
+
+    def kl_before(self) -> Optional[KLToBase]:
+        """The base's answers to the task's prompts and its distributions along them, before the
+        method touches it (language-model tasks)."""
+        cfg = self.conf.kl_to_base
+        if cfg is None or not self.task.generative or self.dry:
+            return None
+        prompts = [e["prompt_ids"] for e in self.data.splits.get(cfg.split, [])]
+        if not prompts:
+            return None
+        return KLToBase(cfg, prompts, self.conf.data.max_new_tokens, self.backbone.tokenizer, self.backbone.model,
+                        autocast(self.conf.precision, self.conf.hardware))
 
     def apply_method(self) -> None:
         """Wrap the backbone (or load the starting adapter), set what trains, build the LightningModule

@@ -33,7 +33,8 @@ log = logging.getLogger("peftlab.sweeps")
 
 FILE = "protocol.json"
 # what a search job never does: read the test split (zero-shot, the test, the merge's test check)
-SEARCH_JOB = ["test=false", "zero_shot=false", "merge_after=false", "save_adapter=false", "forgetting=null"]
+SEARCH_JOB = ["test=false", "zero_shot=false", "merge_after=false", "save_adapter=false", "forgetting=null",
+              "kl_to_base=null"]
 MAX_JOBS = 10_000  # a plan of more jobs than this is a typo
 
 

@@ -26,6 +26,7 @@ def table_rows(groups: list[Group], metric: str, tables: Optional[dict[str, Any]
     rows = []
     for g in groups:
         m, zs, forgot = g.stat(f"test.{metric}"), g.stat(f"zero_shot.{metric}"), g.stat("forgetting.delta")
+        kl = g.stat("kl_to_base.kl")
         seeds_ci, rule = _seeds_interval(g, f"test.{metric}", m, budgets or {})
         table = (tables or {}).get(g.setting)
         items = crossed_interval(table.rows) if table is not None else None
@@ -44,7 +45,9 @@ def table_rows(groups: list[Group], metric: str, tables: Optional[dict[str, Any]
             "adapter_mb_mean": g.stat("adapter_mb")["mean"],
             # the change in loss on general text (metrics.json forgetting.delta; language models)
             "forgetting_mean": forgot["mean"], "forgetting_ci95": forgot["ci95"],
-            "_metric": m, "_zero_shot": zs, "_forgetting": forgot, "_val": g.stat(f"val.{metric}"),
+            # how far training moved the model on the task's prompts (metrics.json kl_to_base.kl, nats)
+            "kl_to_base_mean": kl["mean"], "kl_to_base_ci95": kl["ci95"],
+            "_metric": m, "_zero_shot": zs, "_forgetting": forgot, "_kl": kl, "_val": g.stat(f"val.{metric}"),
         })
     return rows
 
@@ -68,10 +71,10 @@ def to_markdown(rows: list[dict[str, Any]], metric: str) -> str:
     shown = md(metric)
     head = (f"| setting | trainable params | trainable % | adapter MiB | zero-shot {shown} | val {shown} "
             f"| test {shown} (mean ± std) | 95% CI (seeds) | 95% CI (seeds + items) | n |"
-            f"{' letters |' if cld else ''} forgetting (Δ loss, mean ± std) | train s | tokens/s | peak RSS MiB "
-            "| status |")
+            f"{' letters |' if cld else ''} forgetting (Δ loss, mean ± std) | KL to base (nats, mean ± std) "
+            "| train s | tokens/s | peak RSS MiB | status |")
     lines = [head, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + (":---:|" if cld else "")
-             + "---:|---:|---:|---:|---|"]
+             + "---:|---:|---:|---:|---:|---|"]
     for r in rows:
         ci = _half(r[f"{metric}_ci95"]) + (" (two-stage)" if r[f"{metric}_ci95_rule"] == "two-stage" else "")
         letters = f" {md(r['letters'] or '—')} |" if cld else ""
@@ -79,12 +82,14 @@ def to_markdown(rows: list[dict[str, Any]], metric: str) -> str:
             f"| {md(r['setting'])} | {_num(r['trainable'], 0)} | {_num(r['trainable_pct'], 3)} "
             f"| {_num(r['adapter_mb_mean'], 2)} | {_fmt(r['_zero_shot'])} | {_fmt(r['_val'])} "
             f"| {_fmt(r['_metric'])} | {ci} | {_half(r[f'{metric}_ci95_items'])} | {r['n']} |{letters} "
-            f"{_fmt(r['_forgetting'], 3)} "
+            f"{_fmt(r['_forgetting'], 3)} | {_fmt(r['_kl'], 4)} "
             f"| {_num(r['train_wall_s_mean'], 1)} | {_num(r['tokens_per_s_mean'], 0)} "
             f"| {_num(r['peak_rss_mb_mean'], 0)} | {md(r['status'])} |")
     notes = ("\n95% CI (seeds): Student t over the seeds, the test items fixed (two-stage: the seed budget's "
              "interval from its pilot's spread). 95% CI (seeds + items): the test items counted as a sample too "
-             "(crossed mean squares; — where the runs' answers are not scored item by item).\n")
+             "(crossed mean squares; — where the runs' answers are not scored item by item). KL to base: "
+             "KL(base || trained) on the task's own prompts, per answer sampled from the base (RL's Razor's "
+             "measure).\n")
     return "\n".join(lines) + "\n" + notes
 
 
