@@ -17,6 +17,7 @@ from peftlab.config.commands import ReportSchema
 from peftlab.errors import ConfigError
 from peftlab.reporting import html, scores, spectra, subspace
 from peftlab.reporting import protocol_report as protocol
+from peftlab.reporting.claim_page import CLAIM_FILES, OVERVIEW_FILES, ClaimAnalysis, recorded_claim, write_overview
 from peftlab.reporting.compare import as_records as pair_records
 from peftlab.reporting.compare import compare as pairwise
 from peftlab.reporting.compare import letters
@@ -38,7 +39,8 @@ from peftlab.runs.metrics import metric_at
 log = logging.getLogger("peftlab.report")
 # every file a report writes: none is replaced without overwrite=true
 REPORT_FILES = ("results.md", "results.csv", "results.tex", "report.json", html.HTML_FILE, *PLOT_FILES, RL_PLOT,
-                *spectra.SPECTRA_FILES, spectra.SPECTRA_PLOT, *subspace.SUBSPACE_FILES, subspace.SUBSPACE_PLOT)
+                *spectra.SPECTRA_FILES, spectra.SPECTRA_PLOT, *subspace.SUBSPACE_FILES, subspace.SUBSPACE_PLOT,
+                *CLAIM_FILES)
 
 
 def inputs_override(paths: list[str]) -> str:
@@ -49,7 +51,14 @@ def inputs_override(paths: list[str]) -> str:
 
 def report_from_config(cfg: DictConfig, log_dir: Path) -> dict[str, Any]:
     """The work of ``peftlab-report`` and ``peftlab.report()``: the report goes to ``out_dir``, else
-    to ``<input>/report`` for one input, else to the command's own folder ``log_dir``."""
+    to ``<input>/report`` for one input, else to the command's own folder ``log_dir``. With
+    ``claims=[<report folders>]``: the overview of their claims (claims.md) instead."""
+    options = validate(cfg, ReportSchema)
+    if options.claims:
+        out = Path(options.out_dir) if options.out_dir else Path(log_dir)
+        if options.out_dir:
+            claim_output(out, "out_dir", OVERVIEW_FILES)
+        return write_overview([Path(p) for p in options.claims], out, options.overwrite)
     conf, inputs, out = report_target(cfg, log_dir)
     return write_report(inputs, out, conf)
 
@@ -115,8 +124,11 @@ def write_report(inputs: list[Path], out_dir: Path, options: Optional[ReportSche
         if name not in files and name != "report.json" and (out_dir / name).exists():
             (out_dir / name).unlink()
     # last: a report.json says the report is complete
+    claim = next((a.record() for a in analyses if isinstance(a, ClaimAnalysis)), None)
     write_json(out_dir / "report.json", {**_summary(inputs, f.runs, groups, rows, metric, f.greater_is_better, files),
                                          "provenance": f.origin,
+                                         **({"claim": {k: claim[k] for k in ("name", "verdict", "resolve")}}
+                                            if claim else {}),
                                          **({"protocols": [r.data for r in f.records]} if f.records else {}),
                                          **({"equivalence": as_records(f.tests)} if f.tests else {}),
                                          **({"comparisons": pair_records(f.pairs)} if o.compare else {})})
@@ -136,6 +148,10 @@ def findings(inputs: list[Path], out_dir: Path, o: ReportSchema) -> tuple[Findin
     f = analyse(inputs, o)
     analyses = ([spectra.analyse(f.groups)] if o.spectra else []) + (
         [subspace.analyse(f.runs, list(o.subspace))] if o.subspace else [])
+    every_run = find_runs(inputs)  # the search jobs too: they record the claim, and their time is its cost
+    claim = recorded_claim(every_run)
+    if claim is not None:
+        analyses.append(ClaimAnalysis(claim, f.groups, f.runs, every_run, f.records, f.origin))
     return f, analyses
 
 

@@ -148,3 +148,40 @@ def _throughput_memory(plt, rows):
     for a in (a1, a2):
         a.tick_params(axis="y", labelsize=7)
     return fig
+
+
+def claim_figure(results: list[Any], path: Path) -> None:
+    """A claim's figure (reporting/claim_page.py), one panel per part with points: each family's
+    groups at matched gain (gain against the metric, the front joined), the runs of a correlation
+    with their least-squares line, or each search's mean validation score against its setting."""
+    shown = [r for r in results if r.points]
+
+    def draw(plt):
+        fig, axes = plt.subplots(1, len(shown), figsize=(6.5 * len(shown), 4.8), squeeze=False)
+        for ax, r in zip(axes[0], shown, strict=True):
+            p, ratio = r.part, r.part["kind"] == "ratio"
+            for name, points in r.points.items():
+                pts = sorted((q for q in points if q["x"] is not None and q["y"] is not None), key=lambda q: q["x"])
+                ax.scatter([q["x"] for q in pts], [q["y"] for q in pts], s=25, label=name)
+                joined = pts if ratio else [q for q in pts if q.get("front")]
+                if len(joined) > 1:
+                    ax.plot([q["x"] for q in joined], [q["y"] for q in joined], "--", color=ax.collections[-1]
+                            .get_facecolor()[0])
+                for q in pts:
+                    if q.get("chosen"):
+                        ax.scatter([q["x"]], [q["y"]], marker="*", s=160, color="black")
+            if p["kind"] == "correlated" and len({q["x"] for q in r.points["runs"]}) > 1:
+                import numpy as np
+
+                xs, ys = [q["x"] for q in r.points["runs"]], [q["y"] for q in r.points["runs"]]
+                slope, icept = np.polyfit(xs, ys, 1)
+                ax.plot(sorted(xs), [slope * x + icept for x in sorted(xs)], color="gray", label="least squares")
+            x_label = p.get("against") or (p["matched"]["by"] if p.get("matched") else p["metric"])
+            ax.set(xlabel=x_label, ylabel="validation score (search mean)" if ratio else str(p["metric"]),
+                   title=f"{r.where}: {p['kind']}, {r.verdict}")
+            if ratio:
+                ax.set_xscale("log")
+            ax.legend(fontsize=7)
+        return fig
+
+    figure_to(path, draw)
