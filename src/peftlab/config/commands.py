@@ -16,6 +16,7 @@ from omegaconf import MISSING
 
 from peftlab.config.checks import check as _check
 from peftlab.config.checks import one_of as _one_of
+from peftlab.config.claims import check_claim
 from peftlab.config.measure import ForgettingSchema, KLToBaseSchema, ValidationSchema, check_margins
 from peftlab.config.merge import MergeSchema  # noqa: F401  (re-exported: the merge schema has its module)
 from peftlab.config.plugins import task_types
@@ -74,6 +75,9 @@ class TrainSchema:
     # equivalence margins stated before the runs ({test.exact_match: 0.03}), recorded in metrics.json:
     # peftlab-report's TOST reads them as set before the runs (an experiment file states them)
     margins: Any = None
+    # a published claim as this run's stated test (conf/experiment/claim_*.yaml; config/claims.py):
+    # recorded in metrics.json, judged by peftlab-report into claim.md (docs/guides/claims.md)
+    claim: Any = None
     tags: List[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -86,6 +90,7 @@ class TrainSchema:
             _check("://" not in r, "resume_from", "must be a local checkpoint file (peftlab never downloads one)", r)
             _check(os.path.isfile(os.path.expanduser(r)), "resume_from", "must be an existing checkpoint file", r)
         check_margins("margins", self.margins)
+        check_claim(self.claim)
         if not self.test:
             reads_test = [k for k in ("zero_shot", "merge_after") if getattr(self, k)]
             if reads_test:
@@ -248,8 +253,13 @@ class ReportSchema:
     # folders of peftlab-eval runs=[...] evaluations: their scores of the report's runs, as
     # scored.<task>.<metric> numbers per group (equivalence= may name them)
     scores: List[str] = field(default_factory=list)
+    # the overview of published claims: report folders that hold a claim.json (a claim experiment's
+    # report) -> claims.md, the verdict table; exclusive with inputs
+    claims: List[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        _check(not (self.claims and self.inputs), "claims",
+               "and inputs exclude each other (claims=[...] reads the reports of claims, not run folders)", self.claims)
         ranks = self.subspace
         if ranks is not None:
             _check(len(ranks) == 2 and ranks[0] != ranks[1] and all(r > 0 for r in ranks), "subspace",

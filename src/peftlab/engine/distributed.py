@@ -9,7 +9,10 @@ metrics.json and the merge. The others compute and write nothing.
 from __future__ import annotations
 
 import os
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
+
+if TYPE_CHECKING:
+    import torch
 
 _LAUNCH_KEYS = ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID")
 
@@ -72,3 +75,15 @@ def threads_per_parallel_job() -> Optional[int]:
     cores = os.cpu_count() or 1
     parallel = cores if n_jobs < 0 else min(n_jobs, cores)
     return max(1, cores // parallel)
+
+
+def full_state_dict(model: torch.nn.Module) -> Optional[dict[str, torch.Tensor]]:
+    """The whole state dict of a model sharded by FSDP2 (gathered from every process onto the CPU of
+    each), for saving; None for a model that is not sharded (it saves its own)."""
+    from torch.distributed.tensor import DTensor
+
+    if not any(isinstance(p, DTensor) for p in model.parameters()):
+        return None
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))

@@ -25,7 +25,7 @@ from peftlab.data.datamodule import TaskDataModule
 from peftlab.data.sources import fingerprint
 from peftlab.engine.callbacks import Diverged, TrainingMeter
 from peftlab.engine.checkpoints import read_checkpoint
-from peftlab.engine.distributed import SECONDARY, threads_per_parallel_job
+from peftlab.engine.distributed import SECONDARY, full_state_dict, threads_per_parallel_job
 from peftlab.engine.forgetting import Forgetting
 from peftlab.engine.kl_to_base import KLToBase
 from peftlab.engine.module import PeftLabModule
@@ -71,7 +71,7 @@ class TrainingJob:
     def run(self) -> dict[str, Any]:
         self.set_up()
         zero_shot = None if self.conf.init_adapter else self.zero_shot(self.backbone.model)
-        forgetting, kl = self.forgetting_before(), self.kl_before()
+        forgetting, kl = self.measures_before()
         self.apply_method()
         if self.conf.init_adapter:  # the adapter the run starts from is what it is compared with
             zero_shot = self.zero_shot(self.model)
@@ -149,24 +149,16 @@ class TrainingJob:
         log.info("zero-shot test%s: %s", " (the starting adapter)" if self.conf.init_adapter else "", metrics)
         return metrics
 
-    def forgetting_before(self) -> Optional[Forgetting]:
-        """The base's loss on general text, before the method touches it (language-model tasks)."""
-        if self.conf.forgetting is None or not self.task.generative or self.dry:
-            return None
-        return Forgetting(self.conf.forgetting, self.backbone.tokenizer, self.backbone.model,
-                          autocast(self.conf.precision, self.conf.hardware))
-
-    def kl_before(self) -> Optional[KLToBase]:
-        """The base's answers to the task's prompts and its distributions along them, before the
-        method touches it (language-model tasks)."""
-        cfg = self.conf.kl_to_base
-        if cfg is None or not self.task.generative or self.dry:
-            return None
-        prompts = [e["prompt_ids"] for e in self.data.splits.get(cfg.split, [])]
-        if not prompts:
-            return None
-        return KLToBase(cfg, prompts, self.conf.data.max_new_tokens, self.backbone.tokenizer, self.backbone.model,
-                        autocast(self.conf.precision, self.conf.hardware))
+    def measures_before(self) -> tuple[Optional[Forgetting], Optional[KLToBase]]:
+        """What is measured of the base before the method touches it (language-model tasks): its loss
+        on general text, and its answers to the task's own prompts."""
+        if not self.task.generative or self.dry:
+            return None, None
+        c, bb, cast = self.conf, self.backbone, autocast(self.conf.precision, self.conf.hardware)
+        forgetting = Forgetting(c.forgetting, bb.tokenizer, bb.model, cast) if c.forgetting is not None else None
+        prompts = [e["prompt_ids"] for e in self.data.splits.get(c.kl_to_base.split, [])] if c.kl_to_base else []
+        kl = KLToBase(c.kl_to_base, prompts, c.data.max_new_tokens, bb.tokenizer, bb.model, cast) if prompts else None
+        return forgetting, kl
 
     def apply_method(self) -> None:
         """Wrap the backbone (or load the starting adapter), set what trains, build the LightningModule
@@ -199,7 +191,8 @@ class TrainingJob:
                 "task_type": task.name, "primary_metric": task.primary_metric,
                 "greater_is_better": task.greater_is_better, "objective": self.objective,
                 "training_objective": self.training_objective.name,
-                "tune_on_test": conf.tune_on_test, "margins": dict(conf.margins or {}), "seed": conf.seed,
+                "tune_on_test": conf.tune_on_test, "margins": dict(conf.margins or {}), "claim": conf.claim,
+                "seed": conf.seed,
                 "status": "running", "params": params, "zero_shot": zero_shot, "init_adapter": conf.init_adapter,
                 "tags": list(conf.tags), "precision": precision_record(conf.precision),
                 "started_at": _now(), **task.settings_record(), **self.training_objective.settings_record()}
@@ -290,18 +283,6 @@ def test_metrics(trainer: L.Trainer, module: PeftLabModule, data: TaskDataModule
     """``module``'s metrics on the data module's test split."""
     results = trainer.test(module, datamodule=data, verbose=False)
     return split_metrics(results[0], "test")
-
-
-def full_state_dict(model: torch.nn.Module) -> Optional[dict[str, torch.Tensor]]:
-    """The whole state dict of a model sharded by FSDP2 (gathered from every process onto the CPU of
-    each), for saving; None for a model that is not sharded (it saves its own)."""
-    from torch.distributed.tensor import DTensor
-
-    if not any(isinstance(p, DTensor) for p in model.parameters()):
-        return None
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
 def _overrides() -> list[str]:
