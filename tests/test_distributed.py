@@ -55,6 +55,9 @@ def test_two_processes_of_batch_b_equal_one_process_of_batch_2b(hardware, one_pr
     assert set(a) == set(b) and max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5
     m2, m1 = (json.loads((d / "metrics.json").read_text()) for d in (run_dir, one_process))
     assert m2["test"] == pytest.approx(m1["test"], rel=1e-6, abs=1e-5)  # perplexity ~240: relative
+    # the KL to the base: the base's answers drawn alike on every process, the trained model read alike
+    assert m2["kl_to_base"]["kl"] == pytest.approx(m1["kl_to_base"]["kl"], rel=1e-4, abs=1e-6)
+    assert m1["kl_to_base"]["kl"] > 0
     predictions = [json.loads(line) for line in (run_dir / "test_predictions.jsonl").read_text().splitlines()]
     single = [json.loads(line) for line in (one_process / "test_predictions.jsonl").read_text().splitlines()]
     assert [p["reference"] for p in predictions] == [p["reference"] for p in single] and len(single) == 7
