@@ -194,12 +194,20 @@ def test_the_command_prints_one_line_and_exits_2(fake, monkeypatch, capsys, tmp_
     assert left_in(cache) in ([], ["data"])
 
 
-def test_packaged_data_paths_read_the_cache_only(fake, monkeypatch, tmp_path):
+@pytest.fixture
+def installed(fake, monkeypatch, tmp_path):
+    """``fake`` as peftlab finds it at run time: its manifest in place of the shipped one, and its
+    cache folder as PEFTLAB_CACHE_DIR (nothing fetched yet)."""
     manifest, wheels, cache = fake
     path = tmp_path / "packaged.json"
     path.write_text(json.dumps(manifest))
     monkeypatch.setattr(packaged, "MANIFEST", path)
     monkeypatch.setenv("PEFTLAB_CACHE_DIR", str(cache))
+    return fake
+
+
+def test_packaged_data_paths_read_the_cache_only(installed):
+    manifest, wheels, cache = installed
     conf = validate(compose(["data=custom", "data.path=packaged:fakeqa", "data.prompt_field=question",
                              "data.response_field=answer"]))
     with pytest.raises(DataError) as err:
@@ -215,15 +223,11 @@ def test_packaged_data_paths_read_the_cache_only(fake, monkeypatch, tmp_path):
         load_splits(unknown.data)
 
 
-def test_forgetting_reads_packaged_text_from_the_cache(fake, monkeypatch, tmp_path):
+def test_forgetting_reads_packaged_text_from_the_cache(installed):
     from peftlab.engine.forgetting import read_text
     from peftlab.engine.train import checked
 
-    manifest, wheels, cache = fake
-    path = tmp_path / "packaged.json"
-    path.write_text(json.dumps(manifest))
-    monkeypatch.setattr(packaged, "MANIFEST", path)
-    monkeypatch.setenv("PEFTLAB_CACHE_DIR", str(cache))
+    manifest, wheels, cache = installed
     with pytest.raises(ConfigError, match=re.escape(
             f"forgetting.text: packaged:faketext is not in the cache {cache / 'data'} (run `make data`, or python -m "
             "peftlab.data.packaged faketext)")):
